@@ -84,3 +84,72 @@ pub fn encode_frame(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8]) {
     out.extend_from_slice(&hdr[..n]);
     out.extend_from_slice(payload);
 }
+
+/// XORs `data` with the masking key (RFC 6455 §5.3), `offset` being the
+/// position of `data[0]` within the frame's payload (mod 4 is enough).
+///
+/// The loop works on 8-byte words: `j = i MOD 4` repeats every 4 bytes, so a
+/// word-sized key made of the key rotated by `offset` covers each word.
+pub fn apply_mask(data: &mut [u8], key: [u8; 4], offset: usize) {
+    let mut k = [0u8; 8];
+    for (i, b) in k.iter_mut().enumerate() {
+        *b = key[(offset + i) % 4];
+    }
+    let word = u64::from_ne_bytes(k);
+    let mut chunks = data.chunks_exact_mut(8);
+    for chunk in &mut chunks {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(chunk);
+        chunk.copy_from_slice(&(u64::from_ne_bytes(w) ^ word).to_ne_bytes());
+    }
+    for (b, m) in chunks.into_remainder().iter_mut().zip(k) {
+        *b ^= m;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_uses_the_shortest_length_form() {
+        let mut h = [0u8; MAX_HEADER_LEN];
+        assert_eq!(encode_header(&mut h, true, OpCode::Text, 125, None), 2);
+        assert_eq!(h[..2], [0x81, 125]);
+        assert_eq!(encode_header(&mut h, true, OpCode::Binary, 126, None), 4);
+        assert_eq!(h[..4], [0x82, 126, 0, 126]);
+        assert_eq!(encode_header(&mut h, true, OpCode::Binary, 65535, None), 4);
+        assert_eq!(encode_header(&mut h, false, OpCode::Text, 65536, None), 10);
+        assert_eq!(h[..10], [0x01, 127, 0, 0, 0, 0, 0, 1, 0, 0]);
+        let n = encode_header(&mut h, true, OpCode::Ping, 0, Some([1, 2, 3, 4]));
+        assert_eq!(h[..n], [0x89, 0x80, 1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn opcodes_round_trip_and_reserved_ones_are_refused() {
+        for v in 0..16u8 {
+            match OpCode::from_u8(v) {
+                Some(op) => assert_eq!(op.as_u8(), v),
+                None => assert!(matches!(v, 3..=7 | 0xB..=0xF)),
+            }
+        }
+        assert!(OpCode::Close.is_control() && !OpCode::Text.is_control());
+    }
+
+    #[test]
+    fn mask_matches_the_rfc_definition_at_every_offset() {
+        let key = [0x37, 0xfa, 0x21, 0x3d];
+        let data: Vec<u8> = (0..61u8).collect();
+        for start in 0..data.len() {
+            let mut d = data.clone();
+            apply_mask(&mut d[start..], key, start);
+            for (i, b) in d.iter().enumerate().skip(start) {
+                assert_eq!(*b, data[i] ^ key[i % 4]);
+            }
+        }
+        // RFC 6455 §5.7: a masked "Hello".
+        let mut hello = *b"\x7f\x9f\x4d\x51\x58";
+        apply_mask(&mut hello, key, 0);
+        assert_eq!(&hello, b"Hello");
+    }
+}

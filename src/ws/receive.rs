@@ -1,0 +1,652 @@
+//! Receiving frames and assembling messages (RFC 6455 §5.2–§5.6, §6.2).
+//!
+//! [`Receiver`] is fed whatever bytes the socket produced, in any chunking.
+//! It unmasks payloads in place, checks every rule as soon as the bytes that
+//! decide it are present (a bad opcode fails on the first byte of a header,
+//! bad UTF-8 on the byte that proves it), and yields one [`Event`] at a time.
+//! A message wholly inside the input is handed out without a copy; one that
+//! spans reads or frames is assembled in a buffer that grows with the bytes
+//! actually received, never with the length a header announces.
+
+use super::close::{ClosePayloadError, parse_close_payload};
+use super::frame::{MAX_HEADER_LEN, OpCode, apply_mask};
+use super::utf8::Utf8Validator;
+use std::ops::Deref;
+
+/// Payload bytes of an event: borrowed from the input when they were all in
+/// it, owned when they had to be assembled.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Payload<'a> {
+    Borrowed(&'a [u8]),
+    Owned(Vec<u8>),
+}
+
+impl Deref for Payload<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Payload::Borrowed(b) => b,
+            Payload::Owned(v) => v,
+        }
+    }
+}
+
+impl Payload<'_> {
+    pub fn into_vec(self) -> Vec<u8> {
+        match self {
+            Payload::Borrowed(b) => b.to_vec(),
+            Payload::Owned(v) => v,
+        }
+    }
+}
+
+/// What a peer's bytes amounted to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Event<'a> {
+    /// A complete text message, already checked to be UTF-8 (§8.1).
+    Text(Payload<'a>),
+    /// A complete binary message.
+    Binary(Payload<'a>),
+    /// §5.5.2: to be answered with a pong carrying the same payload.
+    Ping(Payload<'a>),
+    /// §5.5.3: a pong, solicited or not.
+    Pong(Payload<'a>),
+    /// §5.5.1: the peer starts or answers the closing handshake. The code, if
+    /// any, is valid (§7.4) and the reason UTF-8. Nothing after it is read.
+    Close(Option<u16>),
+}
+
+/// A violation that fails the connection (§7.1.7), with the close code it
+/// calls for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProtocolError {
+    /// §5.2: RSV1–3 set while no extension was negotiated.
+    ReservedBits,
+    /// §5.2: opcodes 0x3–0x7 and 0xB–0xF are reserved.
+    ReservedOpcode(u8),
+    /// §5.1: "a client MUST mask all frames that it sends to the server".
+    Unmasked,
+    /// §5.5: "All control frames MUST NOT be fragmented".
+    FragmentedControl,
+    /// §5.5: "All control frames MUST have a payload length of 125 bytes or less".
+    ControlTooLong,
+    /// §5.4: a continuation frame with no fragmented message open.
+    UnexpectedContinuation,
+    /// §5.4: a new data frame while a fragmented message is still open.
+    ExpectedContinuation,
+    /// §5.2: "the most significant bit MUST be 0" in a 64-bit length.
+    LengthOverflow,
+    /// §7.4.1 1009: the message would exceed the configured limit.
+    MessageTooBig,
+    /// §8.1: a text message that is not valid UTF-8 (close 1007).
+    InvalidUtf8,
+    /// §5.5.1, §7.4: a malformed close frame body.
+    InvalidClose(ClosePayloadError),
+}
+
+impl ProtocolError {
+    /// The status code to close with (§7.4.1).
+    pub fn close_code(self) -> u16 {
+        match self {
+            ProtocolError::MessageTooBig => 1009,
+            ProtocolError::InvalidUtf8
+            | ProtocolError::InvalidClose(ClosePayloadError::InvalidReason) => 1007,
+            _ => 1002,
+        }
+    }
+
+    /// A short reason for the close frame and the log.
+    pub fn reason(self) -> &'static str {
+        match self {
+            ProtocolError::ReservedBits => "reserved bits set",
+            ProtocolError::ReservedOpcode(_) => "reserved opcode",
+            ProtocolError::Unmasked => "client frames must be masked",
+            ProtocolError::FragmentedControl => "fragmented control frame",
+            ProtocolError::ControlTooLong => "control frame longer than 125 bytes",
+            ProtocolError::UnexpectedContinuation => "continuation without a message",
+            ProtocolError::ExpectedContinuation => "expected a continuation frame",
+            ProtocolError::LengthOverflow => "payload length with the top bit set",
+            ProtocolError::MessageTooBig => "message too big",
+            ProtocolError::InvalidUtf8 => "invalid UTF-8 in text message",
+            ProtocolError::InvalidClose(ClosePayloadError::OneByte) => "close payload of 1 byte",
+            ProtocolError::InvalidClose(ClosePayloadError::InvalidCode(_)) => "invalid close code",
+            ProtocolError::InvalidClose(ClosePayloadError::InvalidReason) => {
+                "invalid UTF-8 in close reason"
+            }
+        }
+    }
+}
+
+/// A frame whose header has been read and whose payload is being read.
+#[derive(Clone, Copy, Debug)]
+struct Frame {
+    opcode: OpCode,
+    fin: bool,
+    key: [u8; 4],
+    /// Payload bytes still to come.
+    remaining: u64,
+    /// Payload bytes already seen (for the mask position and the fast path).
+    seen: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    Open,
+    /// A close frame arrived: §5.5.1 says no more data follows it.
+    Closed,
+    /// A protocol error failed the connection: the rest is not parsed.
+    Failed,
+}
+
+/// Frame decoder and message assembler for the server side of a connection.
+#[derive(Debug)]
+pub struct Receiver {
+    max_message_size: u64,
+    state: State,
+    hdr: [u8; MAX_HEADER_LEN],
+    hdr_len: u8,
+    frame: Option<Frame>,
+    /// Opcode of the data message open (Text or Binary), fragmented or not.
+    message: Option<OpCode>,
+    /// Bytes announced so far by the open message's frames.
+    message_len: u64,
+    utf8: Utf8Validator,
+    /// The open message's payload, when it spans reads or frames.
+    buf: Vec<u8>,
+    /// A control frame's payload, when it spans reads (at most 125 bytes).
+    control: Vec<u8>,
+}
+
+impl Receiver {
+    pub fn new(max_message_size: usize) -> Self {
+        Receiver {
+            max_message_size: max_message_size as u64,
+            state: State::Open,
+            hdr: [0; MAX_HEADER_LEN],
+            hdr_len: 0,
+            frame: None,
+            message: None,
+            message_len: 0,
+            utf8: Utf8Validator::new(),
+            buf: Vec::new(),
+            control: Vec::new(),
+        }
+    }
+
+    /// Whether a message is partly received (for the server's buffer accounting).
+    pub fn buffered(&self) -> usize {
+        self.buf.capacity() + self.control.capacity()
+    }
+
+    /// True once a close frame or an error ended parsing; further input is ignored.
+    pub fn is_done(&self) -> bool {
+        self.state != State::Open
+    }
+
+    /// Reads from the start of `input`, unmasking it in place, until an event
+    /// completes or the input is used up. Returns the bytes consumed and the
+    /// event, if any; call again with the rest of the input after an event.
+    /// After a close frame or an error every byte is consumed and ignored.
+    pub fn read<'a>(
+        &mut self,
+        input: &'a mut [u8],
+    ) -> (usize, Result<Option<Event<'a>>, ProtocolError>) {
+        let mut pos = 0;
+        loop {
+            if self.state != State::Open {
+                return (input.len(), Ok(None));
+            }
+            let frame = match self.frame {
+                Some(f) => f,
+                None => match self.read_header(input, &mut pos) {
+                    Ok(Some(f)) => {
+                        self.frame = Some(f);
+                        f
+                    }
+                    Ok(None) => return (pos, Ok(None)),
+                    Err(e) => return (pos, Err(self.fail(e))),
+                },
+            };
+            let take =
+                (input.len() - pos).min(usize::try_from(frame.remaining).unwrap_or(usize::MAX));
+            let start = pos;
+            pos += take;
+            apply_mask(&mut input[start..pos], frame.key, (frame.seen % 4) as usize);
+            let whole = frame.seen == 0 && take as u64 == frame.remaining;
+            let done = take as u64 == frame.remaining;
+            if let Some(f) = self.frame.as_mut() {
+                f.remaining -= take as u64;
+                f.seen += take as u64;
+            }
+
+            if frame.opcode.is_control() {
+                if !done {
+                    self.control.extend_from_slice(&input[start..pos]);
+                    return (pos, Ok(None));
+                }
+                self.frame = None;
+                let payload = if whole {
+                    Payload::Borrowed(&input[start..pos])
+                } else {
+                    self.control.extend_from_slice(&input[start..pos]);
+                    Payload::Owned(std::mem::take(&mut self.control))
+                };
+                return match self.control_event(frame.opcode, payload) {
+                    Ok(ev) => (pos, Ok(Some(ev))),
+                    Err(e) => (pos, Err(self.fail(e))),
+                };
+            }
+
+            // A data frame (§5.6): check text as it arrives, not at the end.
+            if self.message == Some(OpCode::Text) && self.utf8.feed(&input[start..pos]).is_err() {
+                return (pos, Err(self.fail(ProtocolError::InvalidUtf8)));
+            }
+            if !(done && frame.fin) {
+                self.buf.extend_from_slice(&input[start..pos]);
+                if !done {
+                    return (pos, Ok(None));
+                }
+                self.frame = None;
+                continue;
+            }
+            // The final frame of the message is complete.
+            self.frame = None;
+            let opcode = self.message.take().unwrap_or(OpCode::Binary);
+            self.message_len = 0;
+            if opcode == OpCode::Text && self.utf8.finish().is_err() {
+                return (pos, Err(self.fail(ProtocolError::InvalidUtf8)));
+            }
+            let payload = if whole && self.buf.is_empty() {
+                Payload::Borrowed(&input[start..pos])
+            } else {
+                self.buf.extend_from_slice(&input[start..pos]);
+                Payload::Owned(std::mem::take(&mut self.buf))
+            };
+            let ev = if opcode == OpCode::Text {
+                Event::Text(payload)
+            } else {
+                Event::Binary(payload)
+            };
+            return (pos, Ok(Some(ev)));
+        }
+    }
+
+    fn fail(&mut self, e: ProtocolError) -> ProtocolError {
+        self.state = State::Failed;
+        self.buf = Vec::new();
+        self.control = Vec::new();
+        e
+    }
+
+    /// Accumulates header bytes and checks each field as soon as it is
+    /// present. Returns the frame once its header is complete.
+    fn read_header(
+        &mut self,
+        input: &[u8],
+        pos: &mut usize,
+    ) -> Result<Option<Frame>, ProtocolError> {
+        while *pos < input.len() {
+            let have = self.hdr_len as usize;
+            let need = self.header_len();
+            if have >= need {
+                break;
+            }
+            let take = (need - have).min(input.len() - *pos);
+            self.hdr[have..have + take].copy_from_slice(&input[*pos..*pos + take]);
+            *pos += take;
+            let before = have;
+            self.hdr_len += take as u8;
+            // Check the first two bytes the moment they arrive (fail fast).
+            if before == 0 {
+                self.check_first_byte()?;
+            }
+            if before < 2 && self.hdr_len >= 2 {
+                self.check_second_byte()?;
+            }
+        }
+        let need = self.header_len();
+        if (self.hdr_len as usize) < need {
+            return Ok(None);
+        }
+        let b0 = self.hdr[0];
+        let b1 = self.hdr[1];
+        let (len, ext) = match b1 & 0x7f {
+            126 => (u64::from(u16::from_be_bytes([self.hdr[2], self.hdr[3]])), 2),
+            127 => {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&self.hdr[2..10]);
+                let len = u64::from_be_bytes(b);
+                if len >> 63 != 0 {
+                    return Err(ProtocolError::LengthOverflow);
+                }
+                (len, 8)
+            }
+            n => (u64::from(n), 0),
+        };
+        let mut key = [0u8; 4];
+        key.copy_from_slice(&self.hdr[2 + ext..6 + ext]);
+        self.hdr_len = 0;
+        let opcode = OpCode::from_u8(b0 & 0x0f).ok_or(ProtocolError::ReservedOpcode(b0 & 0x0f))?;
+        if !opcode.is_control() {
+            if opcode != OpCode::Continuation {
+                self.message = Some(opcode);
+            }
+            // §10.4: refuse before buffering anything of an oversized message.
+            self.message_len = self.message_len.saturating_add(len);
+            if self.message_len > self.max_message_size {
+                return Err(ProtocolError::MessageTooBig);
+            }
+        }
+        Ok(Some(Frame {
+            opcode,
+            fin: b0 & 0x80 != 0,
+            key,
+            remaining: len,
+            seen: 0,
+        }))
+    }
+
+    /// Header length known so far: 2 until the length byte is in, then exact.
+    fn header_len(&self) -> usize {
+        if self.hdr_len < 2 {
+            return 2;
+        }
+        // Every client frame has a 4-byte masking key (checked in byte 2).
+        match self.hdr[1] & 0x7f {
+            126 => 2 + 2 + 4,
+            127 => 2 + 8 + 4,
+            _ => 2 + 4,
+        }
+    }
+
+    fn check_first_byte(&self) -> Result<(), ProtocolError> {
+        let b0 = self.hdr[0];
+        // §5.2: RSV1-3 "MUST be 0 unless an extension is negotiated".
+        if b0 & 0x70 != 0 {
+            return Err(ProtocolError::ReservedBits);
+        }
+        let raw = b0 & 0x0f;
+        let opcode = OpCode::from_u8(raw).ok_or(ProtocolError::ReservedOpcode(raw))?;
+        let fin = b0 & 0x80 != 0;
+        if opcode.is_control() {
+            if !fin {
+                return Err(ProtocolError::FragmentedControl);
+            }
+        } else if opcode == OpCode::Continuation {
+            if self.message.is_none() {
+                return Err(ProtocolError::UnexpectedContinuation);
+            }
+        } else if self.message.is_some() {
+            return Err(ProtocolError::ExpectedContinuation);
+        }
+        Ok(())
+    }
+
+    fn check_second_byte(&self) -> Result<(), ProtocolError> {
+        let b1 = self.hdr[1];
+        if b1 & 0x80 == 0 {
+            return Err(ProtocolError::Unmasked);
+        }
+        if self.hdr[0] & 0x08 != 0 && b1 & 0x7f > 125 {
+            return Err(ProtocolError::ControlTooLong);
+        }
+        Ok(())
+    }
+
+    fn control_event<'a>(
+        &mut self,
+        opcode: OpCode,
+        payload: Payload<'a>,
+    ) -> Result<Event<'a>, ProtocolError> {
+        Ok(match opcode {
+            OpCode::Ping => Event::Ping(payload),
+            OpCode::Pong => Event::Pong(payload),
+            _ => {
+                let code = parse_close_payload(&payload)
+                    .map_err(ProtocolError::InvalidClose)?
+                    .map(|(code, _reason)| code);
+                self.state = State::Closed;
+                self.buf = Vec::new();
+                Event::Close(code)
+            }
+        })
+    }
+}
+
+/// Builds a masked client frame: for tests, fuzzing and the load generator.
+pub fn client_frame(fin: bool, opcode: u8, payload: &[u8], key: [u8; 4]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(payload.len() + MAX_HEADER_LEN);
+    let len = payload.len() as u64;
+    out.push(if fin { 0x80 } else { 0 } | (opcode & 0x0f));
+    if len < 126 {
+        out.push(0x80 | len as u8);
+    } else if len <= u64::from(u16::MAX) {
+        out.push(0x80 | 126);
+        out.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        out.push(0x80 | 127);
+        out.extend_from_slice(&len.to_be_bytes());
+    }
+    out.extend_from_slice(&key);
+    let start = out.len();
+    out.extend_from_slice(payload);
+    apply_mask(&mut out[start..], key, 0);
+    out
+}
+
+/// What a whole input amounts to, for comparing chunkings: owned events
+/// and the error that ended it, if any.
+#[derive(Debug, PartialEq, Eq, Clone)]
+pub enum Outcome {
+    Text(Vec<u8>),
+    Binary(Vec<u8>),
+    Ping(Vec<u8>),
+    Pong(Vec<u8>),
+    Close(Option<u16>),
+    Error(ProtocolError),
+}
+
+/// Feeds `input` to a fresh receiver in the chunks given by `cuts` (offsets
+/// into `input`) and collects the outcomes.
+pub fn run_chunked(max: usize, input: &[u8], cuts: &[usize]) -> Vec<Outcome> {
+    let mut rx = Receiver::new(max);
+    let mut out = Vec::new();
+    let mut data = input.to_vec();
+    let mut bounds: Vec<usize> = cuts.iter().copied().filter(|&c| c <= data.len()).collect();
+    bounds.push(data.len());
+    bounds.sort_unstable();
+    let mut start = 0;
+    for end in bounds {
+        let mut chunk = &mut data[start..end];
+        while !chunk.is_empty() {
+            let (n, r) = rx.read(chunk);
+            match r {
+                Ok(Some(ev)) => out.push(match ev {
+                    Event::Text(p) => Outcome::Text(p.into_vec()),
+                    Event::Binary(p) => Outcome::Binary(p.into_vec()),
+                    Event::Ping(p) => Outcome::Ping(p.into_vec()),
+                    Event::Pong(p) => Outcome::Pong(p.into_vec()),
+                    Event::Close(c) => Outcome::Close(c),
+                }),
+                Ok(None) => {}
+                Err(e) => out.push(Outcome::Error(e)),
+            }
+            if n == 0 {
+                break;
+            }
+            chunk = &mut chunk[n..];
+        }
+        start = end;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    const K: [u8; 4] = [0x12, 0x34, 0x56, 0x78];
+
+    fn all(input: &[u8]) -> Vec<Outcome> {
+        run_chunked(1 << 20, input, &[])
+    }
+
+    /// The outcome must not depend on how the bytes were split.
+    fn same_for_every_split(input: &[u8]) -> Vec<Outcome> {
+        let whole = all(input);
+        for a in 0..=input.len() {
+            assert_eq!(run_chunked(1 << 20, input, &[a]), whole, "split at {a}");
+        }
+        let bytewise: Vec<usize> = (0..input.len()).collect();
+        assert_eq!(
+            run_chunked(1 << 20, input, &bytewise),
+            whole,
+            "byte by byte"
+        );
+        whole
+    }
+
+    #[test]
+    fn round_trips_every_length_form() {
+        for len in [0usize, 1, 125, 126, 127, 65535, 65536, 70000] {
+            let payload: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let f = client_frame(true, 2, &payload, K);
+            assert_eq!(all(&f), vec![Outcome::Binary(payload.clone())], "len {len}");
+            let cuts: Vec<usize> = (0..f.len()).step_by(997).collect();
+            assert_eq!(
+                run_chunked(1 << 20, &f, &cuts),
+                vec![Outcome::Binary(payload)]
+            );
+        }
+    }
+
+    #[test]
+    fn fragmented_message_with_interleaved_ping() {
+        let mut input = client_frame(false, 1, b"Hel", K);
+        input.extend(client_frame(true, 9, b"p", K));
+        input.extend(client_frame(false, 0, "lo é".as_bytes(), K));
+        input.extend(client_frame(true, 0, b"!", K));
+        let out = same_for_every_split(&input);
+        assert_eq!(
+            out,
+            vec![
+                Outcome::Ping(b"p".to_vec()),
+                Outcome::Text("Hello é!".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn rule_violations_map_to_their_close_codes() {
+        let cases: Vec<(Vec<u8>, ProtocolError)> = vec![
+            (vec![0x81, 0x00], ProtocolError::Unmasked),
+            (vec![0xC1, 0x80, 0, 0, 0, 0], ProtocolError::ReservedBits),
+            (
+                vec![0x83, 0x80, 0, 0, 0, 0],
+                ProtocolError::ReservedOpcode(3),
+            ),
+            (
+                vec![0x8B, 0x80, 0, 0, 0, 0],
+                ProtocolError::ReservedOpcode(0xB),
+            ),
+            (
+                client_frame(false, 9, b"", K),
+                ProtocolError::FragmentedControl,
+            ),
+            (
+                client_frame(true, 9, &[0; 126], K),
+                ProtocolError::ControlTooLong,
+            ),
+            (
+                client_frame(true, 0, b"x", K),
+                ProtocolError::UnexpectedContinuation,
+            ),
+            (
+                [
+                    client_frame(false, 1, b"a", K),
+                    client_frame(true, 1, b"b", K),
+                ]
+                .concat(),
+                ProtocolError::ExpectedContinuation,
+            ),
+            (
+                vec![0x82, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                ProtocolError::LengthOverflow,
+            ),
+            (
+                client_frame(true, 1, b"\xff", K),
+                ProtocolError::InvalidUtf8,
+            ),
+            (
+                client_frame(true, 8, b"\x03", K),
+                ProtocolError::InvalidClose(ClosePayloadError::OneByte),
+            ),
+            (
+                client_frame(true, 8, b"\x03\xec", K),
+                ProtocolError::InvalidClose(ClosePayloadError::InvalidCode(1004)),
+            ),
+            (
+                client_frame(true, 8, b"\x03\xe8\xc0", K),
+                ProtocolError::InvalidClose(ClosePayloadError::InvalidReason),
+            ),
+        ];
+        for (input, err) in cases {
+            let out = same_for_every_split(&input);
+            assert_eq!(out.last(), Some(&Outcome::Error(err)), "{input:x?}");
+        }
+        assert_eq!(ProtocolError::InvalidUtf8.close_code(), 1007);
+        assert_eq!(ProtocolError::MessageTooBig.close_code(), 1009);
+        assert_eq!(ProtocolError::Unmasked.close_code(), 1002);
+    }
+
+    #[test]
+    fn oversized_message_is_refused_at_the_header() {
+        // Only the header arrives: the refusal must not wait for the payload.
+        let f = client_frame(true, 2, &[0; 300], K);
+        assert_eq!(
+            run_chunked(100, &f[..8], &[]),
+            vec![Outcome::Error(ProtocolError::MessageTooBig)]
+        );
+        // Fragments add up.
+        let mut input = client_frame(false, 2, &[0; 60], K);
+        input.extend(client_frame(true, 0, &[0; 60], K));
+        assert_eq!(
+            run_chunked(100, &input, &[]),
+            vec![Outcome::Error(ProtocolError::MessageTooBig)]
+        );
+    }
+
+    #[test]
+    fn bad_utf8_fails_mid_frame_before_the_frame_ends() {
+        let f = client_frame(true, 1, b"ok\xf4\x90\x80\x80 and more", K);
+        // Up to and including the byte that proves it (0x90 after 0xF4).
+        let upto = f.len() - b"\x80\x80 and more".len();
+        assert_eq!(
+            run_chunked(1 << 20, &f[..upto], &[]),
+            vec![Outcome::Error(ProtocolError::InvalidUtf8)]
+        );
+        assert_eq!(run_chunked(1 << 20, &f[..upto - 1], &[]), vec![]);
+    }
+
+    #[test]
+    fn valid_message_before_a_bad_frame_is_delivered() {
+        let mut input = client_frame(true, 1, b"first", K);
+        input.extend(client_frame(true, 0x5, b"", K));
+        assert_eq!(
+            all(&input),
+            vec![
+                Outcome::Text(b"first".to_vec()),
+                Outcome::Error(ProtocolError::ReservedOpcode(5))
+            ]
+        );
+    }
+
+    #[test]
+    fn nothing_is_read_after_close() {
+        let mut input = client_frame(true, 8, b"\x03\xe8", K);
+        input.extend(client_frame(true, 1, b"late", K));
+        assert_eq!(
+            same_for_every_split(&input),
+            vec![Outcome::Close(Some(1000))]
+        );
+    }
+}
