@@ -9,5 +9,6 @@
 //! - [`close`]: close codes and close frame bodies (§5.5.1, §7.4).
 pub mod close;
 pub mod frame;
+pub mod handshake;
 pub mod receive;
 pub mod utf8;
