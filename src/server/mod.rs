@@ -1,1 +1,881 @@
-//! Server.
+//! The server: one `mio::Poll`, a `slab` of connections keyed by `Token`.
+//!
+//! Each loop turn reads every ready socket until it would block (or until a
+//! fairness budget runs out), turns bytes into events with the sans-IO engine
+//! in [`crate::ws`], hands chat messages to [`crate::chat`], and then flushes
+//! every connection that got output with one vectored write. Writable
+//! interest is registered only while output is pending, so an idle server
+//! sleeps in `epoll_wait` until the next timer sweep.
+
+mod config;
+pub mod http;
+mod queue;
+
+pub use config::{Config, parse_size};
+
+use crate::chat::{Chat, ChatConfig, ConnId, Now, Outbox};
+use crate::ws::close::close_payload;
+use crate::ws::frame::{MAX_HEADER_LEN, OpCode, encode_frame, encode_header};
+use crate::ws::handshake::{self, HandshakeError, HeadScanner, Request, RequestError};
+use crate::ws::receive::{Event, Payload, ProtocolError, Receiver};
+use log::{debug, info, warn};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+use queue::{Chunk, WriteQueue};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook_mio::v1_0::Signals;
+use slab::Slab;
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Shutdown, SocketAddr};
+use std::rc::Rc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const LISTENER: Token = Token(usize::MAX - 1);
+const SIGNALS: Token = Token(usize::MAX - 2);
+/// One read buffer for the whole server: connections hold bytes only while
+/// a message is in progress.
+const READ_BUF: usize = 64 * 1024;
+/// Reads per connection per loop turn before others get their turn.
+const READS_PER_TURN: usize = 16;
+/// Connections accepted past `--max-connections` only to be told 503 or 429.
+const REJECT_SLACK: usize = 64;
+/// How long accepting pauses when the process is out of file descriptors.
+const EMFILE_PAUSE_MS: u64 = 100;
+/// The subprotocol of the chat (see docs/protocol.md).
+pub const CHAT_PROTOCOL: &str = "wschat.v1";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Endpoint {
+    Echo,
+    Chat,
+}
+
+#[derive(Debug)]
+struct WsConn {
+    rx: Receiver,
+    endpoint: Endpoint,
+    /// §5.5.1: once our close frame is queued nothing else is sent.
+    close_sent: bool,
+    /// The chat knows this connection (until it closes or is dropped).
+    in_chat: bool,
+}
+
+#[derive(Debug)]
+enum Phase {
+    /// Reading the request head.
+    Http { head: Vec<u8>, scanner: HeadScanner },
+    /// A plain HTTP answer is queued; the connection ends once it is out.
+    Responding,
+    /// An open (or closing) WebSocket.
+    Ws(WsConn),
+    /// Our side is shut down; waiting for the peer's FIN before dropping, so
+    /// that unread input does not turn our last bytes into a reset.
+    Linger,
+}
+
+#[derive(Debug)]
+struct Conn {
+    sock: TcpStream,
+    ip: IpAddr,
+    phase: Phase,
+    out: WriteQueue,
+    /// Milliseconds (server clock) of the last byte received.
+    last_rx: u64,
+    last_ping: u64,
+    /// When the current phase runs out: handshake, closing or lingering.
+    deadline: u64,
+    dirty: bool,
+    writable: bool,
+    /// Reading stopped until output drains (backpressure on /echo).
+    paused: bool,
+    shutdown_when_flushed: bool,
+}
+
+/// What a request head asks for.
+enum Route {
+    Respond(Vec<u8>, Option<Chunk>),
+    Upgrade { endpoint: Endpoint, response: Vec<u8>, nick: Option<String> },
+}
+
+pub struct Server {
+    cfg: Config,
+    poll: Poll,
+    listener: Option<TcpListener>,
+    local_addr: SocketAddr,
+    signals: Signals,
+    conns: Slab<Conn>,
+    per_ip: HashMap<IpAddr, u32>,
+    max_connections: usize,
+    chat: Chat,
+    rbuf: Vec<u8>,
+    dirty: Vec<usize>,
+    again: Vec<usize>,
+    start: Instant,
+    now: u64,
+    sweep_every: u64,
+    next_sweep: u64,
+    accept_paused_until: Option<u64>,
+    spare_fd: Option<std::fs::File>,
+    shutdown_deadline: Option<u64>,
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn wall_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| ms(d))
+        .unwrap_or(0)
+}
+
+/// Raises the open-file limit to its hard limit; returns the soft limit in force.
+fn raise_nofile_limit() -> u64 {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => n,
+        Err(e) => {
+            warn!("could not raise the open-file limit: {e}");
+            rlimit::getrlimit(rlimit::Resource::NOFILE).map(|(s, _)| s).unwrap_or(1024)
+        }
+    }
+}
+
+impl Server {
+    pub fn bind(cfg: Config) -> io::Result<Server> {
+        let nofile = raise_nofile_limit();
+        // Keep a reserve of descriptors for the listener, files, logs and the 503s.
+        let derived = usize::try_from(nofile.saturating_sub(100 + REJECT_SLACK as u64))
+            .unwrap_or(usize::MAX)
+            .max(16);
+        let max_connections = cfg.max_connections.unwrap_or(derived);
+        let poll = Poll::new()?;
+        let mut listener = TcpListener::bind(cfg.addr)?;
+        let local_addr = listener.local_addr()?;
+        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        let mut signals = Signals::new([SIGINT, SIGTERM])?;
+        poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
+        let shortest = [cfg.handshake_timeout, cfg.ping_interval, cfg.idle_timeout, cfg.close_timeout]
+            .into_iter()
+            .min()
+            .unwrap_or(Duration::from_secs(1));
+        let sweep_every = (ms(shortest) / 4).clamp(5, 1000);
+        let chat = Chat::new(
+            ChatConfig {
+                motd: cfg.motd.clone(),
+                history: cfg.history,
+                max_rooms_per_conn: cfg.max_rooms_per_conn,
+                max_rooms: cfg.max_rooms,
+                max_text_chars: cfg.max_text_chars,
+                rate_burst: cfg.rate_burst,
+                rate_per_sec: cfg.rate_per_sec,
+                room_retention_ms: ms(cfg.room_retention),
+            },
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0),
+        );
+        info!("max connections {max_connections} (open-file limit {nofile})");
+        Ok(Server {
+            cfg,
+            poll,
+            listener: Some(listener),
+            local_addr,
+            signals,
+            conns: Slab::new(),
+            per_ip: HashMap::new(),
+            max_connections,
+            chat,
+            rbuf: vec![0; READ_BUF],
+            dirty: Vec::new(),
+            again: Vec::new(),
+            start: Instant::now(),
+            now: 0,
+            sweep_every,
+            next_sweep: sweep_every,
+            accept_paused_until: None,
+            spare_fd: std::fs::File::open("/dev/null").ok(),
+            shutdown_deadline: None,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Runs until a signal asks the server to stop and the connections are closed.
+    pub fn run(mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = if self.again.is_empty() {
+                Duration::from_millis(self.next_sweep.saturating_sub(self.now))
+            } else {
+                Duration::ZERO
+            };
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+            self.now = ms(self.start.elapsed());
+            for ev in events.iter() {
+                match ev.token() {
+                    LISTENER => self.accept_all(),
+                    SIGNALS => self.on_signal(),
+                    Token(k) => {
+                        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                            self.on_readable(k);
+                        }
+                        if ev.is_writable() {
+                            self.mark_dirty(k);
+                        }
+                    }
+                }
+            }
+            for k in std::mem::take(&mut self.again) {
+                self.on_readable(k);
+            }
+            if self.now >= self.next_sweep {
+                self.sweep();
+                self.next_sweep = self.now + self.sweep_every;
+            }
+            self.flush_dirty();
+            if let Some(deadline) = self.shutdown_deadline {
+                if self.conns.is_empty() || self.now >= deadline {
+                    info!("shut down with {} connections left", self.conns.len());
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn chat_now(&self) -> Now {
+        Now { mono_ms: self.now, wall_ms: wall_ms() }
+    }
+
+    // ---- accepting -------------------------------------------------------
+
+    fn accept_all(&mut self) {
+        if self.accept_paused_until.is_some() {
+            return;
+        }
+        loop {
+            let Some(listener) = self.listener.as_ref() else { return };
+            match listener.accept() {
+                Ok((sock, addr)) => self.admit(sock, addr),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                    self.out_of_descriptors();
+                    return;
+                }
+                Err(e) if matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted) => {}
+                Err(e) => {
+                    warn!("accept: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// EMFILE: free the spare descriptor to accept one client and tell it 503,
+    /// then stop accepting for a moment so the loop does not spin on a
+    /// listener that stays readable.
+    fn out_of_descriptors(&mut self) {
+        warn!("out of file descriptors: refusing connections for {EMFILE_PAUSE_MS} ms");
+        self.spare_fd = None;
+        if let Some(Ok((sock, _))) = self.listener.as_ref().map(|l| l.accept()) {
+            let _ = (&sock).write(&http::error(503, "server is full", ""));
+        }
+        self.spare_fd = std::fs::File::open("/dev/null").ok();
+        if let Some(l) = self.listener.as_mut() {
+            let _ = self.poll.registry().deregister(l);
+        }
+        self.accept_paused_until = Some(self.now + EMFILE_PAUSE_MS);
+    }
+
+    fn ip_is_limited(&self, ip: IpAddr) -> bool {
+        self.cfg.limit_loopback || !ip.is_loopback()
+    }
+
+    fn admit(&mut self, mut sock: TcpStream, addr: SocketAddr) {
+        let ip = addr.ip();
+        let over_total = self.conns.len() >= self.max_connections;
+        let over_ip = self.ip_is_limited(ip)
+            && self.per_ip.get(&ip).copied().unwrap_or(0) as usize >= self.cfg.max_connections_per_ip;
+        let refusal = if over_total {
+            Some((503, "too many connections"))
+        } else if over_ip {
+            Some((429, "too many connections from your address"))
+        } else {
+            None
+        };
+        if refusal.is_some() && self.conns.len() >= self.max_connections + REJECT_SLACK {
+            return; // Not even room to say no: drop it.
+        }
+        let _ = sock.set_nodelay(true);
+        let entry = self.conns.vacant_entry();
+        let k = entry.key();
+        if let Err(e) = self.poll.registry().register(&mut sock, Token(k), Interest::READABLE) {
+            warn!("register: {e}");
+            return;
+        }
+        entry.insert(Conn {
+            sock,
+            ip,
+            phase: Phase::Http { head: Vec::new(), scanner: HeadScanner::default() },
+            out: WriteQueue::default(),
+            last_rx: self.now,
+            last_ping: self.now,
+            deadline: self.now + ms(self.cfg.handshake_timeout),
+            dirty: false,
+            writable: false,
+            paused: false,
+            shutdown_when_flushed: false,
+        });
+        if self.ip_is_limited(ip) {
+            *self.per_ip.entry(ip).or_insert(0) += 1;
+        }
+        if let Some((status, reason)) = refusal {
+            debug!("refusing {addr}: {status}");
+            self.respond(k, http::error(status, reason, "Retry-After: 5\r\n"), None);
+        }
+    }
+
+    // ---- reading ---------------------------------------------------------
+
+    fn on_readable(&mut self, k: usize) {
+        let mut rbuf = std::mem::take(&mut self.rbuf);
+        let mut budget = READS_PER_TURN;
+        loop {
+            let Some(c) = self.conns.get_mut(k) else { break };
+            if c.paused {
+                break;
+            }
+            if budget == 0 {
+                self.again.push(k);
+                break;
+            }
+            budget -= 1;
+            match (&c.sock).read(&mut rbuf) {
+                Ok(0) => {
+                    self.on_eof(k);
+                    break;
+                }
+                Ok(n) => {
+                    // Only bytes received keep a connection alive (--idle-timeout).
+                    c.last_rx = self.now;
+                    self.on_bytes(k, &mut rbuf[..n]);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    self.drop_conn(k);
+                    break;
+                }
+            }
+        }
+        self.rbuf = rbuf;
+    }
+
+    fn on_eof(&mut self, k: usize) {
+        // Try once to get out what is queued (the peer may only have half-closed).
+        if let Some(c) = self.conns.get_mut(k) {
+            let _ = c.out.write_to(&mut c.sock);
+        }
+        self.drop_conn(k);
+    }
+
+    fn on_bytes(&mut self, k: usize, data: &mut [u8]) {
+        let Some(c) = self.conns.get_mut(k) else { return };
+        match &mut c.phase {
+            Phase::Http { .. } => self.on_http_bytes(k, data),
+            Phase::Ws(_) => self.on_ws_bytes(k, data),
+            Phase::Responding | Phase::Linger => {}
+        }
+    }
+
+    fn on_http_bytes(&mut self, k: usize, data: &[u8]) {
+        let max_head = self.cfg.max_head_size;
+        let Some(c) = self.conns.get_mut(k) else { return };
+        let Phase::Http { head, scanner } = &mut c.phase else { return };
+        head.extend_from_slice(data);
+        let end = match scanner.scan(head) {
+            Some(end) if end <= max_head => end,
+            None if head.len() <= max_head => return,
+            _ => {
+                self.respond(k, http::error(431, "request head too large", ""), None);
+                return;
+            }
+        };
+        let mut bytes = std::mem::take(head);
+        let route = self.route(&bytes[..end]);
+        match route {
+            Route::Respond(head, body) => self.respond(k, head, body),
+            Route::Upgrade { endpoint, response, nick } => {
+                self.upgrade(k, endpoint, response, nick.as_deref());
+                // RFC 6455 §4.1: the client may send frames right behind its
+                // handshake; they may share this read with the head.
+                if bytes.len() > end {
+                    self.on_ws_bytes(k, &mut bytes[end..]);
+                }
+            }
+        }
+    }
+
+    fn route(&self, head: &[u8]) -> Route {
+        let req = match Request::parse(head) {
+            Ok(r) => r,
+            Err(RequestError::TooManyHeaders) => {
+                return Route::Respond(http::error(431, "too many header fields", ""), None);
+            }
+            Err(RequestError::Malformed) => {
+                return Route::Respond(http::error(400, "malformed HTTP request", ""), None);
+            }
+        };
+        let path = req.path();
+        let endpoint = match path {
+            "/ws" => Endpoint::Chat,
+            "/echo" => Endpoint::Echo,
+            "/healthz" => {
+                return Route::Respond(match req.method {
+                    "GET" => {
+                        let mut r = http::head(200, "text/plain; charset=utf-8", 3, "Cache-Control: no-store\r\n");
+                        r.extend_from_slice(b"ok\n");
+                        r
+                    }
+                    "HEAD" => http::head(200, "text/plain; charset=utf-8", 3, ""),
+                    _ => http::error(405, "use GET", "Allow: GET, HEAD\r\n"),
+                }, None);
+            }
+            _ => return self.route_static(&req),
+        };
+        if !req.wants_upgrade() && req.method == "GET" {
+            let extra = "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n";
+            return Route::Respond(http::error(426, "this is a WebSocket endpoint", extra), None);
+        }
+        let accept = match handshake::check_upgrade(&req) {
+            Ok(a) => a,
+            Err(e) => {
+                let extra = match e {
+                    HandshakeError::BadVersion => "Sec-WebSocket-Version: 13\r\n",
+                    HandshakeError::NotGet => "Allow: GET\r\n",
+                    _ => "",
+                };
+                return Route::Respond(http::error(e.status(), e.reason(), extra), None);
+            }
+        };
+        let mut protocol = None;
+        let mut nick = None;
+        if endpoint == Endpoint::Chat {
+            if !http::origin_allowed(req.origin, req.host, &self.cfg.allow_origin) {
+                return Route::Respond(http::error(403, "origin not allowed", ""), None);
+            }
+            // The chat protocol's subprotocol, when offered; none otherwise.
+            if req.offers_protocol(CHAT_PROTOCOL) {
+                protocol = Some(CHAT_PROTOCOL);
+            }
+            nick = req.query().and_then(query_nick);
+        }
+        Route::Upgrade { endpoint, response: handshake::response_101(&accept, protocol), nick }
+    }
+
+    fn route_static(&self, req: &Request<'_>) -> Route {
+        let (body, ctype) = match http::lookup(self.cfg.static_dir.as_deref(), req.path()) {
+            Ok(found) => found,
+            Err(http::StaticError::Forbidden) => {
+                return Route::Respond(http::error(403, "path leaves the static directory", ""), None);
+            }
+            Err(http::StaticError::NotFound) => {
+                return Route::Respond(http::error(404, "no such file", ""), None);
+            }
+        };
+        let head_only = match req.method {
+            "GET" => false,
+            "HEAD" => true,
+            _ => return Route::Respond(http::error(405, "use GET", "Allow: GET, HEAD\r\n"), None),
+        };
+        let chunk = match body {
+            http::Body::Embedded(b) => Chunk::Static(b),
+            http::Body::Loaded(v) => Chunk::Owned(v),
+        };
+        let len = match &chunk {
+            Chunk::Static(b) => b.len(),
+            Chunk::Owned(v) => v.len(),
+            _ => 0,
+        };
+        let head = http::head(200, ctype, len, http::PAGE_HEADERS);
+        Route::Respond(head, if head_only { None } else { Some(chunk) })
+    }
+
+    fn respond(&mut self, k: usize, head: Vec<u8>, body: Option<Chunk>) {
+        let close_timeout = ms(self.cfg.close_timeout);
+        let Some(c) = self.conns.get_mut(k) else { return };
+        c.phase = Phase::Responding;
+        c.out.push(Chunk::Owned(head));
+        if let Some(b) = body {
+            c.out.push(b);
+        }
+        c.shutdown_when_flushed = true;
+        c.deadline = self.now + close_timeout;
+        self.mark_dirty(k);
+    }
+
+    fn upgrade(&mut self, k: usize, endpoint: Endpoint, response: Vec<u8>, nick: Option<&str>) {
+        let max = match endpoint {
+            Endpoint::Echo => self.cfg.max_message_size,
+            Endpoint::Chat => self.cfg.max_ws_message_size,
+        };
+        let Some(c) = self.conns.get_mut(k) else { return };
+        c.phase = Phase::Ws(WsConn {
+            rx: Receiver::new(max),
+            endpoint,
+            close_sent: false,
+            in_chat: endpoint == Endpoint::Chat,
+        });
+        c.deadline = u64::MAX;
+        c.last_ping = self.now;
+        c.out.push(Chunk::Owned(response));
+        self.mark_dirty(k);
+        if endpoint == Endpoint::Chat {
+            self.with_chat(|chat, now, out| chat.connect(k, nick, now, out));
+        }
+    }
+
+    fn on_ws_bytes(&mut self, k: usize, data: &mut [u8]) {
+        let mut pos = 0;
+        while pos < data.len() {
+            let Some(c) = self.conns.get_mut(k) else { return };
+            let Phase::Ws(ws) = &mut c.phase else { return };
+            let endpoint = ws.endpoint;
+            let (n, r) = ws.rx.read(&mut data[pos..]);
+            pos += n;
+            match r {
+                Ok(Some(ev)) => self.on_event(k, endpoint, ev),
+                Ok(None) if n == 0 => return,
+                Ok(None) => {}
+                Err(e) => {
+                    debug!("connection {k}: {}", e.reason());
+                    self.fail(k, e);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn on_event(&mut self, k: usize, endpoint: Endpoint, ev: Event<'_>) {
+        let Some(c) = self.conns.get_mut(k) else { return };
+        let Phase::Ws(ws) = &mut c.phase else { return };
+        match ev {
+            // §7.1.3: after our close frame, data is read but discarded.
+            Event::Text(_) | Event::Binary(_) if ws.close_sent => {}
+            Event::Text(p) if endpoint == Endpoint::Chat => {
+                self.with_chat(|chat, now, out| chat.on_text(k, &p, now, out));
+            }
+            Event::Binary(_) if endpoint == Endpoint::Chat => {
+                self.start_close(k, 1003, "binary messages are not accepted on /ws");
+            }
+            Event::Text(p) => self.echo(k, OpCode::Text, p),
+            Event::Binary(p) => self.echo(k, OpCode::Binary, p),
+            Event::Ping(p) => {
+                // §5.5.2: answer with a pong carrying the same payload, at once.
+                if !ws.close_sent {
+                    let mut frame = Vec::with_capacity(2 + p.len());
+                    encode_frame(&mut frame, OpCode::Pong, &p);
+                    c.out.push(Chunk::Control(frame));
+                    self.mark_dirty(k);
+                }
+            }
+            Event::Pong(_) => {}
+            Event::Close(code) => {
+                // §5.5.1: answer a close with a close, echoing its status code;
+                // §7.1.1: then the server closes the TCP connection first.
+                if !ws.close_sent {
+                    ws.close_sent = true;
+                    let payload = code.map(|c| c.to_be_bytes().to_vec()).unwrap_or_default();
+                    let mut frame = Vec::with_capacity(4);
+                    encode_frame(&mut frame, OpCode::Close, &payload);
+                    c.out.push(Chunk::Control(frame));
+                }
+                c.shutdown_when_flushed = true;
+                c.deadline = self.now + ms(self.cfg.close_timeout);
+                self.mark_dirty(k);
+                self.leave_chat(k);
+            }
+        }
+    }
+
+    fn echo(&mut self, k: usize, opcode: OpCode, p: Payload<'_>) {
+        let max_pending = self.cfg.max_pending_output;
+        let Some(c) = self.conns.get_mut(k) else { return };
+        match p {
+            // A large assembled message is queued as is, behind its own header.
+            Payload::Owned(v) if v.len() >= 4096 => {
+                let mut hdr = [0u8; MAX_HEADER_LEN];
+                let n = encode_header(&mut hdr, true, opcode, v.len() as u64, None);
+                c.out.push(Chunk::Owned(hdr[..n].to_vec()));
+                c.out.push(Chunk::Owned(v));
+            }
+            p => {
+                let mut frame = Vec::with_capacity(MAX_HEADER_LEN + p.len());
+                encode_frame(&mut frame, opcode, &p);
+                c.out.push(Chunk::Owned(frame));
+            }
+        }
+        // Backpressure: stop reading until the peer takes its echoes.
+        if c.out.pending() > max_pending {
+            c.paused = true;
+        }
+        self.mark_dirty(k);
+    }
+
+    // ---- closing ---------------------------------------------------------
+
+    /// Fails the connection (§7.1.7): a close frame with the error's code,
+    /// then our side of TCP closes, since the rest of the stream cannot be parsed.
+    fn fail(&mut self, k: usize, e: ProtocolError) {
+        self.start_close(k, e.close_code(), e.reason());
+        if let Some(c) = self.conns.get_mut(k) {
+            c.shutdown_when_flushed = true;
+        }
+    }
+
+    /// Starts the closing handshake from our side (§7.1.2).
+    fn start_close(&mut self, k: usize, code: u16, reason: &str) {
+        let close_timeout = ms(self.cfg.close_timeout);
+        let Some(c) = self.conns.get_mut(k) else { return };
+        let Phase::Ws(ws) = &mut c.phase else { return };
+        if ws.close_sent {
+            return;
+        }
+        ws.close_sent = true;
+        let mut frame = Vec::with_capacity(4 + reason.len());
+        encode_frame(&mut frame, OpCode::Close, &close_payload(code, reason));
+        c.out.push(Chunk::Control(frame));
+        c.deadline = self.now + close_timeout;
+        // Nothing more is read from a paused peer, but its close must get through.
+        c.paused = false;
+        self.mark_dirty(k);
+        self.leave_chat(k);
+    }
+
+    fn leave_chat(&mut self, k: usize) {
+        let Some(c) = self.conns.get_mut(k) else { return };
+        let Phase::Ws(ws) = &mut c.phase else { return };
+        if std::mem::replace(&mut ws.in_chat, false) {
+            self.with_chat(|chat, now, out| chat.disconnect(k, now, out));
+        }
+    }
+
+    fn drop_conn(&mut self, k: usize) {
+        let Some(c) = self.conns.try_remove(k) else { return };
+        if self.ip_is_limited(c.ip) {
+            if let Some(n) = self.per_ip.get_mut(&c.ip) {
+                *n -= 1;
+                if *n == 0 {
+                    self.per_ip.remove(&c.ip);
+                }
+            }
+        }
+        if let Phase::Ws(ws) = &c.phase {
+            if ws.in_chat {
+                self.with_chat(|chat, now, out| chat.disconnect(k, now, out));
+            }
+        }
+        // Dropping the stream closes the socket and removes it from the poll.
+    }
+
+    // ---- the chat --------------------------------------------------------
+
+    /// Calls into the chat with an outbox onto the connections' queues, then
+    /// carries out the closes it asked for or that overflowing queues need.
+    fn with_chat(&mut self, f: impl FnOnce(&mut Chat, Now, &mut dyn Outbox)) {
+        let now = self.chat_now();
+        let mut closes = Vec::new();
+        let mut out = ServerOutbox {
+            conns: &mut self.conns,
+            dirty: &mut self.dirty,
+            max_pending: self.cfg.max_pending_output,
+            closes: &mut closes,
+        };
+        f(&mut self.chat, now, &mut out);
+        for (k, code, reason) in closes {
+            if code == 1008 && reason == SLOW_CONSUMER {
+                if let Some(c) = self.conns.get_mut(k) {
+                    // Its backlog is dropped; the client recovers it with `since`.
+                    c.out.discard_unsent_data();
+                }
+            }
+            self.start_close(k, code, &reason);
+        }
+    }
+
+    // ---- writing ---------------------------------------------------------
+
+    fn mark_dirty(&mut self, k: usize) {
+        if let Some(c) = self.conns.get_mut(k) {
+            if !c.dirty {
+                c.dirty = true;
+                self.dirty.push(k);
+            }
+        }
+    }
+
+    fn flush_dirty(&mut self) {
+        while !self.dirty.is_empty() {
+            for k in std::mem::take(&mut self.dirty) {
+                self.flush(k);
+            }
+        }
+    }
+
+    fn flush(&mut self, k: usize) {
+        let max_pending = self.cfg.max_pending_output;
+        let close_timeout = ms(self.cfg.close_timeout);
+        let Some(c) = self.conns.get_mut(k) else { return };
+        c.dirty = false;
+        let drained = match c.out.write_to(&mut c.sock) {
+            Ok(d) => d,
+            Err(_) => {
+                self.drop_conn(k);
+                return;
+            }
+        };
+        // Writable interest only while output waits.
+        if drained == c.writable {
+            let interest = if drained { Interest::READABLE } else { Interest::READABLE | Interest::WRITABLE };
+            if self.poll.registry().reregister(&mut c.sock, Token(k), interest).is_err() {
+                self.drop_conn(k);
+                return;
+            }
+            c.writable = !drained;
+        }
+        if c.paused && c.out.pending() <= max_pending / 2 {
+            c.paused = false;
+            self.again.push(k);
+        }
+        if drained && c.shutdown_when_flushed {
+            c.shutdown_when_flushed = false;
+            let _ = c.sock.shutdown(Shutdown::Write);
+            c.phase = Phase::Linger;
+            c.deadline = self.now + close_timeout;
+        }
+    }
+
+    // ---- timers and signals -----------------------------------------------
+
+    fn sweep(&mut self) {
+        let now = self.now;
+        if self.accept_paused_until.is_some_and(|t| now >= t) {
+            self.accept_paused_until = None;
+            if let Some(l) = self.listener.as_mut() {
+                let _ = self.poll.registry().register(l, LISTENER, Interest::READABLE);
+            }
+            self.accept_all();
+        }
+        let idle = ms(self.cfg.idle_timeout);
+        let ping = ms(self.cfg.ping_interval);
+        let mut expired = Vec::new();
+        let mut silent = Vec::new();
+        let mut to_ping = Vec::new();
+        for (k, c) in self.conns.iter() {
+            match &c.phase {
+                Phase::Ws(ws) if !ws.close_sent => {
+                    if now.saturating_sub(c.last_rx) >= idle {
+                        silent.push(k);
+                    } else if now.saturating_sub(c.last_rx.max(c.last_ping)) >= ping {
+                        to_ping.push(k);
+                    }
+                }
+                _ if now >= c.deadline => expired.push(k),
+                _ => {}
+            }
+        }
+        for k in expired {
+            debug!("connection {k}: timed out");
+            self.drop_conn(k);
+        }
+        for k in silent {
+            self.start_close(k, 1001, "idle timeout");
+        }
+        for k in to_ping {
+            if let Some(c) = self.conns.get_mut(k) {
+                c.last_ping = now;
+                c.out.push(Chunk::Control(vec![0x89, 0]));
+                self.mark_dirty(k);
+            }
+        }
+        let now = self.chat_now();
+        self.chat.tick(now);
+    }
+
+    fn on_signal(&mut self) {
+        let signals: Vec<i32> = self.signals.pending().collect();
+        if signals.is_empty() {
+            return;
+        }
+        if self.shutdown_deadline.is_some() {
+            info!("second signal: exiting now");
+            std::process::exit(130);
+        }
+        info!("signal {}: closing connections (up to {:?})", signals[0], self.cfg.shutdown_timeout);
+        if let Some(mut l) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut l);
+        }
+        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        for k in keys {
+            match self.conns.get(k).map(|c| matches!(c.phase, Phase::Ws(_) | Phase::Responding)) {
+                Some(true) => self.start_close(k, 1001, "server shutting down"),
+                Some(false) => self.drop_conn(k),
+                None => {}
+            }
+        }
+        self.shutdown_deadline = Some(self.now + ms(self.cfg.shutdown_timeout));
+    }
+}
+
+/// The reason given to a client whose output overflowed.
+const SLOW_CONSUMER: &str = "slow consumer";
+
+/// The chat's view of the connections: it queues shared frames.
+struct ServerOutbox<'a> {
+    conns: &'a mut Slab<Conn>,
+    dirty: &'a mut Vec<usize>,
+    max_pending: usize,
+    closes: &'a mut Vec<(usize, u16, String)>,
+}
+
+impl Outbox for ServerOutbox<'_> {
+    fn send(&mut self, to: ConnId, frame: &Rc<[u8]>) {
+        let Some(c) = self.conns.get_mut(to) else { return };
+        let Phase::Ws(ws) = &c.phase else { return };
+        if ws.close_sent {
+            return;
+        }
+        c.out.push(Chunk::Shared(Rc::clone(frame)));
+        if !c.dirty {
+            c.dirty = true;
+            self.dirty.push(to);
+        }
+        if c.out.pending() > self.max_pending {
+            self.closes.push((to, 1008, SLOW_CONSUMER.to_string()));
+        }
+    }
+
+    fn close(&mut self, to: ConnId, code: u16, reason: &str) {
+        self.closes.push((to, code, reason.to_string()));
+    }
+}
+
+/// The `nick` query parameter, percent-decoded.
+fn query_nick(query: &str) -> Option<String> {
+    query.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        if k != "nick" {
+            return None;
+        }
+        let v = v.replace('+', " ");
+        percent_encoding::percent_decode_str(&v).decode_utf8().ok().map(|s| s.into_owned())
+    })
+}

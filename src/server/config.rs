@@ -1,0 +1,163 @@
+//! Command-line configuration: every limit has a flag and a default.
+
+use clap::Parser;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Parses sizes such as `65536`, `64KiB`, `16MiB` or `1GiB`.
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: usize = num.parse().map_err(|_| format!("not a size: {s:?}"))?;
+    let mult: usize = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return Err(format!("unknown size unit in {s:?} (use B, KiB, MiB or GiB)")),
+    };
+    n.checked_mul(mult).ok_or_else(|| format!("size too large: {s:?}"))
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (e.g. 500ms, 10s, 2m, 24h)"))
+}
+
+/// wschat: a small real-time chat server with a hand-written RFC 6455 engine.
+///
+/// Serves the web client over HTTP and WebSocket on one port: `/` (the web
+/// client), `/ws` (chat), `/echo` (plain echo), `/healthz`.
+/// Durations take units (500ms, 10s, 2m, 24h); sizes take B, KiB, MiB, GiB.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "wschat", version, about, long_about = None)]
+pub struct Config {
+    /// Address and port to listen on.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    pub addr: SocketAddr,
+
+    /// Serve the web client from this directory instead of the copy built
+    /// into the binary (for people editing the client).
+    #[arg(long, value_name = "DIR")]
+    pub static_dir: Option<PathBuf>,
+
+    /// Largest message on /echo, all fragments together; larger is closed with 1009.
+    #[arg(long, value_name = "SIZE", default_value = "16MiB", value_parser = parse_size)]
+    pub max_message_size: usize,
+
+    /// Largest message on /ws (chat), all fragments together; larger is closed with 1009.
+    #[arg(long, value_name = "SIZE", default_value = "64KiB", value_parser = parse_size)]
+    pub max_ws_message_size: usize,
+
+    /// Largest HTTP request head; larger is answered 431.
+    #[arg(long, value_name = "SIZE", default_value = "8KiB", value_parser = parse_size)]
+    pub max_head_size: usize,
+
+    /// Time from accept to a complete request head; slower clients are dropped.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub handshake_timeout: Duration,
+
+    /// Ping a WebSocket from which nothing arrived for this long.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub ping_interval: Duration,
+
+    /// Close (1001) a WebSocket from which nothing, pong included, arrived for this long.
+    #[arg(long, value_name = "DURATION", default_value = "75s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// After sending a close frame, wait this long for the peer's close and
+    /// its end of the TCP connection before dropping it.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub close_timeout: Duration,
+
+    /// On SIGINT/SIGTERM, wait this long for close handshakes before exiting.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+
+    /// Most open connections; more are answered 503. Default: the open-file
+    /// limit (raised to its hard limit at start) less a reserve.
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+
+    /// Most open connections from one IP address; more are answered 429.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub max_connections_per_ip: usize,
+
+    /// Count loopback clients against --max-connections-per-ip too (by default
+    /// they are exempt: a reverse proxy on the same machine is one address).
+    #[arg(long)]
+    pub limit_loopback: bool,
+
+    /// Unsent output one connection may hold. Over it, /echo stops reading
+    /// from that connection until its output drains; a /ws client is closed
+    /// with 1008 "slow consumer".
+    #[arg(long, value_name = "SIZE", default_value = "1MiB", value_parser = parse_size)]
+    pub max_pending_output: usize,
+
+    /// Also accept WebSocket upgrades to /ws from this Origin (repeatable;
+    /// `*` allows every origin). An Origin whose host is the request's Host
+    /// is always accepted, and so are requests with no Origin.
+    #[arg(long, value_name = "ORIGIN")]
+    pub allow_origin: Vec<String>,
+
+    /// Welcome text sent to every chat client.
+    #[arg(long, default_value = "Welcome to wschat!")]
+    pub motd: String,
+
+    /// Messages kept per room.
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    pub history: usize,
+
+    /// Rooms one connection may join.
+    #[arg(long, value_name = "N", default_value_t = 32)]
+    pub max_rooms_per_conn: usize,
+
+    /// Rooms on the server.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub max_rooms: usize,
+
+    /// Longest chat text, in Unicode scalar values.
+    #[arg(long, value_name = "N", default_value_t = 4000)]
+    pub max_text_chars: usize,
+
+    /// Chat rate limit: tokens in each connection's bucket. 0 turns the rate
+    /// limit off (for benchmarks on a trusted network).
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub rate_burst: u32,
+
+    /// Chat rate limit: tokens added per second.
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    pub rate_per_sec: u32,
+
+    /// How long a room with no members keeps its history.
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration)]
+    pub room_retention: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config::parse_from(["wschat"])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("64KiB"), Ok(65536));
+        assert_eq!(parse_size("16MiB"), Ok(16 << 20));
+        assert_eq!(parse_size("123"), Ok(123));
+        assert!(parse_size("12 parsecs").is_err());
+        assert!(parse_size("99999999999999999999GiB").is_err());
+    }
+
+    #[test]
+    fn defaults_parse() {
+        let c = Config::default();
+        assert_eq!(c.max_message_size, 16 << 20);
+        assert_eq!(c.idle_timeout, Duration::from_secs(75));
+    }
+}
