@@ -1436,3 +1436,22 @@ fn chat_large_frames_use_extended_lengths() {
     assert_eq!(f[0].1[1], 127);
     assert_eq!(ids(&decode(&f[0].1)["history"]).len(), 11);
 }
+
+#[test]
+fn chat_connection_state_is_compact() {
+    // Idle connections must stay small (< 0.5 KiB with the server's own
+    // state): nick, room list, bucket and a flag, no per-connection maps.
+    assert!(std::mem::size_of::<super::Conn>() <= 96);
+    assert!(std::mem::size_of::<room::Msg>() <= 48);
+}
+
+#[test]
+fn chat_negative_zero_is_not_accepted() {
+    // serde_json reads `-0` as the float -0.0, indistinguishable from `-0.0`.
+    let mut h = H::new();
+    h.user(1, "alice");
+    invalid(
+        &h.ask_raw(1, br#"{"type":"join","room":"r","since":-0}"#),
+        "since",
+    );
+}
