@@ -1455,3 +1455,38 @@ fn chat_negative_zero_is_not_accepted() {
         "since",
     );
 }
+
+#[test]
+fn chat_deep_nesting_is_bad_json_not_a_crash() {
+    let mut h = H::new();
+    h.user(1, "alice");
+    let deep = format!(
+        r#"{{"type":"rooms","x":{}1{}}}"#,
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
+    err(&h.ask_raw(1, deep.as_bytes()), "bad_json");
+}
+
+#[test]
+fn chat_reused_connection_id_starts_fresh() {
+    let mut h = H::new();
+    h.user(1, "alice");
+    h.user(2, "bob");
+    h.join(1, "r");
+    h.join(2, "r");
+    h.drain();
+    // The server reports a new connection under an id it never closed.
+    h.chat.connect(1, Some("alice"), h.now, &mut h.out);
+    let f = h.drain();
+    assert!(f.contains(&(
+        2,
+        json!({"type": "presence", "room": "r", "nick": "alice", "event": "leave"})
+    )));
+    assert!(f.contains(&(
+        1,
+        json!({"type": "welcome", "nick": "alice", "motd": "hello", "protocol": 1})
+    )));
+    assert_eq!(h.chat.connections(), 2);
+    assert_eq!(h.join(2, "r")["members"], json!(["bob"]));
+}
