@@ -444,11 +444,12 @@ impl Chat {
             return Ok(());
         };
         let existing = self.room_names.get(name).copied();
-        let refresh = existing.is_some_and(|i| c.rooms.contains(&i));
+        let member_of = existing.filter(|i| c.rooms.contains(i));
+        let refresh = member_of.is_some();
         let nick = c.nick.clone();
         let joined_count = c.rooms.len();
-        let idx = if refresh {
-            existing.unwrap_or_default()
+        let idx = if let Some(i) = member_of {
+            i
         } else {
             if joined_count >= self.cfg.max_rooms_per_conn {
                 return Err(ChatError::TooManyRooms { server: false });
