@@ -1,39 +1,711 @@
-//! Chat service (placeholder until the chat layer lands: same interface).
+//! Chat service, sans-IO: rooms, nicknames, presence, history, rate limits
+//! and the JSON protocol of `docs/protocol.md`. It never touches a socket and
+//! never reads a clock; it tells an [`Outbox`] what to send to whom.
+//!
+//! Every broadcast is serialised and framed once into an `Rc<[u8]>` shared
+//! by all its recipients.
+
+pub mod protocol;
+pub mod rate;
+pub mod room;
+pub mod validate;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
 use std::rc::Rc;
+
+use protocol::{ChatError, MsgOut, Out, Parsed, Request, RoomInfo, frame};
+use rate::{Bucket, Verdict};
+use room::Room;
 
 pub type ConnId = usize;
 
+/// Time passed in by the server (the chat never reads a clock).
 #[derive(Clone, Copy, Debug)]
 pub struct Now {
+    /// Monotonic milliseconds, any origin.
     pub mono_ms: u64,
+    /// Milliseconds since the Unix epoch.
     pub wall_ms: u64,
 }
 
+/// Where the chat puts its output.
 pub trait Outbox {
+    /// `frame` is a complete WebSocket text frame (header + JSON payload),
+    /// built once per logical message and shared by every recipient.
     fn send(&mut self, to: ConnId, frame: &Rc<[u8]>);
+    /// Ask the server to close this connection with a WebSocket close code
+    /// and reason. The server will later call [`Chat::disconnect`] for it.
     fn close(&mut self, to: ConnId, code: u16, reason: &str);
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct ChatConfig {
+    /// Sent in `welcome`.
     pub motd: String,
+    /// Messages kept per room.
     pub history: usize,
+    /// Rooms one connection may be in.
     pub max_rooms_per_conn: usize,
+    /// Rooms the server keeps (with members or retained history).
     pub max_rooms: usize,
+    /// Longest `text`, in Unicode scalar values.
     pub max_text_chars: usize,
+    /// Token bucket size; 0 turns the rate limit off.
     pub rate_burst: u32,
+    /// Tokens refilled per second.
     pub rate_per_sec: u32,
+    /// How long an empty room keeps its history, in ms.
     pub room_retention_ms: u64,
 }
 
-pub struct Chat;
+impl Default for ChatConfig {
+    fn default() -> ChatConfig {
+        ChatConfig {
+            motd: String::new(),
+            history: 1000,
+            max_rooms_per_conn: 32,
+            max_rooms: 10_000,
+            max_text_chars: 4000,
+            rate_burst: 20,
+            rate_per_sec: 2,
+            room_retention_ms: 24 * 60 * 60 * 1000,
+        }
+    }
+}
+
+/// Close code for rate-limit abuse (RFC 6455 §7.4.1: policy violation).
+pub const CLOSE_POLICY: u16 = 1008;
+
+/// Per-connection state, kept small: thousands of idle connections are normal.
+struct Conn {
+    nick: Rc<str>,
+    /// Indices into `Chat::rooms`; at most `max_rooms_per_conn`.
+    rooms: Vec<u32>,
+    bucket: Bucket,
+    /// A close was requested: ignore whatever still arrives.
+    closing: bool,
+}
+
+pub struct Chat {
+    cfg: ChatConfig,
+    conns: HashMap<ConnId, Conn>,
+    /// Lowercased nick -> holder.
+    nicks: HashMap<Box<str>, ConnId>,
+    /// Room slab; a slot is reused only after the room is forgotten, when no
+    /// connection refers to it any more.
+    rooms: Vec<Option<Room>>,
+    free_rooms: Vec<u32>,
+    room_names: HashMap<Rc<str>, u32>,
+    epoch_seed: u64,
+    epoch_counter: u64,
+    guest_counter: u64,
+}
+
+/// splitmix64 finaliser: a bijection on u64, so distinct inputs give
+/// distinct epochs within one run.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+fn base36(mut n: u64) -> String {
+    const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut buf = [0u8; 13];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = DIGITS[(n % 36) as usize];
+        n /= 36;
+        if n == 0 {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&buf[i..]).into_owned()
+}
+
+/// Sends `frame` to every member of `members` but `except`.
+fn broadcast(out: &mut dyn Outbox, members: &[ConnId], except: Option<ConnId>, f: &Rc<[u8]>) {
+    for &m in members {
+        if Some(m) != except {
+            out.send(m, f);
+        }
+    }
+}
 
 impl Chat {
-    pub fn new(_cfg: ChatConfig, _epoch_seed: u64) -> Chat {
-        Chat
+    /// `epoch_seed` varies per server start so epochs differ across restarts.
+    pub fn new(cfg: ChatConfig, epoch_seed: u64) -> Chat {
+        Chat {
+            cfg,
+            conns: HashMap::new(),
+            nicks: HashMap::new(),
+            rooms: Vec::new(),
+            free_rooms: Vec::new(),
+            room_names: HashMap::new(),
+            epoch_seed,
+            epoch_counter: 0,
+            guest_counter: 0,
+        }
     }
-    pub fn connect(&mut self, _c: ConnId, _n: Option<&str>, _now: Now, _out: &mut dyn Outbox) {}
-    pub fn on_text(&mut self, _c: ConnId, _m: &[u8], _now: Now, _out: &mut dyn Outbox) {}
-    pub fn disconnect(&mut self, _c: ConnId, _now: Now, _out: &mut dyn Outbox) {}
-    pub fn tick(&mut self, _now: Now) {}
+
+    /// Connections currently open.
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Rooms kept: with members, or empty with retained history.
+    pub fn rooms(&self) -> usize {
+        self.room_names.len()
+    }
+
+    /// A /ws connection opened; `requested_nick` is the percent-decoded
+    /// `?nick=` value if any. Sends `welcome`.
+    pub fn connect(
+        &mut self,
+        conn: ConnId,
+        requested_nick: Option<&str>,
+        now: Now,
+        out: &mut dyn Outbox,
+    ) {
+        if self.conns.contains_key(&conn) {
+            // The server reused an id without telling us: forget the old one.
+            self.disconnect(conn, now, out);
+        }
+        let nick = match requested_nick {
+            Some(n)
+                if validate::valid_nick(n) && !self.nicks.contains_key(&*validate::nick_key(n)) =>
+            {
+                n.to_owned()
+            }
+            _ => self.guest_nick(),
+        };
+        let nick: Rc<str> = Rc::from(nick);
+        self.nicks.insert(validate::nick_key(&nick), conn);
+        self.conns.insert(
+            conn,
+            Conn {
+                nick: nick.clone(),
+                rooms: Vec::new(),
+                bucket: Bucket::new(self.cfg.rate_burst, now.mono_ms),
+                closing: false,
+            },
+        );
+        let f = frame(&Out::Welcome {
+            nick: &nick,
+            motd: &self.cfg.motd,
+            protocol: protocol::PROTOCOL_VERSION,
+        });
+        out.send(conn, &f);
+    }
+
+    fn guest_nick(&mut self) -> String {
+        loop {
+            self.guest_counter += 1;
+            let n = format!("guest-{}", self.guest_counter);
+            if !self.nicks.contains_key(n.as_str()) {
+                return n;
+            }
+        }
+    }
+
+    /// The connection is gone: leave every room (presence `leave` to the
+    /// others) and free the nick.
+    pub fn disconnect(&mut self, conn: ConnId, now: Now, out: &mut dyn Outbox) {
+        let Some(c) = self.conns.remove(&conn) else {
+            return;
+        };
+        let key = validate::nick_key(&c.nick);
+        if self.nicks.get(&key) == Some(&conn) {
+            self.nicks.remove(&key);
+        }
+        for idx in c.rooms {
+            self.remove_member(idx, conn, &c.nick, now, out);
+        }
+    }
+
+    /// Forgets empty rooms whose retention has passed.
+    pub fn tick(&mut self, now: Now) {
+        let expired: Vec<u32> = self
+            .rooms
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| match r {
+                Some(r) if self.expired(r, now) => Some(i as u32),
+                _ => None,
+            })
+            .collect();
+        for idx in expired {
+            self.forget(idx);
+        }
+    }
+
+    fn expired(&self, r: &Room, now: Now) -> bool {
+        r.members.is_empty()
+            && (r.history.is_empty()
+                || now.mono_ms.saturating_sub(r.empty_since) >= self.cfg.room_retention_ms)
+    }
+
+    fn forget(&mut self, idx: u32) {
+        if let Some(r) = self.rooms.get_mut(idx as usize).and_then(Option::take) {
+            self.room_names.remove(&r.name);
+            self.free_rooms.push(idx);
+        }
+    }
+
+    fn room(&self, idx: u32) -> Option<&Room> {
+        self.rooms.get(idx as usize).and_then(Option::as_ref)
+    }
+
+    fn room_mut(&mut self, idx: u32) -> Option<&mut Room> {
+        self.rooms.get_mut(idx as usize).and_then(Option::as_mut)
+    }
+
+    /// Removes `conn` from a room, tells the others, and forgets the room at
+    /// once when it is left with neither members nor history.
+    fn remove_member(
+        &mut self,
+        idx: u32,
+        conn: ConnId,
+        nick: &str,
+        now: Now,
+        out: &mut dyn Outbox,
+    ) {
+        let Some(r) = self.room_mut(idx) else {
+            return;
+        };
+        if let Some(pos) = r.members.iter().position(|&m| m == conn) {
+            r.members.swap_remove(pos);
+        }
+        if r.members.is_empty() {
+            r.empty_since = now.mono_ms;
+            if r.history.is_empty() {
+                self.forget(idx);
+            }
+            return;
+        }
+        let f = frame(&Out::Presence {
+            room: &r.name,
+            nick,
+            event: "leave",
+        });
+        broadcast(out, &r.members, None, &f);
+    }
+
+    /// One complete text message from the client.
+    pub fn on_text(&mut self, conn: ConnId, msg: &[u8], now: Now, out: &mut dyn Outbox) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if c.closing {
+            return;
+        }
+        // The rate limit comes first, before parsing.
+        match c
+            .bucket
+            .take(now.mono_ms, self.cfg.rate_burst, self.cfg.rate_per_sec)
+        {
+            Verdict::Pass => {}
+            Verdict::Refuse => {
+                send_error(out, conn, None, &ChatError::RateLimited);
+                return;
+            }
+            Verdict::Close => {
+                c.closing = true;
+                out.close(conn, CLOSE_POLICY, "rate limit exceeded");
+                return;
+            }
+        }
+        match protocol::parse(msg, self.cfg.max_text_chars) {
+            Err(rej) => send_error(out, conn, rej.r#ref.as_deref(), &rej.error),
+            Ok(Parsed { r#ref, request }) => {
+                let r = r#ref.as_deref();
+                if let Err(e) = self.handle(conn, request, r, now, out) {
+                    send_error(out, conn, r, &e);
+                }
+            }
+        }
+    }
+
+    fn handle(
+        &mut self,
+        conn: ConnId,
+        req: Request,
+        r: Option<&str>,
+        now: Now,
+        out: &mut dyn Outbox,
+    ) -> Result<(), ChatError> {
+        match req {
+            Request::Nick { nick } => self.set_nick(conn, nick, r, out),
+            Request::Join { room, since, epoch } => {
+                self.join(conn, &room, since, epoch.as_deref(), r, now, out)
+            }
+            Request::Leave { room } => self.leave(conn, &room, r, now, out),
+            Request::Message { room, text } => self.message(conn, &room, text, r, now, out),
+            Request::Dm { to, text } => self.dm(conn, &to, &text, r, now, out),
+            Request::Typing { room, active } => self.typing(conn, &room, active, out),
+            Request::History {
+                room,
+                before,
+                limit,
+            } => self.history(conn, &room, before, limit, r, out),
+            Request::Rooms => {
+                self.list_rooms(conn, r, out);
+                Ok(())
+            }
+        }
+    }
+
+    /// The index of a room `conn` has joined.
+    fn joined_room(&self, conn: ConnId, name: &str) -> Result<u32, ChatError> {
+        let idx = *self.room_names.get(name).ok_or(ChatError::NotInRoom)?;
+        let c = self.conns.get(&conn).ok_or(ChatError::NotInRoom)?;
+        if c.rooms.contains(&idx) {
+            Ok(idx)
+        } else {
+            Err(ChatError::NotInRoom)
+        }
+    }
+
+    fn set_nick(
+        &mut self,
+        conn: ConnId,
+        nick: String,
+        r: Option<&str>,
+        out: &mut dyn Outbox,
+    ) -> Result<(), ChatError> {
+        let key = validate::nick_key(&nick);
+        if let Some(&holder) = self.nicks.get(&key)
+            && holder != conn
+        {
+            return Err(ChatError::NickTaken);
+        }
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return Ok(());
+        };
+        let old = c.nick.clone();
+        if *old == *nick {
+            let f = frame(&Out::Nick {
+                old: &old,
+                nick: &nick,
+                r#ref: r,
+            });
+            out.send(conn, &f);
+            return Ok(());
+        }
+        let new: Rc<str> = Rc::from(nick);
+        c.nick = new.clone();
+        self.nicks.remove(&validate::nick_key(&old));
+        self.nicks.insert(key, conn);
+
+        let mut others: Vec<ConnId> = c
+            .rooms
+            .iter()
+            .filter_map(|&i| self.rooms.get(i as usize).and_then(Option::as_ref))
+            .flat_map(|room| room.members.iter().copied())
+            .filter(|&m| m != conn)
+            .collect();
+        others.sort_unstable();
+        others.dedup();
+
+        let shared = frame(&Out::Nick {
+            old: &old,
+            nick: &new,
+            r#ref: None,
+        });
+        let own = match r {
+            Some(_) => frame(&Out::Nick {
+                old: &old,
+                nick: &new,
+                r#ref: r,
+            }),
+            None => shared.clone(),
+        };
+        out.send(conn, &own);
+        broadcast(out, &others, None, &shared);
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn join(
+        &mut self,
+        conn: ConnId,
+        name: &str,
+        since: Option<u64>,
+        epoch: Option<&str>,
+        r: Option<&str>,
+        now: Now,
+        out: &mut dyn Outbox,
+    ) -> Result<(), ChatError> {
+        let Some(c) = self.conns.get(&conn) else {
+            return Ok(());
+        };
+        let existing = self.room_names.get(name).copied();
+        let member_of = existing.filter(|i| c.rooms.contains(i));
+        let refresh = member_of.is_some();
+        let nick = c.nick.clone();
+        let joined_count = c.rooms.len();
+        let idx = if let Some(i) = member_of {
+            i
+        } else {
+            if joined_count >= self.cfg.max_rooms_per_conn {
+                return Err(ChatError::TooManyRooms { server: false });
+            }
+            // A room past its retention that `tick` has not reached yet is
+            // already gone: it starts again with a new epoch.
+            let existing = match existing {
+                Some(i) if self.room(i).is_some_and(|room| self.expired(room, now)) => {
+                    self.forget(i);
+                    None
+                }
+                other => other,
+            };
+            match existing {
+                Some(i) => i,
+                None => self.create_room(name, now)?,
+            }
+        };
+        if !refresh {
+            if let Some(c) = self.conns.get_mut(&conn) {
+                c.rooms.push(idx);
+            }
+            if let Some(room) = self.room_mut(idx) {
+                room.members.push(conn);
+            }
+        }
+        let Some(room) = self.room(idx) else {
+            return Ok(());
+        };
+
+        let mut members: Vec<&str> = room
+            .members
+            .iter()
+            .filter_map(|m| self.conns.get(m).map(|c| &*c.nick))
+            .collect();
+        members.sort_unstable_by(|a, b| validate::cmp_lowercase(a, b));
+        let page = match since {
+            Some(s) if epoch.is_none_or(|e| e == &*room.epoch) => {
+                room.after(s, validate::JOIN_SINCE_MAX)
+            }
+            _ => room.newest(validate::JOIN_NEWEST),
+        };
+        let f = frame(&Out::Joined {
+            room: &room.name,
+            epoch: &room.epoch,
+            members,
+            history: page
+                .messages
+                .map(|m| MsgOut::new(&room.name, m, None))
+                .collect(),
+            complete: page.complete,
+            r#ref: r,
+        });
+        out.send(conn, &f);
+        if !refresh {
+            let f = frame(&Out::Presence {
+                room: &room.name,
+                nick: &nick,
+                event: "join",
+            });
+            broadcast(out, &room.members, Some(conn), &f);
+        }
+        Ok(())
+    }
+
+    fn create_room(&mut self, name: &str, now: Now) -> Result<u32, ChatError> {
+        if self.room_names.len() >= self.cfg.max_rooms {
+            // Live rooms come before stale history: make space by forgetting
+            // the empty room whose last member left longest ago.
+            let oldest = self
+                .rooms
+                .iter()
+                .enumerate()
+                .filter_map(|(i, r)| r.as_ref().map(|r| (i, r)))
+                .filter(|(_, r)| r.members.is_empty())
+                .min_by_key(|(_, r)| r.empty_since)
+                .map(|(i, _)| i as u32);
+            match oldest {
+                Some(i) => self.forget(i),
+                None => return Err(ChatError::TooManyRooms { server: true }),
+            }
+        }
+        self.epoch_counter += 1;
+        let epoch = base36(mix(self
+            .epoch_seed
+            .wrapping_add(self.epoch_counter.wrapping_mul(0x9e37_79b9_7f4a_7c15))));
+        let name: Rc<str> = Rc::from(name);
+        let room = Room::new(name.clone(), epoch.into_boxed_str(), now.mono_ms);
+        let idx = match self.free_rooms.pop() {
+            Some(i) => {
+                self.rooms[i as usize] = Some(room);
+                i
+            }
+            None => {
+                self.rooms.push(Some(room));
+                (self.rooms.len() - 1) as u32
+            }
+        };
+        self.room_names.insert(name, idx);
+        Ok(idx)
+    }
+
+    fn leave(
+        &mut self,
+        conn: ConnId,
+        name: &str,
+        r: Option<&str>,
+        now: Now,
+        out: &mut dyn Outbox,
+    ) -> Result<(), ChatError> {
+        let idx = self.joined_room(conn, name)?;
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return Ok(());
+        };
+        c.rooms.retain(|&i| i != idx);
+        let nick = c.nick.clone();
+        let f = frame(&Out::Left {
+            room: name,
+            r#ref: r,
+        });
+        out.send(conn, &f);
+        self.remove_member(idx, conn, &nick, now, out);
+        Ok(())
+    }
+
+    fn message(
+        &mut self,
+        conn: ConnId,
+        name: &str,
+        text: String,
+        r: Option<&str>,
+        now: Now,
+        out: &mut dyn Outbox,
+    ) -> Result<(), ChatError> {
+        let idx = self.joined_room(conn, name)?;
+        let Some(from) = self.conns.get(&conn).map(|c| c.nick.clone()) else {
+            return Ok(());
+        };
+        let keep = self.cfg.history;
+        let Some(room) = self.room_mut(idx) else {
+            return Ok(());
+        };
+        let msg = room.post(from, text.into_boxed_str(), now.wall_ms, keep);
+        let shared = frame(&MsgOut::new(&room.name, &msg, None));
+        let own = match r {
+            Some(_) => frame(&MsgOut::new(&room.name, &msg, r)),
+            None => shared.clone(),
+        };
+        for &m in &room.members {
+            out.send(m, if m == conn { &own } else { &shared });
+        }
+        Ok(())
+    }
+
+    fn dm(
+        &mut self,
+        conn: ConnId,
+        to: &str,
+        text: &str,
+        r: Option<&str>,
+        now: Now,
+        out: &mut dyn Outbox,
+    ) -> Result<(), ChatError> {
+        let target = *self
+            .nicks
+            .get(&*validate::nick_key(to))
+            .ok_or(ChatError::NoSuchUser)?;
+        let (Some(from), Some(recipient)) = (self.conns.get(&conn), self.conns.get(&target)) else {
+            return Err(ChatError::NoSuchUser);
+        };
+        let dm = |r| {
+            frame(&Out::Dm {
+                from: &from.nick,
+                to: &recipient.nick,
+                text,
+                ts: now.wall_ms,
+                r#ref: r,
+            })
+        };
+        let shared = dm(None);
+        if target != conn {
+            out.send(target, &shared);
+        }
+        let own = if r.is_some() { dm(r) } else { shared };
+        out.send(conn, &own);
+        Ok(())
+    }
+
+    fn typing(
+        &mut self,
+        conn: ConnId,
+        name: &str,
+        active: bool,
+        out: &mut dyn Outbox,
+    ) -> Result<(), ChatError> {
+        let idx = self.joined_room(conn, name)?;
+        let (Some(room), Some(c)) = (self.room(idx), self.conns.get(&conn)) else {
+            return Ok(());
+        };
+        let f = frame(&Out::Typing {
+            room: &room.name,
+            nick: &c.nick,
+            active,
+        });
+        broadcast(out, &room.members, Some(conn), &f);
+        Ok(())
+    }
+
+    fn history(
+        &mut self,
+        conn: ConnId,
+        name: &str,
+        before: u64,
+        limit: u64,
+        r: Option<&str>,
+        out: &mut dyn Outbox,
+    ) -> Result<(), ChatError> {
+        let idx = self.joined_room(conn, name)?;
+        let Some(room) = self.room(idx) else {
+            return Ok(());
+        };
+        let page = room.before(before, usize::try_from(limit).unwrap_or(usize::MAX));
+        let f = frame(&Out::History {
+            room: &room.name,
+            messages: page
+                .messages
+                .map(|m| MsgOut::new(&room.name, m, None))
+                .collect(),
+            complete: page.complete,
+            r#ref: r,
+        });
+        out.send(conn, &f);
+        Ok(())
+    }
+
+    fn list_rooms(&self, conn: ConnId, r: Option<&str>, out: &mut dyn Outbox) {
+        let mut rooms: Vec<RoomInfo<'_>> = self
+            .rooms
+            .iter()
+            .flatten()
+            .filter(|room| !room.members.is_empty())
+            .map(|room| RoomInfo {
+                name: &room.name,
+                members: room.members.len(),
+            })
+            .collect();
+        rooms.sort_unstable_by(|a, b| validate::cmp_lowercase(a.name, b.name));
+        out.send(conn, &frame(&Out::Rooms { rooms, r#ref: r }));
+    }
+}
+
+fn send_error(out: &mut dyn Outbox, conn: ConnId, r: Option<&str>, e: &ChatError) {
+    let f = frame(&Out::Error {
+        code: e.code(),
+        message: e.to_string(),
+        r#ref: r,
+    });
+    out.send(conn, &f);
 }

@@ -1,0 +1,468 @@
+//! The JSON of the chat protocol: client frames parsed into typed requests
+//! (with the contract's error precedence), server frames serialised and framed.
+
+use std::fmt;
+use std::rc::Rc;
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use super::room::Msg;
+use super::validate::{self, TextError};
+use crate::ws::frame::{OpCode, encode_frame};
+
+/// Version announced in `welcome`.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Why a client frame had no effect. Declared in precedence order: when
+/// several apply, the first wins.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChatError {
+    RateLimited,
+    BadJson,
+    UnknownType,
+    Invalid {
+        field: &'static str,
+        reason: Reason,
+    },
+    NickTaken,
+    NotInRoom,
+    NoSuchUser,
+    TooManyRooms {
+        /// true: the server's room cap; false: this connection's.
+        server: bool,
+    },
+}
+
+/// What is wrong with an `invalid` field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    Missing,
+    NotString,
+    NotBool,
+    NotInteger,
+    OutOfRange { min: u64, max: u64 },
+    RefTooLong,
+    Nick,
+    Room,
+    Text(TextError),
+}
+
+impl ChatError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            ChatError::RateLimited => "rate_limited",
+            ChatError::BadJson => "bad_json",
+            ChatError::UnknownType => "unknown_type",
+            ChatError::Invalid { .. } => "invalid",
+            ChatError::NickTaken => "nick_taken",
+            ChatError::NotInRoom => "not_in_room",
+            ChatError::NoSuchUser => "no_such_user",
+            ChatError::TooManyRooms { .. } => "too_many_rooms",
+        }
+    }
+}
+
+impl fmt::Display for ChatError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ChatError::RateLimited => f.write_str("too many messages: slow down"),
+            ChatError::BadJson => {
+                f.write_str("not a JSON object with a string \"type\" field")
+            }
+            ChatError::UnknownType => f.write_str(
+                "unknown \"type\": expected nick, join, leave, message, dm, typing, history or rooms",
+            ),
+            ChatError::Invalid { field, reason } => {
+                write!(f, "invalid field \"{field}\": ")?;
+                match reason {
+                    Reason::Missing => f.write_str("missing"),
+                    Reason::NotString => f.write_str("must be a string"),
+                    Reason::NotBool => f.write_str("must be true or false"),
+                    Reason::NotInteger => f.write_str(
+                        "must be an integer (no fraction or exponent) from 0 to 2^53-1",
+                    ),
+                    Reason::OutOfRange { min, max } => {
+                        write!(f, "must be an integer from {min} to {max}")
+                    }
+                    Reason::RefTooLong => write!(
+                        f,
+                        "must be at most {} bytes of UTF-8",
+                        validate::MAX_REF_BYTES
+                    ),
+                    Reason::Nick => write!(
+                        f,
+                        "must be 1 to {} characters from A-Z a-z 0-9 _ - .",
+                        validate::MAX_NICK_LEN
+                    ),
+                    Reason::Room => write!(
+                        f,
+                        "must be 1 to {} characters from A-Z a-z 0-9 _ -",
+                        validate::MAX_ROOM_LEN
+                    ),
+                    Reason::Text(TextError::Empty) => f.write_str("must not be empty"),
+                    Reason::Text(TextError::TooLong) => f.write_str("is too long"),
+                    Reason::Text(TextError::Blank) => {
+                        f.write_str("must contain something other than white space")
+                    }
+                    Reason::Text(TextError::Control) => f.write_str(
+                        "must not contain control characters other than newline and tab",
+                    ),
+                }
+            }
+            ChatError::NickTaken => f.write_str("that nick is taken"),
+            ChatError::NotInRoom => f.write_str("you have not joined that room"),
+            ChatError::NoSuchUser => f.write_str("no connected user has that nick"),
+            ChatError::TooManyRooms { server: false } => {
+                f.write_str("you have joined too many rooms: leave one first")
+            }
+            ChatError::TooManyRooms { server: true } => {
+                f.write_str("the server has too many rooms: join an existing one")
+            }
+        }
+    }
+}
+
+/// A well-formed client request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Request {
+    Nick {
+        nick: String,
+    },
+    Join {
+        room: String,
+        since: Option<u64>,
+        epoch: Option<String>,
+    },
+    Leave {
+        room: String,
+    },
+    Message {
+        room: String,
+        text: String,
+    },
+    Dm {
+        to: String,
+        text: String,
+    },
+    Typing {
+        room: String,
+        active: bool,
+    },
+    History {
+        room: String,
+        before: u64,
+        limit: u64,
+    },
+    Rooms,
+}
+
+/// A client frame that was refused, with the `ref` its answer carries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejected {
+    pub r#ref: Option<String>,
+    pub error: ChatError,
+}
+
+/// A parsed client frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Parsed {
+    pub r#ref: Option<String>,
+    pub request: Request,
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Nick,
+    Join,
+    Leave,
+    Message,
+    Dm,
+    Typing,
+    History,
+    Rooms,
+}
+
+impl Kind {
+    fn from_type(t: &str) -> Option<Kind> {
+        Some(match t {
+            "nick" => Kind::Nick,
+            "join" => Kind::Join,
+            "leave" => Kind::Leave,
+            "message" => Kind::Message,
+            "dm" => Kind::Dm,
+            "typing" => Kind::Typing,
+            "history" => Kind::History,
+            "rooms" => Kind::Rooms,
+            _ => return None,
+        })
+    }
+}
+
+fn invalid(field: &'static str, reason: Reason) -> ChatError {
+    ChatError::Invalid { field, reason }
+}
+
+/// Removes a field; `null` counts as absent.
+fn take(map: &mut Map<String, Value>, field: &str) -> Option<Value> {
+    match map.remove(field) {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(v),
+    }
+}
+
+fn opt_string(
+    map: &mut Map<String, Value>,
+    field: &'static str,
+) -> Result<Option<String>, ChatError> {
+    match take(map, field) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(invalid(field, Reason::NotString)),
+    }
+}
+
+fn string(map: &mut Map<String, Value>, field: &'static str) -> Result<String, ChatError> {
+    opt_string(map, field)?.ok_or(invalid(field, Reason::Missing))
+}
+
+fn room(map: &mut Map<String, Value>) -> Result<String, ChatError> {
+    let r = string(map, "room")?;
+    if validate::valid_room(&r) {
+        Ok(r)
+    } else {
+        Err(invalid("room", Reason::Room))
+    }
+}
+
+fn text(map: &mut Map<String, Value>, max_chars: usize) -> Result<String, ChatError> {
+    let t = string(map, "text")?;
+    validate::check_text(&t, max_chars).map_err(|e| invalid("text", Reason::Text(e)))?;
+    Ok(t)
+}
+
+/// An optional integer field in `min..=max` (`max` at most 2^53 − 1).
+/// Only JSON integers count: `1.0` and `1e3` are floats to serde_json.
+fn opt_int(
+    map: &mut Map<String, Value>,
+    field: &'static str,
+    min: u64,
+    max: u64,
+) -> Result<Option<u64>, ChatError> {
+    let Some(v) = take(map, field) else {
+        return Ok(None);
+    };
+    let Value::Number(n) = v else {
+        return Err(invalid(field, Reason::NotInteger));
+    };
+    let n = match (n.as_u64(), n.as_i64()) {
+        (Some(u), _) => u,
+        // A negative integer: a JSON integer, but below every minimum.
+        (None, Some(_)) => return Err(invalid(field, Reason::OutOfRange { min, max })),
+        (None, None) => return Err(invalid(field, Reason::NotInteger)),
+    };
+    if n < min || n > max {
+        return Err(invalid(field, Reason::OutOfRange { min, max }));
+    }
+    Ok(Some(n))
+}
+
+/// Parses one client text message, applying the contract's precedence:
+/// `bad_json`, `unknown_type`, then `invalid` (`ref` first, then the fields in
+/// the contract's order).
+pub fn parse(msg: &[u8], max_text_chars: usize) -> Result<Parsed, Rejected> {
+    let bad = |error| Rejected { r#ref: None, error };
+    // serde_json rejects lone surrogate escapes when building a `String`.
+    let Ok(Value::Object(mut map)) = serde_json::from_slice::<Value>(msg) else {
+        return Err(bad(ChatError::BadJson));
+    };
+    let kind = match map.get("type") {
+        Some(Value::String(t)) => Kind::from_type(t),
+        _ => return Err(bad(ChatError::BadJson)),
+    };
+    let r#ref = match opt_string(&mut map, "ref") {
+        Ok(Some(r)) if r.len() > validate::MAX_REF_BYTES => Err(invalid("ref", Reason::RefTooLong)),
+        other => other,
+    };
+    let Some(kind) = kind else {
+        return Err(Rejected {
+            r#ref: r#ref.ok().flatten(),
+            error: ChatError::UnknownType,
+        });
+    };
+    let r#ref = r#ref.map_err(bad)?;
+    match request(kind, &mut map, max_text_chars) {
+        Ok(request) => Ok(Parsed { r#ref, request }),
+        Err(error) => Err(Rejected { r#ref, error }),
+    }
+}
+
+fn request(
+    kind: Kind,
+    map: &mut Map<String, Value>,
+    max_text: usize,
+) -> Result<Request, ChatError> {
+    Ok(match kind {
+        Kind::Nick => {
+            let nick = string(map, "nick")?;
+            if !validate::valid_nick(&nick) {
+                return Err(invalid("nick", Reason::Nick));
+            }
+            Request::Nick { nick }
+        }
+        Kind::Join => Request::Join {
+            room: room(map)?,
+            since: opt_int(map, "since", 0, validate::MAX_INT)?,
+            epoch: opt_string(map, "epoch")?,
+        },
+        Kind::Leave => Request::Leave { room: room(map)? },
+        Kind::Message => Request::Message {
+            room: room(map)?,
+            text: text(map, max_text)?,
+        },
+        Kind::Dm => Request::Dm {
+            to: string(map, "to")?,
+            text: text(map, max_text)?,
+        },
+        Kind::Typing => {
+            let room = room(map)?;
+            let active = match take(map, "active") {
+                Some(Value::Bool(b)) => b,
+                Some(_) => return Err(invalid("active", Reason::NotBool)),
+                None => return Err(invalid("active", Reason::Missing)),
+            };
+            Request::Typing { room, active }
+        }
+        Kind::History => {
+            let room = room(map)?;
+            let before = opt_int(map, "before", 1, validate::MAX_INT)?
+                .ok_or(invalid("before", Reason::Missing))?;
+            let limit = opt_int(map, "limit", 1, validate::MAX_HISTORY_LIMIT)?
+                .unwrap_or(validate::DEFAULT_HISTORY_LIMIT);
+            Request::History {
+                room,
+                before,
+                limit,
+            }
+        }
+        Kind::Rooms => Request::Rooms,
+    })
+}
+
+// ---- server -> client ----
+
+/// A `message` object: broadcast, acknowledgement (with `ref`) and history entry.
+#[derive(Serialize)]
+pub struct MsgOut<'a> {
+    #[serde(rename = "type")]
+    pub ty: &'static str,
+    pub room: &'a str,
+    pub id: u64,
+    pub from: &'a str,
+    pub text: &'a str,
+    pub ts: u64,
+    #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+    pub r#ref: Option<&'a str>,
+}
+
+impl<'a> MsgOut<'a> {
+    pub fn new(room: &'a str, m: &'a Msg, r#ref: Option<&'a str>) -> MsgOut<'a> {
+        MsgOut {
+            ty: "message",
+            room,
+            id: m.id,
+            from: &m.from,
+            text: &m.text,
+            ts: m.ts,
+            r#ref,
+        }
+    }
+}
+
+/// An entry of `rooms`.
+#[derive(Serialize)]
+pub struct RoomInfo<'a> {
+    pub name: &'a str,
+    pub members: usize,
+}
+
+/// Every other server frame. `ref` is serialised only when present.
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Out<'a> {
+    Welcome {
+        nick: &'a str,
+        motd: &'a str,
+        protocol: u32,
+    },
+    Nick {
+        old: &'a str,
+        nick: &'a str,
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        r#ref: Option<&'a str>,
+    },
+    Joined {
+        room: &'a str,
+        epoch: &'a str,
+        members: Vec<&'a str>,
+        history: Vec<MsgOut<'a>>,
+        complete: bool,
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        r#ref: Option<&'a str>,
+    },
+    Left {
+        room: &'a str,
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        r#ref: Option<&'a str>,
+    },
+    Presence {
+        room: &'a str,
+        nick: &'a str,
+        event: &'static str,
+    },
+    Dm {
+        from: &'a str,
+        to: &'a str,
+        text: &'a str,
+        ts: u64,
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        r#ref: Option<&'a str>,
+    },
+    Typing {
+        room: &'a str,
+        nick: &'a str,
+        active: bool,
+    },
+    History {
+        room: &'a str,
+        messages: Vec<MsgOut<'a>>,
+        complete: bool,
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        r#ref: Option<&'a str>,
+    },
+    Rooms {
+        rooms: Vec<RoomInfo<'a>>,
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        r#ref: Option<&'a str>,
+    },
+    Error {
+        code: &'static str,
+        message: String,
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        r#ref: Option<&'a str>,
+    },
+}
+
+/// Serialises `v` and wraps it in one complete WebSocket text frame, built
+/// once and shared by every recipient.
+pub fn frame<T: Serialize>(v: &T) -> Rc<[u8]> {
+    // Only strings, integers, booleans and arrays: serialising cannot fail,
+    // but a failure must still not panic.
+    let payload = serde_json::to_vec(v).unwrap_or_else(|e| {
+        log::error!("chat: cannot serialise a server frame: {e}");
+        br#"{"type":"error","code":"internal","message":"internal error"}"#.to_vec()
+    });
+    let mut buf = Vec::with_capacity(payload.len() + 10);
+    encode_frame(&mut buf, OpCode::Text, &payload);
+    Rc::from(buf)
+}
