@@ -308,7 +308,10 @@
   function setConn(s, attempting) {
     state.conn = s;
     state.attempting = !!attempting;
+    document.body.classList.toggle('offline', s !== 'online');
     renderConn();
+    renderSidebar();
+    renderHeader();
   }
 
   // ---------------------------------------------------------------- protocol in
@@ -441,11 +444,12 @@
     const rejoin = wasKnown && conv.epoch === epoch;
     if (wasKnown && !rejoin) {
       // Ids started again: what we hold belongs to another sequence.
+      const hadMessages = conv.msgs.size > 0;
       conv.msgs.clear();
       conv.notices = [];
       conv.gap = null;
       conv.lastId = 0;
-      addNotice(conv, 'The server started this room’s history afresh; earlier messages shown before are gone.', { tone: 'warn', after: 0 });
+      if (hadMessages) addNotice(conv, 'The server started this room’s history afresh; earlier messages shown before are gone.', { tone: 'warn', after: 0 });
     }
     const prevLast = conv.lastId;
     conv.epoch = epoch;
@@ -885,7 +889,7 @@
     if (conv.kind === 'room') {
       title.append(el('span', { class: 'title-hash', 'aria-hidden': 'true', text: '#' }), document.createTextNode(conv.name));
       const n = conv.members.length;
-      sub.textContent = conv.joined ? `${n} ${n === 1 ? 'member' : 'members'}` : (state.conn === 'online' ? 'Joining…' : 'Offline');
+      sub.textContent = conv.joined ? `${n} ${n === 1 ? 'member' : 'members'}` : (state.conn === 'online' ? 'Joining…' : 'Offline · messages you send wait for the connection');
       $('leave-btn').setAttribute('aria-label', `Leave #${conv.name}`);
       $('leave-btn').title = `Leave #${conv.name}`;
       list.setAttribute('aria-label', `Messages in #${conv.name}`);
@@ -1026,6 +1030,12 @@
     let prevDay = null;
     for (const e of entries) {
       if (e.kind === 'notice') {
+        const ndk = dayKey(e.n.ts);
+        if (ndk !== prevDay) {
+          out.push(el('li', { class: 'day', role: 'separator', 'data-key': 'd' + ndk, 'aria-label': dayLabel(e.n.ts) },
+            el('span', { text: dayLabel(e.n.ts) })));
+          prevDay = ndk;
+        }
         out.push(noticeItem(e));
         prev = null;
         continue;
