@@ -77,7 +77,7 @@
     return a;
   }
 
-  const timeFmt = new Intl.DateTimeFormat(undefined, { hour: '2-digit', minute: '2-digit' });
+  const timeFmt = new Intl.DateTimeFormat(undefined, { hour: 'numeric', minute: '2-digit' });
   const fullFmt = new Intl.DateTimeFormat(undefined, { dateStyle: 'full', timeStyle: 'medium' });
   const dayFmt = new Intl.DateTimeFormat(undefined, { weekday: 'long', month: 'long', day: 'numeric' });
   const dayYearFmt = new Intl.DateTimeFormat(undefined, { weekday: 'long', year: 'numeric', month: 'long', day: 'numeric' });
@@ -973,6 +973,8 @@
     let anchorKey = null, anchorOffset = 0;
     if (!atBottom && !opts.toBottom) {
       for (const li of list.children) {
+        // Anchor on conversation items only: the loader at the top is replaced by what it loads.
+        if (!/^[mnp]/.test(li.dataset.key || '')) continue;
         if (li.offsetTop + li.offsetHeight > list.scrollTop) {
           anchorKey = li.dataset.key; anchorOffset = li.offsetTop - list.scrollTop; break;
         }
