@@ -1,0 +1,333 @@
+// End-to-end test of the web client in a real Chromium, against a real server
+// process that this script owns (it kills and restarts it mid-test).
+//
+// Env: WSCHAT_BIN (server binary, default target/release/wschat),
+//      WSCHAT_CMD (a whole command line instead, e.g. for a mock; `--addr` is appended),
+//      CHROMIUM (default /usr/bin/chromium), ARTIFACTS (default ci-logs/browser),
+//      PORT (default: a free one).
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const root = path.resolve(here, '..', '..');
+const BIN = path.resolve(root, process.env.WSCHAT_BIN || 'target/release/wschat');
+const CMD = process.env.WSCHAT_CMD || '';
+const ARTIFACTS = path.resolve(root, process.env.ARTIFACTS || 'ci-logs/browser');
+const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+const STEP_TIMEOUT = 10_000;
+
+let passed = 0;
+let failed = 0;
+let server = null;
+let browser = null;
+let serverLog = null;
+const pages = {};
+
+function log(...a) { console.log('browser:', ...a); }
+
+async function check(name, fn) {
+  try {
+    await fn();
+    passed++;
+    log(`ok   ${name}`);
+  } catch (e) {
+    failed++;
+    log(`FAIL ${name}: ${String(e && e.message || e).split('\n')[0]}`);
+    throw new StopTest(name);
+  }
+}
+class StopTest extends Error {}
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.on('error', reject);
+    s.listen(0, '127.0.0.1', () => { const p = s.address().port; s.close(() => resolve(p)); });
+  });
+}
+
+function startServer(port) {
+  const addr = `127.0.0.1:${port}`;
+  const child = CMD
+    ? spawn('bash', ['-c', `exec ${CMD} --addr ${addr}`], { cwd: root, stdio: ['ignore', 'pipe', 'pipe'] })
+    : spawn(BIN, ['--addr', addr], { cwd: root, stdio: ['ignore', 'pipe', 'pipe'] });
+  child.stdout.on('data', (d) => serverLog.write(d));
+  child.stderr.on('data', (d) => serverLog.write(d));
+  child.on('exit', (code, sig) => serverLog.write(`[server exited code=${code} signal=${sig}]\n`));
+  return child;
+}
+
+async function waitHealthy(port, ms = 15_000) {
+  const until = Date.now() + ms;
+  let last = '';
+  while (Date.now() < until) {
+    if (server && server.exitCode !== null) throw new Error(`server exited early (code ${server.exitCode}); see ${path.join(ARTIFACTS, 'server.log')}`);
+    try {
+      const r = await fetch(`http://127.0.0.1:${port}/healthz`);
+      if (r.status === 200) return;
+      last = `status ${r.status}`;
+    } catch (e) { last = e.cause?.code || e.message; }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`GET /healthz did not answer 200 within ${ms} ms (last: ${last})`);
+}
+
+function killServer(sig = 'SIGKILL') {
+  return new Promise((resolve) => {
+    if (!server || server.exitCode !== null || server.signalCode !== null) return resolve();
+    server.once('exit', () => resolve());
+    server.kill(sig);
+  });
+}
+
+// ------------------------------------------------------------------ page helpers
+const tid = (page, id) => page.locator(`[data-testid="${id}"]`);
+
+async function signIn(page, base, nick) {
+  await page.goto(base);
+  await tid(page, 'nick-input').waitFor({ state: 'visible', timeout: STEP_TIMEOUT });
+  await tid(page, 'nick-input').fill(nick);
+  await tid(page, 'nick-submit').click();
+  await waitState(page, 'online');
+  await page.waitForFunction((n) => document.querySelector('[data-testid="my-nick"]')?.textContent === n, nick, { timeout: STEP_TIMEOUT });
+}
+
+async function waitState(page, s, timeout = STEP_TIMEOUT) {
+  await page.waitForFunction((st) => document.querySelector('[data-testid="connection-status"]')?.dataset.state === st, s, { timeout });
+}
+
+async function joinRoom(page, room) {
+  await tid(page, 'join-toggle').click();
+  await tid(page, 'join-room-input').fill(room);
+  await tid(page, 'join-room-input').press('Enter');
+  await page.locator(`[data-testid="room-entry"][data-room="${room}"][aria-current="page"]`).waitFor({ timeout: STEP_TIMEOUT });
+  await page.waitForFunction(() => /member/.test(document.querySelector('[data-testid="member-count"]')?.textContent || ''), null, { timeout: STEP_TIMEOUT });
+}
+
+async function say(page, text, { button = false } = {}) {
+  const box = tid(page, 'composer');
+  await box.click();
+  await box.fill(text);
+  if (button) await tid(page, 'send').click();
+  else await box.press('Enter');
+}
+
+// The text appears exactly once, acknowledged (not pending).
+async function seesOnce(page, text, timeout = STEP_TIMEOUT) {
+  await page.waitForFunction((t) => {
+    const hits = [...document.querySelectorAll('[data-testid="message-list"] [data-testid="message"]')]
+      .filter((m) => m.querySelector('[data-testid="message-text"]')?.textContent === t);
+    return hits.length === 1 && hits[0].dataset.state === 'sent';
+  }, text, { timeout });
+  // And stays single a moment later (no late duplicate).
+  await page.waitForTimeout(150);
+  const n = await page.evaluate((t) => [...document.querySelectorAll('[data-testid="message-text"]')].filter((m) => m.textContent === t).length, text);
+  if (n !== 1) throw new Error(`"${text}" shown ${n} times`);
+}
+
+async function memberPresent(page, nick, present = true) {
+  await page.locator(`[data-testid="member-list"] [data-testid="member"][data-nick="${nick}"]`)
+    .waitFor({ state: present ? 'attached' : 'detached', timeout: STEP_TIMEOUT });
+}
+
+async function shot(page, name, { width, height, scheme }) {
+  await page.setViewportSize({ width, height });
+  await page.emulateMedia({ colorScheme: scheme });
+  await page.waitForTimeout(250);
+  const file = path.join(ARTIFACTS, `${name}.png`);
+  await page.screenshot({ path: file });
+  return file;
+}
+
+// ------------------------------------------------------------------ scenario
+async function scenario() {
+  const port = process.env.PORT ? Number(process.env.PORT) : await freePort();
+  const base = `http://127.0.0.1:${port}/`;
+  log(`server: ${CMD ? CMD : BIN} --addr 127.0.0.1:${port}`);
+  server = startServer(port);
+  await check('server answers GET /healthz with 200', () => waitHealthy(port));
+
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
+      '--disable-sync', '--no-first-run', '--disable-quic'],
+  });
+  const ctxOpts = { viewport: { width: 1280, height: 800 }, colorScheme: 'light', locale: 'en-GB', timezoneId: 'UTC' };
+  const ctxA = await browser.newContext(ctxOpts);
+  const ctxB = await browser.newContext(ctxOpts);
+  const alice = await ctxA.newPage();
+  const bob = await ctxB.newPage();
+  pages.alice = alice;
+  pages.bob = bob;
+  const outside = [];
+  for (const [who, page] of [['alice', alice], ['bob', bob]]) {
+    page.on('pageerror', (e) => { log(`${who} page error: ${e.message}`); outside.push(`${who}: page error ${e.message}`); });
+    page.on('console', (m) => { if (m.type() === 'error') log(`${who} console: ${m.text()}`); });
+    page.on('request', (r) => {
+      const u = new URL(r.url());
+      if (u.hostname !== '127.0.0.1' && u.protocol !== 'data:') outside.push(`${who}: ${r.url()}`);
+    });
+  }
+
+  await check('alice picks a nickname and goes online', () => signIn(alice, base, 'alice'));
+  await check('bob picks a nickname and goes online', () => signIn(bob, base, 'bob'));
+  await check('the default room #general is joined', async () => {
+    await alice.locator('[data-testid="room-entry"][data-room="general"]').waitFor({ timeout: STEP_TIMEOUT });
+    await memberPresent(alice, 'bob');
+  });
+  await check('alice joins #team', () => joinRoom(alice, 'team'));
+  await check('bob joins #team', () => joinRoom(bob, 'team'));
+  await check('alice sees bob in the member list (presence)', () => memberPresent(alice, 'bob'));
+  await check('bob sees alice in the member list', () => memberPresent(bob, 'alice'));
+
+  await check('alice → bob: bob sees the message once', async () => {
+    await say(alice, 'Hi bob! Did you see the release notes?');
+    await seesOnce(bob, 'Hi bob! Did you see the release notes?');
+  });
+  await check('alice sees her own message acknowledged', () => seesOnce(alice, 'Hi bob! Did you see the release notes?'));
+  await check('bob → alice (send button): alice sees the message once', async () => {
+    await say(bob, 'Yes — the reconnect logic looks solid. Details: https://example.org/notes', { button: true });
+    await seesOnce(alice, 'Yes — the reconnect logic looks solid. Details: https://example.org/notes');
+  });
+  await check('links are made clickable safely', async () => {
+    const a = alice.locator('[data-testid="message-text"] a[href="https://example.org/notes"]');
+    await a.waitFor({ timeout: STEP_TIMEOUT });
+    const rel = await a.getAttribute('rel');
+    if (!/noopener/.test(rel || '') || !/noreferrer/.test(rel || '')) throw new Error(`rel=${rel}`);
+  });
+  await check('markup in a message is shown as text, never parsed', async () => {
+    const evil = '<img src=x onerror="window.__pwned=1"><b>bold?</b>';
+    await say(bob, evil);
+    await seesOnce(alice, evil);
+    const pwned = await alice.evaluate(() => window.__pwned === 1 || !!document.querySelector('[data-testid="message-list"] img, [data-testid="message-list"] b'));
+    if (pwned) throw new Error('HTML from a message was interpreted');
+  });
+
+  await check('typing indicator: bob sees "alice is typing" while alice types', async () => {
+    await tid(alice, 'composer').click();
+    await alice.keyboard.type('Let me check the', { delay: 40 });
+    await bob.waitForFunction(() => /alice is typing/.test(document.querySelector('[data-testid="typing-indicator"]')?.textContent || ''), null, { timeout: STEP_TIMEOUT });
+  });
+  await check('typing indicator clears when alice sends', async () => {
+    await alice.keyboard.type(' numbers', { delay: 20 });
+    await alice.keyboard.down('Shift'); await alice.keyboard.press('Enter'); await alice.keyboard.up('Shift');
+    await alice.keyboard.type('(second line)');
+    await alice.keyboard.press('Enter');
+    await seesOnce(bob, 'Let me check the numbers\n(second line)');
+    await bob.waitForFunction(() => !/typing/.test(document.querySelector('[data-testid="typing-indicator"]')?.textContent || ''), null, { timeout: STEP_TIMEOUT });
+  });
+
+  await check('private message: bob → alice shows in a DM conversation with an unread count', async () => {
+    await bob.locator('[data-testid="member-list"] [data-testid="member"][data-nick="alice"]').click();
+    await bob.locator('[data-testid="dm-entry"][data-nick="alice"][aria-current="page"]').waitFor({ timeout: STEP_TIMEOUT });
+    await say(bob, 'psst, lunch at noon?');
+    await seesOnce(bob, 'psst, lunch at noon?');
+    await alice.locator('[data-testid="dm-entry"][data-nick="bob"] [data-testid="unread"]').waitFor({ timeout: STEP_TIMEOUT });
+    await alice.locator('[data-testid="dm-entry"][data-nick="bob"]').click();
+    await seesOnce(alice, 'psst, lunch at noon?');
+    await say(alice, 'Sure, see you there');
+    await seesOnce(bob, 'Sure, see you there');
+    await alice.locator('[data-testid="room-entry"][data-room="team"]').click();
+    await bob.locator('[data-testid="room-entry"][data-room="team"]').click();
+  });
+  await check('a message in another room counts as unread', async () => {
+    await bob.locator('[data-testid="room-entry"][data-room="general"]').click();
+    await say(bob, 'Anyone up for a review this afternoon?');
+    await alice.locator('[data-testid="room-entry"][data-room="general"] [data-testid="unread"]').waitFor({ timeout: STEP_TIMEOUT });
+    await bob.locator('[data-testid="room-entry"][data-room="team"]').click();
+    await say(bob, 'I pushed the fix for the slow-consumer case, tests are green');
+    await seesOnce(alice, 'I pushed the fix for the slow-consumer case, tests are green');
+  });
+
+  fs.mkdirSync(ARTIFACTS, { recursive: true });
+  await check('screenshots before the restart', async () => {
+    await alice.locator('[data-testid="composer"]').fill('');
+    await shot(alice, 'desktop-light', { width: 1280, height: 800, scheme: 'light' });
+    await shot(alice, 'desktop-dark', { width: 1280, height: 800, scheme: 'dark' });
+    await shot(bob, 'phone-light', { width: 390, height: 780, scheme: 'light' });
+    await shot(bob, 'phone-dark', { width: 390, height: 780, scheme: 'dark' });
+    await bob.locator('[data-testid="menu-toggle"]').click();
+    await shot(bob, 'phone-sidebar-dark', { width: 390, height: 780, scheme: 'dark' });
+    await bob.keyboard.press('Escape');
+    await bob.setViewportSize({ width: 1280, height: 800 });
+    await bob.emulateMedia({ colorScheme: 'light' });
+  });
+
+  await check('server killed: both pages show the reconnecting state', async () => {
+    await killServer('SIGKILL');
+    await waitState(alice, 'reconnecting');
+    await waitState(bob, 'reconnecting');
+    const text = await tid(alice, 'connection-status').textContent();
+    if (!/reconnecting/i.test(text)) throw new Error(`status text: ${text}`);
+  });
+  await shot(alice, 'desktop-reconnecting', { width: 1280, height: 800, scheme: 'light' });
+  await check('server restarted on the same port', async () => {
+    server = startServer(port);
+    await waitHealthy(port);
+  });
+  await check('both pages reconnect by themselves', async () => {
+    await waitState(alice, 'online', 25_000);
+    await waitState(bob, 'online', 25_000);
+    await alice.locator('[data-testid="room-entry"][data-room="team"][aria-current="page"]').waitFor({ timeout: STEP_TIMEOUT });
+    await memberPresent(alice, 'bob');
+    await memberPresent(bob, 'alice');
+  });
+  await check('after reconnecting: alice → bob', async () => {
+    await say(alice, 'Back online after the restart');
+    await seesOnce(bob, 'Back online after the restart');
+  });
+  await check('after reconnecting: bob → alice', async () => {
+    await say(bob, 'Same here, nothing lost');
+    await seesOnce(alice, 'Same here, nothing lost');
+  });
+  await check('no message id shown twice in any list', async () => {
+    for (const page of [alice, bob]) {
+      const dup = await page.evaluate(() => {
+        const ids = [...document.querySelectorAll('[data-testid="message"][data-id]')].map((m) => m.dataset.id);
+        return ids.length - new Set(ids).size;
+      });
+      if (dup) throw new Error(`${dup} duplicate ids`);
+    }
+  });
+  await shot(bob, 'desktop-after-restart', { width: 1280, height: 800, scheme: 'light' });
+  await check('no request left the machine and no page error', () => {
+    if (outside.length) throw new Error(outside.join('; '));
+  });
+}
+
+// ------------------------------------------------------------------ main
+fs.mkdirSync(ARTIFACTS, { recursive: true });
+serverLog = fs.createWriteStream(path.join(ARTIFACTS, 'server.log'));
+const cleanup = () => { try { server?.kill('SIGKILL'); } catch { /* gone */ } };
+process.on('exit', cleanup);
+for (const s of ['SIGINT', 'SIGTERM']) process.on(s, () => { cleanup(); process.exit(1); });
+
+const hardTimeout = setTimeout(() => {
+  log('FAIL the whole test took longer than 180 s');
+  log(`${passed} passed, ${failed + 1} failed`);
+  console.log(`browser: ${passed} passed, ${failed + 1} failed`);
+  cleanup();
+  process.exit(1);
+}, 180_000);
+
+let crashed = null;
+try {
+  await scenario();
+} catch (e) {
+  if (!(e instanceof StopTest)) { crashed = e; failed++; log(`FAIL unexpected error: ${e && e.stack || e}`); }
+  for (const [who, page] of Object.entries(pages)) {
+    try { await page.screenshot({ path: path.join(ARTIFACTS, `failure-${who}.png`) }); } catch { /* page gone */ }
+  }
+}
+clearTimeout(hardTimeout);
+try { await browser?.close(); } catch { /* already gone */ }
+await killServer('SIGTERM');
+serverLog.end();
+if (failed || crashed) log(`artifacts (screenshots, server.log) in ${ARTIFACTS}`);
+console.log(`browser: ${passed} passed, ${failed} failed`);
+process.exit(failed ? 1 : 0);
