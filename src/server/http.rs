@@ -122,7 +122,10 @@ pub fn lookup(dir: Option<&Path>, path: &str) -> Result<(Body, &'static str), St
     };
     // Symlinks are resolved and the result must still lie inside the directory.
     let root = dir.canonicalize().map_err(|_| StaticError::NotFound)?;
-    let full: PathBuf = root.join(&name).canonicalize().map_err(|_| StaticError::NotFound)?;
+    let full: PathBuf = root
+        .join(&name)
+        .canonicalize()
+        .map_err(|_| StaticError::NotFound)?;
     if !full.starts_with(&root) {
         return Err(StaticError::Forbidden);
     }
@@ -149,7 +152,9 @@ pub fn origin_allowed(origin: Option<&str>, host: Option<&str>, allowed: &[Strin
     }
     allowed.iter().any(|a| {
         let a = a.trim().trim_end_matches('/');
-        a == "*" || a.eq_ignore_ascii_case(origin) || (!origin_host.is_empty() && a.eq_ignore_ascii_case(origin_host))
+        a == "*"
+            || a.eq_ignore_ascii_case(origin)
+            || (!origin_host.is_empty() && a.eq_ignore_ascii_case(origin_host))
     })
 }
 
@@ -159,8 +164,19 @@ mod tests {
 
     #[test]
     fn traversal_is_refused() {
-        for p in ["/../etc/passwd", "/%2e%2e/etc/passwd", "/a/../../b", "/%2E%2E%2fx", "//etc/passwd", "/a\\..\\b", "/./x"] {
-            assert!(file_name(p).is_err() || !file_name(p).unwrap().contains(".."), "{p}");
+        for p in [
+            "/../etc/passwd",
+            "/%2e%2e/etc/passwd",
+            "/a/../../b",
+            "/%2E%2E%2fx",
+            "//etc/passwd",
+            "/a\\..\\b",
+            "/./x",
+        ] {
+            assert!(
+                file_name(p).is_err() || !file_name(p).unwrap().contains(".."),
+                "{p}"
+            );
         }
         assert_eq!(file_name("/%2e%2e/etc/passwd"), Err(StaticError::Forbidden));
         assert_eq!(file_name("/"), Ok("index.html".into()));
@@ -179,9 +195,17 @@ mod tests {
         let none: Vec<String> = vec![];
         assert!(origin_allowed(None, Some("a:8080"), &none));
         assert!(origin_allowed(Some("http://a:8080"), Some("A:8080"), &none));
-        assert!(!origin_allowed(Some("http://evil.example"), Some("a:8080"), &none));
+        assert!(!origin_allowed(
+            Some("http://evil.example"),
+            Some("a:8080"),
+            &none
+        ));
         assert!(!origin_allowed(Some("null"), Some("a:8080"), &none));
-        assert!(origin_allowed(Some("https://chat.example"), Some("a"), &["https://chat.example".into()]));
+        assert!(origin_allowed(
+            Some("https://chat.example"),
+            Some("a"),
+            &["https://chat.example".into()]
+        ));
         assert!(origin_allowed(Some("http://x"), Some("a"), &["*".into()]));
     }
 }

@@ -95,7 +95,11 @@ struct Conn {
 /// What a request head asks for.
 enum Route {
     Respond(Vec<u8>, Option<Chunk>),
-    Upgrade { endpoint: Endpoint, response: Vec<u8>, nick: Option<String> },
+    Upgrade {
+        endpoint: Endpoint,
+        response: Vec<u8>,
+        nick: Option<String>,
+    },
 }
 
 pub struct Server {
@@ -137,7 +141,9 @@ fn raise_nofile_limit() -> u64 {
         Ok(n) => n,
         Err(e) => {
             warn!("could not raise the open-file limit: {e}");
-            rlimit::getrlimit(rlimit::Resource::NOFILE).map(|(s, _)| s).unwrap_or(1024)
+            rlimit::getrlimit(rlimit::Resource::NOFILE)
+                .map(|(s, _)| s)
+                .unwrap_or(1024)
         }
     }
 }
@@ -153,13 +159,20 @@ impl Server {
         let poll = Poll::new()?;
         let mut listener = TcpListener::bind(cfg.addr)?;
         let local_addr = listener.local_addr()?;
-        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
         let mut signals = Signals::new([SIGINT, SIGTERM])?;
-        poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
-        let shortest = [cfg.handshake_timeout, cfg.ping_interval, cfg.idle_timeout, cfg.close_timeout]
-            .into_iter()
-            .min()
-            .unwrap_or(Duration::from_secs(1));
+        poll.registry()
+            .register(&mut signals, SIGNALS, Interest::READABLE)?;
+        let shortest = [
+            cfg.handshake_timeout,
+            cfg.ping_interval,
+            cfg.idle_timeout,
+            cfg.close_timeout,
+        ]
+        .into_iter()
+        .min()
+        .unwrap_or(Duration::from_secs(1));
         let sweep_every = (ms(shortest) / 4).clamp(5, 1000);
         let chat = Chat::new(
             ChatConfig {
@@ -252,7 +265,10 @@ impl Server {
     }
 
     fn chat_now(&self) -> Now {
-        Now { mono_ms: self.now, wall_ms: wall_ms() }
+        Now {
+            mono_ms: self.now,
+            wall_ms: wall_ms(),
+        }
     }
 
     // ---- accepting -------------------------------------------------------
@@ -262,7 +278,9 @@ impl Server {
             return;
         }
         loop {
-            let Some(listener) = self.listener.as_ref() else { return };
+            let Some(listener) = self.listener.as_ref() else {
+                return;
+            };
             match listener.accept() {
                 Ok((sock, addr)) => self.admit(sock, addr),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -270,7 +288,11 @@ impl Server {
                     self.out_of_descriptors();
                     return;
                 }
-                Err(e) if matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
+                    ) => {}
                 Err(e) => {
                     warn!("accept: {e}");
                     return;
@@ -303,7 +325,8 @@ impl Server {
         let ip = addr.ip();
         let over_total = self.conns.len() >= self.max_connections;
         let over_ip = self.ip_is_limited(ip)
-            && self.per_ip.get(&ip).copied().unwrap_or(0) as usize >= self.cfg.max_connections_per_ip;
+            && self.per_ip.get(&ip).copied().unwrap_or(0) as usize
+                >= self.cfg.max_connections_per_ip;
         let refusal = if over_total {
             Some((503, "too many connections"))
         } else if over_ip {
@@ -317,14 +340,21 @@ impl Server {
         let _ = sock.set_nodelay(true);
         let entry = self.conns.vacant_entry();
         let k = entry.key();
-        if let Err(e) = self.poll.registry().register(&mut sock, Token(k), Interest::READABLE) {
+        if let Err(e) = self
+            .poll
+            .registry()
+            .register(&mut sock, Token(k), Interest::READABLE)
+        {
             warn!("register: {e}");
             return;
         }
         entry.insert(Conn {
             sock,
             ip,
-            phase: Phase::Http { head: Vec::new(), scanner: HeadScanner::default() },
+            phase: Phase::Http {
+                head: Vec::new(),
+                scanner: HeadScanner::default(),
+            },
             out: WriteQueue::default(),
             last_rx: self.now,
             last_ping: self.now,
@@ -349,7 +379,9 @@ impl Server {
         let mut rbuf = std::mem::take(&mut self.rbuf);
         let mut budget = READS_PER_TURN;
         loop {
-            let Some(c) = self.conns.get_mut(k) else { break };
+            let Some(c) = self.conns.get_mut(k) else {
+                break;
+            };
             if c.paused {
                 break;
             }
@@ -388,7 +420,9 @@ impl Server {
     }
 
     fn on_bytes(&mut self, k: usize, data: &mut [u8]) {
-        let Some(c) = self.conns.get_mut(k) else { return };
+        let Some(c) = self.conns.get_mut(k) else {
+            return;
+        };
         match &mut c.phase {
             Phase::Http { .. } => self.on_http_bytes(k, data),
             Phase::Ws(_) => self.on_ws_bytes(k, data),
@@ -398,8 +432,12 @@ impl Server {
 
     fn on_http_bytes(&mut self, k: usize, data: &[u8]) {
         let max_head = self.cfg.max_head_size;
-        let Some(c) = self.conns.get_mut(k) else { return };
-        let Phase::Http { head, scanner } = &mut c.phase else { return };
+        let Some(c) = self.conns.get_mut(k) else {
+            return;
+        };
+        let Phase::Http { head, scanner } = &mut c.phase else {
+            return;
+        };
         head.extend_from_slice(data);
         let end = match scanner.scan(head) {
             Some(end) if end <= max_head => end,
@@ -413,7 +451,11 @@ impl Server {
         let route = self.route(&bytes[..end]);
         match route {
             Route::Respond(head, body) => self.respond(k, head, body),
-            Route::Upgrade { endpoint, response, nick } => {
+            Route::Upgrade {
+                endpoint,
+                response,
+                nick,
+            } => {
                 self.upgrade(k, endpoint, response, nick.as_deref());
                 // RFC 6455 §4.1: the client may send frames right behind its
                 // handshake; they may share this read with the head.
@@ -439,21 +481,32 @@ impl Server {
             "/ws" => Endpoint::Chat,
             "/echo" => Endpoint::Echo,
             "/healthz" => {
-                return Route::Respond(match req.method {
-                    "GET" => {
-                        let mut r = http::head(200, "text/plain; charset=utf-8", 3, "Cache-Control: no-store\r\n");
-                        r.extend_from_slice(b"ok\n");
-                        r
-                    }
-                    "HEAD" => http::head(200, "text/plain; charset=utf-8", 3, ""),
-                    _ => http::error(405, "use GET", "Allow: GET, HEAD\r\n"),
-                }, None);
+                return Route::Respond(
+                    match req.method {
+                        "GET" => {
+                            let mut r = http::head(
+                                200,
+                                "text/plain; charset=utf-8",
+                                3,
+                                "Cache-Control: no-store\r\n",
+                            );
+                            r.extend_from_slice(b"ok\n");
+                            r
+                        }
+                        "HEAD" => http::head(200, "text/plain; charset=utf-8", 3, ""),
+                        _ => http::error(405, "use GET", "Allow: GET, HEAD\r\n"),
+                    },
+                    None,
+                );
             }
             _ => return self.route_static(&req),
         };
         if !req.wants_upgrade() && req.method == "GET" {
             let extra = "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n";
-            return Route::Respond(http::error(426, "this is a WebSocket endpoint", extra), None);
+            return Route::Respond(
+                http::error(426, "this is a WebSocket endpoint", extra),
+                None,
+            );
         }
         let accept = match handshake::check_upgrade(&req) {
             Ok(a) => a,
@@ -478,14 +531,21 @@ impl Server {
             }
             nick = req.query().and_then(query_nick);
         }
-        Route::Upgrade { endpoint, response: handshake::response_101(&accept, protocol), nick }
+        Route::Upgrade {
+            endpoint,
+            response: handshake::response_101(&accept, protocol),
+            nick,
+        }
     }
 
     fn route_static(&self, req: &Request<'_>) -> Route {
         let (body, ctype) = match http::lookup(self.cfg.static_dir.as_deref(), req.path()) {
             Ok(found) => found,
             Err(http::StaticError::Forbidden) => {
-                return Route::Respond(http::error(403, "path leaves the static directory", ""), None);
+                return Route::Respond(
+                    http::error(403, "path leaves the static directory", ""),
+                    None,
+                );
             }
             Err(http::StaticError::NotFound) => {
                 return Route::Respond(http::error(404, "no such file", ""), None);
@@ -511,7 +571,9 @@ impl Server {
 
     fn respond(&mut self, k: usize, head: Vec<u8>, body: Option<Chunk>) {
         let close_timeout = ms(self.cfg.close_timeout);
-        let Some(c) = self.conns.get_mut(k) else { return };
+        let Some(c) = self.conns.get_mut(k) else {
+            return;
+        };
         c.phase = Phase::Responding;
         c.out.push(Chunk::Owned(head));
         if let Some(b) = body {
@@ -527,7 +589,9 @@ impl Server {
             Endpoint::Echo => self.cfg.max_message_size,
             Endpoint::Chat => self.cfg.max_ws_message_size,
         };
-        let Some(c) = self.conns.get_mut(k) else { return };
+        let Some(c) = self.conns.get_mut(k) else {
+            return;
+        };
         c.phase = Phase::Ws(WsConn {
             rx: Receiver::new(max),
             endpoint,
@@ -546,7 +610,9 @@ impl Server {
     fn on_ws_bytes(&mut self, k: usize, data: &mut [u8]) {
         let mut pos = 0;
         while pos < data.len() {
-            let Some(c) = self.conns.get_mut(k) else { return };
+            let Some(c) = self.conns.get_mut(k) else {
+                return;
+            };
             let Phase::Ws(ws) = &mut c.phase else { return };
             let endpoint = ws.endpoint;
             let (n, r) = ws.rx.read(&mut data[pos..]);
@@ -565,7 +631,9 @@ impl Server {
     }
 
     fn on_event(&mut self, k: usize, endpoint: Endpoint, ev: Event<'_>) {
-        let Some(c) = self.conns.get_mut(k) else { return };
+        let Some(c) = self.conns.get_mut(k) else {
+            return;
+        };
         let Phase::Ws(ws) = &mut c.phase else { return };
         match ev {
             // §7.1.3: after our close frame, data is read but discarded.
@@ -608,7 +676,9 @@ impl Server {
 
     fn echo(&mut self, k: usize, opcode: OpCode, p: Payload<'_>) {
         let max_pending = self.cfg.max_pending_output;
-        let Some(c) = self.conns.get_mut(k) else { return };
+        let Some(c) = self.conns.get_mut(k) else {
+            return;
+        };
         match p {
             // A large assembled message is queued as is, behind its own header.
             Payload::Owned(v) if v.len() >= 4096 => {
@@ -644,7 +714,9 @@ impl Server {
     /// Starts the closing handshake from our side (§7.1.2).
     fn start_close(&mut self, k: usize, code: u16, reason: &str) {
         let close_timeout = ms(self.cfg.close_timeout);
-        let Some(c) = self.conns.get_mut(k) else { return };
+        let Some(c) = self.conns.get_mut(k) else {
+            return;
+        };
         let Phase::Ws(ws) = &mut c.phase else { return };
         if ws.close_sent {
             return;
@@ -661,7 +733,9 @@ impl Server {
     }
 
     fn leave_chat(&mut self, k: usize) {
-        let Some(c) = self.conns.get_mut(k) else { return };
+        let Some(c) = self.conns.get_mut(k) else {
+            return;
+        };
         let Phase::Ws(ws) = &mut c.phase else { return };
         if std::mem::replace(&mut ws.in_chat, false) {
             self.with_chat(|chat, now, out| chat.disconnect(k, now, out));
@@ -669,7 +743,9 @@ impl Server {
     }
 
     fn drop_conn(&mut self, k: usize) {
-        let Some(c) = self.conns.try_remove(k) else { return };
+        let Some(c) = self.conns.try_remove(k) else {
+            return;
+        };
         if self.ip_is_limited(c.ip) {
             if let Some(n) = self.per_ip.get_mut(&c.ip) {
                 *n -= 1;
@@ -733,7 +809,9 @@ impl Server {
     fn flush(&mut self, k: usize) {
         let max_pending = self.cfg.max_pending_output;
         let close_timeout = ms(self.cfg.close_timeout);
-        let Some(c) = self.conns.get_mut(k) else { return };
+        let Some(c) = self.conns.get_mut(k) else {
+            return;
+        };
         c.dirty = false;
         let drained = match c.out.write_to(&mut c.sock) {
             Ok(d) => d,
@@ -744,8 +822,17 @@ impl Server {
         };
         // Writable interest only while output waits.
         if drained == c.writable {
-            let interest = if drained { Interest::READABLE } else { Interest::READABLE | Interest::WRITABLE };
-            if self.poll.registry().reregister(&mut c.sock, Token(k), interest).is_err() {
+            let interest = if drained {
+                Interest::READABLE
+            } else {
+                Interest::READABLE | Interest::WRITABLE
+            };
+            if self
+                .poll
+                .registry()
+                .reregister(&mut c.sock, Token(k), interest)
+                .is_err()
+            {
                 self.drop_conn(k);
                 return;
             }
@@ -770,7 +857,10 @@ impl Server {
         if self.accept_paused_until.is_some_and(|t| now >= t) {
             self.accept_paused_until = None;
             if let Some(l) = self.listener.as_mut() {
-                let _ = self.poll.registry().register(l, LISTENER, Interest::READABLE);
+                let _ = self
+                    .poll
+                    .registry()
+                    .register(l, LISTENER, Interest::READABLE);
             }
             self.accept_all();
         }
@@ -819,13 +909,20 @@ impl Server {
             info!("second signal: exiting now");
             std::process::exit(130);
         }
-        info!("signal {}: closing connections (up to {:?})", signals[0], self.cfg.shutdown_timeout);
+        info!(
+            "signal {}: closing connections (up to {:?})",
+            signals[0], self.cfg.shutdown_timeout
+        );
         if let Some(mut l) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut l);
         }
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for k in keys {
-            match self.conns.get(k).map(|c| matches!(c.phase, Phase::Ws(_) | Phase::Responding)) {
+            match self
+                .conns
+                .get(k)
+                .map(|c| matches!(c.phase, Phase::Ws(_) | Phase::Responding))
+            {
                 Some(true) => self.start_close(k, 1001, "server shutting down"),
                 Some(false) => self.drop_conn(k),
                 None => {}
@@ -848,7 +945,9 @@ struct ServerOutbox<'a> {
 
 impl Outbox for ServerOutbox<'_> {
     fn send(&mut self, to: ConnId, frame: &Rc<[u8]>) {
-        let Some(c) = self.conns.get_mut(to) else { return };
+        let Some(c) = self.conns.get_mut(to) else {
+            return;
+        };
         let Phase::Ws(ws) = &c.phase else { return };
         if ws.close_sent {
             return;
@@ -876,6 +975,9 @@ fn query_nick(query: &str) -> Option<String> {
             return None;
         }
         let v = v.replace('+', " ");
-        percent_encoding::percent_decode_str(&v).decode_utf8().ok().map(|s| s.into_owned())
+        percent_encoding::percent_decode_str(&v)
+            .decode_utf8()
+            .ok()
+            .map(|s| s.into_owned())
     })
 }

@@ -112,7 +112,9 @@ impl WriteQueue {
 
     fn consume(&mut self, mut written: usize) {
         while written > 0 {
-            let Some(front) = self.chunks.front() else { break };
+            let Some(front) = self.chunks.front() else {
+                break;
+            };
             let is_data = !matches!(front, Chunk::Control(_));
             let left = front.bytes().len() - self.head_written;
             let step = left.min(written);
@@ -159,7 +161,10 @@ mod tests {
         q.push(Chunk::Owned(b"AAAA".to_vec()));
         q.push(Chunk::Shared(Rc::from(&b"BBBB"[..])));
         assert_eq!(q.pending(), 8);
-        let mut w = Trickle { out: Vec::new(), cap: 2 };
+        let mut w = Trickle {
+            out: Vec::new(),
+            cap: 2,
+        };
         // Write half of the first frame only.
         q.consume(2);
         w.out.extend_from_slice(b"AA");
@@ -180,7 +185,10 @@ mod tests {
         q.push(Chunk::Control(b"c".to_vec()));
         q.discard_unsent_data();
         assert_eq!(q.pending(), 3);
-        let mut w = Trickle { out: Vec::new(), cap: 100 };
+        let mut w = Trickle {
+            out: Vec::new(),
+            cap: 100,
+        };
         assert!(q.write_to(&mut w).unwrap());
         assert_eq!(w.out, b"AAAc");
     }
@@ -189,7 +197,10 @@ mod tests {
     fn would_block_keeps_everything() {
         let mut q = WriteQueue::default();
         q.push(Chunk::Static(b"xyz"));
-        let mut w = Trickle { out: Vec::new(), cap: 0 };
+        let mut w = Trickle {
+            out: Vec::new(),
+            cap: 0,
+        };
         assert!(!q.write_to(&mut w).unwrap());
         assert_eq!(q.pending(), 3);
     }

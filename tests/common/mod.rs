@@ -1,0 +1,221 @@
+//! Shared harness for the end-to-end tests: a real `wschat` process on a
+//! free loopback port, and raw-socket helpers that speak RFC 6455 framing
+//! independently of the server's own code.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// Safety net for every blocking read in tests (not a timing assertion).
+pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct Server {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Server {
+    /// Starts `wschat --addr 127.0.0.1:0 ARGS…` and waits for its
+    /// "listening on ADDR" line.
+    pub fn start(args: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wschat"))
+            .arg("--addr")
+            .arg("127.0.0.1:0")
+            .args(args)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn wschat");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read banner");
+        let addr = line
+            .split_whitespace()
+            .nth(3)
+            .and_then(|a| a.trim_end_matches(';').parse().ok())
+            .unwrap_or_else(|| panic!("unexpected banner: {line:?}"));
+        Server { child, addr }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("ws://{}{}", self.addr, path)
+    }
+
+    /// Sends a signal (e.g. "TERM", "INT") to the server process.
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill")
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Waits for the process to exit, up to `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let end = Instant::now() + limit;
+        while Instant::now() < end {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Resident memory of the server in KiB (Linux /proc).
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A plain TCP connection with the safety-net timeouts set.
+pub fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+    s.set_nodelay(true).unwrap();
+    s
+}
+
+/// Reads an HTTP response head (and whatever follows, up to EOF if `to_eof`).
+/// Returns the status code and the whole text read.
+pub fn read_http_response(s: &mut TcpStream) -> (u16, String) {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte) {
+            Ok(1) => buf.push(byte[0]),
+            _ => break,
+        }
+    }
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}
+
+/// Sends a raw request and returns the status code and response head.
+pub fn http_request(addr: SocketAddr, request: &str) -> (u16, String) {
+    let mut s = connect(addr);
+    s.write_all(request.as_bytes()).unwrap();
+    read_http_response(&mut s)
+}
+
+pub const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+/// A raw WebSocket upgrade on `path` with optional extra header lines.
+pub fn raw_ws(addr: SocketAddr, path: &str, extra: &str) -> TcpStream {
+    let mut s = connect(addr);
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let (status, head) = read_http_response(&mut s);
+    assert_eq!(status, 101, "upgrade refused: {head}");
+    s
+}
+
+/// A masked client frame (RFC 6455 §5.2, §5.3), written independently of the server code.
+pub fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let key = [0xa1, 0xb2, 0xc3, 0xd4];
+    let mut out = vec![if fin { 0x80 } else { 0 } | opcode];
+    let len = payload.len();
+    if len < 126 {
+        out.push(0x80 | len as u8);
+    } else if len < 65536 {
+        out.push(0x80 | 126);
+        out.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        out.push(0x80 | 127);
+        out.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+    out.extend_from_slice(&key);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    out
+}
+
+/// Reads one server frame: (fin, opcode, payload). Panics on a masked frame.
+pub fn read_frame(s: &mut TcpStream) -> std::io::Result<(bool, u8, Vec<u8>)> {
+    let mut h = [0u8; 2];
+    s.read_exact(&mut h)?;
+    assert_eq!(
+        h[1] & 0x80,
+        0,
+        "server frames must not be masked (RFC 6455 §5.1)"
+    );
+    let len = match h[1] & 0x7f {
+        126 => {
+            let mut b = [0u8; 2];
+            s.read_exact(&mut b)?;
+            u16::from_be_bytes(b) as usize
+        }
+        127 => {
+            let mut b = [0u8; 8];
+            s.read_exact(&mut b)?;
+            u64::from_be_bytes(b) as usize
+        }
+        n => n as usize,
+    };
+    let mut payload = vec![0u8; len];
+    s.read_exact(&mut payload)?;
+    Ok((h[0] & 0x80 != 0, h[0] & 0x0f, payload))
+}
+
+/// Reads frames until a close frame; returns its status code (None if empty).
+/// Panics if the connection ends without one.
+pub fn expect_close(s: &mut TcpStream) -> Option<u16> {
+    loop {
+        let (_, op, payload) = read_frame(s).expect("a close frame before the end of the stream");
+        if op == 0x8 {
+            return (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
+        }
+    }
+}
+
+/// True when the server has closed the TCP connection (EOF or reset).
+pub fn wait_eof(s: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// An independent client (tungstenite) connected to `path`.
+pub fn client(server: &Server, path: &str) -> tungstenite::WebSocket<TcpStream> {
+    let stream = connect(server.addr);
+    let (ws, _resp) = tungstenite::client(server.url(path), stream).expect("tungstenite handshake");
+    ws
+}
