@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Runs the Autobahn|Testsuite fuzzing client against wschat's /echo endpoint.
+#
+#   tests/autobahn/run.sh [--cases '1.*,2.*'] [--docker]
+#
+# Uses `wstest` when it is installed (WSTEST=path, /opt/autobahn/bin/wstest,
+# or on PATH; Debian-based machines can install it with
+# ../shared/autobahn/install.sh), otherwise Docker's
+# crossbario/autobahn-testsuite image. Fails loudly when neither is there.
+# Builds and starts the release server itself; the HTML report lands in
+# $AUTOBAHN_OUT (default target/autobahn-report). Strict: any case that is not
+# OK or INFORMATIONAL fails the run (UNIMPLEMENTED is allowed only for the
+# compression groups 12 and 13).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+cases='*'
+mode=auto
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --cases) cases="$2"; shift 2 ;;
+    --docker) mode=docker; shift ;;
+    *) echo "usage: $0 [--cases LIST] [--docker]" >&2; exit 2 ;;
+  esac
+done
+
+out="$(pwd)/${AUTOBAHN_OUT:-target/autobahn-report}"
+wstest="${WSTEST:-}"
+if [ -z "$wstest" ] && [ "$mode" = auto ]; then
+  if [ -x /opt/autobahn/bin/wstest ]; then wstest=/opt/autobahn/bin/wstest
+  elif command -v wstest >/dev/null 2>&1; then wstest=$(command -v wstest)
+  fi
+fi
+if [ -z "$wstest" ]; then
+  if ! command -v docker >/dev/null 2>&1 || ! docker info >/dev/null 2>&1; then
+    echo "autobahn: FAILED: neither wstest nor a working Docker engine is available." >&2
+    echo "  install wstest (../shared/autobahn/install.sh) or Docker, then run again." >&2
+    exit 1
+  fi
+  mode=docker
+fi
+
+cargo build --release --quiet
+port="${AUTOBAHN_PORT:-9001}"
+target/release/wschat --addr "127.0.0.1:$port" > target/autobahn-server.log 2>&1 &
+server=$!
+trap 'kill $server 2>/dev/null || true' EXIT
+for _ in $(seq 100); do
+  curl -fs "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && break
+  sleep 0.1
+done
+
+rm -rf "$out" && mkdir -p "$out"
+spec="$out/fuzzingclient.json"
+cases_json=$(printf '%s' "$cases" | python3 -c 'import json,sys; print(json.dumps([c for c in sys.stdin.read().split(",") if c]))')
+cat > "$spec" <<JSON
+{
+  "outdir": "$( [ "$mode" = docker ] && echo /report || echo "$out" )",
+  "servers": [{"agent": "wschat", "url": "ws://127.0.0.1:$port/echo"}],
+  "cases": $cases_json,
+  "exclude-cases": [],
+  "exclude-agent-cases": {}
+}
+JSON
+
+start=$(date +%s)
+if [ "$mode" = docker ]; then
+  echo "autobahn: running crossbario/autobahn-testsuite in Docker"
+  docker run --rm --network host -v "$out:/report" crossbario/autobahn-testsuite \
+    wstest -m fuzzingclient -s /report/fuzzingclient.json > "$out/wstest.log" 2>&1
+else
+  echo "autobahn: running $wstest"
+  (cd "$out" && "$wstest" -m fuzzingclient -s "$spec") > "$out/wstest.log" 2>&1
+fi
+echo "autobahn: suite took $(( $(date +%s) - start )) s; report: $out/index.html"
+python3 tests/autobahn/summarize.py "$out" --agent wschat
