@@ -27,7 +27,10 @@ pub fn raise_nofile() -> u64 {
             }
         }
     }
-    r.rlim_cur as u64
+    // rlim_t is not u64 on every target.
+    #[allow(clippy::unnecessary_cast)]
+    let cur = r.rlim_cur as u64;
+    cur
 }
 
 fn clock_ticks() -> f64 {
