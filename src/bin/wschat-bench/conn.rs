@@ -48,7 +48,10 @@ pub struct Conn {
     pub state: State,
     /// Global index of this connection across all threads.
     pub id: usize,
+    /// Unparsed bytes are `rbuf[rlo..rhi]`; the whole Vec is initialised storage.
     rbuf: Vec<u8>,
+    rlo: usize,
+    rhi: usize,
     wbuf: Vec<u8>,
     wpos: usize,
     frag: Vec<u8>,
@@ -80,6 +83,8 @@ impl Conn {
             state: State::Connecting,
             id,
             rbuf: Vec::new(),
+            rlo: 0,
+            rhi: 0,
             wbuf,
             wpos: 0,
             frag: Vec::new(),
@@ -151,31 +156,58 @@ impl Conn {
         true
     }
 
-    /// Reads everything available, reporting events to `on`.
+    /// Reads everything available, reporting events to `on`. Reads go to
+    /// the thread's scratch buffer and are parsed in place; only a partial
+    /// frame left at the end is kept in the connection's own buffer, and
+    /// while one is kept, reads go straight into that buffer behind it.
     fn on_readable(&mut self, scratch: &mut [u8], on: &mut dyn FnMut(&mut Conn, Event<'_>)) {
         loop {
             if self.state == State::Closed {
                 return;
             }
-            match self.stream.read(scratch) {
+            let buffered = self.rhi > self.rlo;
+            let res = if buffered {
+                self.make_room();
+                let hi = self.rhi;
+                self.stream.read(&mut self.rbuf[hi..])
+            } else {
+                self.stream.read(scratch)
+            };
+            match res {
                 Ok(0) => {
                     self.close(on, CloseReason::Io);
                     return;
                 }
                 Ok(n) => {
-                    if self.rbuf.is_empty() {
-                        let used = self.process(&scratch[..n], on);
-                        if self.state != State::Closed {
-                            self.rbuf.extend_from_slice(&scratch[used..n]);
+                    let room = if buffered {
+                        let room = self.rbuf.len() - self.rhi;
+                        self.rhi += n;
+                        let buf = std::mem::take(&mut self.rbuf);
+                        let used = self.process(&buf[self.rlo..self.rhi], on);
+                        if self.state == State::Closed {
+                            return;
                         }
-                    } else {
-                        let mut buf = std::mem::take(&mut self.rbuf);
-                        buf.extend_from_slice(&scratch[..n]);
-                        let used = self.process(&buf, on);
-                        buf.drain(..used);
                         self.rbuf = buf;
-                    }
-                    if n < scratch.len() {
+                        self.rlo += used;
+                        if self.rlo == self.rhi {
+                            self.rlo = 0;
+                            self.rhi = 0;
+                            if self.rbuf.len() > 4 << 20 {
+                                self.rbuf = Vec::new();
+                            }
+                        }
+                        room
+                    } else {
+                        let used = self.process(&scratch[..n], on);
+                        if self.state == State::Closed {
+                            return;
+                        }
+                        if used < n {
+                            self.stash(&scratch[used..n]);
+                        }
+                        scratch.len()
+                    };
+                    if n < room {
                         // A short read drained the socket; data arriving
                         // later raises a new (edge-triggered) event.
                         return;
@@ -191,11 +223,41 @@ impl Conn {
         }
     }
 
+    /// Keeps the unparsed tail of a scratch read (the connection's buffer is empty).
+    fn stash(&mut self, data: &[u8]) {
+        if self.rbuf.len() < data.len() {
+            self.rbuf.resize(data.len().max(4096), 0);
+        }
+        self.rbuf[..data.len()].copy_from_slice(data);
+        self.rlo = 0;
+        self.rhi = data.len();
+    }
+
+    /// Makes at least `MIN_ROOM` bytes of space after the buffered bytes:
+    /// first by moving them to the front, then by growing (doubling).
+    fn make_room(&mut self) {
+        const MIN_ROOM: usize = 16 * 1024;
+        if self.rbuf.len() - self.rhi >= MIN_ROOM {
+            return;
+        }
+        if self.rlo > 0 {
+            self.rbuf.copy_within(self.rlo..self.rhi, 0);
+            self.rhi -= self.rlo;
+            self.rlo = 0;
+        }
+        if self.rbuf.len() - self.rhi < MIN_ROOM {
+            let len = (self.rbuf.len() * 2).max(self.rhi + MIN_ROOM);
+            self.rbuf.resize(len, 0);
+        }
+    }
+
     fn close(&mut self, on: &mut dyn FnMut(&mut Conn, Event<'_>), why: CloseReason) {
         if self.state != State::Closed {
             self.state = State::Closed;
             let _ = self.stream.shutdown(std::net::Shutdown::Both);
             self.rbuf = Vec::new();
+            self.rlo = 0;
+            self.rhi = 0;
             self.frag = Vec::new();
             on(self, Event::Closed(why));
         }

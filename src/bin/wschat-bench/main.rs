@@ -515,6 +515,10 @@ fn main() {
         }
     };
     report.print(json);
+    if report.opened == 0 {
+        // Nothing was measured: make scripts notice.
+        std::process::exit(1);
+    }
 }
 
 fn check_fds(n: usize, nofile: u64) {
