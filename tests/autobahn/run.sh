@@ -24,7 +24,8 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-out="$(pwd)/${AUTOBAHN_OUT:-target/autobahn-report}"
+out="${AUTOBAHN_OUT:-target/autobahn-report}"
+case "$out" in /*) ;; *) out="$(pwd)/$out" ;; esac
 wstest="${WSTEST:-}"
 if [ -z "$wstest" ] && [ "$mode" = auto ]; then
   if [ -x /opt/autobahn/bin/wstest ]; then wstest=/opt/autobahn/bin/wstest
