@@ -145,10 +145,11 @@ pub fn origin_allowed(origin: Option<&str>, host: Option<&str>, allowed: &[Strin
     let Some(origin) = origin else { return true };
     let origin = origin.trim().trim_end_matches('/');
     let origin_host = origin.split_once("://").map(|(_, h)| h).unwrap_or("");
-    if let Some(host) = host {
-        if !origin_host.is_empty() && origin_host.eq_ignore_ascii_case(host.trim()) {
-            return true;
-        }
+    if let Some(host) = host
+        && !origin_host.is_empty()
+        && origin_host.eq_ignore_ascii_case(host.trim())
+    {
+        return true;
     }
     allowed.iter().any(|a| {
         let a = a.trim().trim_end_matches('/');

@@ -131,7 +131,7 @@ fn ms(d: Duration) -> u64 {
 fn wall_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| ms(d))
+        .map(ms)
         .unwrap_or(0)
 }
 
@@ -227,10 +227,10 @@ impl Server {
             } else {
                 Duration::ZERO
             };
-            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
-                if e.kind() != io::ErrorKind::Interrupted {
-                    return Err(e);
-                }
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout))
+                && e.kind() != io::ErrorKind::Interrupted
+            {
+                return Err(e);
             }
             self.now = ms(self.start.elapsed());
             for ev in events.iter() {
@@ -255,11 +255,11 @@ impl Server {
                 self.next_sweep = self.now + self.sweep_every;
             }
             self.flush_dirty();
-            if let Some(deadline) = self.shutdown_deadline {
-                if self.conns.is_empty() || self.now >= deadline {
-                    info!("shut down with {} connections left", self.conns.len());
-                    return Ok(());
-                }
+            if let Some(deadline) = self.shutdown_deadline
+                && (self.conns.is_empty() || self.now >= deadline)
+            {
+                info!("shut down with {} connections left", self.conns.len());
+                return Ok(());
             }
         }
     }
@@ -378,10 +378,7 @@ impl Server {
     fn on_readable(&mut self, k: usize) {
         let mut rbuf = std::mem::take(&mut self.rbuf);
         let mut budget = READS_PER_TURN;
-        loop {
-            let Some(c) = self.conns.get_mut(k) else {
-                break;
-            };
+        while let Some(c) = self.conns.get_mut(k) {
             if c.paused {
                 break;
             }
@@ -746,18 +743,18 @@ impl Server {
         let Some(c) = self.conns.try_remove(k) else {
             return;
         };
-        if self.ip_is_limited(c.ip) {
-            if let Some(n) = self.per_ip.get_mut(&c.ip) {
-                *n -= 1;
-                if *n == 0 {
-                    self.per_ip.remove(&c.ip);
-                }
+        if self.ip_is_limited(c.ip)
+            && let Some(n) = self.per_ip.get_mut(&c.ip)
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.per_ip.remove(&c.ip);
             }
         }
-        if let Phase::Ws(ws) = &c.phase {
-            if ws.in_chat {
-                self.with_chat(|chat, now, out| chat.disconnect(k, now, out));
-            }
+        if let Phase::Ws(ws) = &c.phase
+            && ws.in_chat
+        {
+            self.with_chat(|chat, now, out| chat.disconnect(k, now, out));
         }
         // Dropping the stream closes the socket and removes it from the poll.
     }
@@ -777,11 +774,12 @@ impl Server {
         };
         f(&mut self.chat, now, &mut out);
         for (k, code, reason) in closes {
-            if code == 1008 && reason == SLOW_CONSUMER {
-                if let Some(c) = self.conns.get_mut(k) {
-                    // Its backlog is dropped; the client recovers it with `since`.
-                    c.out.discard_unsent_data();
-                }
+            if code == 1008
+                && reason == SLOW_CONSUMER
+                && let Some(c) = self.conns.get_mut(k)
+            {
+                // Its backlog is dropped; the client recovers it with `since`.
+                c.out.discard_unsent_data();
             }
             self.start_close(k, code, &reason);
         }
@@ -790,11 +788,11 @@ impl Server {
     // ---- writing ---------------------------------------------------------
 
     fn mark_dirty(&mut self, k: usize) {
-        if let Some(c) = self.conns.get_mut(k) {
-            if !c.dirty {
-                c.dirty = true;
-                self.dirty.push(k);
-            }
+        if let Some(c) = self.conns.get_mut(k)
+            && !c.dirty
+        {
+            c.dirty = true;
+            self.dirty.push(k);
         }
     }
 
