@@ -684,11 +684,7 @@ impl Server {
                 c.out.push(Chunk::Owned(hdr[..n].to_vec()));
                 c.out.push(Chunk::Owned(v));
             }
-            p => {
-                let mut frame = Vec::with_capacity(MAX_HEADER_LEN + p.len());
-                encode_frame(&mut frame, opcode, &p);
-                c.out.push(Chunk::Owned(frame));
-            }
+            p => c.out.push_frame(opcode, &p),
         }
         // Backpressure: stop reading until the peer takes its echoes.
         if c.out.pending() > max_pending {

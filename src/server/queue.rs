@@ -8,6 +8,7 @@
 //! injected between fragments, not inside a frame), and they are not
 //! counted against the output limit.
 
+use crate::ws::frame::{MAX_HEADER_LEN, OpCode, encode_frame};
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
 use std::rc::Rc;
@@ -18,6 +19,8 @@ pub enum Chunk {
     Shared(Rc<[u8]>),
     /// Bytes for this connection only.
     Owned(Vec<u8>),
+    /// Small frames for this connection, appended to one buffer per turn.
+    Coalesced(Vec<u8>),
     /// A body compiled into the binary (the web client).
     Static(&'static [u8]),
     /// A control frame: ahead of data, outside the limit.
@@ -28,11 +31,15 @@ impl Chunk {
     fn bytes(&self) -> &[u8] {
         match self {
             Chunk::Shared(b) => b,
-            Chunk::Owned(v) | Chunk::Control(v) => v,
+            Chunk::Owned(v) | Chunk::Coalesced(v) | Chunk::Control(v) => v,
             Chunk::Static(s) => s,
         }
     }
 }
+
+/// Frames up to this size are copied into a shared tail buffer rather than
+/// queued one allocation each; the buffer stops growing past it.
+const COALESCE_LIMIT: usize = 16 * 1024;
 
 /// Most slices handed to one `writev` (well under any IOV_MAX).
 const MAX_IOV: usize = 64;
@@ -65,6 +72,30 @@ impl WriteQueue {
             self.chunks.push_back(chunk);
         }
         // An idle connection keeps no queue storage (see `write_to`).
+    }
+
+    /// Queues a data frame, encoding it straight into the tail buffer when it
+    /// is small: a burst of echoes costs one allocation and one iovec.
+    pub fn push_frame(&mut self, opcode: OpCode, payload: &[u8]) {
+        let need = MAX_HEADER_LEN + payload.len();
+        if need > COALESCE_LIMIT {
+            let mut v = Vec::with_capacity(need);
+            encode_frame(&mut v, opcode, payload);
+            self.push(Chunk::Owned(v));
+            return;
+        }
+        let before = match self.chunks.back_mut() {
+            Some(Chunk::Coalesced(v)) if v.len() + need <= COALESCE_LIMIT => v.len(),
+            _ => {
+                self.chunks
+                    .push_back(Chunk::Coalesced(Vec::with_capacity(need.max(512))));
+                0
+            }
+        };
+        if let Some(Chunk::Coalesced(v)) = self.chunks.back_mut() {
+            encode_frame(v, opcode, payload);
+            self.data_pending += v.len() - before;
+        }
     }
 
     /// Drops every data frame not yet started, keeping a partly written one
@@ -191,6 +222,27 @@ mod tests {
         };
         assert!(q.write_to(&mut w).unwrap());
         assert_eq!(w.out, b"AAAc");
+    }
+
+    #[test]
+    fn small_frames_share_one_buffer() {
+        let mut q = WriteQueue::default();
+        for _ in 0..100 {
+            q.push_frame(OpCode::Text, b"hi");
+        }
+        assert_eq!(q.chunks.len(), 1);
+        assert_eq!(q.pending(), 400);
+        q.push_frame(OpCode::Binary, &[7; 20_000]);
+        q.push_frame(OpCode::Text, b"x");
+        assert_eq!(q.chunks.len(), 3);
+        let mut w = Trickle {
+            out: Vec::new(),
+            cap: 1000,
+        };
+        assert!(q.write_to(&mut w).unwrap());
+        assert_eq!(&w.out[..4], b"\x81\x02hi");
+        assert_eq!(w.out.len(), 400 + 4 + 20_000 + 3);
+        assert_eq!(q.pending(), 0);
     }
 
     #[test]

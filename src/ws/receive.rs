@@ -242,7 +242,7 @@ impl Receiver {
                 return (pos, Err(self.fail(ProtocolError::InvalidUtf8)));
             }
             if !(done && frame.fin) {
-                self.buf.extend_from_slice(&input[start..pos]);
+                append_capped(&mut self.buf, &input[start..pos], self.max_message_size);
                 if !done {
                     return (pos, Ok(None));
                 }
@@ -259,7 +259,7 @@ impl Receiver {
             let payload = if whole && self.buf.is_empty() {
                 Payload::Borrowed(&input[start..pos])
             } else {
-                self.buf.extend_from_slice(&input[start..pos]);
+                append_capped(&mut self.buf, &input[start..pos], self.max_message_size);
                 Payload::Owned(std::mem::take(&mut self.buf))
             };
             let ev = if opcode == OpCode::Text {
@@ -411,6 +411,19 @@ impl Receiver {
             }
         })
     }
+}
+
+/// Appends to a message buffer that doubles as it grows but never past the
+/// message limit, so a connection's buffer is bounded by `--max-message-size`
+/// (the header check has already made sure the data fits).
+fn append_capped(buf: &mut Vec<u8>, data: &[u8], limit: u64) {
+    let need = buf.len() + data.len();
+    if need > buf.capacity() {
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        let want = (buf.capacity() * 2).max(need).min(limit).max(need);
+        buf.reserve_exact(want - buf.len());
+    }
+    buf.extend_from_slice(data);
 }
 
 /// Builds a masked client frame: for tests, fuzzing and the load generator.
