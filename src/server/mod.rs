@@ -946,13 +946,17 @@ impl Outbox for ServerOutbox<'_> {
         if ws.close_sent {
             return;
         }
+        // Checked before queueing, so one large answer (a `joined` with long
+        // history) never trips the limit on its own: the bound is the limit
+        // plus one frame.
+        if c.out.pending() > self.max_pending {
+            self.closes.push((to, 1008, SLOW_CONSUMER.to_string()));
+            return;
+        }
         c.out.push(Chunk::Shared(Rc::clone(frame)));
         if !c.dirty {
             c.dirty = true;
             self.dirty.push(to);
-        }
-        if c.out.pending() > self.max_pending {
-            self.closes.push((to, 1008, SLOW_CONSUMER.to_string()));
         }
     }
 
