@@ -91,10 +91,12 @@ pub fn encode_frame(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8]) {
 /// The loop works on 8-byte words: `j = i MOD 4` repeats every 4 bytes, so a
 /// word-sized key made of the key rotated by `offset` covers each word.
 pub fn apply_mask(data: &mut [u8], key: [u8; 4], offset: usize) {
+    // The key as it applies from `data[0]` on: rotated by `offset` bytes.
     let mut k = [0u8; 8];
-    for (i, b) in k.iter_mut().enumerate() {
-        *b = key[(offset + i) % 4];
-    }
+    let rot = offset % 4;
+    k[..4 - rot].copy_from_slice(&key[rot..]);
+    k[4 - rot..4].copy_from_slice(&key[..rot]);
+    k.copy_within(0..4, 4);
     let word = u64::from_ne_bytes(k);
     let mut chunks = data.chunks_exact_mut(8);
     for chunk in &mut chunks {

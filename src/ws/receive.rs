@@ -285,6 +285,22 @@ impl Receiver {
         input: &[u8],
         pos: &mut usize,
     ) -> Result<Option<Frame>, ProtocolError> {
+        // Fast path: the whole header is in the input (the usual case), so
+        // take it in one copy; the checks are the same either way.
+        if self.hdr_len == 0 && input.len() - *pos >= 2 {
+            let need = match input[*pos + 1] & 0x7f {
+                126 => 8,
+                127 => 14,
+                _ => 6,
+            };
+            if input.len() - *pos >= need {
+                self.hdr[..need].copy_from_slice(&input[*pos..*pos + need]);
+                *pos += need;
+                self.hdr_len = need as u8;
+                self.check_first_byte()?;
+                self.check_second_byte()?;
+            }
+        }
         while *pos < input.len() {
             let have = self.hdr_len as usize;
             let need = self.header_len();

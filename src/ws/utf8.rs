@@ -51,6 +51,10 @@ impl Utf8Validator {
                 }
             }
         }
+        // Most chat and echo text is ASCII, which has a much cheaper check.
+        if bytes.is_ascii() {
+            return Ok(());
+        }
         match std::str::from_utf8(bytes) {
             Ok(_) => Ok(()),
             Err(e) if e.error_len().is_some() => Err(InvalidUtf8),
