@@ -51,6 +51,8 @@ pub struct WriteQueue {
     head_written: usize,
     /// Data bytes queued and not yet written (control frames excluded).
     data_pending: usize,
+    /// Control frame bytes queued and not yet written.
+    control_pending: usize,
 }
 
 impl WriteQueue {
@@ -59,8 +61,14 @@ impl WriteQueue {
         self.data_pending
     }
 
+    /// Unsent control frame bytes (pongs a ping flood would pile up).
+    pub fn control_pending(&self) -> usize {
+        self.control_pending
+    }
+
     pub fn push(&mut self, chunk: Chunk) {
-        if let Chunk::Control(_) = chunk {
+        if let Chunk::Control(c) = &chunk {
+            self.control_pending += c.len();
             // After a partly written frame and after earlier control frames.
             let mut i = usize::from(self.head_written > 0);
             while matches!(self.chunks.get(i), Some(Chunk::Control(_))) {
@@ -113,8 +121,10 @@ impl WriteQueue {
             .iter()
             .filter(|c| !matches!(c, Chunk::Control(_)))
             .map(|c| c.bytes().len())
-            .sum::<usize>()
-            .saturating_sub(if keep_head { self.head_written } else { 0 });
+            .sum::<usize>();
+        if keep_head && !matches!(self.chunks.front(), Some(Chunk::Control(_))) {
+            self.data_pending -= self.head_written;
+        }
     }
 
     /// Writes as much as the socket takes. `Ok(true)` when the queue is empty.
@@ -152,6 +162,8 @@ impl WriteQueue {
             written -= step;
             if is_data {
                 self.data_pending -= step;
+            } else {
+                self.control_pending -= step;
             }
             if step == left {
                 self.chunks.pop_front();
