@@ -597,7 +597,8 @@ impl Server {
         });
         c.deadline = u64::MAX;
         c.last_ping = self.now;
-        c.out.push(Chunk::Owned(response));
+        // A fence: a pong for a ping sent right behind the head must follow it.
+        c.out.push(Chunk::Fence(response));
         self.mark_dirty(k);
         if endpoint == Endpoint::Chat {
             self.with_chat(|chat, now, out| chat.connect(k, nick, now, out));
@@ -666,7 +667,8 @@ impl Server {
                     let payload = code.map(|c| c.to_be_bytes().to_vec()).unwrap_or_default();
                     let mut frame = Vec::with_capacity(4);
                     encode_frame(&mut frame, OpCode::Close, &payload);
-                    c.out.push(Chunk::Control(frame));
+                    // After the echoes already queued: nothing follows a close.
+                    c.out.push(Chunk::Fence(frame));
                 }
                 c.shutdown_when_flushed = true;
                 c.deadline = self.now + ms(self.cfg.close_timeout);
@@ -687,7 +689,7 @@ impl Server {
                 let mut hdr = [0u8; MAX_HEADER_LEN];
                 let n = encode_header(&mut hdr, true, opcode, v.len() as u64, None);
                 c.out.push(Chunk::Owned(hdr[..n].to_vec()));
-                c.out.push(Chunk::Owned(v));
+                c.out.push(Chunk::Tail(v));
             }
             p => c.out.push_frame(opcode, &p),
         }
@@ -722,7 +724,8 @@ impl Server {
         ws.close_sent = true;
         let mut frame = Vec::with_capacity(4 + reason.len());
         encode_frame(&mut frame, OpCode::Close, &close_payload(code, reason));
-        c.out.push(Chunk::Control(frame));
+        // After the data already queued (§5.5.1: no data frame follows a close).
+        c.out.push(Chunk::Fence(frame));
         c.deadline = self.now + close_timeout;
         // Nothing more is read from a paused peer, but its close must get through.
         c.paused = false;

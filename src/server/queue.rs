@@ -3,10 +3,13 @@
 //! Frames wait here until the socket takes them; everything queued in one
 //! loop turn leaves in one vectored write. A broadcast frame is one shared
 //! `Rc<[u8]>`, so a queue entry costs a pointer, not a copy. Control frames
-//! (pong, close) go ahead of queued data, but never into the middle of a
-//! frame already partly written (RFC 6455 §5.4: control frames may be
-//! injected between fragments, not inside a frame), and they are not
-//! counted against the output limit.
+//! (ping, pong) go ahead of queued data, but never into the middle of a
+//! frame already partly written, nor between a frame's header and its
+//! [`Chunk::Tail`] (RFC 6455 §5.4: control frames may be injected between
+//! fragments, not inside a frame), nor ahead of a [`Chunk::Fence`]: the 101
+//! answer must come first, and a close frame must come after every data
+//! frame queued before it (§5.5.1: nothing follows a close). Neither control
+//! frames nor fences count against the output limit.
 
 use crate::ws::frame::{MAX_HEADER_LEN, OpCode, encode_frame};
 use std::collections::VecDeque;
@@ -23,17 +26,32 @@ pub enum Chunk {
     Coalesced(Vec<u8>),
     /// A body compiled into the binary (the web client).
     Static(&'static [u8]),
+    /// The payload of the frame whose header is the chunk before it:
+    /// nothing may be put between them.
+    Tail(Vec<u8>),
     /// A control frame: ahead of data, outside the limit.
     Control(Vec<u8>),
+    /// Bytes that keep their place in the stream: control frames are never
+    /// put ahead of them. The 101 answer and close frames; outside the limit.
+    Fence(Vec<u8>),
 }
 
 impl Chunk {
     fn bytes(&self) -> &[u8] {
         match self {
             Chunk::Shared(b) => b,
-            Chunk::Owned(v) | Chunk::Coalesced(v) | Chunk::Control(v) => v,
+            Chunk::Owned(v)
+            | Chunk::Coalesced(v)
+            | Chunk::Tail(v)
+            | Chunk::Control(v)
+            | Chunk::Fence(v) => v,
             Chunk::Static(s) => s,
         }
+    }
+
+    /// Whether the chunk counts against the output limit.
+    fn is_data(&self) -> bool {
+        !matches!(self, Chunk::Control(_) | Chunk::Fence(_))
     }
 }
 
@@ -51,6 +69,9 @@ pub struct WriteQueue {
     head_written: usize,
     /// Data bytes queued and not yet written (control frames excluded).
     data_pending: usize,
+    /// Chunks at the front that a control frame may not go ahead of: up to
+    /// and including the last fence.
+    fence_end: usize,
     /// Control frame bytes queued and not yet written.
     control_pending: usize,
 }
@@ -67,17 +88,25 @@ impl WriteQueue {
     }
 
     pub fn push(&mut self, chunk: Chunk) {
-        if let Chunk::Control(c) = &chunk {
-            self.control_pending += c.len();
-            // After a partly written frame and after earlier control frames.
-            let mut i = usize::from(self.head_written > 0);
-            while matches!(self.chunks.get(i), Some(Chunk::Control(_))) {
-                i += 1;
+        match chunk {
+            Chunk::Control(ref c) => {
+                self.control_pending += c.len();
+                // After the last fence, a partly written frame (with its tail)
+                // and earlier control frames.
+                let mut i = self.fence_end.max(usize::from(self.head_written > 0));
+                while matches!(self.chunks.get(i), Some(Chunk::Control(_) | Chunk::Tail(_))) {
+                    i += 1;
+                }
+                self.chunks.insert(i.min(self.chunks.len()), chunk);
             }
-            self.chunks.insert(i.min(self.chunks.len()), chunk);
-        } else {
-            self.data_pending += chunk.bytes().len();
-            self.chunks.push_back(chunk);
+            Chunk::Fence(_) => {
+                self.chunks.push_back(chunk);
+                self.fence_end = self.chunks.len();
+            }
+            _ => {
+                self.data_pending += chunk.bytes().len();
+                self.chunks.push_back(chunk);
+            }
         }
         // An idle connection keeps no queue storage (see `write_to`).
     }
@@ -95,8 +124,9 @@ impl WriteQueue {
         let before = match self.chunks.back_mut() {
             Some(Chunk::Coalesced(v)) if v.len() + need <= COALESCE_LIMIT => v.len(),
             _ => {
+                let cap = need.max(1024);
                 self.chunks
-                    .push_back(Chunk::Coalesced(Vec::with_capacity(need.max(512))));
+                    .push_back(Chunk::Coalesced(Vec::with_capacity(cap)));
                 0
             }
         };
@@ -111,20 +141,36 @@ impl WriteQueue {
     pub fn discard_unsent_data(&mut self) {
         let keep_head = self.head_written > 0;
         let mut i = 0;
+        // A tail stays when its header stays (or was already written).
+        let mut data_kept = true;
         self.chunks.retain(|c| {
-            let keep = (i == 0 && keep_head) || matches!(c, Chunk::Control(_));
+            let keep = match c {
+                Chunk::Control(_) | Chunk::Fence(_) => true,
+                Chunk::Tail(_) => data_kept,
+                _ => {
+                    data_kept = i == 0 && keep_head;
+                    data_kept
+                }
+            };
             i += 1;
             keep
         });
+        self.fence_end = self
+            .chunks
+            .iter()
+            .rposition(|c| matches!(c, Chunk::Fence(_)))
+            .map_or(0, |p| p + 1);
+        let front_written = match self.chunks.front() {
+            Some(c) if c.is_data() => self.head_written,
+            _ => 0,
+        };
         self.data_pending = self
             .chunks
             .iter()
-            .filter(|c| !matches!(c, Chunk::Control(_)))
+            .filter(|c| c.is_data())
             .map(|c| c.bytes().len())
-            .sum::<usize>();
-        if keep_head && !matches!(self.chunks.front(), Some(Chunk::Control(_))) {
-            self.data_pending -= self.head_written;
-        }
+            .sum::<usize>()
+            - front_written;
     }
 
     /// Writes as much as the socket takes. `Ok(true)` when the queue is empty.
@@ -148,6 +194,7 @@ impl WriteQueue {
         }
         // Give the ring's storage back: idle connections should cost nothing.
         self.chunks = VecDeque::new();
+        self.fence_end = 0;
         Ok(true)
     }
 
@@ -156,18 +203,19 @@ impl WriteQueue {
             let Some(front) = self.chunks.front() else {
                 break;
             };
-            let is_data = !matches!(front, Chunk::Control(_));
+            let is_data = front.is_data();
             let left = front.bytes().len() - self.head_written;
             let step = left.min(written);
             written -= step;
             if is_data {
                 self.data_pending -= step;
-            } else {
+            } else if matches!(front, Chunk::Control(_)) {
                 self.control_pending -= step;
             }
             if step == left {
                 self.chunks.pop_front();
                 self.head_written = 0;
+                self.fence_end = self.fence_end.saturating_sub(1);
             } else {
                 self.head_written += step;
             }
@@ -236,6 +284,94 @@ mod tests {
         assert_eq!(w.out, b"AAAc");
     }
 
+    fn drain(q: &mut WriteQueue) -> Vec<u8> {
+        let mut w = Trickle {
+            out: Vec::new(),
+            cap: 100,
+        };
+        assert!(q.write_to(&mut w).unwrap());
+        w.out
+    }
+
+    #[test]
+    fn control_never_goes_ahead_of_a_fence() {
+        // The 101 answer first, even for a pong queued in the same turn.
+        let mut q = WriteQueue::default();
+        q.push(Chunk::Fence(b"101".to_vec()));
+        q.push(Chunk::Owned(b"echo".to_vec()));
+        q.push(Chunk::Control(b"pong".to_vec()));
+        assert_eq!(q.pending(), 4);
+        assert_eq!(drain(&mut q), b"101pongecho");
+
+        // A close after the data queued before it (§5.5.1).
+        let mut q = WriteQueue::default();
+        q.push(Chunk::Owned(b"echo".to_vec()));
+        q.push(Chunk::Fence(b"close".to_vec()));
+        assert_eq!(q.pending(), 4);
+        assert_eq!(drain(&mut q), b"echoclose");
+
+        // Once the fence is written, controls go ahead of data again.
+        let mut q = WriteQueue::default();
+        q.push(Chunk::Fence(b"101".to_vec()));
+        q.push(Chunk::Owned(b"AAAA".to_vec()));
+        q.consume(3);
+        q.push(Chunk::Control(b"p".to_vec()));
+        assert_eq!(drain(&mut q), b"pAAAA");
+    }
+
+    #[test]
+    fn control_never_goes_between_a_header_and_its_tail() {
+        // The header partly written.
+        let mut q = WriteQueue::default();
+        q.push(Chunk::Owned(b"HDR".to_vec()));
+        q.push(Chunk::Tail(b"payload".to_vec()));
+        q.push(Chunk::Owned(b"next".to_vec()));
+        q.consume(1);
+        q.push(Chunk::Control(b"p".to_vec()));
+        assert_eq!(q.pending(), 13);
+        assert_eq!(drain(&mut q), b"DRpayloadpnext");
+
+        // The header wholly written, the tail not started.
+        let mut q = WriteQueue::default();
+        q.push(Chunk::Owned(b"HDR".to_vec()));
+        q.push(Chunk::Tail(b"payload".to_vec()));
+        q.consume(3);
+        q.push(Chunk::Control(b"p".to_vec()));
+        assert_eq!(drain(&mut q), b"payloadp");
+
+        // Nothing written yet: the control goes ahead of the whole frame.
+        let mut q = WriteQueue::default();
+        q.push(Chunk::Owned(b"HDR".to_vec()));
+        q.push(Chunk::Tail(b"payload".to_vec()));
+        q.push(Chunk::Control(b"p".to_vec()));
+        assert_eq!(drain(&mut q), b"pHDRpayload");
+    }
+
+    #[test]
+    fn discard_keeps_a_started_frame_whole_and_the_fences() {
+        let mut q = WriteQueue::default();
+        q.push(Chunk::Fence(b"101".to_vec()));
+        q.push(Chunk::Owned(b"HDR".to_vec()));
+        q.push(Chunk::Tail(b"payload".to_vec()));
+        q.push(Chunk::Owned(b"H2".to_vec()));
+        q.push(Chunk::Tail(b"p2".to_vec()));
+        q.discard_unsent_data();
+        // Nothing of the data had started: only the fence stays.
+        assert_eq!(q.pending(), 0);
+        assert_eq!(drain(&mut q), b"101");
+
+        let mut q = WriteQueue::default();
+        q.push(Chunk::Owned(b"HDR".to_vec()));
+        q.push(Chunk::Tail(b"payload".to_vec()));
+        q.push(Chunk::Owned(b"H2".to_vec()));
+        q.push(Chunk::Tail(b"p2".to_vec()));
+        q.consume(3); // the header is out: its tail must follow
+        q.discard_unsent_data();
+        q.push(Chunk::Fence(b"close".to_vec()));
+        assert_eq!(q.pending(), 7);
+        assert_eq!(drain(&mut q), b"payloadclose");
+    }
+
     #[test]
     fn small_frames_share_one_buffer() {
         let mut q = WriteQueue::default();
@@ -255,6 +391,16 @@ mod tests {
         assert_eq!(&w.out[..4], b"\x81\x02hi");
         assert_eq!(w.out.len(), 400 + 4 + 20_000 + 3);
         assert_eq!(q.pending(), 0);
+    }
+
+    #[test]
+    fn pongs_are_counted_apart_from_data() {
+        let mut q = WriteQueue::default();
+        q.push(Chunk::Control(b"pong".to_vec()));
+        q.push_frame(OpCode::Text, b"x");
+        assert_eq!((q.pending(), q.control_pending()), (3, 4));
+        drain(&mut q);
+        assert_eq!((q.pending(), q.control_pending()), (0, 0));
     }
 
     #[test]

@@ -113,9 +113,11 @@ pub fn read_http_response(s: &mut TcpStream) -> (u16, String) {
         }
     }
     let text = String::from_utf8_lossy(&buf).into_owned();
+    // The status line must be the very first thing: anything before it
+    // (e.g. a frame sent ahead of the 101) is a broken stream, status 0.
     let status = text
-        .split_whitespace()
-        .nth(1)
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
     (status, text)
