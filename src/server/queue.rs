@@ -2,10 +2,12 @@
 //!
 //! Frames wait here until the socket takes them; everything queued in one
 //! loop turn leaves in one vectored write. A broadcast frame is one shared
-//! `Rc<[u8]>`, so a queue entry costs a pointer, not a copy. Control frames
-//! (pong, close) go ahead of queued data, but never into the middle of a
-//! frame already partly written (RFC 6455 §5.4: control frames may be
-//! injected between fragments, not inside a frame), and they are not
+//! `Rc<[u8]>`, so a queue entry costs a pointer, not a copy. Ping and pong
+//! frames go ahead of queued data, but never into the middle of a frame
+//! already partly written (RFC 6455 §5.4: control frames may be injected
+//! between fragments, not inside a frame). A close frame goes behind
+//! everything queued: nothing may follow it (§5.5.1), and what was queued
+//! before it (answers, broadcasts) must still arrive. Control frames are not
 //! counted against the output limit.
 
 use std::collections::VecDeque;
@@ -53,7 +55,12 @@ impl WriteQueue {
     }
 
     pub fn push(&mut self, chunk: Chunk) {
-        if let Chunk::Control(_) = chunk {
+        if let Chunk::Control(v) = &chunk
+            && v.first().is_some_and(|b| b & 0x0f == 0x8)
+        {
+            // RFC 6455 §5.5.1: the close frame is the last frame sent.
+            self.chunks.push_back(chunk);
+        } else if let Chunk::Control(_) = chunk {
             // After a partly written frame and after earlier control frames.
             let mut i = usize::from(self.head_written > 0);
             while matches!(self.chunks.get(i), Some(Chunk::Control(_))) {
@@ -174,6 +181,23 @@ mod tests {
         while !q.write_to(&mut w).unwrap() {}
         assert_eq!(w.out, b"AAAAp1p2BBBB");
         assert_eq!(q.pending(), 0);
+    }
+
+    #[test]
+    fn close_goes_behind_queued_data() {
+        let mut q = WriteQueue::default();
+        q.push(Chunk::Owned(b"AAAA".to_vec()));
+        q.push(Chunk::Shared(Rc::from(&b"BB"[..])));
+        q.push(Chunk::Control(vec![0x88, 0x02, 0x03, 0xf0]));
+        q.push(Chunk::Control(b"\x8ap".to_vec()));
+        assert_eq!(q.pending(), 6);
+        let mut w = Trickle {
+            out: Vec::new(),
+            cap: 100,
+        };
+        while !q.write_to(&mut w).unwrap() {}
+        // The pong jumps ahead of data; the close waits for the data queued before it.
+        assert_eq!(w.out, b"\x8apAAAABB\x88\x02\x03\xf0");
     }
 
     #[test]
