@@ -965,6 +965,12 @@ impl Outbox for ServerOutbox<'_> {
             return;
         }
         c.out.push(Chunk::Shared(Rc::clone(frame)));
+        if c.out.is_batch_full() {
+            // A burst (say presence for a thousand joins in one turn) would
+            // otherwise pile up queue entries for every member until the end
+            // of the turn: write a full batch now; errors surface at the flush.
+            let _ = c.out.write_to(&mut c.sock);
+        }
         if !c.dirty {
             c.dirty = true;
             self.dirty.push(to);

@@ -82,6 +82,11 @@ impl WriteQueue {
         self.data_pending
     }
 
+    /// Chunks waiting; a full `writev` batch is worth writing at once.
+    pub fn is_batch_full(&self) -> bool {
+        self.chunks.len() >= MAX_IOV
+    }
+
     /// Unsent control frame bytes (pongs a ping flood would pile up).
     pub fn control_pending(&self) -> usize {
         self.control_pending
