@@ -13,12 +13,12 @@ pub mod validate;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 
 use protocol::{ChatError, MsgOut, Out, Parsed, Request, RoomInfo, frame};
 use rate::{Bucket, Verdict};
-use room::Room;
+use room::{Order, Room};
 
 pub type ConnId = usize;
 
@@ -59,6 +59,9 @@ pub struct ChatConfig {
     pub rate_per_sec: u32,
     /// How long an empty room keeps its history, in ms.
     pub room_retention_ms: u64,
+    /// Budget for room history across all rooms, in bytes as counted by
+    /// [`room::Msg::cost`]; past it the server-wide oldest messages go first.
+    pub max_history_bytes: usize,
 }
 
 impl Default for ChatConfig {
@@ -72,6 +75,7 @@ impl Default for ChatConfig {
             rate_burst: 20,
             rate_per_sec: 2,
             room_retention_ms: 24 * 60 * 60 * 1000,
+            max_history_bytes: 64 << 20,
         }
     }
 }
@@ -99,9 +103,30 @@ pub struct Chat {
     rooms: Vec<Option<Room>>,
     free_rooms: Vec<u32>,
     room_names: HashMap<Rc<str>, u32>,
+    /// Every kept message in posting order, server-wide, plus stale entries
+    /// (see [`Chat::trim_order`]): the eviction order of the history budget.
+    order: VecDeque<Order>,
+    /// Sum of `Room::bytes` over all rooms; at most `max_history_bytes`
+    /// between calls.
+    history_bytes: usize,
+    /// Sum of `history.len()` over all rooms: the live entries of `order`.
+    kept: usize,
     epoch_seed: u64,
     epoch_counter: u64,
     guest_counter: u64,
+}
+
+/// Stale entries `order` may hold beyond one per kept message before it is
+/// compacted (so that tiny histories do not compact on every post).
+const ORDER_SLACK: usize = 64;
+
+/// Whether a queue entry still points at a kept message: its room was not
+/// forgotten (same slot and serial) and the message not dropped.
+fn order_live(rooms: &[Option<Room>], e: &Order) -> bool {
+    rooms
+        .get(e.slot as usize)
+        .and_then(Option::as_ref)
+        .is_some_and(|r| r.serial == e.serial && r.keeps(e.id))
 }
 
 /// splitmix64 finaliser: a bijection on u64, so distinct inputs give
@@ -146,6 +171,9 @@ impl Chat {
             rooms: Vec::new(),
             free_rooms: Vec::new(),
             room_names: HashMap::new(),
+            order: VecDeque::new(),
+            history_bytes: 0,
+            kept: 0,
             epoch_seed,
             epoch_counter: 0,
             guest_counter: 0,
@@ -160,6 +188,12 @@ impl Chat {
     /// Rooms kept: with members, or empty with retained history.
     pub fn rooms(&self) -> usize {
         self.room_names.len()
+    }
+
+    /// Bytes of room history kept server-wide, as counted against
+    /// `max_history_bytes` ([`room::Msg::cost`]).
+    pub fn history_bytes(&self) -> usize {
+        self.history_bytes
     }
 
     /// A /ws connection opened; `requested_nick` is the percent-decoded
@@ -253,6 +287,68 @@ impl Chat {
         if let Some(r) = self.rooms.get_mut(idx as usize).and_then(Option::take) {
             self.room_names.remove(&r.name);
             self.free_rooms.push(idx);
+            self.history_bytes -= r.bytes;
+            self.kept -= r.history.len();
+            self.trim_order();
+        }
+    }
+
+    /// Evicts the server-wide oldest kept messages until the history is
+    /// within `max_history_bytes`. Each turn pops one `order` entry, and each
+    /// entry was pushed once by a post: amortised O(1) per message.
+    fn enforce_budget(&mut self) {
+        while self.history_bytes > self.cfg.max_history_bytes {
+            let Some(e) = self.order.pop_front() else {
+                break;
+            };
+            let Some(room) = self.rooms.get_mut(e.slot as usize).and_then(Option::as_mut) else {
+                continue;
+            };
+            // Entries older than `e` are all gone from the queue, and a room's
+            // messages were queued in id order, so a live `e` is its room's
+            // oldest kept message; anything else is stale.
+            if room.serial != e.serial || room.history.front().map(|m| m.id) != Some(e.id) {
+                continue;
+            }
+            if let Some(m) = room.pop_oldest() {
+                self.history_bytes -= m.cost();
+                self.kept -= 1;
+            }
+            // Same rule as on leave: neither members nor kept messages.
+            if room.history.is_empty() && room.members.is_empty() {
+                self.forget(e.slot);
+            }
+        }
+        self.trim_order();
+    }
+
+    /// Keeps `order` from holding stale entries (room forgotten or
+    /// recreated, or message dropped by the per-room cap) without bound:
+    /// - stale entries at the front are popped at once;
+    /// - when `order` passes 2 × kept + `ORDER_SLACK` entries, it is
+    ///   compacted. At least half of it is then stale, so the O(len) pass
+    ///   removes ≥ len / 2 entries that were each pushed once: amortised O(1).
+    ///
+    /// So after every call there are at most kept + `ORDER_SLACK` stale
+    /// entries: an entry outlives its message by at most that many other
+    /// entries going stale (or until it reaches the front), and the queue's
+    /// size follows the kept messages, whatever the traffic. Its capacity is
+    /// shrunk back past 4 × that bound, halving it, so the shrink costs
+    /// amortised O(1) too; `room::MSG_OVERHEAD` charges the worst case.
+    fn trim_order(&mut self) {
+        while let Some(e) = self.order.front() {
+            if order_live(&self.rooms, e) {
+                break;
+            }
+            self.order.pop_front();
+        }
+        let bound = 2 * self.kept + ORDER_SLACK;
+        if self.order.len() > bound {
+            let rooms = &self.rooms;
+            self.order.retain(|e| order_live(rooms, e));
+        }
+        if self.order.capacity() > 4 * bound {
+            self.order.shrink_to(2 * bound);
         }
     }
 
@@ -537,7 +633,12 @@ impl Chat {
             .epoch_seed
             .wrapping_add(self.epoch_counter.wrapping_mul(0x9e37_79b9_7f4a_7c15))));
         let name: Rc<str> = Rc::from(name);
-        let room = Room::new(name.clone(), epoch.into_boxed_str(), now.mono_ms);
+        let room = Room::new(
+            name.clone(),
+            self.epoch_counter,
+            epoch.into_boxed_str(),
+            now.mono_ms,
+        );
         let idx = match self.free_rooms.pop() {
             Some(i) => {
                 self.rooms[i as usize] = Some(room);
@@ -592,6 +693,7 @@ impl Chat {
         let Some(room) = self.room_mut(idx) else {
             return Ok(());
         };
+        let (bytes_before, kept_before) = (room.bytes, room.history.len());
         let msg = room.post(from, text.into_boxed_str(), now.wall_ms, keep);
         let shared = frame(&MsgOut::new(&room.name, &msg, None));
         let own = match r {
@@ -601,6 +703,18 @@ impl Chat {
         for &m in &room.members {
             out.send(m, if m == conn { &own } else { &shared });
         }
+        let (bytes_after, kept_after, serial) = (room.bytes, room.history.len(), room.serial);
+        // The room's totals are part of the server's, so these never underflow.
+        self.history_bytes = self.history_bytes - bytes_before + bytes_after;
+        self.kept = self.kept - kept_before + kept_after;
+        if keep > 0 {
+            self.order.push_back(Order {
+                slot: idx,
+                serial,
+                id: msg.id,
+            });
+        }
+        self.enforce_budget();
         Ok(())
     }
 

@@ -14,14 +14,65 @@ pub struct Msg {
     pub text: Box<str>,
 }
 
+/// One slot of the server-wide posting-order queue (`Chat::order`): which
+/// room (slot and creation serial) and which message id.
+#[derive(Clone, Copy, Debug)]
+pub struct Order {
+    pub slot: u32,
+    pub serial: u64,
+    pub id: u64,
+}
+
+/// Heap bytes the allocator adds per allocation, as a round upper figure
+/// (glibc malloc: 8–16).
+const ALLOC_HEADER: usize = 16;
+
+/// The fixed part of [`Msg::cost`], an upper bound on what one kept message
+/// holds beyond its text and nick bytes:
+/// - 2 ring slots (`Msg`): a room's ring grows by doubling and is shrunk
+///   back whenever its capacity passes 2 × len + 4 (see [`Room::pop_oldest`]);
+///   the 4 spare slots per room are part of the room's own fixed cost, which
+///   `--max-rooms` bounds;
+/// - 8 [`Order`] slots: the queue holds one live entry per kept message
+///   and at most as many stale ones again (+ a constant) before `Chat`
+///   compacts it, and its capacity is shrunk back whenever it passes 4 ×
+///   that (growth by doubling and the shrink hysteresis);
+/// - the nick's `Rc` counts (strong + weak);
+/// - allocator headers of the text and of the nick.
+pub const MSG_OVERHEAD: usize = 2 * std::mem::size_of::<Msg>()
+    + 8 * std::mem::size_of::<Order>()
+    + 2 * std::mem::size_of::<usize>()
+    + 2 * ALLOC_HEADER;
+
+impl Msg {
+    /// What this message counts against `--max-history-bytes`:
+    ///
+    /// `text.len() + from.len() + MSG_OVERHEAD`
+    ///
+    /// `from` is an `Rc` shared with the sender's connection and its other
+    /// messages, so while the sender is connected it costs nothing extra.
+    /// After a rename or disconnect it lives on only through history; rather
+    /// than re-charging messages then, every message is charged its nick
+    /// bytes up front: an upper bound, never an undercount.
+    pub fn cost(&self) -> usize {
+        self.text.len() + self.from.len() + MSG_OVERHEAD
+    }
+}
+
 #[derive(Debug)]
 pub struct Room {
     pub name: Rc<str>,
+    /// Unique per room creation within a run: tells a recreated room in a
+    /// reused slot from the one an old `Order` entry points to.
+    pub serial: u64,
     pub epoch: Box<str>,
     /// Unordered; sorted only when a member list is sent.
     pub members: Vec<ConnId>,
-    /// Kept messages, ids contiguous and increasing.
+    /// Kept messages, ids contiguous and increasing. Changed only through
+    /// [`Room::post`] and [`Room::pop_oldest`], which keep `bytes` exact.
     pub history: VecDeque<Msg>,
+    /// Sum of [`Msg::cost`] over `history`.
+    pub bytes: usize,
     /// Id of the next message (ids start at 1).
     pub next_id: u64,
     /// `ts` of the last message, so that `ts` never decreases as `id` grows.
@@ -37,19 +88,22 @@ pub struct Page<'a> {
 }
 
 impl Room {
-    pub fn new(name: Rc<str>, epoch: Box<str>, now_ms: u64) -> Room {
+    pub fn new(name: Rc<str>, serial: u64, epoch: Box<str>, now_ms: u64) -> Room {
         Room {
             name,
+            serial,
             epoch,
             members: Vec::new(),
             history: VecDeque::new(),
+            bytes: 0,
             next_id: 1,
             last_ts: 0,
             empty_since: now_ms,
         }
     }
 
-    /// Posts a message: assigns its id and `ts`, keeps at most `keep`.
+    /// Posts a message: assigns its id and `ts`, keeps at most `keep`
+    /// (dropping the oldest).
     pub fn post(&mut self, from: Rc<str>, text: Box<str>, wall_ms: u64, keep: usize) -> Msg {
         let ts = wall_ms.max(self.last_ts);
         self.last_ts = ts;
@@ -62,11 +116,36 @@ impl Room {
         self.next_id += 1;
         if keep > 0 {
             while self.history.len() >= keep {
-                self.history.pop_front();
+                if let Some(old) = self.history.pop_front() {
+                    self.bytes -= old.cost();
+                }
             }
+            self.bytes += msg.cost();
             self.history.push_back(msg.clone());
         }
         msg
+    }
+
+    /// Drops the oldest kept message. The ring is shrunk when its capacity
+    /// passes 2 × len + 4 (to 1.5 × len, so the next shrink needs at least
+    /// a quarter of the messages gone: amortised O(1)); growth by doubling
+    /// never passes that bound either. So a ring emptied by the global
+    /// budget does not keep its peak allocation.
+    pub fn pop_oldest(&mut self) -> Option<Msg> {
+        let old = self.history.pop_front()?;
+        self.bytes -= old.cost();
+        let len = self.history.len();
+        if self.history.capacity() > 2 * len + 4 {
+            self.history.shrink_to(len + len / 2);
+        }
+        Some(old)
+    }
+
+    /// Whether the message `id` is still kept. Ids are contiguous, so it is
+    /// kept when it lies between the oldest kept id and the newest id.
+    pub fn keeps(&self, id: u64) -> bool {
+        self.first_id()
+            .is_some_and(|first| first <= id && id <= self.last_id())
     }
 
     fn first_id(&self) -> Option<u64> {

@@ -1185,6 +1185,240 @@ fn chat_history_after_ring_drop() {
     assert_eq!(v["complete"], true);
 }
 
+// ---- global history budget ----
+
+/// What one kept message counts against `max_history_bytes`.
+fn cost(nick: &str, text: &str) -> usize {
+    text.len() + nick.len() + room::MSG_OVERHEAD
+}
+
+/// Recomputes the budget's bookkeeping from the rooms themselves.
+fn check_budget(chat: &Chat) {
+    let rooms: Vec<&room::Room> = chat.rooms.iter().flatten().collect();
+    let bytes: usize = rooms
+        .iter()
+        .flat_map(|r| r.history.iter())
+        .map(room::Msg::cost)
+        .sum();
+    let kept: usize = rooms.iter().map(|r| r.history.len()).sum();
+    assert_eq!(chat.history_bytes(), bytes);
+    assert!(chat.history_bytes() <= chat.cfg.max_history_bytes);
+    assert_eq!(chat.kept, kept);
+    for r in &rooms {
+        assert_eq!(
+            r.bytes,
+            r.history.iter().map(room::Msg::cost).sum::<usize>()
+        );
+        assert!(r.history.capacity() <= 2 * r.history.len() + 4);
+    }
+    // One live queue entry per kept message, in posting order per room.
+    let live: Vec<&Order> = chat
+        .order
+        .iter()
+        .filter(|e| order_live(&chat.rooms, e))
+        .collect();
+    assert_eq!(live.len(), kept);
+    assert!(chat.order.len() <= 2 * kept + ORDER_SLACK);
+    for r in &rooms {
+        let ids: Vec<u64> = live
+            .iter()
+            .filter(|e| e.serial == r.serial)
+            .map(|e| e.id)
+            .collect();
+        let kept_ids: Vec<u64> = r.history.iter().map(|m| m.id).collect();
+        assert_eq!(ids, kept_ids, "room {}", r.name);
+    }
+}
+
+/// Ids of the messages `room` keeps, through the protocol.
+fn kept_ids(h: &mut H, id: ConnId, room: &str) -> Vec<u64> {
+    let v = h.ask(
+        id,
+        json!({"type": "history", "room": room, "before": 9_007_199_254_740_991u64, "limit": 100}),
+    );
+    ids(&v["messages"])
+}
+
+#[test]
+fn chat_history_budget_holds_across_many_rooms() {
+    let text = "x".repeat(100);
+    let one = cost("alice", &text);
+    let budget = 50 * one + one / 2;
+    let mut h = H::with(ChatConfig {
+        max_history_bytes: budget,
+        ..cfg()
+    });
+    h.user(1, "alice");
+    for r in 0..30 {
+        h.join(1, &format!("r{r}"));
+    }
+    for i in 0..40 {
+        for r in 0..30 {
+            h.post(1, &format!("r{r}"), &text);
+            let posted = i * 30 + r + 1;
+            assert_eq!(h.chat.history_bytes(), posted.min(50) * one);
+        }
+        check_budget(&h.chat);
+    }
+    // 1200 posted, the newest 50 kept: the last round (id 40 in all 30
+    // rooms) and the last 20 rooms of the round before (id 39).
+    for r in 0..30 {
+        let want: Vec<u64> = if r >= 10 { vec![39, 40] } else { vec![40] };
+        assert_eq!(kept_ids(&mut h, 1, &format!("r{r}")), want, "r{r}");
+    }
+}
+
+#[test]
+fn chat_history_budget_evicts_oldest_first_across_rooms() {
+    let one = cost("alice", "m");
+    let mut h = H::with(ChatConfig {
+        max_history_bytes: 4 * one,
+        ..cfg()
+    });
+    h.user(1, "alice");
+    for r in ["a", "b", "c"] {
+        h.join(1, r);
+    }
+    // Posting order: a1 b1 c1 a2 b2 c2; the budget keeps the newest four.
+    for _ in 0..2 {
+        for r in ["a", "b", "c"] {
+            h.post(1, r, "m");
+            check_budget(&h.chat);
+        }
+    }
+    assert_eq!(h.chat.history_bytes(), 4 * one);
+    assert_eq!(kept_ids(&mut h, 1, "a"), [2]);
+    assert_eq!(kept_ids(&mut h, 1, "b"), [2]);
+    assert_eq!(kept_ids(&mut h, 1, "c"), [1, 2]);
+    // A long message pushes out as many old ones as it needs.
+    let long = "y".repeat(3 * one);
+    h.post(1, "b", &long);
+    check_budget(&h.chat);
+    assert_eq!(kept_ids(&mut h, 1, "a"), Vec::<u64>::new());
+    assert_eq!(kept_ids(&mut h, 1, "b"), [3]);
+    assert_eq!(kept_ids(&mut h, 1, "c"), Vec::<u64>::new());
+    assert_eq!(h.chat.history_bytes(), cost("alice", &long));
+    // One message past the whole budget is delivered but not kept.
+    let huge = "z".repeat(4 * one);
+    h.send(1, json!({"type": "message", "room": "a", "text": huge}));
+    assert_eq!(h.drain()[0].1["id"], 3);
+    assert_eq!(h.chat.history_bytes(), 0);
+    check_budget(&h.chat);
+}
+
+#[test]
+fn chat_history_budget_incomplete_after_global_eviction() {
+    let one = cost("alice", "m");
+    let mut h = H::with(ChatConfig {
+        max_history_bytes: 5 * one,
+        ..cfg()
+    });
+    h.user(1, "alice");
+    h.user(2, "bob");
+    let epoch = h.join(1, "r")["epoch"].clone();
+    h.join(1, "other");
+    for _ in 0..20 {
+        h.post(1, "r", "m");
+    }
+    // Two newer posts elsewhere take the place of r's ids 16 and 17.
+    h.post(1, "other", "m");
+    h.post(1, "other", "m");
+    h.drain();
+    let v = join_since(&mut h, json!(0), epoch.clone());
+    assert_eq!(ids(&v["history"]), [18, 19, 20]);
+    assert_eq!(v["complete"], false, "ids 1..=17 were evicted");
+    let v = join_since(&mut h, json!(17), epoch.clone());
+    assert_eq!(ids(&v["history"]), [18, 19, 20]);
+    assert_eq!(v["complete"], true);
+    // Paging back answers like after a per-room drop (decision 12).
+    let v = h.ask(1, json!({"type": "history", "room": "r", "before": 18}));
+    assert_eq!(v["messages"], json!([]));
+    assert_eq!(v["complete"], true);
+}
+
+#[test]
+fn chat_history_budget_forgets_emptied_memberless_room() {
+    let one = cost("alice", "m");
+    let mut h = H::with(ChatConfig {
+        max_history_bytes: 3 * one,
+        ..cfg()
+    });
+    h.user(1, "alice");
+    let epoch = h.join(1, "old")["epoch"].clone();
+    h.post(1, "old", "m");
+    h.ask(1, json!({"type": "leave", "room": "old"}));
+    assert_eq!(h.chat.rooms(), 1, "kept for its history");
+    h.join(1, "new");
+    for _ in 0..3 {
+        h.post(1, "new", "m");
+    }
+    check_budget(&h.chat);
+    assert_eq!(h.chat.rooms(), 1, "neither members nor messages: forgotten");
+    assert_ne!(h.join(1, "old")["epoch"], epoch, "created anew");
+}
+
+#[test]
+fn chat_history_bytes_return_to_zero_when_rooms_are_forgotten() {
+    let mut h = H::with(ChatConfig {
+        room_retention_ms: 1000,
+        ..cfg()
+    });
+    h.user(1, "alice");
+    h.user(2, "bob");
+    for r in 0..10 {
+        let room = format!("r{r}");
+        h.join(1, &room);
+        h.join(2, &room);
+        for i in 0..=r {
+            h.post(1 + i % 2, &room, &format!("message {i}"));
+        }
+    }
+    assert!(h.chat.history_bytes() > 0);
+    check_budget(&h.chat);
+    // Renamed and gone: the messages keep the old nicks, still counted.
+    h.answer(1, json!({"type": "nick", "nick": "alicia"}));
+    h.chat.disconnect(1, h.now, &mut h.out);
+    h.chat.disconnect(2, h.now, &mut h.out);
+    check_budget(&h.chat);
+    h.advance(1000);
+    h.chat.tick(h.now);
+    assert_eq!(h.chat.rooms(), 0);
+    assert_eq!(h.chat.history_bytes(), 0);
+    assert_eq!(h.chat.kept, 0);
+    assert!(h.chat.order.is_empty(), "all stale entries gone");
+    check_budget(&h.chat);
+}
+
+#[test]
+fn chat_history_order_does_not_accumulate_stale_entries() {
+    let mut h = H::with(ChatConfig {
+        history: 10,
+        ..cfg()
+    });
+    h.user(1, "alice");
+    h.join(1, "pinned");
+    h.join(1, "r");
+    // A live entry at the front of the queue: stale ones behind it cannot
+    // simply be popped from the front, they need compaction.
+    h.post(1, "pinned", "first");
+    let mut peak = 0;
+    for i in 0..1_000_000u32 {
+        h.chat
+            .message(1, "r", format!("{i}"), None, h.now, &mut h.out)
+            .unwrap();
+        h.out.sent.clear();
+        peak = peak.max(h.chat.order.len());
+    }
+    assert!(peak <= 2 * 11 + ORDER_SLACK + 1, "peak {peak}");
+    assert!(h.chat.order.capacity() <= 4 * (2 * 11 + ORDER_SLACK));
+    check_budget(&h.chat);
+    assert_eq!(kept_ids(&mut h, 1, "pinned"), [1]);
+    assert_eq!(
+        kept_ids(&mut h, 1, "r"),
+        (999_991..=1_000_000).collect::<Vec<_>>()
+    );
+}
+
 // ---- dm, typing, rooms ----
 
 #[test]
@@ -1406,6 +1640,7 @@ fn chat_default_config_matches_contract() {
     assert_eq!(c.rate_burst, 20);
     assert_eq!(c.rate_per_sec, 2);
     assert_eq!(c.room_retention_ms, 86_400_000);
+    assert_eq!(c.max_history_bytes, 64 << 20);
     // 20 frames pass, the 21st is refused.
     let mut h = H::with(c);
     h.user(1, "alice");
@@ -1443,6 +1678,9 @@ fn chat_connection_state_is_compact() {
     // state): nick, room list, bucket and a flag, no per-connection maps.
     assert!(std::mem::size_of::<super::Conn>() <= 96);
     assert!(std::mem::size_of::<room::Msg>() <= 48);
+    // As docs/protocol.md (decision 16) states it.
+    #[cfg(target_pointer_width = "64")]
+    assert_eq!(room::MSG_OVERHEAD, 336);
 }
 
 #[test]

@@ -138,6 +138,12 @@ pub struct Config {
     /// How long a room with no members keeps its history.
     #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration)]
     pub room_retention: Duration,
+
+    /// Memory for room history across all rooms; past it, the oldest
+    /// messages server-wide are forgotten first. Counts each kept message's
+    /// text and nick bytes plus a fixed overhead for its bookkeeping.
+    #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = parse_size)]
+    pub max_history_bytes: usize,
 }
 
 impl Default for Config {
@@ -164,5 +170,7 @@ mod tests {
         let c = Config::default();
         assert_eq!(c.max_message_size, 16 << 20);
         assert_eq!(c.idle_timeout, Duration::from_secs(75));
+        assert_eq!(c.max_history_bytes, 64 << 20);
+        assert_eq!(c.motd, "Welcome to wschat!");
     }
 }

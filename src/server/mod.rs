@@ -184,6 +184,7 @@ impl Server {
                 rate_burst: cfg.rate_burst,
                 rate_per_sec: cfg.rate_per_sec,
                 room_retention_ms: ms(cfg.room_retention),
+                max_history_bytes: cfg.max_history_bytes,
             },
             SystemTime::now()
                 .duration_since(UNIX_EPOCH)
