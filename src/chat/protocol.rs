@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 
 use super::room::Msg;
 use super::validate::{self, TextError};
-use crate::ws::frame::{OpCode, encode_frame};
+use crate::ws::frame::{MAX_HEADER_LEN, OpCode, encode_header};
 
 /// Version announced in `welcome`.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -456,13 +456,35 @@ pub enum Out<'a> {
 /// Serialises `v` and wraps it in one complete WebSocket text frame, built
 /// once and shared by every recipient.
 pub fn frame<T: Serialize>(v: &T) -> Rc<[u8]> {
-    // Only strings, integers, booleans and arrays: serialising cannot fail,
-    // but a failure must still not panic.
-    let payload = serde_json::to_vec(v).unwrap_or_else(|e| {
-        log::error!("chat: cannot serialise a server frame: {e}");
-        br#"{"type":"error","code":"internal","message":"internal error"}"#.to_vec()
-    });
-    let mut buf = Vec::with_capacity(payload.len() + 10);
-    encode_frame(&mut buf, OpCode::Text, &payload);
-    Rc::from(buf)
+    // Serialise into a buffer kept across calls, behind room for the largest
+    // header, then copy header and payload into one exact allocation: a
+    // frame costs one allocation however long its member list or history.
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    SCRATCH.with(|cell| {
+        let mut buf = cell.borrow_mut();
+        buf.clear();
+        buf.resize(MAX_HEADER_LEN, 0);
+        // Only strings, integers, booleans and arrays: serialising cannot fail,
+        // but a failure must still not panic.
+        if let Err(e) = serde_json::to_writer(&mut *buf, v) {
+            log::error!("chat: cannot serialise a server frame: {e}");
+            buf.truncate(MAX_HEADER_LEN);
+            buf.extend_from_slice(
+                br#"{"type":"error","code":"internal","message":"internal error"}"#,
+            );
+        }
+        let len = (buf.len() - MAX_HEADER_LEN) as u64;
+        let mut hdr = [0u8; MAX_HEADER_LEN];
+        let n = encode_header(&mut hdr, true, OpCode::Text, len, None);
+        let start = MAX_HEADER_LEN - n;
+        buf[start..MAX_HEADER_LEN].copy_from_slice(&hdr[..n]);
+        let frame: Rc<[u8]> = Rc::from(&buf[start..]);
+        // A rare huge frame should not pin its memory for good.
+        if buf.capacity() > 1 << 20 {
+            *buf = Vec::new();
+        }
+        frame
+    })
 }
