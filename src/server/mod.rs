@@ -651,7 +651,7 @@ impl Server {
                 if !ws.close_sent {
                     let mut frame = Vec::with_capacity(2 + p.len());
                     encode_frame(&mut frame, OpCode::Pong, &p);
-                    c.out.push(Chunk::Control(frame));
+                    c.out.push_pong(frame);
                     self.mark_dirty(k);
                 }
             }

@@ -37,6 +37,15 @@ impl Chunk {
 /// Most slices handed to one `writev` (well under any IOV_MAX).
 const MAX_IOV: usize = 64;
 
+/// Pongs that may wait unsent before only the newest is kept (see
+/// `push_pong`); more than a well-behaved peer ever has in flight.
+const MAX_QUEUED_PONGS: usize = 16;
+
+fn is_pong(c: &Chunk) -> bool {
+    // RFC 6455 §5.2: FIN set, opcode 0xA.
+    matches!(c, Chunk::Control(v) if v.first() == Some(&0x8a))
+}
+
 #[derive(Debug, Default)]
 pub struct WriteQueue {
     chunks: VecDeque<Chunk>,
@@ -65,6 +74,36 @@ impl WriteQueue {
             self.chunks.push_back(chunk);
         }
         // An idle connection keeps no queue storage (see `write_to`).
+    }
+
+    /// Queues a pong. Pongs are control frames, outside the output limit,
+    /// so a peer that floods pings and never reads would otherwise grow
+    /// the queue without bound. RFC 6455 §5.5.3 lets an endpoint that has
+    /// not yet sent the pongs for earlier pings answer only the most
+    /// recent one: once `MAX_QUEUED_PONGS` wait, the waiting ones go.
+    pub fn push_pong(&mut self, frame: Vec<u8>) {
+        // Control frames sit together at the front, behind a partly
+        // written frame if any.
+        let start = usize::from(self.head_written > 0);
+        let end = start
+            + self
+                .chunks
+                .iter()
+                .skip(start)
+                .take_while(|c| matches!(c, Chunk::Control(_)))
+                .count();
+        let waiting = self.chunks.range(start..end).filter(|c| is_pong(c)).count();
+        if waiting >= MAX_QUEUED_PONGS {
+            let others: Vec<Chunk> = self
+                .chunks
+                .drain(start..end)
+                .filter(|c| !is_pong(c))
+                .collect();
+            for (i, c) in others.into_iter().enumerate() {
+                self.chunks.insert(start + i, c);
+            }
+        }
+        self.push(Chunk::Control(frame));
     }
 
     /// Drops every data frame not yet started, keeping a partly written one
@@ -191,6 +230,28 @@ mod tests {
         };
         assert!(q.write_to(&mut w).unwrap());
         assert_eq!(w.out, b"AAAc");
+    }
+
+    #[test]
+    fn unsent_pongs_are_bounded_and_the_newest_is_kept() {
+        let mut q = WriteQueue::default();
+        q.push(Chunk::Owned(b"DATA".to_vec()));
+        q.consume(1);
+        q.push(Chunk::Control(b"\x88close".to_vec()));
+        for i in 0..1000u16 {
+            let mut pong = vec![0x8a];
+            pong.extend_from_slice(&i.to_be_bytes());
+            q.push_pong(pong);
+        }
+        let mut w = Trickle {
+            out: Vec::new(),
+            cap: usize::MAX,
+        };
+        assert!(q.chunks.len() <= 2 + MAX_QUEUED_PONGS);
+        assert!(q.write_to(&mut w).unwrap());
+        // The partial frame first, then the close, then the newest pongs.
+        assert!(w.out.starts_with(b"ATA\x88close\x8a"));
+        assert!(w.out.ends_with(&[0x8a, 0x03, 0xe7]));
     }
 
     #[test]
