@@ -650,12 +650,7 @@ impl Server {
                 if !ws.close_sent {
                     let mut frame = Vec::with_capacity(2 + p.len());
                     encode_frame(&mut frame, OpCode::Pong, &p);
-                    c.out.push(Chunk::Control(frame));
-                    // Pongs are outside the data limit, so a peer that pings
-                    // without reading is simply not read from until they drain.
-                    if c.out.control_pending() > self.cfg.max_pending_output {
-                        c.paused = true;
-                    }
+                    c.out.push_pong(frame);
                     self.mark_dirty(k);
                 }
             }
@@ -841,10 +836,7 @@ impl Server {
             }
             c.writable = !drained;
         }
-        if c.paused
-            && c.out.pending() <= max_pending / 2
-            && c.out.control_pending() <= max_pending / 2
-        {
+        if c.paused && c.out.pending() <= max_pending / 2 {
             c.paused = false;
             self.again.push(k);
         }

@@ -59,6 +59,14 @@ impl Chunk {
 /// queued one allocation each; the buffer stops growing past it.
 const COALESCE_LIMIT: usize = 16 * 1024;
 
+/// Unsent pongs kept before the older ones are dropped (see `push_pong`).
+const MAX_QUEUED_PONGS: usize = 16;
+
+fn is_pong(c: &Chunk) -> bool {
+    // RFC 6455 §5.2: FIN set, opcode 0xA.
+    matches!(c, Chunk::Control(v) if v.first() == Some(&0x8a))
+}
+
 /// Most slices handed to one `writev` (well under any IOV_MAX).
 const MAX_IOV: usize = 64;
 
@@ -72,8 +80,8 @@ pub struct WriteQueue {
     /// Chunks at the front that a control frame may not go ahead of: up to
     /// and including the last fence.
     fence_end: usize,
-    /// Control frame bytes queued and not yet written.
-    control_pending: usize,
+    /// Pongs queued and not yet started.
+    pongs_waiting: usize,
 }
 
 impl WriteQueue {
@@ -87,15 +95,9 @@ impl WriteQueue {
         self.chunks.len() >= MAX_IOV
     }
 
-    /// Unsent control frame bytes (pongs a ping flood would pile up).
-    pub fn control_pending(&self) -> usize {
-        self.control_pending
-    }
-
     pub fn push(&mut self, chunk: Chunk) {
         match chunk {
-            Chunk::Control(ref c) => {
-                self.control_pending += c.len();
+            Chunk::Control(_) => {
                 // After the last fence, a partly written frame (with its tail)
                 // and earlier control frames.
                 let mut i = self.fence_end.max(usize::from(self.head_written > 0));
@@ -114,6 +116,32 @@ impl WriteQueue {
             }
         }
         // An idle connection keeps no queue storage (see `write_to`).
+    }
+
+    /// Queues a pong. Pongs are control frames, outside the output limit,
+    /// so a peer that floods pings and never reads would otherwise grow the
+    /// queue (and the cost of placing each control frame) without bound.
+    /// RFC 6455 §5.5.3 lets an endpoint that has not yet sent the pongs for
+    /// earlier pings answer only the most recent one: once
+    /// `MAX_QUEUED_PONGS` wait, the waiting ones go.
+    pub fn push_pong(&mut self, frame: Vec<u8>) {
+        if self.pongs_waiting >= MAX_QUEUED_PONGS {
+            let started = self.head_written > 0;
+            let mut i = 0;
+            self.chunks.retain(|c| {
+                let keep = (i == 0 && started) || !is_pong(c);
+                i += 1;
+                keep
+            });
+            self.pongs_waiting = 0;
+            self.fence_end = self
+                .chunks
+                .iter()
+                .rposition(|c| matches!(c, Chunk::Fence(_)))
+                .map_or(0, |p| p + 1);
+        }
+        self.pongs_waiting += 1;
+        self.push(Chunk::Control(frame));
     }
 
     /// Queues a data frame, encoding it straight into the tail buffer when it
@@ -214,14 +242,18 @@ impl WriteQueue {
             written -= step;
             if is_data {
                 self.data_pending -= step;
-            } else if matches!(front, Chunk::Control(_)) {
-                self.control_pending -= step;
             }
             if step == left {
+                if self.head_written == 0 && is_pong(front) {
+                    self.pongs_waiting -= 1;
+                }
                 self.chunks.pop_front();
                 self.head_written = 0;
                 self.fence_end = self.fence_end.saturating_sub(1);
             } else {
+                if self.head_written == 0 && is_pong(front) {
+                    self.pongs_waiting -= 1; // started: it stays
+                }
                 self.head_written += step;
             }
         }
@@ -399,13 +431,34 @@ mod tests {
     }
 
     #[test]
-    fn pongs_are_counted_apart_from_data() {
+    fn unsent_pongs_are_bounded_and_the_newest_is_kept() {
         let mut q = WriteQueue::default();
-        q.push(Chunk::Control(b"pong".to_vec()));
-        q.push_frame(OpCode::Text, b"x");
-        assert_eq!((q.pending(), q.control_pending()), (3, 4));
-        drain(&mut q);
-        assert_eq!((q.pending(), q.control_pending()), (0, 0));
+        q.push(Chunk::Owned(b"DATA".to_vec()));
+        q.consume(1);
+        q.push(Chunk::Fence(b"\x88close".to_vec()));
+        for i in 0..1000u16 {
+            let mut pong = vec![0x8a];
+            pong.extend_from_slice(&i.to_be_bytes());
+            q.push_pong(pong);
+        }
+        assert!(q.chunks.len() <= 2 + MAX_QUEUED_PONGS);
+        let out = drain(&mut q);
+        // The partial frame first, then the close, then the newest pongs.
+        assert!(out.starts_with(b"ATA\x88close\x8a"));
+        assert!(out.ends_with(&[0x8a, 0x03, 0xe7]));
+        assert_eq!(q.pongs_waiting, 0);
+    }
+
+    #[test]
+    fn a_started_pong_is_never_dropped() {
+        let mut q = WriteQueue::default();
+        q.push_pong(b"\x8a\x01A".to_vec());
+        q.consume(1);
+        for _ in 0..40 {
+            q.push_pong(b"\x8a\x01B".to_vec());
+        }
+        let out = drain(&mut q);
+        assert!(out.starts_with(b"\x01A\x8a\x01B"));
     }
 
     #[test]

@@ -1,0 +1,1074 @@
+//! Hardening: timeouts, connection limits, message limits, backpressure,
+//! slow consumers, shutdown and the Origin check, each proven against a real
+//! `wschat` process over real sockets.
+//!
+//! No test asserts how long something took: timeouts are set short through
+//! the flags, and every wait is bounded only by the harness's safety net.
+mod common;
+use common::*;
+use serde_json::{Value, json};
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread;
+use std::time::Duration;
+use tungstenite::Message;
+use tungstenite::protocol::WebSocketConfig;
+
+// ---- helpers ---------------------------------------------------------------
+
+/// The code and reason of a close frame's payload.
+fn close_of(p: &[u8]) -> (Option<u16>, String) {
+    let code = (p.len() >= 2).then(|| u16::from_be_bytes([p[0], p[1]]));
+    let reason = String::from_utf8_lossy(p.get(2..).unwrap_or(&[])).into_owned();
+    (code, reason)
+}
+
+/// Reads frames until a close frame; returns its code and reason.
+fn read_close(s: &mut TcpStream) -> (Option<u16>, String) {
+    loop {
+        let (_, op, p) = read_frame(s).expect("a close frame before the end of the stream");
+        if op == 0x8 {
+            return close_of(&p);
+        }
+    }
+}
+
+/// Answers a close with a close (code 1000) and expects the server to end TCP.
+fn answer_close_and_expect_eof(s: &mut TcpStream) {
+    s.write_all(&frame(true, 0x8, &1000u16.to_be_bytes()))
+        .unwrap();
+    assert!(wait_eof(s), "the server did not end the TCP connection");
+}
+
+/// A raw upgrade request with extra header lines; returns the status.
+fn upgrade_status(addr: SocketAddr, path: &str, extra: &str) -> (u16, TcpStream) {
+    let mut s = connect(addr);
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let (status, _) = read_http_response(&mut s);
+    (status, s)
+}
+
+/// Starts a thread that sends an incomplete request head and then one more
+/// byte of a header line now and then, never finishing the head. The
+/// thread ends when a write fails (the server dropped us) or after a
+/// safety net; it returns whether a write failed.
+fn slowloris(addr: SocketAddr, path: &str) -> (TcpStream, thread::JoinHandle<bool>) {
+    let mut s = connect(addr);
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nX-Slow: ").as_bytes())
+        .unwrap();
+    let mut w = s.try_clone().unwrap();
+    let h = thread::spawn(move || {
+        for _ in 0..400 {
+            thread::sleep(Duration::from_millis(50));
+            if w.write_all(b"a").is_err() {
+                return true;
+            }
+        }
+        false
+    });
+    (s, h)
+}
+
+/// True when the server has ended the connection without answering anything.
+fn dropped_silently(s: &mut TcpStream) -> bool {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return got.is_empty(),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return got.is_empty(),
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Keeps writing an empty ping now and then until a write fails: true once the
+/// server has dropped the socket (a reset answers our bytes).
+fn writes_fail_eventually(s: &mut TcpStream) -> bool {
+    for _ in 0..200 {
+        if s.write_all(&frame(true, 0x9, b"")).is_err() {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+fn raise_fd_limit() {
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+}
+
+/// A chat member on a raw socket.
+struct Member {
+    s: TcpStream,
+    nick: String,
+}
+
+impl Member {
+    /// Connects to /ws as `nick` and reads the welcome.
+    fn connect(addr: SocketAddr, nick: &str) -> Member {
+        let s = raw_ws(addr, &format!("/ws?nick={nick}"), "");
+        let mut m = Member {
+            s,
+            nick: nick.to_string(),
+        };
+        let w = m.next();
+        assert_eq!(w["type"], "welcome", "{w}");
+        assert_eq!(w["nick"], nick, "{w}");
+        m
+    }
+
+    /// Connects and joins `room`, reading up to the `joined` answer.
+    fn join(addr: SocketAddr, nick: &str, room: &str) -> Member {
+        let mut m = Member::connect(addr, nick);
+        m.send(&json!({"type": "join", "room": room}));
+        m.next_where(|v| v["type"] == "joined");
+        m
+    }
+
+    fn send(&mut self, v: &Value) {
+        self.s
+            .write_all(&frame(true, 0x1, v.to_string().as_bytes()))
+            .unwrap();
+    }
+
+    fn post(&mut self, room: &str, text: &str) {
+        self.send(&json!({"type": "message", "room": room, "text": text}));
+    }
+
+    /// The next chat frame; pings are skipped, a close fails the test.
+    fn next(&mut self) -> Value {
+        loop {
+            let (fin, op, p) = read_frame(&mut self.s).expect("a chat frame");
+            match op {
+                0x1 => {
+                    assert!(fin, "the server does not fragment chat frames");
+                    return serde_json::from_slice(&p).expect("JSON");
+                }
+                0x9 | 0xA => continue,
+                0x8 => panic!(
+                    "{} was closed: {:?}",
+                    self.nick,
+                    String::from_utf8_lossy(&p)
+                ),
+                op => panic!("unexpected opcode {op}"),
+            }
+        }
+    }
+
+    /// Reads until a frame satisfies `pred`; returns that frame.
+    fn next_where(&mut self, pred: impl Fn(&Value) -> bool) -> Value {
+        loop {
+            let v = self.next();
+            if pred(&v) {
+                return v;
+            }
+        }
+    }
+}
+
+fn is_msg_from(v: &Value, from: &str) -> bool {
+    v["type"] == "message" && v["from"] == from
+}
+
+fn is_leave_of(v: &Value, nick: &str) -> bool {
+    v["type"] == "presence" && v["nick"] == nick && v["event"] == "leave"
+}
+
+// ---- handshake timeout -------------------------------------------------------
+
+#[test]
+fn handshake_timeout_drops_a_slowloris_while_others_are_served() {
+    let server = Server::start(&["--handshake-timeout", "300ms"]);
+    let (mut slow, dribbler) = slowloris(server.addr, "/echo");
+
+    // A normal client that arrives after the slowloris is served at once.
+    let mut ws = client(&server, "/echo");
+    ws.send(Message::text("still served")).unwrap();
+    assert_eq!(ws.read().unwrap(), Message::text("still served"));
+
+    // The slowloris keeps sending bytes, yet is dropped without an answer.
+    assert!(
+        dropped_silently(&mut slow),
+        "the slowloris was not dropped (or got an answer)"
+    );
+    assert!(
+        dribbler.join().unwrap(),
+        "the slowloris could write forever"
+    );
+
+    // And the server still serves.
+    ws.send(Message::text("after")).unwrap();
+    assert_eq!(ws.read().unwrap(), Message::text("after"));
+}
+
+// ---- idle timeout ------------------------------------------------------------
+
+/// A peer that never answers is pinged, then closed with 1001 "idle timeout"
+/// (our documented reason), and the TCP connection ends.
+#[test]
+fn idle_peer_is_pinged_then_closed_1001() {
+    let server = Server::start(&["--ping-interval", "200ms", "--idle-timeout", "1s"]);
+    for path in ["/echo", "/ws"] {
+        let mut s = raw_ws(server.addr, path, "");
+        let mut pings = 0;
+        let (code, reason) = loop {
+            let (_, op, p) = read_frame(&mut s).expect("a frame");
+            match op {
+                0x9 => pings += 1,
+                0x8 => break close_of(&p),
+                _ => {} // the chat's welcome
+            }
+        };
+        assert!(pings >= 1, "{path}: no ping before the idle close");
+        assert_eq!(code, Some(1001), "{path}");
+        assert_eq!(reason, "idle timeout", "{path}");
+        answer_close_and_expect_eof(&mut s);
+    }
+}
+
+/// A client that answers pings (tungstenite does when read is called)
+/// stays open across many idle timeouts.
+#[test]
+fn peer_that_answers_pings_stays_open() {
+    let server = Server::start(&["--ping-interval", "200ms", "--idle-timeout", "1s"]);
+    let mut ws = client(&server, "/echo");
+    // Fifteen pings at 200 ms of silence each span about three idle timeouts.
+    let mut pings = 0;
+    while pings < 15 {
+        match ws.read().expect("still open") {
+            Message::Ping(_) => pings += 1,
+            m => panic!("unexpected {m:?}"),
+        }
+    }
+    ws.send(Message::text("alive")).unwrap();
+    loop {
+        match ws.read().unwrap() {
+            Message::Ping(_) => {}
+            m => {
+                assert_eq!(m, Message::text("alive"));
+                break;
+            }
+        }
+    }
+}
+
+/// Only bytes received keep a connection alive: a member that reads what we
+/// send (the socket takes our writes) but sends nothing is closed 1001.
+#[test]
+fn our_writes_do_not_keep_a_silent_peer_alive() {
+    let server = Server::start(&[
+        "--ping-interval",
+        "200ms",
+        "--idle-timeout",
+        "1s",
+        "--rate-burst",
+        "0",
+    ]);
+    let mut silent = Member::join(server.addr, "silent", "r");
+    let mut poster = Member::join(server.addr, "poster", "r");
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = Arc::clone(&stop);
+    let posting = thread::spawn(move || {
+        let mut n = 0;
+        while !stop2.load(Ordering::SeqCst) && n < 500 {
+            poster.post("r", &format!("tick {n}"));
+            poster.next_where(|v| is_msg_from(v, "poster"));
+            n += 1;
+            thread::sleep(Duration::from_millis(50));
+        }
+        n
+    });
+    let mut received = 0;
+    let (code, reason) = loop {
+        let (_, op, p) = read_frame(&mut silent.s).expect("a frame");
+        match op {
+            0x1 => {
+                let v: Value = serde_json::from_slice(&p).unwrap();
+                if is_msg_from(&v, "poster") {
+                    received += 1;
+                }
+            }
+            0x8 => break close_of(&p),
+            _ => {}
+        }
+    };
+    stop.store(true, Ordering::SeqCst);
+    let posted = posting.join().unwrap();
+    assert!(posted < 500, "the poster ran out before the close");
+    assert!(received >= 1, "the silent member got none of our writes");
+    assert_eq!((code, reason.as_str()), (Some(1001), "idle timeout"));
+}
+
+// ---- close handshake timeout -----------------------------------------------
+
+/// After the server's close, a client that never answers and never closes
+/// is dropped once --close-timeout runs out.
+#[test]
+fn close_timeout_drops_a_peer_that_never_answers() {
+    let server = Server::start(&[
+        "--ping-interval",
+        "200ms",
+        "--idle-timeout",
+        "600ms",
+        "--close-timeout",
+        "300ms",
+    ]);
+    // Close started by the idle timeout: the server keeps its side open
+    // for the peer's answer, then drops the connection.
+    let mut s = raw_ws(server.addr, "/echo", "");
+    assert_eq!(read_close(&mut s).0, Some(1001));
+    assert!(wait_eof(&mut s), "not dropped after the close timeout");
+
+    // Close after a protocol error (an unmasked client frame, RFC 6455
+    // §5.1): our side ends at once; the socket is dropped after the close
+    // timeout even though the peer keeps it open and keeps writing.
+    let mut s = raw_ws(server.addr, "/echo", "");
+    s.write_all(&[0x81, 0x02, b'h', b'i']).unwrap();
+    assert_eq!(read_close(&mut s).0, Some(1002));
+    assert!(wait_eof(&mut s));
+    assert!(
+        writes_fail_eventually(&mut s),
+        "the server kept a half-closed connection open"
+    );
+}
+
+// ---- connection limits -------------------------------------------------------
+
+#[test]
+fn max_connections_answers_503_and_frees_slots() {
+    let server = Server::start(&["--max-connections", "5"]);
+    let mut held: Vec<TcpStream> = (0..5).map(|_| raw_ws(server.addr, "/echo", "")).collect();
+    let (status, mut sixth) = upgrade_status(server.addr, "/echo", "");
+    assert_eq!(status, 503);
+    assert!(wait_eof(&mut sixth), "a refused connection must be closed");
+    drop(sixth);
+
+    // Close one properly; a new connection is then accepted. The server
+    // learns of the close asynchronously, so a refusal in between is retried.
+    let mut one = held.pop().unwrap();
+    one.write_all(&frame(true, 0x8, &1000u16.to_be_bytes()))
+        .unwrap();
+    assert_eq!(read_close(&mut one).0, Some(1000));
+    assert!(wait_eof(&mut one));
+    drop(one);
+    let mut accepted = None;
+    for _ in 0..200 {
+        let (status, s) = upgrade_status(server.addr, "/echo", "");
+        match status {
+            101 => {
+                accepted = Some(s);
+                break;
+            }
+            503 => thread::sleep(Duration::from_millis(50)),
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    let mut s = accepted.expect("a freed slot was never reused");
+    s.write_all(&frame(true, 0x1, b"in")).unwrap();
+    assert_eq!(read_frame(&mut s).unwrap(), (true, 0x1, b"in".to_vec()));
+    held.push(s);
+    // Full again.
+    assert_eq!(upgrade_status(server.addr, "/echo", "").0, 503);
+}
+
+#[test]
+fn max_connections_per_ip_429_and_loopback_exemption() {
+    let server = Server::start(&["--max-connections-per-ip", "3", "--limit-loopback"]);
+    let _held: Vec<TcpStream> = (0..3).map(|_| raw_ws(server.addr, "/echo", "")).collect();
+    let (status, mut fourth) = upgrade_status(server.addr, "/echo", "");
+    assert_eq!(status, 429);
+    assert!(wait_eof(&mut fourth));
+
+    // Without --limit-loopback, loopback clients are exempt.
+    let server = Server::start(&["--max-connections-per-ip", "3"]);
+    let mut held: Vec<TcpStream> = (0..8).map(|_| raw_ws(server.addr, "/echo", "")).collect();
+    for s in &mut held {
+        s.write_all(&frame(true, 0x1, b"ok")).unwrap();
+        assert_eq!(read_frame(s).unwrap(), (true, 0x1, b"ok".to_vec()));
+    }
+}
+
+// ---- message size limits -----------------------------------------------------
+
+fn ws_config_unlimited() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .max_message_size(None)
+        .max_frame_size(None)
+}
+
+#[test]
+fn chat_messages_are_limited_to_64_kib_by_default() {
+    let server = Server::start(&[]);
+    // 65 KiB: closed with 1009.
+    let mut m = Member::connect(server.addr, "big");
+    let pad = "x".repeat(65 * 1024 - 30);
+    let text = json!({"type": "rooms", "pad": pad}).to_string();
+    assert!(text.len() > 65536);
+    m.s.write_all(&frame(true, 0x1, text.as_bytes())).unwrap();
+    assert_eq!(read_close(&mut m.s).0, Some(1009));
+
+    // Exactly 64 KiB: the WebSocket layer takes it and the chat answers it.
+    let mut m = Member::connect(server.addr, "exact");
+    let skeleton = json!({"type": "rooms", "pad": ""}).to_string();
+    let pad = "x".repeat(65536 - skeleton.len());
+    let text = json!({"type": "rooms", "pad": pad}).to_string();
+    assert_eq!(text.len(), 65536);
+    m.s.write_all(&frame(true, 0x1, text.as_bytes())).unwrap();
+    let v = m.next();
+    assert_eq!(v["type"], "rooms", "{v}");
+
+    // The limit is on the whole message: 65 KiB in three fragments.
+    let mut m = Member::connect(server.addr, "frag");
+    let part = vec![b' '; 22 * 1024];
+    m.s.write_all(&frame(false, 0x1, &part)).unwrap();
+    m.s.write_all(&frame(false, 0x0, &part)).unwrap();
+    m.s.write_all(&frame(true, 0x0, &part)).unwrap();
+    assert_eq!(read_close(&mut m.s).0, Some(1009));
+}
+
+#[test]
+fn echo_accepts_16_mib_by_default() {
+    let server = Server::start(&[]);
+    let stream = connect(server.addr);
+    let (mut ws, _) = tungstenite::client::client_with_config(
+        server.url("/echo"),
+        stream,
+        Some(ws_config_unlimited()),
+    )
+    .expect("handshake");
+    let data: Vec<u8> = (0..16u32 << 20).map(|i| (i % 251) as u8).collect();
+    ws.send(Message::binary(data.clone())).unwrap();
+    match ws.read().unwrap() {
+        Message::Binary(b) => assert!(b[..] == data[..], "echo differs"),
+        m => panic!("unexpected {m:?}"),
+    }
+
+    // One byte more is refused (the header alone announces the length).
+    let mut s = raw_ws(server.addr, "/echo", "");
+    let mut hdr = vec![0x82, 0x80 | 127];
+    hdr.extend_from_slice(&((16u64 << 20) + 1).to_be_bytes());
+    hdr.extend_from_slice(&[1, 2, 3, 4]);
+    s.write_all(&hdr).unwrap();
+    assert_eq!(read_close(&mut s).0, Some(1009));
+}
+
+#[test]
+fn message_size_flags_are_respected() {
+    let server = Server::start(&[
+        "--max-message-size",
+        "1KiB",
+        "--max-ws-message-size",
+        "2KiB",
+    ]);
+    let mut s = raw_ws(server.addr, "/echo", "");
+    let exact = vec![b'a'; 1024];
+    s.write_all(&frame(true, 0x2, &exact)).unwrap();
+    assert_eq!(read_frame(&mut s).unwrap(), (true, 0x2, exact));
+    // Fragments count together: 3 × 400 bytes > 1 KiB.
+    s.write_all(&frame(false, 0x2, &[b'b'; 400])).unwrap();
+    s.write_all(&frame(false, 0x0, &[b'b'; 400])).unwrap();
+    s.write_all(&frame(true, 0x0, &[b'b'; 400])).unwrap();
+    assert_eq!(read_close(&mut s).0, Some(1009));
+
+    let mut s = raw_ws(server.addr, "/echo", "");
+    s.write_all(&frame(true, 0x2, &[0; 1025])).unwrap();
+    assert_eq!(read_close(&mut s).0, Some(1009));
+
+    // /ws has its own flag.
+    let mut m = Member::connect(server.addr, "two");
+    let skeleton = json!({"type": "rooms", "pad": ""}).to_string();
+    let text = json!({"type": "rooms", "pad": "y".repeat(2048 - skeleton.len())}).to_string();
+    m.s.write_all(&frame(true, 0x1, text.as_bytes())).unwrap();
+    assert_eq!(m.next()["type"], "rooms");
+    let text = json!({"type": "rooms", "pad": "y".repeat(2049 - skeleton.len())}).to_string();
+    m.s.write_all(&frame(true, 0x1, text.as_bytes())).unwrap();
+    assert_eq!(read_close(&mut m.s).0, Some(1009));
+}
+
+// ---- backpressure on /echo ---------------------------------------------------
+
+const FLOOD_BATCHES: usize = 200;
+const BP_MSG: usize = 64 * 1024;
+const BP_COUNT: usize = 2048; // 128 MiB in all
+
+/// Binary frames of BP_MSG bytes: the message's index (8 bytes, big
+/// endian), then a filler. Built by patching one masked frame, so that the
+/// test spends its time on the wire and not on masking in a debug build.
+struct FrameMaker {
+    base: Vec<u8>,
+    key: [u8; 4],
+    at: usize,
+}
+
+impl FrameMaker {
+    fn new() -> FrameMaker {
+        let base = frame(true, 0x2, &Self::payload(0));
+        let at = base.len() - BP_MSG;
+        let key = [base[at - 4], base[at - 3], base[at - 2], base[at - 1]];
+        FrameMaker { base, key, at }
+    }
+
+    fn payload(i: usize) -> Vec<u8> {
+        let mut p = vec![0x5a; BP_MSG];
+        p[..8].copy_from_slice(&(i as u64).to_be_bytes());
+        p
+    }
+
+    fn frame(&self, i: usize) -> Vec<u8> {
+        let mut f = self.base.clone();
+        for (j, b) in (i as u64).to_be_bytes().iter().enumerate() {
+            f[self.at + j] = b ^ self.key[j % 4];
+        }
+        f
+    }
+}
+
+/// Waits until `progress` stops moving; returns its value then.
+fn wait_for_stall(progress: &AtomicUsize, done_at: usize) -> usize {
+    let mut last = usize::MAX;
+    let mut still = 0;
+    for _ in 0..300 {
+        thread::sleep(Duration::from_millis(100));
+        let now = progress.load(Ordering::SeqCst);
+        if now == done_at {
+            return now;
+        }
+        if now == last {
+            still += 1;
+            if still == 5 {
+                return now;
+            }
+        } else {
+            still = 0;
+        }
+        last = now;
+    }
+    progress.load(Ordering::SeqCst)
+}
+
+#[test]
+fn echo_backpressure_bounds_memory_and_loses_nothing() {
+    let server = Server::start(&["--max-pending-output", "64KiB"]);
+    let mut s = raw_ws(server.addr, "/echo", "");
+    let rss_before = server.rss_kib();
+
+    // The writer blocks for as long as TCP pushes back; it fails (and the
+    // test with it) only if the connection breaks.
+    let mut w = s.try_clone().unwrap();
+    w.set_write_timeout(None).unwrap();
+    let progress = Arc::new(AtomicUsize::new(0));
+    let p2 = Arc::clone(&progress);
+    let writer = thread::spawn(move || {
+        let maker = FrameMaker::new();
+        for i in 0..BP_COUNT {
+            w.write_all(&maker.frame(i)).expect("write");
+            p2.store(i + 1, Ordering::SeqCst);
+        }
+        // A ping behind all that data must get its pong, not be lost.
+        w.write_all(&frame(true, 0x9, b"after the flood")).unwrap();
+    });
+
+    let stalled_at = wait_for_stall(&progress, BP_COUNT);
+    assert!(
+        stalled_at < BP_COUNT,
+        "the writer never blocked: the server read 128 MiB without the client reading"
+    );
+    let rss_stalled = server.rss_kib();
+    eprintln!(
+        "echo backpressure: writer blocked after {stalled_at} × 64 KiB; server RSS {rss_before} KiB → {rss_stalled} KiB"
+    );
+    assert!(
+        rss_stalled.saturating_sub(rss_before) < 64 * 1024,
+        "server RSS grew from {rss_before} KiB to {rss_stalled} KiB"
+    );
+
+    // Meanwhile the server serves others.
+    let mut other = client(&server, "/echo");
+    other.send(Message::text("responsive")).unwrap();
+    assert_eq!(other.read().unwrap(), Message::text("responsive"));
+
+    // Now read: every echo, intact and in order, and the pong.
+    let filler = vec![0x5a; BP_MSG - 8];
+    let mut next = 0;
+    let mut pong = false;
+    while next < BP_COUNT || !pong {
+        let (fin, op, p) = read_frame(&mut s).expect("an echo");
+        match op {
+            0x2 => {
+                assert!(fin);
+                assert_eq!(p.len(), BP_MSG);
+                let i = u64::from_be_bytes(p[..8].try_into().unwrap()) as usize;
+                assert_eq!(i, next, "echo out of order or lost");
+                assert!(p[8..] == filler[..], "echo {i} corrupted");
+                next += 1;
+            }
+            0xA => {
+                assert_eq!(p, b"after the flood");
+                pong = true;
+            }
+            op => panic!("unexpected opcode {op}"),
+        }
+    }
+    writer.join().unwrap();
+}
+
+// ---- control frames under backpressure ---------------------------------------
+
+/// A pong goes ahead of data already queued: a member whose output is
+/// backed up with megabytes of chat pings, and the pong arrives before the
+/// last message that was queued before the ping was sent.
+#[test]
+fn pong_goes_ahead_of_queued_data() {
+    let server = Server::start(&["--rate-burst", "0", "--max-pending-output", "64MiB"]);
+    let mut lazy = Member::join(server.addr, "lazy", "r");
+    let mut poster = Member::join(server.addr, "poster", "r");
+    // 3,000 × 4,000 characters: well over what the kernel buffers between
+    // the server and a reader that does not read.
+    let text = "t".repeat(3990);
+    let mut posts = Vec::new();
+    for i in 0..3000 {
+        posts.extend(frame(
+            true,
+            0x1,
+            json!({"type": "message", "room": "r", "text": format!("{i:05}{text}")})
+                .to_string()
+                .as_bytes(),
+        ));
+    }
+    posts.extend(frame(
+        true,
+        0x1,
+        json!({"type": "message", "room": "r", "text": "LAST"})
+            .to_string()
+            .as_bytes(),
+    ));
+    let mut pw = poster.s.try_clone().unwrap();
+    let writer = thread::spawn(move || pw.write_all(&posts).unwrap());
+    // Once the poster has its own copy of LAST, LAST is queued for `lazy`.
+    loop {
+        let (_, op, p) = read_frame(&mut poster.s).unwrap();
+        if op == 0x1 && p.windows(13).any(|w| w == b"\"text\":\"LAST\"") {
+            break;
+        }
+    }
+    writer.join().unwrap();
+    lazy.s
+        .write_all(&frame(true, 0x9, b"are you there"))
+        .unwrap();
+    let mut before_pong = 0;
+    let mut after_pong = 0;
+    let mut pong = false;
+    loop {
+        let (_, op, p) = read_frame(&mut lazy.s).expect("a frame");
+        match op {
+            0xA => {
+                assert_eq!(p, b"are you there");
+                assert!(!pong, "two pongs for one ping");
+                pong = true;
+            }
+            0x1 if p.starts_with(br#"{"type":"message""#) => {
+                if pong {
+                    after_pong += 1;
+                } else {
+                    before_pong += 1;
+                }
+                if p.windows(13).any(|w| w == b"\"text\":\"LAST\"") {
+                    break;
+                }
+            }
+            _ => {}
+        }
+    }
+    eprintln!("pong after {before_pong} queued messages, ahead of {after_pong}");
+    assert!(pong, "the pong was lost");
+    assert_eq!(before_pong + after_pong, 3001, "messages lost");
+    assert!(
+        after_pong > 0,
+        "the pong waited behind all the data queued before it"
+    );
+}
+
+/// Pongs are answers the client asks for: a client that floods pings and
+/// never reads must not make the server queue pongs without bound (RFC 6455
+/// §5.5.3 lets a server answer only the most recent ping).
+#[test]
+fn ping_flood_without_reading_does_not_grow_memory() {
+    let server = Server::start(&[]);
+    let mut flooder = Member::join(server.addr, "flooder", "r");
+    let mut observer = Member::join(server.addr, "observer", "r");
+    let rss_before = server.rss_kib();
+    let mut w = flooder.s.try_clone().unwrap();
+    w.set_write_timeout(None).unwrap();
+    let writer = thread::spawn(move || {
+        let one = frame(true, 0x9, &[b'p'; 125]);
+        let batch: Vec<u8> = one.iter().copied().cycle().take(one.len() * 1000).collect();
+        // 500,000 pings: 65 MB of pongs if every one were queued.
+        for _ in 0..FLOOD_BATCHES {
+            w.write_all(&batch).expect("write");
+        }
+        w.write_all(&frame(true, 0x9, b"last")).unwrap();
+        // Processed in order: once others see this, every ping was read.
+        w.write_all(&frame(
+            true,
+            0x1,
+            json!({"type": "nick", "nick": "flooded"})
+                .to_string()
+                .as_bytes(),
+        ))
+        .unwrap();
+    });
+    let v = observer.next_where(|v| v["type"] == "nick");
+    assert_eq!(v["nick"], "flooded");
+    writer.join().unwrap();
+    let rss_after = server.rss_kib();
+    eprintln!("ping flood: server RSS {rss_before} KiB → {rss_after} KiB");
+    assert!(
+        rss_after.saturating_sub(rss_before) < 16 * 1024,
+        "pongs for an unread ping flood grew the server from {rss_before} KiB to {rss_after} KiB"
+    );
+    // The most recent ping is answered.
+    loop {
+        let (_, op, p) = read_frame(&mut flooder.s).expect("the last pong");
+        if op == 0xA && p == b"last" {
+            break;
+        }
+    }
+}
+
+// ---- slow consumer on /ws ----------------------------------------------------
+
+#[test]
+fn chat_slow_consumer_is_closed_1008_and_others_get_everything() {
+    let server = Server::start(&[
+        "--max-pending-output",
+        "64KiB",
+        "--rate-burst",
+        "0",
+        "--close-timeout",
+        "30s",
+    ]);
+    let mut lazy = Member::join(server.addr, "lazy", "r");
+    let mut reader = Member::join(server.addr, "reader", "r");
+    let mut poster = Member::join(server.addr, "poster", "r");
+
+    let counting = thread::spawn(move || {
+        let mut texts = Vec::new();
+        let mut saw_leave = false;
+        loop {
+            let v = reader.next();
+            if is_leave_of(&v, "lazy") {
+                saw_leave = true;
+            } else if is_msg_from(&v, "poster") {
+                let t = v["text"].as_str().unwrap().to_string();
+                if t == "END" {
+                    return (texts, saw_leave);
+                }
+                texts.push(t);
+            }
+        }
+    });
+
+    let pad = "p".repeat(3990);
+    let mut posted = Vec::new();
+    let mut extra = None;
+    for i in 0..20_000 {
+        let t = format!("{i:05}{pad}");
+        poster.post("r", &t);
+        posted.push(t);
+        // Wait for our own copy; note when `lazy` is closed.
+        loop {
+            let v = poster.next();
+            if is_leave_of(&v, "lazy") {
+                extra = Some(20);
+            }
+            if is_msg_from(&v, "poster") {
+                break;
+            }
+        }
+        match &mut extra {
+            Some(0) => break,
+            Some(n) => *n -= 1,
+            None => {}
+        }
+    }
+    assert_eq!(extra, Some(0), "the never-reader was never closed");
+    poster.post("r", "END");
+    let (texts, saw_leave) = counting.join().unwrap();
+    assert!(saw_leave);
+    assert_eq!(texts.len(), posted.len(), "the reader lost messages");
+    assert!(texts == posted, "the reader got messages out of order");
+
+    // The never-reader finds its backlog, then a close 1008 "slow consumer".
+    let (code, reason) = read_close(&mut lazy.s);
+    assert_eq!((code, reason.as_str()), (Some(1008), "slow consumer"));
+    answer_close_and_expect_eof(&mut lazy.s);
+}
+
+// ---- shutdown ------------------------------------------------------------------
+
+fn graceful_shutdown(sig: &str) {
+    let mut server = Server::start(&["--shutdown-timeout", "30s"]);
+    let mut echo = raw_ws(server.addr, "/echo", "");
+    let mut chat = Member::join(server.addr, "alice", "r");
+    let mut ws = client(&server, "/echo");
+    server.signal(sig);
+
+    for s in [&mut echo, &mut chat.s] {
+        let (code, reason) = read_close(s);
+        assert_eq!(
+            (code, reason.as_str()),
+            (Some(1001), "server shutting down")
+        );
+    }
+    match ws.read() {
+        Ok(Message::Close(Some(f))) => {
+            assert_eq!(u16::from(f.code), 1001);
+            assert_eq!(f.reason.as_str(), "server shutting down");
+        }
+        other => panic!("expected a close, got {other:?}"),
+    }
+    // The signal has been handled: new connections are refused.
+    assert!(
+        TcpStream::connect(server.addr).is_err(),
+        "a connection was accepted after {sig}"
+    );
+    // It waits for the close handshakes…
+    assert!(
+        server.child.try_wait().unwrap().is_none(),
+        "exited before the clients answered"
+    );
+    answer_close_and_expect_eof(&mut echo);
+    answer_close_and_expect_eof(&mut chat.s);
+    // tungstenite has queued its answer; flushing sends it.
+    let _ = ws.flush();
+    loop {
+        match ws.read() {
+            Err(tungstenite::Error::ConnectionClosed) => break,
+            Err(e) => panic!("{e}"),
+            Ok(_) => {}
+        }
+    }
+    drop((echo, chat, ws));
+    // …and then exits cleanly.
+    let status = server
+        .wait_exit(IO_TIMEOUT)
+        .expect("the server did not exit");
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn sigterm_closes_every_websocket_1001_and_exits_0() {
+    graceful_shutdown("TERM");
+}
+
+#[test]
+fn sigint_behaves_like_sigterm() {
+    graceful_shutdown("INT");
+}
+
+#[test]
+fn second_signal_exits_at_once() {
+    let mut server = Server::start(&["--shutdown-timeout", "30s"]);
+    let mut stubborn = raw_ws(server.addr, "/echo", "");
+    server.signal("TERM");
+    assert_eq!(read_close(&mut stubborn).0, Some(1001));
+    // The close is never answered: the server waits…
+    assert!(server.child.try_wait().unwrap().is_none());
+    server.signal("TERM");
+    // …until a second signal (well within the 30 s; the wait is a safety net).
+    assert!(
+        server.wait_exit(IO_TIMEOUT).is_some(),
+        "a second signal did not end the process"
+    );
+}
+
+// ---- Origin ------------------------------------------------------------------
+
+#[test]
+fn origin_check_on_ws() {
+    let server = Server::start(&[]);
+    let a = server.addr;
+    let evil = "Origin: http://evil.example\r\n";
+    assert_eq!(upgrade_status(a, "/ws", evil).0, 403);
+    let same = format!("Origin: http://{a}\r\n");
+    assert_eq!(upgrade_status(a, "/ws", &same).0, 101);
+    assert_eq!(upgrade_status(a, "/ws", "").0, 101);
+    // /echo speaks no chat and carries no user's access: any origin.
+    assert_eq!(upgrade_status(a, "/echo", evil).0, 101);
+
+    let server = Server::start(&["--allow-origin", "http://evil.example"]);
+    assert_eq!(upgrade_status(server.addr, "/ws", evil).0, 101);
+    assert_eq!(
+        upgrade_status(server.addr, "/ws", "Origin: http://other.example\r\n").0,
+        403
+    );
+
+    let server = Server::start(&["--allow-origin", "*"]);
+    assert_eq!(upgrade_status(server.addr, "/ws", evil).0, 101);
+}
+
+// ---- everything at once --------------------------------------------------------
+
+fn open_idle_chat_connections(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
+    (0..n).map(|_| raw_ws(addr, "/ws", "")).collect()
+}
+
+/// 1,000 idle chat connections, a slowloris and a never-reading member in
+/// the room of two active chatters: the chatters each receive every
+/// message of the other, the slowloris is dropped and the never-reader is
+/// closed 1008.
+#[test]
+fn combined_idle_crowd_slowloris_and_slow_consumer() {
+    raise_fd_limit();
+    let server = Server::start(&[
+        "--handshake-timeout",
+        "500ms",
+        "--ping-interval",
+        "1s",
+        "--idle-timeout",
+        "120s",
+        "--close-timeout",
+        "30s",
+        "--max-pending-output",
+        "64KiB",
+        "--rate-burst",
+        "0",
+    ]);
+    let mut idle = open_idle_chat_connections(server.addr, 1000);
+    let (mut slow, dribbler) = slowloris(server.addr, "/ws");
+    let mut lazy = Member::join(server.addr, "lazy", "r");
+    let mut a = Member::join(server.addr, "alice", "r");
+    let mut b = Member::join(server.addr, "bob", "r");
+
+    let pad = "m".repeat(3990);
+    let (mut a_sent, mut b_sent) = (Vec::new(), Vec::new());
+    // What alice received from bob, and bob from alice.
+    let (mut alice_saw, mut bob_saw) = (Vec::new(), Vec::new());
+    let mut lazy_left = false;
+    let mut extra = 10;
+    // Reads `m` until its own copy of `text`, keeping what `other` posted.
+    let exchange = |m: &mut Member,
+                    sent: &mut Vec<String>,
+                    got: &mut Vec<String>,
+                    other: &str,
+                    text: String| {
+        m.post("r", &text);
+        sent.push(text.clone());
+        let mut left = false;
+        loop {
+            let v = m.next();
+            left |= is_leave_of(&v, "lazy");
+            if is_msg_from(&v, other) {
+                got.push(v["text"].as_str().unwrap().to_string());
+            } else if is_msg_from(&v, &m.nick) && v["text"] == text.as_str() {
+                return left;
+            }
+        }
+    };
+    for i in 0..20_000 {
+        lazy_left |= exchange(
+            &mut a,
+            &mut a_sent,
+            &mut alice_saw,
+            "bob",
+            format!("a{i:05}{pad}"),
+        );
+        lazy_left |= exchange(
+            &mut b,
+            &mut b_sent,
+            &mut bob_saw,
+            "alice",
+            format!("b{i:05}{pad}"),
+        );
+        if lazy_left {
+            extra -= 1;
+            if extra == 0 {
+                break;
+            }
+        }
+    }
+    assert!(lazy_left, "the never-reader was never closed");
+    // Bob has read every message of alice (each came before his own next
+    // one); alice has yet to read bob's last: a marker behind it tells her.
+    b.post("r", "end-b");
+    loop {
+        let v = a.next();
+        if is_msg_from(&v, "bob") {
+            let t = v["text"].as_str().unwrap().to_string();
+            if t == "end-b" {
+                break;
+            }
+            alice_saw.push(t);
+        }
+    }
+    assert_eq!(alice_saw.len(), b_sent.len(), "alice lost messages of bob");
+    assert!(alice_saw == b_sent, "alice got bob's messages out of order");
+    assert_eq!(bob_saw.len(), a_sent.len(), "bob lost messages of alice");
+    assert!(bob_saw == a_sent, "bob got alice's messages out of order");
+    eprintln!("combined: {} messages each way", a_sent.len());
+
+    assert!(dropped_silently(&mut slow), "the slowloris was not dropped");
+    assert!(dribbler.join().unwrap());
+    assert_eq!(
+        read_close(&mut lazy.s),
+        (Some(1008), "slow consumer".into())
+    );
+
+    // The idle crowd is still there: a sample of it answers.
+    for s in idle.iter_mut().step_by(100) {
+        s.write_all(&frame(true, 0x1, br#"{"type":"rooms"}"#))
+            .unwrap();
+        loop {
+            let (_, op, p) = read_frame(s).expect("an idle connection was dropped");
+            if op == 0x1 && p.starts_with(br#"{"type":"rooms""#) {
+                break;
+            }
+        }
+    }
+}
+
+// ---- memory per connection -------------------------------------------------
+
+/// Measures the server's memory per idle connection (for the README) and
+/// holds it to a generous bound.
+#[test]
+fn rss_per_idle_connection() {
+    raise_fd_limit();
+    let server = Server::start(&[]);
+    // Warm up: one connection of each kind so that first-use allocations
+    // are not counted.
+    let warm = (
+        raw_ws(server.addr, "/ws", ""),
+        raw_ws(server.addr, "/echo", ""),
+    );
+    let before = server.rss_kib();
+    let chat = open_idle_chat_connections(server.addr, 1000);
+    let mid = server.rss_kib();
+    let echo: Vec<TcpStream> = (0..1000)
+        .map(|_| raw_ws(server.addr, "/echo", ""))
+        .collect();
+    let after = server.rss_kib();
+    let per_chat = (mid.saturating_sub(before)) as f64 * 1024.0 / 1000.0;
+    let per_echo = (after.saturating_sub(mid)) as f64 * 1024.0 / 1000.0;
+    eprintln!(
+        "RSS: {before} KiB with 2 connections; +1000 idle /ws → {mid} KiB ({per_chat:.0} B each); \
+         +1000 idle /echo → {after} KiB ({per_echo:.0} B each)"
+    );
+    assert!(
+        per_chat < 8192.0,
+        "{per_chat:.0} B per idle chat connection"
+    );
+    assert!(
+        per_echo < 8192.0,
+        "{per_echo:.0} B per idle echo connection"
+    );
+    drop((warm, chat, echo));
+}
