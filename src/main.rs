@@ -4,13 +4,14 @@ use wschat::server::{Config, Server};
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cfg = Config::parse();
-    let server = match Server::bind(cfg) {
+    let mut server = match Server::bind(cfg) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("wschat: cannot start: {e}");
             std::process::exit(1);
         }
     };
+    server.set_memory_trim(trim);
     let addr = server.local_addr();
     let shown = if addr.ip().is_unspecified() {
         format!("http://localhost:{}/", addr.port())
@@ -22,5 +23,13 @@ fn main() {
     if let Err(e) = server.run() {
         eprintln!("wschat: {e}");
         std::process::exit(1);
+    }
+}
+
+/// Returns freed heap pages to the system (glibc keeps them otherwise).
+fn trim() {
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }

@@ -93,9 +93,58 @@ struct Conn {
     closing: bool,
 }
 
+/// Connections by id. The server's ids are slab keys, small and dense, so a
+/// vector indexed by id is smaller and faster than a hash map.
+#[derive(Default)]
+struct ConnTable {
+    slots: Vec<Option<Conn>>,
+    len: usize,
+}
+
+/// Ids past this are refused: a table this large means a caller bug, not load.
+const MAX_CONN_ID: ConnId = 1 << 24;
+
+impl ConnTable {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn get(&self, id: &ConnId) -> Option<&Conn> {
+        self.slots.get(*id).and_then(Option::as_ref)
+    }
+
+    fn get_mut(&mut self, id: &ConnId) -> Option<&mut Conn> {
+        self.slots.get_mut(*id).and_then(Option::as_mut)
+    }
+
+    fn contains_key(&self, id: &ConnId) -> bool {
+        self.get(id).is_some()
+    }
+
+    /// Returns false (and keeps nothing) for an id past `MAX_CONN_ID`.
+    fn insert(&mut self, id: ConnId, conn: Conn) -> bool {
+        if id >= MAX_CONN_ID {
+            return false;
+        }
+        if id >= self.slots.len() {
+            self.slots.resize_with(id + 1, || None);
+        }
+        if self.slots[id].replace(conn).is_none() {
+            self.len += 1;
+        }
+        true
+    }
+
+    fn remove(&mut self, id: &ConnId) -> Option<Conn> {
+        let c = self.slots.get_mut(*id)?.take()?;
+        self.len -= 1;
+        Some(c)
+    }
+}
+
 pub struct Chat {
     cfg: ChatConfig,
-    conns: HashMap<ConnId, Conn>,
+    conns: ConnTable,
     /// Lowercased nick -> holder.
     nicks: HashMap<Box<str>, ConnId>,
     /// Room slab; a slot is reused only after the room is forgotten, when no
@@ -166,7 +215,7 @@ impl Chat {
     pub fn new(cfg: ChatConfig, epoch_seed: u64) -> Chat {
         Chat {
             cfg,
-            conns: HashMap::new(),
+            conns: ConnTable::default(),
             nicks: HashMap::new(),
             rooms: Vec::new(),
             free_rooms: Vec::new(),
@@ -208,6 +257,11 @@ impl Chat {
         if self.conns.contains_key(&conn) {
             // The server reused an id without telling us: forget the old one.
             self.disconnect(conn, now, out);
+        }
+        if conn >= MAX_CONN_ID {
+            log::error!("chat: connection id {conn} out of range; not admitted");
+            out.close(conn, 1011, "internal error");
+            return;
         }
         let nick = match requested_nick {
             Some(n)

@@ -42,6 +42,8 @@ const READS_PER_TURN: usize = 16;
 const REJECT_SLACK: usize = 64;
 /// How long accepting pauses when the process is out of file descriptors.
 const EMFILE_PAUSE_MS: u64 = 100;
+/// How often freed memory is handed back to the system.
+const TRIM_EVERY_MS: u64 = 5_000;
 /// The subprotocol of the chat (see docs/protocol.md).
 pub const CHAT_PROTOCOL: &str = "wschat.v1";
 
@@ -122,6 +124,8 @@ pub struct Server {
     accept_paused_until: Option<u64>,
     spare_fd: Option<std::fs::File>,
     shutdown_deadline: Option<u64>,
+    memory_trim: Option<fn()>,
+    next_trim: u64,
 }
 
 fn ms(d: Duration) -> u64 {
@@ -212,7 +216,15 @@ impl Server {
             accept_paused_until: None,
             spare_fd: std::fs::File::open("/dev/null").ok(),
             shutdown_deadline: None,
+            memory_trim: None,
+            next_trim: 0,
         })
+    }
+
+    /// A function that hands freed memory back to the system (the binary
+    /// passes glibc's `malloc_trim`; the library itself has no unsafe code).
+    pub fn set_memory_trim(&mut self, f: fn()) {
+        self.memory_trim = Some(f);
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -896,6 +908,14 @@ impl Server {
         }
         let now = self.chat_now();
         self.chat.tick(now);
+        // After a burst (a crowd joining, each answered with a long member
+        // list) the allocator holds freed pages; hand them back now and then.
+        if let Some(trim) = self.memory_trim
+            && self.now >= self.next_trim
+        {
+            self.next_trim = self.now + TRIM_EVERY_MS;
+            trim();
+        }
     }
 
     fn on_signal(&mut self) {

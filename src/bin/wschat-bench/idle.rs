@@ -179,10 +179,12 @@ pub fn run(
                 msgs_per_cpu_s: None,
                 bytes_per_cpu_s: None,
                 rss_start_kb: b.rss_kb,
-                rss_end_kb: a.rss_kb.max(e.rss_kb),
-                rss_per_conn_bytes: (total.opened > 0).then(|| {
-                    (a.rss_kb.max(e.rss_kb) as f64 - b.rss_kb as f64) * 1024.0 / total.opened as f64
-                }),
+                rss_end_kb: e.rss_kb,
+                rss_after_open_kb: Some(a.rss_kb),
+                // The steady cost of an idle connection: measured at the end
+                // of the hold, once the burst of opening them has settled.
+                rss_per_conn_bytes: (total.opened > 0)
+                    .then(|| (e.rss_kb as f64 - b.rss_kb as f64) * 1024.0 / total.opened as f64),
             })
         }
         _ => None,

@@ -353,6 +353,7 @@ fn server_use(s: &Samples, msgs: u64, bytes: u64) -> Option<ServerUse> {
         bytes_per_cpu_s: per(bytes),
         rss_start_kb: a.rss_kb,
         rss_end_kb: b.rss_kb,
+        rss_after_open_kb: None,
         rss_per_conn_bytes: None,
     })
 }

@@ -182,6 +182,10 @@ pub struct ServerUse {
     pub bytes_per_cpu_s: Option<f64>,
     pub rss_start_kb: u64,
     pub rss_end_kb: u64,
+    /// Idle mode: RSS right after the last connection opened, before the
+    /// hold (includes what opening them used transiently).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rss_after_open_kb: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rss_per_conn_bytes: Option<f64>,
 }
@@ -294,8 +298,17 @@ impl Report {
                     s.rss_end_kb as f64 / 1024.0
                 ),
             ));
+            if let Some(a) = s.rss_after_open_kb {
+                rows.push((
+                    "server rss after open",
+                    format!("{:.1} MiB (before the hold)", a as f64 / 1024.0),
+                ));
+            }
             if let Some(p) = s.rss_per_conn_bytes {
-                rows.push(("server rss per conn", format!("{p:.0} B")));
+                rows.push((
+                    "server rss per conn",
+                    format!("{p:.0} B (at the end of the hold)"),
+                ));
             }
         }
         let d = &self.error_detail;
