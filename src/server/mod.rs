@@ -778,13 +778,18 @@ impl Server {
     fn with_chat(&mut self, f: impl FnOnce(&mut Chat, Now, &mut dyn Outbox)) {
         let now = self.chat_now();
         let mut closes = Vec::new();
+        let mut dead = Vec::new();
         let mut out = ServerOutbox {
             conns: &mut self.conns,
+            dead: &mut dead,
             dirty: &mut self.dirty,
             max_pending: self.cfg.max_pending_output,
             closes: &mut closes,
         };
         f(&mut self.chat, now, &mut out);
+        for k in dead {
+            self.drop_conn(k);
+        }
         for (k, code, reason) in closes {
             if code == 1008
                 && reason == SLOW_CONSUMER
@@ -934,6 +939,13 @@ impl Server {
         if let Some(mut l) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut l);
         }
+        // Everyone is leaving: telling each member about every other one's
+        // departure would cost the square of the members for nothing.
+        for (_, c) in self.conns.iter_mut() {
+            if let Phase::Ws(ws) = &mut c.phase {
+                ws.in_chat = false;
+            }
+        }
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for k in keys {
             match self
@@ -956,6 +968,7 @@ const SLOW_CONSUMER: &str = "slow consumer";
 /// The chat's view of the connections: it queues shared frames.
 struct ServerOutbox<'a> {
     conns: &'a mut Slab<Conn>,
+    dead: &'a mut Vec<usize>,
     dirty: &'a mut Vec<usize>,
     max_pending: usize,
     closes: &'a mut Vec<(usize, u16, String)>,
@@ -981,8 +994,15 @@ impl Outbox for ServerOutbox<'_> {
         if c.out.is_batch_full() {
             // A burst (say presence for a thousand joins in one turn) would
             // otherwise pile up queue entries for every member until the end
-            // of the turn: write a full batch now; errors surface at the flush.
-            let _ = c.out.write_to(&mut c.sock);
+            // of the turn: write a full batch now.
+            if c.out.write_to(&mut c.sock).is_err() {
+                // The peer is gone: queue nothing more, drop it after this call.
+                if let Phase::Ws(ws) = &mut c.phase {
+                    ws.close_sent = true;
+                }
+                self.dead.push(to);
+                return;
+            }
         }
         if !c.dirty {
             c.dirty = true;
