@@ -80,14 +80,25 @@ impl Default for ChatConfig {
     }
 }
 
+/// The nick's lowercase form as a map key, sharing its allocation when the
+/// nick is lowercase already (most are): one allocation per user, not two.
+fn lowercase_shared(nick: &Rc<str>) -> Rc<str> {
+    if nick.bytes().any(|b| b.is_ascii_uppercase()) {
+        Rc::from(validate::nick_key(nick))
+    } else {
+        Rc::clone(nick)
+    }
+}
+
 /// Close code for rate-limit abuse (RFC 6455 §7.4.1: policy violation).
 pub const CLOSE_POLICY: u16 = 1008;
 
 /// Per-connection state, kept small: thousands of idle connections are normal.
 struct Conn {
     nick: Rc<str>,
-    /// Indices into `Chat::rooms`; at most `max_rooms_per_conn`.
-    rooms: Vec<u32>,
+    /// Indices into `Chat::rooms`; at most `max_rooms_per_conn`. Most
+    /// people are in a few rooms: those fit inline, with no allocation.
+    rooms: smallvec::SmallVec<[u32; 4]>,
     bucket: Bucket,
     /// A close was requested: ignore whatever still arrives.
     closing: bool,
@@ -146,7 +157,8 @@ pub struct Chat {
     cfg: ChatConfig,
     conns: ConnTable,
     /// Lowercased nick -> holder.
-    nicks: HashMap<Box<str>, ConnId>,
+    /// Keys share the nick's allocation when it is already lowercase.
+    nicks: HashMap<Rc<str>, ConnId>,
     /// Room slab; a slot is reused only after the room is forgotten, when no
     /// connection refers to it any more.
     rooms: Vec<Option<Room>>,
@@ -272,12 +284,12 @@ impl Chat {
             _ => self.guest_nick(),
         };
         let nick: Rc<str> = Rc::from(nick);
-        self.nicks.insert(validate::nick_key(&nick), conn);
+        self.nicks.insert(lowercase_shared(&nick), conn);
         self.conns.insert(
             conn,
             Conn {
                 nick: nick.clone(),
-                rooms: Vec::new(),
+                rooms: smallvec::SmallVec::new(),
                 bucket: Bucket::new(self.cfg.rate_burst, now.mono_ms),
                 closing: false,
             },
@@ -307,8 +319,8 @@ impl Chat {
             return;
         };
         let key = validate::nick_key(&c.nick);
-        if self.nicks.get(&key) == Some(&conn) {
-            self.nicks.remove(&key);
+        if self.nicks.get(&*key) == Some(&conn) {
+            self.nicks.remove(&*key);
         }
         for idx in c.rooms {
             self.remove_member(idx, conn, &c.nick, now, out);
@@ -528,7 +540,7 @@ impl Chat {
         out: &mut dyn Outbox,
     ) -> Result<(), ChatError> {
         let key = validate::nick_key(&nick);
-        if let Some(&holder) = self.nicks.get(&key)
+        if let Some(&holder) = self.nicks.get(&*key)
             && holder != conn
         {
             return Err(ChatError::NickTaken);
@@ -548,8 +560,8 @@ impl Chat {
         }
         let new: Rc<str> = Rc::from(nick);
         c.nick = new.clone();
-        self.nicks.remove(&validate::nick_key(&old));
-        self.nicks.insert(key, conn);
+        self.nicks.remove(&*validate::nick_key(&old));
+        self.nicks.insert(Rc::from(key), conn);
 
         let mut others: Vec<ConnId> = c
             .rooms
@@ -719,7 +731,7 @@ impl Chat {
         let Some(c) = self.conns.get_mut(&conn) else {
             return Ok(());
         };
-        c.rooms.retain(|&i| i != idx);
+        c.rooms.retain(|i| *i != idx);
         let nick = c.nick.clone();
         let f = frame(&Out::Left {
             room: name,

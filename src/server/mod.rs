@@ -1029,3 +1029,13 @@ fn query_nick(query: &str) -> Option<String> {
             .map(|s| s.into_owned())
     })
 }
+#[cfg(test)]
+mod tests {
+    /// An idle connection's whole cost is mostly this struct (plus the
+    /// chat's entry): keep it from growing unnoticed (README, Performance).
+    #[test]
+    fn per_connection_state_stays_small() {
+        assert!(std::mem::size_of::<super::Conn>() <= 192);
+        assert!(std::mem::size_of::<crate::ws::receive::Receiver>() <= 64);
+    }
+}

@@ -60,7 +60,7 @@ impl Chunk {
 const COALESCE_LIMIT: usize = 16 * 1024;
 
 /// Unsent pongs kept before the older ones are dropped (see `push_pong`).
-const MAX_QUEUED_PONGS: usize = 16;
+const MAX_QUEUED_PONGS: u32 = 16;
 
 fn is_pong(c: &Chunk) -> bool {
     // RFC 6455 §5.2: FIN set, opcode 0xA.
@@ -79,9 +79,9 @@ pub struct WriteQueue {
     data_pending: usize,
     /// Chunks at the front that a control frame may not go ahead of: up to
     /// and including the last fence.
-    fence_end: usize,
+    fence_end: u32,
     /// Pongs queued and not yet started.
-    pongs_waiting: usize,
+    pongs_waiting: u32,
 }
 
 impl WriteQueue {
@@ -100,7 +100,7 @@ impl WriteQueue {
             Chunk::Control(_) => {
                 // After the last fence, a partly written frame (with its tail)
                 // and earlier control frames.
-                let mut i = self.fence_end.max(usize::from(self.head_written > 0));
+                let mut i = (self.fence_end as usize).max(usize::from(self.head_written > 0));
                 while matches!(self.chunks.get(i), Some(Chunk::Control(_) | Chunk::Tail(_))) {
                     i += 1;
                 }
@@ -108,7 +108,7 @@ impl WriteQueue {
             }
             Chunk::Fence(_) => {
                 self.chunks.push_back(chunk);
-                self.fence_end = self.chunks.len();
+                self.fence_end = self.chunks.len() as u32;
             }
             _ => {
                 self.data_pending += chunk.bytes().len();
@@ -138,7 +138,7 @@ impl WriteQueue {
                 .chunks
                 .iter()
                 .rposition(|c| matches!(c, Chunk::Fence(_)))
-                .map_or(0, |p| p + 1);
+                .map_or(0, |p| p as u32 + 1);
         }
         self.pongs_waiting += 1;
         self.push(Chunk::Control(frame));
@@ -192,7 +192,7 @@ impl WriteQueue {
             .chunks
             .iter()
             .rposition(|c| matches!(c, Chunk::Fence(_)))
-            .map_or(0, |p| p + 1);
+            .map_or(0, |p| p as u32 + 1);
         let front_written = match self.chunks.front() {
             Some(c) if c.is_data() => self.head_written,
             _ => 0,
@@ -441,7 +441,7 @@ mod tests {
             pong.extend_from_slice(&i.to_be_bytes());
             q.push_pong(pong);
         }
-        assert!(q.chunks.len() <= 2 + MAX_QUEUED_PONGS);
+        assert!(q.chunks.len() <= 2 + MAX_QUEUED_PONGS as usize);
         let out = drain(&mut q);
         // The partial frame first, then the close, then the newest pongs.
         assert!(out.starts_with(b"ATA\x88close\x8a"));

@@ -125,8 +125,10 @@ struct Frame {
     key: [u8; 4],
     /// Payload bytes still to come.
     remaining: u64,
-    /// Payload bytes already seen (for the mask position and the fast path).
-    seen: u64,
+    /// Position in the masking key of the next payload byte (§5.3: i MOD 4).
+    mask_pos: u8,
+    /// Whether any payload byte was seen yet (for the zero-copy fast path).
+    started: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -136,6 +138,14 @@ enum State {
     Closed,
     /// A protocol error failed the connection: the rest is not parsed.
     Failed,
+}
+
+/// Bytes kept between reads: a message spanning reads or frames, and a
+/// control frame's payload spanning reads (at most 125 bytes).
+#[derive(Debug, Default)]
+struct Held {
+    message: Vec<u8>,
+    control: Vec<u8>,
 }
 
 /// Frame decoder and message assembler for the server side of a connection.
@@ -151,10 +161,9 @@ pub struct Receiver {
     /// Bytes announced so far by the open message's frames.
     message_len: u64,
     utf8: Utf8Validator,
-    /// The open message's payload, when it spans reads or frames.
-    buf: Vec<u8>,
-    /// A control frame's payload, when it spans reads (at most 125 bytes).
-    control: Vec<u8>,
+    /// Payload bytes held between reads; boxed so that an idle connection
+    /// pays one pointer for it.
+    held: Option<Box<Held>>,
 }
 
 impl Receiver {
@@ -168,14 +177,15 @@ impl Receiver {
             message: None,
             message_len: 0,
             utf8: Utf8Validator::new(),
-            buf: Vec::new(),
-            control: Vec::new(),
+            held: None,
         }
     }
 
     /// Whether a message is partly received (for the server's buffer accounting).
     pub fn buffered(&self) -> usize {
-        self.buf.capacity() + self.control.capacity()
+        self.held
+            .as_ref()
+            .map_or(0, |h| h.message.capacity() + h.control.capacity())
     }
 
     /// True once a close frame or an error ended parsing; further input is ignored.
@@ -211,25 +221,33 @@ impl Receiver {
                 (input.len() - pos).min(usize::try_from(frame.remaining).unwrap_or(usize::MAX));
             let start = pos;
             pos += take;
-            apply_mask(&mut input[start..pos], frame.key, (frame.seen % 4) as usize);
-            let whole = frame.seen == 0 && take as u64 == frame.remaining;
+            apply_mask(
+                &mut input[start..pos],
+                frame.key,
+                usize::from(frame.mask_pos),
+            );
+            let whole = !frame.started && take as u64 == frame.remaining;
             let done = take as u64 == frame.remaining;
             if let Some(f) = self.frame.as_mut() {
                 f.remaining -= take as u64;
-                f.seen += take as u64;
+                f.mask_pos = ((usize::from(f.mask_pos) + take) % 4) as u8;
+                f.started = true;
             }
 
             if frame.opcode.is_control() {
                 if !done {
-                    self.control.extend_from_slice(&input[start..pos]);
+                    self.held().control.extend_from_slice(&input[start..pos]);
                     return (pos, Ok(None));
                 }
                 self.frame = None;
                 let payload = if whole {
                     Payload::Borrowed(&input[start..pos])
                 } else {
-                    self.control.extend_from_slice(&input[start..pos]);
-                    Payload::Owned(std::mem::take(&mut self.control))
+                    let held = self.held();
+                    held.control.extend_from_slice(&input[start..pos]);
+                    let p = Payload::Owned(std::mem::take(&mut held.control));
+                    self.release_if_empty();
+                    p
                 };
                 return match self.control_event(frame.opcode, payload) {
                     Ok(ev) => (pos, Ok(Some(ev))),
@@ -242,7 +260,8 @@ impl Receiver {
                 return (pos, Err(self.fail(ProtocolError::InvalidUtf8)));
             }
             if !(done && frame.fin) {
-                append_capped(&mut self.buf, &input[start..pos], self.max_message_size);
+                let max = self.max_message_size;
+                append_capped(&mut self.held().message, &input[start..pos], max);
                 if !done {
                     return (pos, Ok(None));
                 }
@@ -256,11 +275,16 @@ impl Receiver {
             if opcode == OpCode::Text && self.utf8.finish().is_err() {
                 return (pos, Err(self.fail(ProtocolError::InvalidUtf8)));
             }
-            let payload = if whole && self.buf.is_empty() {
+            let held_empty = self.held.as_ref().is_none_or(|h| h.message.is_empty());
+            let payload = if whole && held_empty {
                 Payload::Borrowed(&input[start..pos])
             } else {
-                append_capped(&mut self.buf, &input[start..pos], self.max_message_size);
-                Payload::Owned(std::mem::take(&mut self.buf))
+                let max = self.max_message_size;
+                let held = self.held();
+                append_capped(&mut held.message, &input[start..pos], max);
+                let p = Payload::Owned(std::mem::take(&mut held.message));
+                self.release_if_empty();
+                p
             };
             let ev = if opcode == OpCode::Text {
                 Event::Text(payload)
@@ -271,10 +295,24 @@ impl Receiver {
         }
     }
 
+    fn held(&mut self) -> &mut Held {
+        self.held.get_or_insert_with(Box::default)
+    }
+
+    /// Frees the held buffers once nothing is in progress.
+    fn release_if_empty(&mut self) {
+        if self
+            .held
+            .as_ref()
+            .is_some_and(|h| h.message.is_empty() && h.control.is_empty())
+        {
+            self.held = None;
+        }
+    }
+
     fn fail(&mut self, e: ProtocolError) -> ProtocolError {
         self.state = State::Failed;
-        self.buf = Vec::new();
-        self.control = Vec::new();
+        self.held = None;
         e
     }
 
@@ -358,7 +396,8 @@ impl Receiver {
             fin: b0 & 0x80 != 0,
             key,
             remaining: len,
-            seen: 0,
+            mask_pos: 0,
+            started: false,
         }))
     }
 
@@ -422,7 +461,7 @@ impl Receiver {
                     .map_err(ProtocolError::InvalidClose)?
                     .map(|(code, _reason)| code);
                 self.state = State::Closed;
-                self.buf = Vec::new();
+                self.held = None;
                 Event::Close(code)
             }
         })

@@ -1,0 +1,133 @@
+#!/usr/bin/env python3
+"""Run wschat-bench's scenarios against wschat and, side by side, against
+the uWebSockets.js reference server (bench/reference), and print a table.
+
+    bench/compare.py [--servers wschat,uws] [--runs 2] [--quick]
+
+Each scenario gets a fresh server pinned to core 0 (`taskset -c 0`); the
+load generator runs on core 1. Figures are medians of --runs runs. Needs a
+release build (`cargo build --release`) and, for uws, `npm ci` in
+bench/reference. Loopback only.
+"""
+import argparse, json, os, shutil, socket, statistics, subprocess, sys, time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "target/release/wschat-bench")
+TASKSET = ["taskset", "-c"] if shutil.which("taskset") else None
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(server, port):
+    if server == "wschat":
+        cmd = [os.path.join(ROOT, "target/release/wschat"), "--addr", f"127.0.0.1:{port}", "--rate-burst", "0"]
+    else:
+        cmd = ["node", os.path.join(ROOT, "bench/reference/uws.mjs"), str(port)]
+    if TASKSET:
+        cmd = TASKSET + ["0"] + cmd
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ, RUST_LOG="warn"))
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return p
+        except OSError:
+            time.sleep(0.05)
+    p.kill()
+    sys.exit(f"{server} did not start")
+
+
+def bench(args, pid):
+    cmd = [BENCH] + args + ["--server-pid", str(pid), "--json"]
+    if TASKSET:
+        cmd = TASKSET + ["1"] + cmd
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    try:
+        return json.loads(out.stdout)
+    except json.JSONDecodeError:
+        print(out.stdout, out.stderr, file=sys.stderr)
+        return None
+
+
+def scenarios(d):
+    """(name, path, bench args, {column: extractor})"""
+    return [
+        ("echo 64 B, 100 conns x 16 in flight", "echo",
+         ["echo", "--connections", "100", "--size", "64", "--in-flight", "16", "--duration", d],
+         {"msg/s": lambda r: r["msgs_per_s"], "msg per server cpu-s": lambda r: r["server"]["msgs_per_cpu_s"],
+          "server cpu": lambda r: r["server"]["cpu_util"]}),
+        ("broadcast max, 1 sender -> 1000 receivers, 64 B", "ws",
+         ["broadcast", "--receivers", "1000", "--senders", "1", "--size", "64", "--window", "64", "--duration", d],
+         {"deliveries/s": lambda r: r["msgs_per_s"], "deliveries per server cpu-s": lambda r: r["server"]["msgs_per_cpu_s"],
+          "lost": lambda r: r.get("lost", 0), "server cpu": lambda r: r["server"]["cpu_util"]}),
+        ("broadcast 50 msg/s -> 1000 receivers: latency", "ws",
+         ["broadcast", "--receivers", "1000", "--senders", "1", "--size", "64", "--rate", "50", "--duration", d],
+         {"p50 ms": lambda r: r["latency_us"]["p50"] / 1000, "p99 ms": lambda r: r["latency_us"]["p99"] / 1000,
+          "lost": lambda r: r.get("lost", 0)}),
+        ("large: 10 conns x 4 in flight, 64 KiB", "echo",
+         ["echo", "--connections", "10", "--size", "65536", "--in-flight", "4", "--binary", "--duration", d],
+         {"GB/s": lambda r: r["mb_per_s"] / 1000, "GB per server cpu-s": lambda r: r["server"]["bytes_per_cpu_s"] / 1e9}),
+        ("idle: 10,000 /echo connections", "echo",
+         ["idle", "--connections", "10000", "--hold", "12s"],
+         {"handshakes/s": lambda r: r["handshakes_per_s"], "RSS per conn B": lambda r: r["server"]["rss_per_conn_bytes"]}),
+        ("idle: 10,000 /ws connections, each joined one room", "ws",
+         ["idle", "--connections", "10000", "--hold", "12s", "--join", "idle"],
+         {"RSS per conn B": lambda r: r["server"]["rss_per_conn_bytes"]}),
+    ]
+
+
+def fmt(v):
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        if abs(v) >= 1e6:
+            return f"{v/1e6:.2f} M"
+        if abs(v) >= 1e4:
+            return f"{v/1e3:.0f} k"
+        return f"{v:.2f}" if abs(v) < 10 else f"{v:.0f}"
+    return str(v)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--servers", default="wschat,uws")
+    ap.add_argument("--runs", type=int, default=2)
+    ap.add_argument("--quick", action="store_true", help="3 s runs instead of 10 s")
+    ap.add_argument("--only", default="", help="run scenarios whose name contains this")
+    a = ap.parse_args()
+    servers = [s for s in a.servers.split(",") if s]
+    rows = []
+    for name, path, args, cols in scenarios("3s" if a.quick else "10s"):
+        if a.only and a.only not in name:
+            continue
+        for server in servers:
+            vals = {c: [] for c in cols}
+            for _ in range(a.runs):
+                port = free_port()
+                p = start(server, port)
+                r = bench([args[0], "--url", f"ws://127.0.0.1:{port}/{path}"] + args[1:], p.pid)
+                p.kill(); p.wait()
+                if r is None or r.get("errors"):
+                    print(f"  {server}: {name}: errors {r and r.get('error_detail')}", file=sys.stderr)
+                if r is None:
+                    continue
+                for c, f in cols.items():
+                    try:
+                        vals[c].append(f(r))
+                    except (KeyError, TypeError):
+                        pass
+            cells = {c: (statistics.median(v) if v else None) for c, v in vals.items()}
+            rows.append((name, server, cells))
+            print(f"{name} | {server} | " + ", ".join(f"{c} {fmt(v)}" for c, v in cells.items()), flush=True)
+    print()
+    print("| scenario | server | figures |")
+    print("| --- | --- | --- |")
+    for name, server, cells in rows:
+        print(f"| {name} | {server} | " + "; ".join(f"{c}: {fmt(v)}" for c, v in cells.items()) + " |")
+
+
+if __name__ == "__main__":
+    main()
