@@ -73,7 +73,7 @@ for t in "${TARGETS[@]}"; do
     rc=$?
     execs="$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)"
     rate="$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -n 1)"
-    last="$(grep -E '^#[0-9]+ .*cov: ' "$log" | tail -n 1)"
+    last="$(grep -E '^#[0-9]+[[:space:]].*cov: ' "$log" | tail -n 1)"
     cov="$(sed -n 's/.* cov: \([0-9]*\).*/\1/p' <<<"$last")"
     ft="$(sed -n 's/.* ft: \([0-9]*\).*/\1/p' <<<"$last")"
     corp="$(sed -n 's/.* corp: \([^ ]*\).*/\1/p' <<<"$last")"
@@ -87,8 +87,9 @@ for t in "${TARGETS[@]}"; do
         failed=$((failed + 1))
         failed_names+=("$t")
         summary+=("FAIL $line (exit $rc)")
-        echo "fuzz.sh: FAIL $line (exit $rc); the end of libFuzzer's output:" >&2
-        tail -n 40 "$log" >&2
+        echo "fuzz.sh: FAIL $line (exit $rc); the cause, from $log:" >&2
+        grep -A 2 -E 'panicked at|==ERROR|ERROR: libFuzzer|SUMMARY|Test unit written|^error' "$log" >&2 ||
+            tail -n 40 "$log" >&2
         for a in artifacts/"$t"/*; do
             [ -e "$a" ] || continue
             echo "fuzz.sh:   reproduce: (cd fuzz && cargo +nightly fuzz run $t $a)" >&2
