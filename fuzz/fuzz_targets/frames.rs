@@ -1,0 +1,52 @@
+//! Frame parsing and message assembly, differentially: however the bytes
+//! are chunked, `Receiver` must produce the same events and the same error.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use wschat::ws::close::is_valid_received;
+use wschat::ws::receive::{Outcome, run_chunked};
+
+/// Message size limits: tiny ones so the 1009 paths are hit with short
+/// inputs, and the server's default (64 KiB) and larger.
+const MAXES: [usize; 8] = [0, 1, 7, 125, 126, 1000, 64 * 1024, 1 << 20];
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&sel, data)) = data.split_first() else {
+        return;
+    };
+    let max = MAXES[usize::from(sel % 8)];
+    let (cuts, input) = wschat_fuzz::split(data);
+
+    let whole = run_chunked(max, input, &[]);
+    let chunked = run_chunked(max, input, &cuts);
+    assert_eq!(chunked, whole, "chunking {cuts:?} changed the outcome");
+    if input.len() <= 256 {
+        let bytewise: Vec<usize> = (0..input.len()).collect();
+        assert_eq!(run_chunked(max, input, &bytewise), whole, "byte by byte");
+    }
+
+    // What any outcome must look like.
+    for (i, o) in whole.iter().enumerate() {
+        let last = i + 1 == whole.len();
+        match o {
+            Outcome::Text(t) => {
+                assert!(std::str::from_utf8(t).is_ok(), "text is UTF-8 (§8.1)");
+                assert!(t.len() <= max, "message within the limit");
+            }
+            Outcome::Binary(b) => assert!(b.len() <= max, "message within the limit"),
+            // §5.5: control payloads are at most 125 bytes.
+            Outcome::Ping(p) | Outcome::Pong(p) => assert!(p.len() <= 125),
+            // Nothing is read after a close frame or an error.
+            Outcome::Close(code) => {
+                assert!(last, "events after a close: {whole:?}");
+                if let Some(c) = code {
+                    assert!(is_valid_received(*c), "{c}");
+                }
+            }
+            Outcome::Error(e) => {
+                assert!(last, "events after an error: {whole:?}");
+                assert!(matches!(e.close_code(), 1002 | 1007 | 1009));
+            }
+        }
+    }
+});
