@@ -85,6 +85,12 @@ pub struct Config {
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
 
+    /// Length of the kernel's queue of connections not yet accepted (the
+    /// kernel caps it at net.core.somaxconn). Bursts of connects past it wait
+    /// a second for SYN retransmission.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    pub backlog: u32,
+
     /// Most open connections from one IP address; more are answered 429.
     #[arg(long, value_name = "N", default_value_t = 100)]
     pub max_connections_per_ip: usize,

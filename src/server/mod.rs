@@ -139,6 +139,19 @@ fn wall_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// A non-blocking listener with our backlog (mio's `bind` uses 128, which a
+/// burst of connects overflows).
+fn listen(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    // Restarting must not wait for the old connections' TIME_WAIT.
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    socket.set_nonblocking(true)?;
+    Ok(TcpListener::from_std(socket.into()))
+}
+
 /// Raises the open-file limit to its hard limit; returns the soft limit in force.
 fn raise_nofile_limit() -> u64 {
     match rlimit::increase_nofile_limit(u64::MAX) {
@@ -161,7 +174,7 @@ impl Server {
             .max(16);
         let max_connections = cfg.max_connections.unwrap_or(derived);
         let poll = Poll::new()?;
-        let mut listener = TcpListener::bind(cfg.addr)?;
+        let mut listener = listen(cfg.addr, cfg.backlog)?;
         let local_addr = listener.local_addr()?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
