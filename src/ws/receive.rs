@@ -468,6 +468,10 @@ impl Receiver {
     }
 }
 
+/// A message buffer's first allocation: bounded by a constant, so it does not
+/// follow a length a header announces.
+const FIRST_RESERVE: usize = 64 * 1024;
+
 /// Appends to a message buffer that doubles as it grows but never past the
 /// message limit, so a connection's buffer is bounded by `--max-message-size`
 /// (the header check has already made sure the data fits).
@@ -475,7 +479,12 @@ fn append_capped(buf: &mut Vec<u8>, data: &[u8], limit: u64) {
     let need = buf.len() + data.len();
     if need > buf.capacity() {
         let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-        let want = (buf.capacity() * 2).max(need).min(limit).max(need);
+        // Start at a few reads' worth rather than doubling up from nothing.
+        let want = (buf.capacity() * 2)
+            .max(need)
+            .max(FIRST_RESERVE)
+            .min(limit)
+            .max(need);
         buf.reserve_exact(want - buf.len());
     }
     buf.extend_from_slice(data);
