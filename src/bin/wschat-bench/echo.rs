@@ -112,15 +112,11 @@ impl Handler for Echo {
 }
 
 impl Mode for Echo {
-    fn settled(&self) -> usize {
-        self.settled
+    fn progress(&self) -> (usize, &Stats) {
+        (self.settled, &self.stats)
     }
-    fn open_failed(&mut self) {
-        self.settled += 1;
-        self.stats.connect_failed += 1;
-    }
-    fn stats(&mut self) -> &mut Stats {
-        &mut self.stats
+    fn progress_mut(&mut self) -> (&mut usize, &mut Stats) {
+        (&mut self.settled, &mut self.stats)
     }
 }
 

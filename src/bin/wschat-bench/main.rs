@@ -223,10 +223,21 @@ impl Shared {
 /// A mode's handler, as seen by the shared setup phase.
 pub trait Mode: Handler {
     /// Connections that are ready or have failed for good.
-    fn settled(&self) -> usize;
+    fn settled(&self) -> usize {
+        self.progress().0
+    }
     /// Counts a connection whose socket could not even be created.
-    fn open_failed(&mut self);
-    fn stats(&mut self) -> &mut Stats;
+    fn open_failed(&mut self) {
+        let (settled, stats) = self.progress_mut();
+        *settled += 1;
+        stats.connect_failed += 1;
+    }
+    fn stats(&mut self) -> &mut Stats {
+        self.progress_mut().1
+    }
+    /// The mode's settled count and its stats.
+    fn progress(&self) -> (usize, &Stats);
+    fn progress_mut(&mut self) -> (&mut usize, &mut Stats);
 }
 
 /// Opens this thread's connections (at most `max_pending` in progress),
