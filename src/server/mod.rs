@@ -352,7 +352,9 @@ impl Server {
     }
 
     fn admit(&mut self, mut sock: TcpStream, addr: SocketAddr) {
-        let ip = addr.ip();
+        // On a dual-stack listener IPv4 clients appear as ::ffff:a.b.c.d;
+        // count them (and recognise loopback) by their IPv4 address.
+        let ip = addr.ip().to_canonical();
         let over_total = self.conns.len() >= self.max_connections;
         let over_ip = self.ip_is_limited(ip)
             && self.per_ip.get(&ip).copied().unwrap_or(0) as usize
