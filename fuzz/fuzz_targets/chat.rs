@@ -383,6 +383,8 @@ fuzz_target!(|data: &[u8]| {
         rate_burst: u32::from(cfgb[4] % 4),
         rate_per_sec: u32::from((cfgb[4] >> 2) % 3),
         room_retention_ms: [60_000, 0, 1, 1000][usize::from(cfgb[5] % 4)],
+        // From "keeps nothing" to roomy, so global eviction is exercised.
+        max_history_bytes: [64 << 20, 0, 400, 2000][usize::from((cfgb[5] >> 2) % 4)],
     };
     let mut h = Harness {
         chat: Chat::new(cfg.clone(), 42),
@@ -447,5 +449,12 @@ fuzz_target!(|data: &[u8]| {
                 h.now.wall_ms = h.now.wall_ms.saturating_sub(ms);
             }
         }
+        // The global history budget holds between calls.
+        assert!(
+            h.chat.history_bytes() <= h.cfg.max_history_bytes,
+            "history {} over budget {}",
+            h.chat.history_bytes(),
+            h.cfg.max_history_bytes
+        );
     }
 });
