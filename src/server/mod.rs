@@ -127,6 +127,11 @@ pub struct Server {
     shutdown_deadline: Option<u64>,
     memory_trim: Option<fn()>,
     next_trim: u64,
+    /// Connections the chat's output found dead, or asked to close, still
+    /// to be dealt with (see `with_chat`).
+    chat_drops: Vec<usize>,
+    chat_closes: Vec<(usize, u16, String)>,
+    settling: bool,
 }
 
 fn ms(d: Duration) -> u64 {
@@ -232,6 +237,9 @@ impl Server {
             shutdown_deadline: None,
             memory_trim: None,
             next_trim: 0,
+            chat_drops: Vec::new(),
+            chat_closes: Vec::new(),
+            settling: false,
         })
     }
 
@@ -812,19 +820,32 @@ impl Server {
             closes: &mut closes,
         };
         f(&mut self.chat, now, &mut out);
-        for k in dead {
-            self.drop_conn(k);
+        self.chat_drops.extend(dead);
+        self.chat_closes.extend(closes);
+        // Each drop or close calls back into the chat (its members leave
+        // their rooms), which may find more: work through them in a loop
+        // here rather than by recursion, whose depth a crowd could choose.
+        if self.settling {
+            return;
         }
-        for (k, code, reason) in closes {
-            if code == 1008
-                && reason == SLOW_CONSUMER
-                && let Some(c) = self.conns.get_mut(k)
-            {
-                // Its backlog is dropped; the client recovers it with `since`.
-                c.out.discard_unsent_data();
+        self.settling = true;
+        loop {
+            if let Some(k) = self.chat_drops.pop() {
+                self.drop_conn(k);
+            } else if let Some((k, code, reason)) = self.chat_closes.pop() {
+                if code == 1008
+                    && reason == SLOW_CONSUMER
+                    && let Some(c) = self.conns.get_mut(k)
+                {
+                    // Its backlog is dropped; the client recovers it with `since`.
+                    c.out.discard_unsent_data();
+                }
+                self.start_close(k, code, &reason);
+            } else {
+                break;
             }
-            self.start_close(k, code, &reason);
         }
+        self.settling = false;
     }
 
     // ---- writing ---------------------------------------------------------
