@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use wschat::ws::frame::OpCode;
 
-use crate::conn::{Conn, Event, Handler, Net};
+use crate::conn::{Conn, Event, Handler};
 use crate::report::Stats;
 use crate::wire::{self, Target};
 use crate::{Common, Mode, Shared};
@@ -181,12 +181,8 @@ pub fn run(
     common: &Common,
     shared: &Shared,
 ) -> Stats {
-    let mut net = match Net::new(shared.origin, t.addr, t.host.clone(), spread) {
-        Ok(n) => n,
-        Err(e) => {
-            log::error!("poll: {e}");
-            return Stats::default();
-        }
+    let Some(mut net) = crate::open_net(t, shared, spread) else {
+        return Stats::default();
     };
     let room = &cfg.room;
     let mut m = Bcast {

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use wschat::ws::frame::OpCode;
 
-use crate::conn::{Conn, Event, Handler, Net};
+use crate::conn::{Conn, Event, Handler};
 use crate::report::{ErrorDetail, Latency, Report, ServerUse, Stats};
 use crate::wire::{self, Target};
 use crate::{Common, Mode, Shared};
@@ -76,12 +76,8 @@ fn worker(
     common: &Common,
     shared: &Shared,
 ) -> Stats {
-    let mut net = match Net::new(shared.origin, t.addr, t.host.clone(), spread) {
-        Ok(n) => n,
-        Err(e) => {
-            log::error!("poll: {e}");
-            return Stats::default();
-        }
+    let Some(mut net) = crate::open_net(t, shared, spread) else {
+        return Stats::default();
     };
     let mut m = Idle {
         stats: Stats::default(),

@@ -221,6 +221,13 @@ impl Shared {
 }
 
 /// A mode's handler, as seen by the shared setup phase.
+/// This thread's poll and connection set; logs why when there is none.
+pub fn open_net(t: &Target, shared: &Shared, spread: bool) -> Option<Net> {
+    Net::new(shared.origin, t.addr, t.host.clone(), spread)
+        .map_err(|e| log::error!("poll: {e}"))
+        .ok()
+}
+
 pub trait Mode: Handler {
     /// Connections that are ready or have failed for good.
     fn settled(&self) -> usize {
