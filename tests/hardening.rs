@@ -45,12 +45,7 @@ fn answer_close_and_expect_eof(s: &mut TcpStream) {
 /// A raw upgrade request with extra header lines; returns the status.
 fn upgrade_status(addr: SocketAddr, path: &str, extra: &str) -> (u16, TcpStream) {
     let mut s = connect(addr);
-    let req = format!(
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
-    );
-    s.write_all(req.as_bytes()).unwrap();
-    let (status, _) = read_http_response(&mut s);
+    let (status, _) = upgrade_on(&mut s, addr, path, extra);
     (status, s)
 }
 
@@ -1071,4 +1066,55 @@ fn rss_per_idle_connection() {
         "{per_echo:.0} B per idle echo connection"
     );
     drop((warm, chat, echo));
+}
+
+/// A connection from a chosen loopback source address (127.0.0.x).
+fn connect_from(src: [u8; 4], addr: SocketAddr) -> TcpStream {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+    let from = SocketAddr::from((src, 0));
+    s.bind(&from.into())
+        .expect("bind a loopback source address");
+    s.connect(&addr.into()).expect("connect");
+    let s: TcpStream = s.into();
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    s
+}
+
+/// Refused connections wait for their 429 in a small slack of their own:
+/// one address refused again and again cannot fill the table and lock out
+/// everyone else with 503s.
+#[test]
+fn refusals_do_not_take_the_table_from_others() {
+    let server = Server::start(&[
+        "--max-connections",
+        "4",
+        "--max-connections-per-ip",
+        "1",
+        "--limit-loopback",
+    ]);
+    let ask = |s: &mut TcpStream| {
+        let req = format!("GET /healthz HTTP/1.1\r\nHost: {}\r\n\r\n", server.addr);
+        s.write_all(req.as_bytes()).unwrap();
+        read_http_response(s).0
+    };
+    // One connection from 127.0.0.2 is allowed; it stays open.
+    let held = raw_ws_from([127, 0, 0, 2], server.addr);
+    // Then ten more from the same address, each refused, all kept open.
+    let mut refused = Vec::new();
+    for _ in 0..10 {
+        let mut s = connect_from([127, 0, 0, 2], server.addr);
+        assert_eq!(ask(&mut s), 429);
+        refused.push(s);
+    }
+    // Another address is still served.
+    let mut other = connect_from([127, 0, 0, 3], server.addr);
+    assert_eq!(ask(&mut other), 200, "a refused crowd took the table");
+    drop((held, refused));
+}
+
+fn raw_ws_from(src: [u8; 4], addr: SocketAddr) -> TcpStream {
+    let mut s = connect_from(src, addr);
+    assert_eq!(upgrade_on(&mut s, addr, "/echo", "").0, 101);
+    s
 }

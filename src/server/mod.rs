@@ -93,6 +93,8 @@ struct Conn {
     /// Reading stopped until output drains (backpressure on /echo).
     paused: bool,
     shutdown_when_flushed: bool,
+    /// Admitted only to be answered 503 or 429 (counted in `refusing`).
+    refused: bool,
 }
 
 /// What a request head asks for.
@@ -132,6 +134,8 @@ pub struct Server {
     chat_drops: Vec<usize>,
     chat_closes: Vec<(usize, u16, String)>,
     settling: bool,
+    /// Connections admitted only to be refused, at most `REJECT_SLACK`.
+    refusing: usize,
 }
 
 fn ms(d: Duration) -> u64 {
@@ -240,6 +244,7 @@ impl Server {
             chat_drops: Vec::new(),
             chat_closes: Vec::new(),
             settling: false,
+            refusing: 0,
         })
     }
 
@@ -363,7 +368,10 @@ impl Server {
         // On a dual-stack listener IPv4 clients appear as ::ffff:a.b.c.d;
         // count them (and recognise loopback) by their IPv4 address.
         let ip = addr.ip().to_canonical();
-        let over_total = self.conns.len() >= self.max_connections;
+        // Connections only being told 503/429 live in the slack, not in the
+        // table proper: otherwise one address, refused over and over, could
+        // fill the table and lock everyone else out.
+        let over_total = self.conns.len() - self.refusing >= self.max_connections;
         let over_ip = self.ip_is_limited(ip)
             && self.per_ip.get(&ip).copied().unwrap_or(0) as usize
                 >= self.cfg.max_connections_per_ip;
@@ -374,7 +382,7 @@ impl Server {
         } else {
             None
         };
-        if refusal.is_some() && self.conns.len() >= self.max_connections + REJECT_SLACK {
+        if refusal.is_some() && self.refusing >= REJECT_SLACK {
             return; // Not even room to say no: drop it.
         }
         let _ = sock.set_nodelay(true);
@@ -403,8 +411,11 @@ impl Server {
             writable: false,
             paused: false,
             shutdown_when_flushed: false,
+            refused: refusal.is_some(),
         });
-        if self.ip_is_limited(ip) {
+        if refusal.is_some() {
+            self.refusing += 1;
+        } else if self.ip_is_limited(ip) {
             *self.per_ip.entry(ip).or_insert(0) += 1;
         }
         if let Some((status, reason)) = refusal {
@@ -788,7 +799,9 @@ impl Server {
         let Some(c) = self.conns.try_remove(k) else {
             return;
         };
-        if self.ip_is_limited(c.ip)
+        if c.refused {
+            self.refusing -= 1;
+        } else if self.ip_is_limited(c.ip)
             && let Some(n) = self.per_ip.get_mut(&c.ip)
         {
             *n -= 1;

@@ -132,15 +132,21 @@ pub fn http_request(addr: SocketAddr, request: &str) -> (u16, String) {
 
 pub const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 
-/// A raw WebSocket upgrade on `path` with optional extra header lines.
-pub fn raw_ws(addr: SocketAddr, path: &str, extra: &str) -> TcpStream {
-    let mut s = connect(addr);
+/// Sends a WebSocket upgrade request for `path` (with optional extra header
+/// lines) on `s`; returns the status and the response head.
+pub fn upgrade_on(s: &mut TcpStream, addr: SocketAddr, path: &str, extra: &str) -> (u16, String) {
     let req = format!(
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
     );
     s.write_all(req.as_bytes()).unwrap();
-    let (status, head) = read_http_response(&mut s);
+    read_http_response(s)
+}
+
+/// A raw WebSocket upgrade on `path` with optional extra header lines.
+pub fn raw_ws(addr: SocketAddr, path: &str, extra: &str) -> TcpStream {
+    let mut s = connect(addr);
+    let (status, head) = upgrade_on(&mut s, addr, path, extra);
     assert_eq!(status, 101, "upgrade refused: {head}");
     s
 }
