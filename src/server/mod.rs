@@ -136,6 +136,8 @@ pub struct Server {
     settling: bool,
     /// Connections admitted only to be refused, at most `REJECT_SLACK`.
     refusing: usize,
+    /// Wall-clock milliseconds at the start of this turn (chat timestamps).
+    wall: u64,
 }
 
 fn ms(d: Duration) -> u64 {
@@ -245,6 +247,7 @@ impl Server {
             chat_closes: Vec::new(),
             settling: false,
             refusing: 0,
+            wall: wall_ms(),
         })
     }
 
@@ -272,7 +275,9 @@ impl Server {
             {
                 return Err(e);
             }
+            // The clocks are read once per turn, not per message.
             self.now = ms(self.start.elapsed());
+            self.wall = wall_ms();
             for ev in events.iter() {
                 match ev.token() {
                     LISTENER => self.accept_all(),
@@ -310,7 +315,7 @@ impl Server {
     fn chat_now(&self) -> Now {
         Now {
             mono_ms: self.now,
-            wall_ms: wall_ms(),
+            wall_ms: self.wall,
         }
     }
 
@@ -1050,7 +1055,7 @@ impl Outbox for ServerOutbox<'_> {
             return;
         }
         c.out.push(Chunk::Shared(Rc::clone(frame)));
-        if c.out.is_batch_full() {
+        if c.out.batch_just_filled() {
             // A burst (say presence for a thousand joins in one turn) would
             // otherwise pile up queue entries for every member until the end
             // of the turn: write a full batch now.

@@ -90,9 +90,12 @@ impl WriteQueue {
         self.data_pending
     }
 
-    /// Chunks waiting; a full `writev` batch is worth writing at once.
-    pub fn is_batch_full(&self) -> bool {
-        self.chunks.len() >= MAX_IOV
+    /// Whether the queue has just filled another `writev` batch: worth
+    /// writing at once. True once per batch, not for every entry past the
+    /// first one, so a peer whose socket is full costs one failed write per
+    /// batch, not one per message.
+    pub fn batch_just_filled(&self) -> bool {
+        !self.chunks.is_empty() && self.chunks.len().is_multiple_of(MAX_IOV)
     }
 
     pub fn push(&mut self, chunk: Chunk) {
@@ -459,6 +462,18 @@ mod tests {
         }
         let out = drain(&mut q);
         assert!(out.starts_with(b"\x01A\x8a\x01B"));
+    }
+
+    #[test]
+    fn a_full_batch_is_signalled_once_per_batch() {
+        let mut q = WriteQueue::default();
+        let frame: Rc<[u8]> = Rc::from(&b"x"[..]);
+        let mut signals = 0;
+        for _ in 0..(3 * MAX_IOV + 5) {
+            q.push(Chunk::Shared(Rc::clone(&frame)));
+            signals += usize::from(q.batch_just_filled());
+        }
+        assert_eq!(signals, 3);
     }
 
     #[test]
