@@ -4,6 +4,7 @@ use wschat::server::{Config, Server};
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cfg = Config::parse();
+    tune_allocator();
     let mut server = match Server::bind(cfg) {
         Ok(s) => s,
         Err(e) => {
@@ -31,5 +32,20 @@ fn trim() {
     // SAFETY: malloc_trim only walks the allocator's own free lists.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+/// glibc gives the top of the heap back to the kernel whenever more than
+/// 128 KiB is free there, so a server echoing 64 KiB messages grew and
+/// shrank its heap (`brk`, then page faults on fresh zeroed pages) once per
+/// message. Keep freed memory for reuse instead; `trim` above returns it
+/// every few seconds, so an idle server still gives it back.
+fn tune_allocator() {
+    const KEEP: libc::c_int = 8 << 20;
+    // SAFETY: mallopt only sets allocator parameters; called before any
+    // other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_TRIM_THRESHOLD, KEEP);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, KEEP);
     }
 }
