@@ -219,7 +219,14 @@ impl WriteQueue {
                 iov[i] = IoSlice::new(if i == 0 { &b[self.head_written..] } else { b });
                 n += 1;
             }
-            let written = match w.write_vectored(&iov[..n]) {
+            // One slice (a broadcast to an idle reader, usually) goes by
+            // send(2): the kernel's writev path costs more per call.
+            let res = if n == 1 {
+                w.write(&iov[0])
+            } else {
+                w.write_vectored(&iov[..n])
+            };
+            let written = match res {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(k) => k,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
