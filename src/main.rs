@@ -46,6 +46,6 @@ fn tune_allocator() {
     // other thread exists.
     unsafe {
         libc::mallopt(libc::M_TRIM_THRESHOLD, KEEP);
-        libc::mallopt(libc::M_MMAP_THRESHOLD, KEEP);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 << 10);
     }
 }

@@ -5,6 +5,7 @@
 //! Every broadcast is serialised and framed once into an `Rc<[u8]>` shared
 //! by all its recipients.
 
+pub mod nick;
 pub mod protocol;
 pub mod rate;
 pub mod room;
@@ -16,6 +17,7 @@ mod tests;
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 
+use nick::{Nick, NickIndex};
 use protocol::{ChatError, MsgOut, Out, Parsed, Request, RoomInfo, frame};
 use rate::{Bucket, Verdict};
 use room::{Order, Room};
@@ -80,22 +82,12 @@ impl Default for ChatConfig {
     }
 }
 
-/// The nick's lowercase form as a map key, sharing its allocation when the
-/// nick is lowercase already (most are): one allocation per user, not two.
-fn lowercase_shared(nick: &Rc<str>) -> Rc<str> {
-    if nick.bytes().any(|b| b.is_ascii_uppercase()) {
-        Rc::from(validate::nick_key(nick))
-    } else {
-        Rc::clone(nick)
-    }
-}
-
 /// Close code for rate-limit abuse (RFC 6455 §7.4.1: policy violation).
 pub const CLOSE_POLICY: u16 = 1008;
 
 /// Per-connection state, kept small: thousands of idle connections are normal.
 struct Conn {
-    nick: Rc<str>,
+    nick: Nick,
     /// Indices into `Chat::rooms`; at most `max_rooms_per_conn`. Most
     /// people are in a few rooms: those fit inline, with no allocation.
     rooms: smallvec::SmallVec<[u32; 4]>,
@@ -156,9 +148,8 @@ impl ConnTable {
 pub struct Chat {
     cfg: ChatConfig,
     conns: ConnTable,
-    /// Lowercased nick -> holder.
-    /// Keys share the nick's allocation when it is already lowercase.
-    nicks: HashMap<Rc<str>, ConnId>,
+    /// Nick (any case) -> holder.
+    nicks: NickIndex,
     /// Room slab; a slot is reused only after the room is forgotten, when no
     /// connection refers to it any more.
     rooms: Vec<Option<Room>>,
@@ -228,7 +219,7 @@ impl Chat {
         Chat {
             cfg,
             conns: ConnTable::default(),
-            nicks: HashMap::new(),
+            nicks: NickIndex::default(),
             rooms: Vec::new(),
             free_rooms: Vec::new(),
             room_names: HashMap::new(),
@@ -239,6 +230,16 @@ impl Chat {
             epoch_counter: 0,
             guest_counter: 0,
         }
+    }
+
+    /// Makes room for connection ids below `n` without growing later (see
+    /// the server's `bind`).
+    pub fn reserve_connections(&mut self, n: usize) {
+        let n = n.min(MAX_CONN_ID);
+        self.conns
+            .slots
+            .reserve_exact(n.saturating_sub(self.conns.slots.len()));
+        self.nicks.reserve(n);
     }
 
     /// Connections currently open.
@@ -275,25 +276,24 @@ impl Chat {
             out.close(conn, 1011, "internal error");
             return;
         }
-        let nick = match requested_nick {
-            Some(n)
-                if validate::valid_nick(n) && !self.nicks.contains_key(&*validate::nick_key(n)) =>
-            {
-                n.to_owned()
-            }
+        let nick = match requested_nick.and_then(Nick::new) {
+            Some(n) if validate::valid_nick(&n) && self.holder(&n).is_none() => n,
             _ => self.guest_nick(),
         };
-        let nick: Rc<str> = Rc::from(nick);
-        self.nicks.insert(lowercase_shared(&nick), conn);
         self.conns.insert(
             conn,
             Conn {
-                nick: nick.clone(),
+                nick,
                 rooms: smallvec::SmallVec::new(),
                 bucket: Bucket::new(self.cfg.rate_burst, now.mono_ms),
                 closing: false,
             },
         );
+        // After the insert: the index reads nicks back from `conns`.
+        let conns = &self.conns;
+        self.nicks.insert(&nick, conn as u32, |id| {
+            conns.get(&(id as ConnId)).map(|c| c.nick.as_str())
+        });
         let f = frame(&Out::Welcome {
             nick: &nick,
             motd: &self.cfg.motd,
@@ -302,14 +302,26 @@ impl Chat {
         out.send(conn, &f);
     }
 
-    fn guest_nick(&mut self) -> String {
+    fn guest_nick(&mut self) -> Nick {
         loop {
             self.guest_counter += 1;
-            let n = format!("guest-{}", self.guest_counter);
-            if !self.nicks.contains_key(n.as_str()) {
+            // "guest-" and a u64 fit in MAX_NICK_LEN.
+            if let Some(n) = Nick::new(&format!("guest-{}", self.guest_counter))
+                && self.holder(&n).is_none()
+            {
                 return n;
             }
         }
+    }
+
+    /// Who holds `nick` (in any case).
+    fn holder(&self, nick: &str) -> Option<ConnId> {
+        let conns = &self.conns;
+        self.nicks
+            .get(nick, |id| {
+                conns.get(&(id as ConnId)).map(|c| c.nick.as_str())
+            })
+            .map(|id| id as ConnId)
     }
 
     /// The connection is gone: leave every room (presence `leave` to the
@@ -318,10 +330,7 @@ impl Chat {
         let Some(c) = self.conns.remove(&conn) else {
             return;
         };
-        let key = validate::nick_key(&c.nick);
-        if self.nicks.get(&*key) == Some(&conn) {
-            self.nicks.remove(&*key);
-        }
+        self.nicks.remove(&c.nick, conn as u32);
         for idx in c.rooms {
             self.remove_member(idx, conn, &c.nick, now, out);
         }
@@ -539,17 +548,20 @@ impl Chat {
         r: Option<&str>,
         out: &mut dyn Outbox,
     ) -> Result<(), ChatError> {
-        let key = validate::nick_key(&nick);
-        if let Some(&holder) = self.nicks.get(&*key)
+        if let Some(holder) = self.holder(&nick)
             && holder != conn
         {
             return Err(ChatError::NickTaken);
         }
+        // The caller checked the nick rule, length included.
+        let Some(new) = Nick::new(&nick) else {
+            return Err(ChatError::NickTaken);
+        };
         let Some(c) = self.conns.get_mut(&conn) else {
             return Ok(());
         };
-        let old = c.nick.clone();
-        if *old == *nick {
+        let old = c.nick;
+        if old == new {
             let f = frame(&Out::Nick {
                 old: &old,
                 nick: &nick,
@@ -558,11 +570,7 @@ impl Chat {
             out.send(conn, &f);
             return Ok(());
         }
-        let new: Rc<str> = Rc::from(nick);
-        c.nick = new.clone();
-        self.nicks.remove(&*validate::nick_key(&old));
-        self.nicks.insert(Rc::from(key), conn);
-
+        c.nick = new;
         let mut others: Vec<ConnId> = c
             .rooms
             .iter()
@@ -572,6 +580,11 @@ impl Chat {
             .collect();
         others.sort_unstable();
         others.dedup();
+        self.nicks.remove(&old, conn as u32);
+        let conns = &self.conns;
+        self.nicks.insert(&new, conn as u32, |id| {
+            conns.get(&(id as ConnId)).map(|c| c.nick.as_str())
+        });
 
         let shared = frame(&Out::Nick {
             old: &old,
@@ -608,7 +621,7 @@ impl Chat {
         let existing = self.room_names.get(name).copied();
         let member_of = existing.filter(|i| c.rooms.contains(i));
         let refresh = member_of.is_some();
-        let nick = c.nick.clone();
+        let nick = c.nick;
         let joined_count = c.rooms.len();
         let idx = if let Some(i) = member_of {
             i
@@ -732,7 +745,7 @@ impl Chat {
             return Ok(());
         };
         c.rooms.retain(|i| *i != idx);
-        let nick = c.nick.clone();
+        let nick = c.nick;
         let f = frame(&Out::Left {
             room: name,
             r#ref: r,
@@ -752,7 +765,7 @@ impl Chat {
         out: &mut dyn Outbox,
     ) -> Result<(), ChatError> {
         let idx = self.joined_room(conn, name)?;
-        let Some(from) = self.conns.get(&conn).map(|c| c.nick.clone()) else {
+        let Some(from) = self.conns.get(&conn).map(|c| Rc::from(c.nick.as_str())) else {
             return Ok(());
         };
         let keep = self.cfg.history;
@@ -793,10 +806,7 @@ impl Chat {
         now: Now,
         out: &mut dyn Outbox,
     ) -> Result<(), ChatError> {
-        let target = *self
-            .nicks
-            .get(&*validate::nick_key(to))
-            .ok_or(ChatError::NoSuchUser)?;
+        let target = self.holder(to).ok_or(ChatError::NoSuchUser)?;
         let (Some(from), Some(recipient)) = (self.conns.get(&conn), self.conns.get(&target)) else {
             return Err(ChatError::NoSuchUser);
         };

@@ -5,7 +5,8 @@ use std::rc::Rc;
 
 use super::ConnId;
 
-/// One kept room message. `from` shares the sender's nick allocation.
+/// One kept room message. `from` is the sender's nick when it was posted,
+/// shared by the message's copies (the ring and the frames' serialiser).
 #[derive(Clone, Debug)]
 pub struct Msg {
     pub id: u64,
@@ -49,11 +50,9 @@ impl Msg {
     ///
     /// `text.len() + from.len() + MSG_OVERHEAD`
     ///
-    /// `from` is an `Rc` shared with the sender's connection and its other
-    /// messages, so while the sender is connected it costs nothing extra.
-    /// After a rename or disconnect it lives on only through history; rather
-    /// than re-charging messages then, every message is charged its nick
-    /// bytes up front: an upper bound, never an undercount.
+    /// Each message holds its own `from` allocation (a connection keeps its
+    /// nick inline), so its nick bytes, `Rc` counts and allocator header are
+    /// all charged here.
     pub fn cost(&self) -> usize {
         self.text.len() + self.from.len() + MSG_OVERHEAD
     }

@@ -71,11 +71,6 @@ pub fn check_text(s: &str, max_chars: usize) -> Result<(), TextError> {
     Ok(())
 }
 
-/// Case-insensitive key of a nick. Nicks are ASCII, so ASCII folding is exact.
-pub fn nick_key(s: &str) -> Box<str> {
-    s.to_ascii_lowercase().into_boxed_str()
-}
-
 /// Orders names by their lowercase form, then by the name itself so that
 /// room names differing only in case (rooms are case-sensitive) sort stably.
 pub fn cmp_lowercase(a: &str, b: &str) -> std::cmp::Ordering {

@@ -70,8 +70,66 @@ fn is_pong(c: &Chunk) -> bool {
 /// Most slices handed to one `writev` (well under any IOV_MAX).
 const MAX_IOV: usize = 64;
 
+/// A connection's output. While nothing is queued it is one null pointer:
+/// thousands of idle connections are normal, and each pays for its slab
+/// entry whether or not it has anything to send.
 #[derive(Debug, Default)]
 pub struct WriteQueue {
+    q: Option<Box<Queue>>,
+}
+
+impl WriteQueue {
+    /// Unsent data bytes, the figure the output limit applies to.
+    pub fn pending(&self) -> usize {
+        self.q.as_ref().map_or(0, |q| q.data_pending)
+    }
+
+    /// See [`Queue::batch_just_filled`].
+    pub fn batch_just_filled(&self) -> bool {
+        self.q.as_ref().is_some_and(|q| q.batch_just_filled())
+    }
+
+    pub fn push(&mut self, chunk: Chunk) {
+        self.queue().push(chunk);
+    }
+
+    /// See [`Queue::push_pong`].
+    pub fn push_pong(&mut self, frame: Vec<u8>) {
+        self.queue().push_pong(frame);
+    }
+
+    /// See [`Queue::push_frame`].
+    pub fn push_frame(&mut self, opcode: OpCode, payload: &[u8]) {
+        self.queue().push_frame(opcode, payload);
+    }
+
+    /// See [`Queue::discard_unsent_data`].
+    pub fn discard_unsent_data(&mut self) {
+        if let Some(q) = self.q.as_mut() {
+            q.discard_unsent_data();
+        }
+    }
+
+    /// Writes as much as the socket takes. `Ok(true)` when the queue is
+    /// empty, its storage given back.
+    pub fn write_to<W: Write>(&mut self, w: &mut W) -> io::Result<bool> {
+        let Some(q) = self.q.as_mut() else {
+            return Ok(true);
+        };
+        let drained = q.write_to(w)?;
+        if drained {
+            self.q = None;
+        }
+        Ok(drained)
+    }
+
+    fn queue(&mut self) -> &mut Queue {
+        self.q.get_or_insert_with(Box::default)
+    }
+}
+
+#[derive(Debug, Default)]
+struct Queue {
     chunks: VecDeque<Chunk>,
     /// Bytes of the front chunk already written.
     head_written: usize,
@@ -84,12 +142,7 @@ pub struct WriteQueue {
     pongs_waiting: u32,
 }
 
-impl WriteQueue {
-    /// Unsent data bytes, the figure the output limit applies to.
-    pub fn pending(&self) -> usize {
-        self.data_pending
-    }
-
+impl Queue {
     /// Whether the queue has just filled another `writev` batch: worth
     /// writing at once. True once per batch, not for every entry past the
     /// first one, so a peer whose socket is full costs one failed write per
@@ -118,7 +171,6 @@ impl WriteQueue {
                 self.chunks.push_back(chunk);
             }
         }
-        // An idle connection keeps no queue storage (see `write_to`).
     }
 
     /// Queues a pong. Pongs are control frames, outside the output limit,
@@ -235,9 +287,6 @@ impl WriteQueue {
             };
             self.consume(written);
         }
-        // Give the ring's storage back: idle connections should cost nothing.
-        self.chunks = VecDeque::new();
-        self.fence_end = 0;
         Ok(true)
     }
 
@@ -273,6 +322,20 @@ impl WriteQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl WriteQueue {
+        fn consume(&mut self, n: usize) {
+            self.queue().consume(n);
+        }
+    }
+
+    fn chunks(q: &WriteQueue) -> usize {
+        q.q.as_ref().map_or(0, |q| q.chunks.len())
+    }
+
+    fn pongs(q: &WriteQueue) -> u32 {
+        q.q.as_ref().map_or(0, |q| q.pongs_waiting)
+    }
 
     /// A writer that takes at most `cap` bytes per call.
     struct Trickle {
@@ -425,11 +488,11 @@ mod tests {
         for _ in 0..100 {
             q.push_frame(OpCode::Text, b"hi");
         }
-        assert_eq!(q.chunks.len(), 1);
+        assert_eq!(chunks(&q), 1);
         assert_eq!(q.pending(), 400);
         q.push_frame(OpCode::Binary, &[7; 20_000]);
         q.push_frame(OpCode::Text, b"x");
-        assert_eq!(q.chunks.len(), 3);
+        assert_eq!(chunks(&q), 3);
         let mut w = Trickle {
             out: Vec::new(),
             cap: 1000,
@@ -451,12 +514,12 @@ mod tests {
             pong.extend_from_slice(&i.to_be_bytes());
             q.push_pong(pong);
         }
-        assert!(q.chunks.len() <= 2 + MAX_QUEUED_PONGS as usize);
+        assert!(chunks(&q) <= 2 + MAX_QUEUED_PONGS as usize);
         let out = drain(&mut q);
         // The partial frame first, then the close, then the newest pongs.
         assert!(out.starts_with(b"ATA\x88close\x8a"));
         assert!(out.ends_with(&[0x8a, 0x03, 0xe7]));
-        assert_eq!(q.pongs_waiting, 0);
+        assert_eq!(pongs(&q), 0);
     }
 
     #[test]
