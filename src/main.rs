@@ -40,12 +40,18 @@ fn trim() {
 /// shrank its heap (`brk`, then page faults on fresh zeroed pages) once per
 /// message. Keep freed memory for reuse instead; `trim` above returns it
 /// every few seconds, so an idle server still gives it back.
+///
+/// Setting the trim threshold freezes glibc's mmap threshold, which would
+/// otherwise climb with the largest block freed; pin it at its default so
+/// that big tables and large one-off answers keep getting mappings of their
+/// own, resident only where touched and returned whole when freed.
 fn tune_allocator() {
-    const KEEP: libc::c_int = 8 << 20;
+    const KEEP_FREE: libc::c_int = 8 << 20;
+    const OWN_MAPPING_FROM: libc::c_int = 128 << 10;
     // SAFETY: mallopt only sets allocator parameters; called before any
     // other thread exists.
     unsafe {
-        libc::mallopt(libc::M_TRIM_THRESHOLD, KEEP);
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 << 10);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, KEEP_FREE);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, OWN_MAPPING_FROM);
     }
 }
