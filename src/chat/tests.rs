@@ -335,6 +335,44 @@ fn chat_nick_taken_and_invalid() {
 }
 
 #[test]
+fn chat_rename_frees_the_old_nick_and_dms_follow_the_new_one() {
+    let mut h = H::new();
+    // Enough users that the nick index grows (and rehashes) along the way.
+    for id in 10..300 {
+        h.user(id, &format!("User{id}"));
+    }
+    h.user(1, "Alice");
+    h.user(2, "bob");
+    assert_eq!(
+        h.ask(1, json!({"type": "nick", "nick": "carol"}))["nick"],
+        "carol"
+    );
+    h.user(3, "ALICE");
+    err(
+        &h.ask(2, json!({"type": "nick", "nick": "Carol"})),
+        "nick_taken",
+    );
+    h.send(2, json!({"type": "dm", "to": "CAROL", "text": "hi"}));
+    let f = h.drain();
+    assert!(
+        f.iter()
+            .any(|(to, v)| *to == 1 && v["type"] == "dm" && v["to"] == "carol")
+    );
+    h.send(2, json!({"type": "dm", "to": "user299", "text": "hi"}));
+    assert!(
+        h.drain()
+            .iter()
+            .any(|(to, v)| *to == 299 && v["from"] == "bob")
+    );
+    h.chat.disconnect(299, h.now, &mut h.out);
+    err(
+        &h.ask(2, json!({"type": "dm", "to": "User299", "text": "hi"})),
+        "no_such_user",
+    );
+    h.user(4, "user299");
+}
+
+#[test]
 fn chat_disconnect_frees_nick_and_leaves_rooms() {
     let mut h = H::new();
     h.user(1, "alice");
