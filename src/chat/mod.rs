@@ -553,9 +553,12 @@ impl Chat {
         {
             return Err(ChatError::NickTaken);
         }
-        // The caller checked the nick rule, length included.
+        // Parsing checked the nick rule, so this holds; answer as it would.
         let Some(new) = Nick::new(&nick) else {
-            return Err(ChatError::NickTaken);
+            return Err(ChatError::Invalid {
+                field: "nick",
+                reason: protocol::Reason::Nick,
+            });
         };
         let Some(c) = self.conns.get_mut(&conn) else {
             return Ok(());
