@@ -256,6 +256,28 @@ impl Harness {
                     }
                 }
                 "joined" => {
+                    // Members: the live nicks in the room, the joiner's among
+                    // them, sorted ignoring case (and so without repeats).
+                    let members: Vec<&str> = v["members"]
+                        .as_array()
+                        .expect("a list of members")
+                        .iter()
+                        .map(|m| m.as_str().expect("a nick"))
+                        .collect();
+                    let lower: Vec<String> =
+                        members.iter().map(|m| m.to_ascii_lowercase()).collect();
+                    assert!(
+                        lower.windows(2).all(|w| w[0] < w[1]),
+                        "members in order: {members:?}"
+                    );
+                    assert!(
+                        members.contains(&self.live[&to].as_str()),
+                        "the joiner is a member"
+                    );
+                    assert!(
+                        members.iter().all(|m| self.live.values().any(|n| n == m)),
+                        "members are live: {members:?}"
+                    );
                     let room = v["room"].as_str().unwrap().to_owned();
                     let epoch = v["epoch"].as_str().unwrap().to_owned();
                     ids_increase(&v["history"]);

@@ -204,6 +204,25 @@ fn base36(mut n: u64) -> String {
     String::from_utf8_lossy(&buf[i..]).into_owned()
 }
 
+/// Puts `conn` (not yet a member) into a room's member list, which is kept
+/// in the order `joined` lists it: by nick, ignoring case (nicks are unique
+/// in that form). A join then costs a binary search and a move, not a sort
+/// of the whole room, which a reconnect storm into a large room repeats for
+/// every member.
+fn insert_member(conns: &ConnTable, members: &mut Vec<ConnId>, conn: ConnId) {
+    let nick_of = |m: &ConnId| conns.get(m).map_or("", |c| c.nick.as_str());
+    let nick = nick_of(&conn);
+    let pos = members.partition_point(|m| validate::cmp_lowercase(nick_of(m), nick).is_lt());
+    members.insert(pos, conn);
+}
+
+/// Takes `conn` out of a member list, keeping the order.
+fn remove_member_id(members: &mut Vec<ConnId>, conn: ConnId) {
+    if let Some(pos) = members.iter().position(|&m| m == conn) {
+        members.remove(pos);
+    }
+}
+
 /// Sends `frame` to every member of `members` but `except`.
 fn broadcast(out: &mut dyn Outbox, members: &[ConnId], except: Option<ConnId>, f: &Rc<[u8]>) {
     for &m in members {
@@ -448,9 +467,7 @@ impl Chat {
         let Some(r) = self.room_mut(idx) else {
             return;
         };
-        if let Some(pos) = r.members.iter().position(|&m| m == conn) {
-            r.members.swap_remove(pos);
-        }
+        remove_member_id(&mut r.members, conn);
         if r.members.is_empty() {
             r.empty_since = now.mono_ms;
             if r.history.is_empty() {
@@ -574,13 +591,16 @@ impl Chat {
             return Ok(());
         }
         c.nick = new;
-        let mut others: Vec<ConnId> = c
-            .rooms
-            .iter()
-            .filter_map(|&i| self.rooms.get(i as usize).and_then(Option::as_ref))
-            .flat_map(|room| room.members.iter().copied())
-            .filter(|&m| m != conn)
-            .collect();
+        let rooms = c.rooms.clone();
+        let mut others: Vec<ConnId> = Vec::new();
+        for &i in &rooms {
+            if let Some(room) = self.rooms.get_mut(i as usize).and_then(Option::as_mut) {
+                // The new nick sorts elsewhere in the member list.
+                remove_member_id(&mut room.members, conn);
+                others.extend_from_slice(&room.members);
+                insert_member(&self.conns, &mut room.members, conn);
+            }
+        }
         others.sort_unstable();
         others.dedup();
         self.nicks.remove(&old, conn as u32);
@@ -650,20 +670,20 @@ impl Chat {
             if let Some(c) = self.conns.get_mut(&conn) {
                 c.rooms.push(idx);
             }
-            if let Some(room) = self.room_mut(idx) {
-                room.members.push(conn);
+            if let Some(room) = self.rooms.get_mut(idx as usize).and_then(Option::as_mut) {
+                insert_member(&self.conns, &mut room.members, conn);
             }
         }
         let Some(room) = self.room(idx) else {
             return Ok(());
         };
 
-        let mut members: Vec<&str> = room
+        // Already in order (see `insert_member`).
+        let members: Vec<&str> = room
             .members
             .iter()
             .filter_map(|m| self.conns.get(m).map(|c| &*c.nick))
             .collect();
-        members.sort_unstable_by(|a, b| validate::cmp_lowercase(a, b));
         let page = match since {
             Some(s) if epoch.is_none_or(|e| e == &*room.epoch) => {
                 room.after(s, validate::JOIN_SINCE_MAX)

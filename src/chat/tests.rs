@@ -373,6 +373,37 @@ fn chat_rename_frees_the_old_nick_and_dms_follow_the_new_one() {
 }
 
 #[test]
+fn chat_member_lists_stay_sorted_through_joins_renames_and_leaves() {
+    let mut h = H::new();
+    let mut expect: Vec<String> = Vec::new();
+    // Joins in a scrambled order, mixed case.
+    for i in 0..60u32 {
+        let id = (i * 37 % 61) as ConnId + 1;
+        let nick = if id.is_multiple_of(3) {
+            format!("N{id:02}")
+        } else {
+            format!("n{id:02}")
+        };
+        h.user(id, &nick);
+        h.join(id, "r");
+        expect.push(nick);
+    }
+    // A rename moves its holder; a leave and a disconnect take theirs out.
+    h.send(5, json!({"type": "nick", "nick": "AAA"}));
+    expect.retain(|n| n != "n05");
+    expect.push("AAA".into());
+    h.send(7, json!({"type": "leave", "room": "r"}));
+    expect.retain(|n| n != "n07");
+    h.chat.disconnect(9, h.now, &mut h.out);
+    expect.retain(|n| n != "N09");
+    h.drain();
+    h.user(100, "zed");
+    expect.push("zed".into());
+    expect.sort_by_key(|n| n.to_ascii_lowercase());
+    assert_eq!(h.join(100, "r")["members"], json!(expect));
+}
+
+#[test]
 fn chat_disconnect_frees_nick_and_leaves_rooms() {
     let mut h = H::new();
     h.user(1, "alice");
