@@ -206,7 +206,7 @@ impl Server {
         .min()
         .unwrap_or(Duration::from_secs(1));
         let sweep_every = (ms(shortest) / 4).clamp(5, 1000);
-        let chat = Chat::new(
+        let mut chat = Chat::new(
             ChatConfig {
                 motd: cfg.motd.clone(),
                 history: cfg.history,
@@ -229,8 +229,9 @@ impl Server {
         // are resident. Grown by doubling later, they were copied into heap
         // space that a join storm had dirtied, and their spare capacity
         // stayed resident: 150 B per idle connection, measured.
-        let reserve = (max_connections + REJECT_SLACK).min(MAX_RESERVED_CONNS);
-        let mut chat = chat;
+        let reserve = max_connections
+            .saturating_add(REJECT_SLACK)
+            .min(MAX_RESERVED_CONNS);
         chat.reserve_connections(reserve);
         Ok(Server {
             cfg,
