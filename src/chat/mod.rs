@@ -138,6 +138,11 @@ impl ConnTable {
         true
     }
 
+    /// The nick of connection `id`, as the nick index asks for it.
+    fn nick_of(&self, id: u32) -> Option<&str> {
+        self.get(&(id as ConnId)).map(|c| c.nick.as_str())
+    }
+
     fn remove(&mut self, id: &ConnId) -> Option<Conn> {
         let c = self.slots.get_mut(*id)?.take()?;
         self.len -= 1;
@@ -310,9 +315,8 @@ impl Chat {
         );
         // After the insert: the index reads nicks back from `conns`.
         let conns = &self.conns;
-        self.nicks.insert(&nick, conn as u32, |id| {
-            conns.get(&(id as ConnId)).map(|c| c.nick.as_str())
-        });
+        self.nicks
+            .insert(&nick, conn as u32, |id| conns.nick_of(id));
         let f = frame(&Out::Welcome {
             nick: &nick,
             motd: &self.cfg.motd,
@@ -337,9 +341,7 @@ impl Chat {
     fn holder(&self, nick: &str) -> Option<ConnId> {
         let conns = &self.conns;
         self.nicks
-            .get(nick, |id| {
-                conns.get(&(id as ConnId)).map(|c| c.nick.as_str())
-            })
+            .get(nick, |id| conns.nick_of(id))
             .map(|id| id as ConnId)
     }
 
@@ -605,9 +607,7 @@ impl Chat {
         others.dedup();
         self.nicks.remove(&old, conn as u32);
         let conns = &self.conns;
-        self.nicks.insert(&new, conn as u32, |id| {
-            conns.get(&(id as ConnId)).map(|c| c.nick.as_str())
-        });
+        self.nicks.insert(&new, conn as u32, |id| conns.nick_of(id));
 
         let shared = frame(&Out::Nick {
             old: &old,
