@@ -138,9 +138,8 @@ impl ConnTable {
         true
     }
 
-    /// The nick of connection `id`, as the nick index asks for it.
-    fn nick_of(&self, id: u32) -> Option<&str> {
-        self.get(&(id as ConnId)).map(|c| c.nick.as_str())
+    fn nick(&self, id: ConnId) -> Option<&str> {
+        self.get(&id).map(|c| c.nick.as_str())
     }
 
     fn remove(&mut self, id: &ConnId) -> Option<Conn> {
@@ -215,9 +214,9 @@ fn base36(mut n: u64) -> String {
 /// of the whole room, which a reconnect storm into a large room repeats for
 /// every member.
 fn insert_member(conns: &ConnTable, members: &mut Vec<ConnId>, conn: ConnId) {
-    let nick_of = |m: &ConnId| conns.get(m).map_or("", |c| c.nick.as_str());
-    let nick = nick_of(&conn);
-    let pos = members.partition_point(|m| validate::cmp_lowercase(nick_of(m), nick).is_lt());
+    let nick_of = |m: ConnId| conns.nick(m).unwrap_or_default();
+    let nick = nick_of(conn);
+    let pos = members.partition_point(|&m| validate::cmp_lowercase(nick_of(m), nick).is_lt());
     members.insert(pos, conn);
 }
 
@@ -316,7 +315,7 @@ impl Chat {
         // After the insert: the index reads nicks back from `conns`.
         let conns = &self.conns;
         self.nicks
-            .insert(&nick, conn as u32, |id| conns.nick_of(id));
+            .insert(&nick, conn as u32, |id| conns.nick(id as ConnId));
         let f = frame(&Out::Welcome {
             nick: &nick,
             motd: &self.cfg.motd,
@@ -341,7 +340,7 @@ impl Chat {
     fn holder(&self, nick: &str) -> Option<ConnId> {
         let conns = &self.conns;
         self.nicks
-            .get(nick, |id| conns.nick_of(id))
+            .get(nick, |id| conns.nick(id as ConnId))
             .map(|id| id as ConnId)
     }
 
@@ -607,7 +606,8 @@ impl Chat {
         others.dedup();
         self.nicks.remove(&old, conn as u32);
         let conns = &self.conns;
-        self.nicks.insert(&new, conn as u32, |id| conns.nick_of(id));
+        self.nicks
+            .insert(&new, conn as u32, |id| conns.nick(id as ConnId));
 
         let shared = frame(&Out::Nick {
             old: &old,
@@ -682,7 +682,7 @@ impl Chat {
         let members: Vec<&str> = room
             .members
             .iter()
-            .filter_map(|m| self.conns.get(m).map(|c| &*c.nick))
+            .filter_map(|&m| self.conns.nick(m))
             .collect();
         let page = match since {
             Some(s) if epoch.is_none_or(|e| e == &*room.epoch) => {
