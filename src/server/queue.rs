@@ -12,6 +12,7 @@
 //! frames nor fences count against the output limit.
 
 use crate::ws::frame::{MAX_HEADER_LEN, OpCode, encode_frame};
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
 use std::rc::Rc;
@@ -70,6 +71,19 @@ fn is_pong(c: &Chunk) -> bool {
 /// Most slices handed to one `writev` (well under any IOV_MAX).
 const MAX_IOV: usize = 64;
 
+/// Drained queues kept for the next connection that has something to send,
+/// so that a broadcast's recipients, each busy again every turn, allocate
+/// nothing. At most this many, each with at most `SPARE_SLOTS` slots: a
+/// bounded, server-wide cost.
+const SPARE_QUEUES: usize = 256;
+const SPARE_SLOTS: usize = 16;
+
+thread_local! {
+    // Boxed: a queue is reused in its own allocation, taken out whole.
+    #[allow(clippy::vec_box)]
+    static SPARE: RefCell<Vec<Box<Queue>>> = const { RefCell::new(Vec::new()) };
+}
+
 /// A connection's output. While nothing is queued it is one null pointer:
 /// thousands of idle connections are normal, and each pays for its slab
 /// entry whether or not it has anything to send.
@@ -84,7 +98,10 @@ impl WriteQueue {
         self.q.as_ref().map_or(0, |q| q.data_pending)
     }
 
-    /// See [`Queue::batch_just_filled`].
+    /// Whether the queue has just filled another `writev` batch: worth
+    /// writing at once. True once per batch, not for every entry past the
+    /// first one, so a peer whose socket is full costs one failed write per
+    /// batch, not one per message.
     pub fn batch_just_filled(&self) -> bool {
         self.q.as_ref().is_some_and(|q| q.batch_just_filled())
     }
@@ -93,17 +110,18 @@ impl WriteQueue {
         self.queue().push(chunk);
     }
 
-    /// See [`Queue::push_pong`].
+    /// Queues a pong; at most `MAX_QUEUED_PONGS` wait (RFC 6455 §5.5.3).
     pub fn push_pong(&mut self, frame: Vec<u8>) {
         self.queue().push_pong(frame);
     }
 
-    /// See [`Queue::push_frame`].
+    /// Queues a data frame, small ones encoded into a shared tail buffer.
     pub fn push_frame(&mut self, opcode: OpCode, payload: &[u8]) {
         self.queue().push_frame(opcode, payload);
     }
 
-    /// See [`Queue::discard_unsent_data`].
+    /// Drops every data frame not yet started (before a close that must get
+    /// out), keeping the stream well-framed.
     pub fn discard_unsent_data(&mut self) {
         if let Some(q) = self.q.as_mut() {
             q.discard_unsent_data();
@@ -117,15 +135,33 @@ impl WriteQueue {
             return Ok(true);
         };
         let drained = q.write_to(w)?;
-        if drained {
-            self.q = None;
+        if drained && let Some(q) = self.q.take() {
+            recycle(q);
         }
         Ok(drained)
     }
 
     fn queue(&mut self) -> &mut Queue {
-        self.q.get_or_insert_with(Box::default)
+        self.q
+            .get_or_insert_with(|| SPARE.with_borrow_mut(Vec::pop).unwrap_or_default())
     }
+}
+
+/// Keeps a drained (so empty) queue for reuse, unless enough are kept or it
+/// grew large; its counters start again from zero.
+fn recycle(mut q: Box<Queue>) {
+    if q.chunks.capacity() > SPARE_SLOTS {
+        return;
+    }
+    *q = Queue {
+        chunks: std::mem::take(&mut q.chunks),
+        ..Queue::default()
+    };
+    SPARE.with_borrow_mut(|spare| {
+        if spare.len() < SPARE_QUEUES {
+            spare.push(q);
+        }
+    });
 }
 
 #[derive(Debug, Default)]
@@ -401,6 +437,26 @@ mod tests {
         };
         assert!(q.write_to(&mut w).unwrap());
         w.out
+    }
+
+    #[test]
+    fn a_drained_queue_is_reused_clean() {
+        let spare = || SPARE.with_borrow(Vec::len);
+        let mut a = WriteQueue::default();
+        a.push(Chunk::Fence(b"F".to_vec()));
+        a.push_frame(OpCode::Text, b"x");
+        a.push_pong(vec![0x8a, 0]);
+        assert_eq!(drain(&mut a), b"F\x8a\x00\x81\x01x");
+        let kept = spare();
+        assert!(kept >= 1);
+        let mut b = WriteQueue::default();
+        b.push_frame(OpCode::Text, b"y");
+        assert_eq!(spare(), kept - 1, "taken from the spares");
+        assert_eq!(b.pending(), 3);
+        // No fence left over from the queue's last use: the pong goes first.
+        b.push_pong(vec![0x8a, 0]);
+        assert_eq!(drain(&mut b), b"\x8a\x00\x81\x01y");
+        assert_eq!(b.pending(), 0);
     }
 
     #[test]
