@@ -103,7 +103,9 @@ impl WriteQueue {
     /// first one, so a peer whose socket is full costs one failed write per
     /// batch, not one per message.
     pub fn batch_just_filled(&self) -> bool {
-        self.q.as_ref().is_some_and(|q| q.batch_just_filled())
+        self.q
+            .as_ref()
+            .is_some_and(|q| !q.chunks.is_empty() && q.chunks.len().is_multiple_of(MAX_IOV))
     }
 
     pub fn push(&mut self, chunk: Chunk) {
@@ -179,14 +181,6 @@ struct Queue {
 }
 
 impl Queue {
-    /// Whether the queue has just filled another `writev` batch: worth
-    /// writing at once. True once per batch, not for every entry past the
-    /// first one, so a peer whose socket is full costs one failed write per
-    /// batch, not one per message.
-    pub fn batch_just_filled(&self) -> bool {
-        !self.chunks.is_empty() && self.chunks.len().is_multiple_of(MAX_IOV)
-    }
-
     pub fn push(&mut self, chunk: Chunk) {
         match chunk {
             Chunk::Control(_) => {
