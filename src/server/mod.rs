@@ -990,12 +990,14 @@ impl Server {
         let now = self.chat_now();
         self.chat.tick(now);
         // After a burst (a crowd joining, each answered with a long member
-        // list) the allocator holds freed pages; hand them back now and then.
-        if let Some(trim) = self.memory_trim
-            && self.now >= self.next_trim
-        {
+        // list) the allocator holds freed pages, and the queue pool the
+        // queues of the burst; hand them back now and then.
+        if self.now >= self.next_trim {
             self.next_trim = self.now + TRIM_EVERY_MS;
-            trim();
+            queue::release_spares();
+            if let Some(trim) = self.memory_trim {
+                trim();
+            }
         }
     }
 

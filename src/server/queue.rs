@@ -149,6 +149,12 @@ impl WriteQueue {
     }
 }
 
+/// Frees the kept queues (the server does so when it trims the heap): after
+/// a burst, an idle server holds none.
+pub fn release_spares() {
+    SPARE.with_borrow_mut(|spare| *spare = Vec::new());
+}
+
 /// Keeps a drained (so empty) queue for reuse, unless enough are kept or it
 /// grew large; its counters start again from zero.
 fn recycle(mut q: Box<Queue>) {
@@ -451,6 +457,23 @@ mod tests {
         b.push_pong(vec![0x8a, 0]);
         assert_eq!(drain(&mut b), b"\x8a\x00\x81\x01y");
         assert_eq!(b.pending(), 0);
+    }
+
+    #[test]
+    fn released_spares_are_freed_and_large_queues_not_kept() {
+        let spare = || SPARE.with_borrow(Vec::len);
+        let mut a = WriteQueue::default();
+        a.push_frame(OpCode::Text, b"x");
+        drain(&mut a);
+        assert!(spare() >= 1);
+        release_spares();
+        assert_eq!(spare(), 0);
+        // A queue that grew past SPARE_SLOTS goes back to the allocator.
+        for i in 0..=SPARE_SLOTS {
+            a.push(Chunk::Owned(vec![i as u8]));
+        }
+        drain(&mut a);
+        assert_eq!(spare(), 0);
     }
 
     #[test]
