@@ -111,7 +111,11 @@ impl NickIndex {
         });
     }
 
-    /// Forgets `id` as the holder of `nick`; false if it was not.
+    /// Forgets `id`, which was inserted under `nick`; false if `id` is not
+    /// in the index. A holder has one nick, so `id` is in the table at most
+    /// once and comparing ids along `nick`'s probe sequence finds exactly its
+    /// entry. Given a nick `id` does not hold, it may or may not find it:
+    /// another nick's entry can share the probe sequence.
     pub fn remove(&mut self, nick: &str, id: u32) -> bool {
         match self
             .table
@@ -145,11 +149,14 @@ mod tests {
         assert_eq!(idx.get("carol-1.X", nick_of), Some(2));
         assert_eq!(idx.get("carol", nick_of), None);
         assert_eq!(idx.get(&"a".repeat(40), nick_of), None);
-        // Only the holder's own entry goes.
-        assert!(!idx.remove("alice", 1));
+        // Only the holder's own entry goes, whatever the case it is named in.
+        assert!(!idx.remove("alice", 9));
         assert!(idx.remove("ALICE", 0));
+        assert!(!idx.remove("alice", 0));
+        assert_eq!(idx.len(), 3);
         assert_eq!(idx.get("alice", nick_of), None);
         assert_eq!(idx.get("bob", nick_of), Some(1));
+        assert_eq!(idx.get("d_", nick_of), Some(3));
     }
 
     #[test]
