@@ -4,15 +4,17 @@ use wschat::server::{Config, Server};
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cfg = Config::parse();
-    tune_allocator();
-    let mut server = match Server::bind(cfg) {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    glibc::tune();
+    let server = match Server::bind(cfg) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("wschat: cannot start: {e}");
             std::process::exit(1);
         }
     };
-    server.set_memory_trim(trim);
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    let server = server.with_memory_trim(glibc::trim);
     let addr = server.local_addr();
     let shown = if addr.ip().is_unspecified() {
         format!("http://localhost:{}/", addr.port())
@@ -27,31 +29,38 @@ fn main() {
     }
 }
 
-/// Returns freed heap pages to the system (glibc keeps them otherwise).
-fn trim() {
-    // SAFETY: malloc_trim only walks the allocator's own free lists.
-    unsafe {
-        libc::malloc_trim(0);
+/// glibc's allocator needs two nudges to suit a long-running server. Other
+/// allocators (musl's, macOS's) return freed memory on their own and have
+/// neither call, so there the server runs without them.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+mod glibc {
+    /// Returns freed heap pages to the system (glibc keeps them otherwise).
+    pub fn trim() {
+        // SAFETY: malloc_trim only walks the allocator's own free lists.
+        unsafe {
+            libc::malloc_trim(0);
+        }
     }
-}
 
-/// glibc gives the top of the heap back to the kernel whenever more than
-/// 128 KiB is free there, so a server echoing 64 KiB messages grew and
-/// shrank its heap (`brk`, then page faults on fresh zeroed pages) once per
-/// message. Keep freed memory for reuse instead; `trim` above returns it
-/// every few seconds, so an idle server still gives it back.
-///
-/// Setting the trim threshold freezes glibc's mmap threshold, which would
-/// otherwise climb with the largest block freed; pin it at its default so
-/// that big tables and large one-off answers keep getting mappings of their
-/// own, resident only where touched and returned whole when freed.
-fn tune_allocator() {
-    const KEEP_FREE: libc::c_int = 8 << 20;
-    const OWN_MAPPING_FROM: libc::c_int = 128 << 10;
-    // SAFETY: mallopt only sets allocator parameters; called before any
-    // other thread exists.
-    unsafe {
-        libc::mallopt(libc::M_TRIM_THRESHOLD, KEEP_FREE);
-        libc::mallopt(libc::M_MMAP_THRESHOLD, OWN_MAPPING_FROM);
+    /// glibc gives the top of the heap back to the kernel whenever more than
+    /// 128 KiB is free there, so a server echoing 64 KiB messages grew and
+    /// shrank its heap (`brk`, then page faults on fresh zeroed pages) once
+    /// per message. Keep freed memory for reuse instead; `trim` above
+    /// returns it every few seconds, so an idle server still gives it back.
+    ///
+    /// Setting the trim threshold freezes glibc's mmap threshold, which
+    /// would otherwise climb with the largest block freed; pin it at its
+    /// default so that big tables and large one-off answers keep getting
+    /// mappings of their own, resident only where touched and returned
+    /// whole when freed.
+    pub fn tune() {
+        const KEEP_FREE: libc::c_int = 8 << 20;
+        const OWN_MAPPING_FROM: libc::c_int = 128 << 10;
+        // SAFETY: mallopt only sets allocator parameters; called before any
+        // other thread exists.
+        unsafe {
+            libc::mallopt(libc::M_TRIM_THRESHOLD, KEEP_FREE);
+            libc::mallopt(libc::M_MMAP_THRESHOLD, OWN_MAPPING_FROM);
+        }
     }
 }

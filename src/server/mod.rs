@@ -263,10 +263,12 @@ impl Server {
         })
     }
 
-    /// A function that hands freed memory back to the system (the binary
-    /// passes glibc's `malloc_trim`; the library itself has no unsafe code).
-    pub fn set_memory_trim(&mut self, f: fn()) {
+    /// A function that hands freed memory back to the system, called every
+    /// few seconds (the binary passes glibc's `malloc_trim`; the library
+    /// itself has no unsafe code).
+    pub fn with_memory_trim(mut self, f: fn()) -> Server {
         self.memory_trim = Some(f);
+        self
     }
 
     pub fn local_addr(&self) -> SocketAddr {
