@@ -371,6 +371,74 @@ fn upgrade_answer_and_token_matching() {
     assert_eq!(read_frame(&mut s).unwrap(), (true, OP_TEXT, b"ok".to_vec()));
 }
 
+/// How many header lines of a response head are named `name`.
+fn header_count(head: &str, name: &str) -> usize {
+    head.lines()
+        .filter(|l| {
+            l.split_once(':')
+                .is_some_and(|(n, _)| n.trim().eq_ignore_ascii_case(name))
+        })
+        .count()
+}
+
+#[test]
+fn no_extension_is_answered_that_the_client_did_not_offer() {
+    // RFC 6455 §9 and §4.2.2 /extensions/: a server MUST NOT answer with an
+    // extension the client did not ask for; one it does not know it
+    // declines by leaving it out.
+    let server = Server::start(&[]);
+    for extra in ["", "Sec-WebSocket-Extensions: x-unknown-extension; p=1\r\n"] {
+        for path in ["/echo", "/ws"] {
+            let mut s = connect(server.addr);
+            let (status, head) = upgrade_on(&mut s, server.addr, path, extra);
+            assert_eq!(status, 101, "{head}");
+            assert_eq!(
+                header_count(&head, "sec-websocket-extensions"),
+                0,
+                "{path} {extra:?}: {head}"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_101_names_each_websocket_header_once() {
+    // RFC 6455 §11.3.3, §11.3.4: Sec-WebSocket-Accept and
+    // Sec-WebSocket-Protocol MUST NOT appear more than once in a response,
+    // however often the client offers the subprotocol.
+    let server = Server::start(&[]);
+    let extra =
+        "Sec-WebSocket-Protocol: wschat.v1, wschat.v1\r\nSec-WebSocket-Protocol: wschat.v1\r\n";
+    let mut s = connect(server.addr);
+    let (status, head) = upgrade_on(&mut s, server.addr, "/ws", extra);
+    assert_eq!(status, 101, "{head}");
+    for (name, n) in [
+        ("upgrade", 1),
+        ("connection", 1),
+        ("sec-websocket-accept", 1),
+        ("sec-websocket-protocol", 1),
+    ] {
+        assert_eq!(header_count(&head, name), n, "{name}: {head}");
+    }
+    assert_eq!(header(&head, "sec-websocket-protocol"), Some("wschat.v1"));
+}
+
+#[test]
+fn a_repeated_key_or_version_is_400() {
+    // RFC 6455 §11.3.1, §11.3.5: Sec-WebSocket-Key and Sec-WebSocket-Version
+    // MUST NOT appear more than once in a request; such a request does not
+    // match §4.2.1 and is answered 400, even when both copies agree.
+    let server = Server::start(&[]);
+    for line in [
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+        "Sec-WebSocket-Version: 13",
+    ] {
+        let mut lines = GOOD_LINES.to_vec();
+        lines.push(line);
+        refused(&server, upgrade_request(&lines).as_bytes(), 400);
+    }
+}
+
 #[test]
 fn wrong_or_missing_version_is_426_with_the_version_spoken() {
     let server = Server::start(&[]);
@@ -588,6 +656,71 @@ fn path_traversal_never_returns_the_file() {
         );
     }
     let _ = std::fs::remove_dir_all(&base);
+}
+
+/// Reads one server frame and checks the two header rules a server must
+/// follow: no mask (RFC 6455 §5.1) and the shortest length form (§5.2).
+/// Returns the first header byte (FIN and opcode) and the payload length.
+fn read_checked_frame(s: &mut TcpStream) -> (u8, usize) {
+    let mut h = [0u8; 2];
+    s.read_exact(&mut h).expect("a frame header");
+    assert_eq!(h[1] & 0x80, 0, "a masked server frame: {h:x?}");
+    let len = match h[1] & 0x7f {
+        126 => {
+            let mut b = [0u8; 2];
+            s.read_exact(&mut b).unwrap();
+            let n = u16::from_be_bytes(b) as usize;
+            assert!(n >= 126, "{n} bytes sent in the 16-bit length form");
+            n
+        }
+        127 => {
+            let mut b = [0u8; 8];
+            s.read_exact(&mut b).unwrap();
+            let n = u64::from_be_bytes(b);
+            assert!(n > 0xffff, "{n} bytes sent in the 64-bit length form");
+            n as usize
+        }
+        n => n as usize,
+    };
+    let mut payload = vec![0u8; len];
+    s.read_exact(&mut payload).unwrap();
+    (h[0], len)
+}
+
+#[test]
+fn server_frames_are_unmasked_and_use_the_shortest_length_form() {
+    let server = Server::start(&[]);
+    // Echoes in every length form, a pong and a close on /echo.
+    let mut s = raw_ws(server.addr, "/echo", "");
+    let mut bytes = Vec::new();
+    for len in [0usize, 125, 126, 65535, 65536] {
+        bytes.extend(frame(true, OP_BINARY, &pattern(len, 1)));
+    }
+    bytes.extend(frame(true, OP_PING, b"p"));
+    bytes.extend(frame(true, OP_CLOSE, &close_body(1000, b"")));
+    send(&mut s, &bytes);
+    let mut got: Vec<(u8, usize)> = (0..7).map(|_| read_checked_frame(&mut s)).collect();
+    got.sort_unstable();
+    let fin = 0x80;
+    assert_eq!(
+        got,
+        vec![
+            (fin | OP_BINARY, 0),
+            (fin | OP_BINARY, 125),
+            (fin | OP_BINARY, 126),
+            (fin | OP_BINARY, 65535),
+            (fin | OP_BINARY, 65536),
+            (fin | OP_CLOSE, 2),
+            (fin | OP_PONG, 1),
+        ]
+    );
+    // The chat's own frames (built apart from the echo path) on /ws.
+    let mut s = raw_ws(server.addr, "/ws?nick=masktest", "");
+    let (b0, _) = read_checked_frame(&mut s);
+    assert_eq!(b0, fin | OP_TEXT, "the welcome");
+    send(&mut s, &frame(true, OP_BINARY, b"\x00"));
+    let (b0, _) = read_checked_frame(&mut s);
+    assert_eq!(b0, fin | OP_CLOSE, "the 1003 close");
 }
 
 // ---- malformed frames and their close codes ----------------------------------

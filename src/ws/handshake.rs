@@ -343,6 +343,23 @@ Origin: http://example.com\r\nSec-WebSocket-Protocol: chat, superchat\r\nSec-Web
     }
 
     #[test]
+    fn host_or_origin_not_utf8_is_malformed() {
+        // RFC 6455 §8.1 applies "during the opening handshake" too: the
+        // fields read as text must be UTF-8, or the request is a 400.
+        let text = String::from_utf8(GOOD.to_vec()).unwrap();
+        for name in ["Host: ", "Origin: "] {
+            let mut bytes = text.clone().into_bytes();
+            let at = text.find(name).unwrap() + name.len();
+            bytes.insert(at, 0xff);
+            assert_eq!(
+                Request::parse(&bytes).err(),
+                Some(RequestError::Malformed),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
     fn scanner_finds_the_head_end_in_any_chunking() {
         for split in 0..GOOD.len() {
             let mut s = HeadScanner::default();
