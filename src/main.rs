@@ -15,6 +15,7 @@ fn main() {
     };
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     let server = server.with_memory_trim(glibc::trim);
+    let server = server.with_hostname(&hostname());
     let addr = server.local_addr();
     let shown = if addr.ip().is_unspecified() {
         format!("http://localhost:{}/", addr.port())
@@ -27,6 +28,19 @@ fn main() {
         eprintln!("wschat: {e}");
         std::process::exit(1);
     }
+}
+
+/// The machine's host name, for the Host check (`--allowed-host`); empty
+/// if the system will not say.
+fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most `buf.len()` bytes into `buf`.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return String::new();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
 /// glibc's allocator needs two nudges to suit a long-running server. Other

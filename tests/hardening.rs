@@ -1118,3 +1118,326 @@ fn raw_ws_from(src: [u8; 4], addr: SocketAddr) -> TcpStream {
     assert_eq!(upgrade_on(&mut s, addr, "/echo", "").0, 101);
     s
 }
+
+// ---- per-address rules (issue 15: items 1, 3, 6, 10) ---------------------------
+
+/// A /ws connection from a chosen loopback source address, with extra
+/// header lines (e.g. `X-Forwarded-For`); the welcome is read.
+fn chat_from(src: [u8; 4], addr: SocketAddr, extra: &str) -> TcpStream {
+    let mut s = connect_from(src, addr);
+    let (status, head) = upgrade_on(&mut s, addr, "/ws", extra);
+    assert_eq!(status, 101, "upgrade refused: {head}");
+    let (_, op, p) = read_frame(&mut s).unwrap();
+    assert_eq!(op, 0x1);
+    let w: Value = serde_json::from_slice(&p).unwrap();
+    assert_eq!(w["type"], "welcome", "{w}");
+    s
+}
+
+/// Sends `n` chat requests and counts those answered (not refused with
+/// `rate_limited`, nor cut short by a close).
+fn answered(s: &mut TcpStream, n: usize) -> usize {
+    for _ in 0..n {
+        s.write_all(&frame(true, 0x1, br#"{"type":"rooms"}"#))
+            .unwrap();
+    }
+    let mut ok = 0;
+    for _ in 0..n {
+        let Ok((_, op, p)) = read_frame(s) else {
+            break;
+        };
+        match op {
+            0x1 => {
+                let v: Value = serde_json::from_slice(&p).unwrap();
+                if v["type"] == "rooms" {
+                    ok += 1;
+                } else {
+                    assert_eq!(v["code"], "rate_limited", "{v}");
+                }
+            }
+            0x8 => break,
+            _ => {}
+        }
+    }
+    ok
+}
+
+fn xff(a: &str) -> String {
+    format!("X-Forwarded-For: {a}\r\n")
+}
+
+/// Item 1: reconnecting does not refill the chat bucket.
+#[test]
+fn chat_bucket_is_kept_per_address_across_reconnects() {
+    let server = Server::start(&[
+        "--limit-loopback",
+        "--rate-burst",
+        "5",
+        // No refill: the test does not depend on how fast it runs.
+        "--rate-per-sec",
+        "0",
+    ]);
+    let mut total = 0;
+    for _ in 0..20 {
+        let mut s = chat_from([127, 0, 0, 2], server.addr, "");
+        total += answered(&mut s, 3);
+    }
+    assert_eq!(total, 5, "20 connections got more through than one bucket");
+    // Another address has a bucket of its own.
+    let mut s = chat_from([127, 0, 0, 3], server.addr, "");
+    assert_eq!(answered(&mut s, 3), 3);
+
+    // Loopback stays exempt without --limit-loopback: a bucket per connection.
+    let server = Server::start(&["--rate-burst", "2", "--rate-per-sec", "0"]);
+    for _ in 0..3 {
+        let mut s = chat_from([127, 0, 0, 2], server.addr, "");
+        assert_eq!(answered(&mut s, 2), 2);
+    }
+}
+
+/// Item 1: WebSocket handshakes are rate-limited per address.
+#[test]
+fn handshakes_are_rate_limited_per_address() {
+    let server = Server::start(&[
+        "--limit-loopback",
+        "--handshake-rate-burst",
+        "3",
+        "--handshake-rate-per-sec",
+        "0",
+    ]);
+    let a = server.addr;
+    for _ in 0..3 {
+        let mut s = connect_from([127, 0, 0, 2], a);
+        assert_eq!(upgrade_on(&mut s, a, "/echo", "").0, 101);
+    }
+    let mut s = connect_from([127, 0, 0, 2], a);
+    let (status, head) = upgrade_on(&mut s, a, "/ws", "");
+    assert_eq!(status, 429, "{head}");
+    assert!(head.contains("Retry-After: "), "{head}");
+    // Others are served; so are the address's plain requests.
+    let mut s = connect_from([127, 0, 0, 3], a);
+    assert_eq!(upgrade_on(&mut s, a, "/echo", "").0, 101);
+    let mut s = connect_from([127, 0, 0, 2], a);
+    s.write_all(format!("GET /healthz HTTP/1.1\r\nHost: {a}\r\n\r\n").as_bytes())
+        .unwrap();
+    assert_eq!(read_http_response(&mut s).0, 200);
+
+    // Exempt loopback is not limited.
+    let server = Server::start(&[
+        "--handshake-rate-burst",
+        "3",
+        "--handshake-rate-per-sec",
+        "0",
+    ]);
+    for _ in 0..6 {
+        assert_eq!(upgrade_status(server.addr, "/echo", "").0, 101);
+    }
+}
+
+/// Item 1: behind a trusted proxy, clients are told apart by their
+/// forwarded address; from anyone else the headers mean nothing.
+#[test]
+fn trusted_proxy_forwarded_addresses_get_their_own_limits() {
+    let server = Server::start(&[
+        "--limit-loopback",
+        "--trusted-proxy",
+        "127.0.0.1",
+        "--rate-burst",
+        "2",
+        "--rate-per-sec",
+        "0",
+        "--max-connections-per-ip",
+        "2",
+    ]);
+    let a = server.addr;
+    // Two clients of the proxy: separate buckets, each shared across its
+    // reconnects (`Forwarded` or `X-Forwarded-For`; a client's own claim
+    // to the left of the proxy's entry does not count).
+    let mut c1 = chat_from([127, 0, 0, 1], a, &xff("192.0.2.1"));
+    assert_eq!(answered(&mut c1, 2), 2);
+    let mut c1b = chat_from([127, 0, 0, 1], a, &xff("6.6.6.6, 192.0.2.1"));
+    assert_eq!(answered(&mut c1b, 2), 0, "192.0.2.1 had spent its bucket");
+    let mut c2 = chat_from([127, 0, 0, 1], a, "Forwarded: for=192.0.2.2;proto=http\r\n");
+    assert_eq!(answered(&mut c2, 2), 2, "192.0.2.2 has a bucket of its own");
+    // The per-IP count applies to the forwarded address: 192.0.2.1 holds 2.
+    let mut s = connect_from([127, 0, 0, 1], a);
+    assert_eq!(upgrade_on(&mut s, a, "/ws", &xff("192.0.2.1")).0, 429);
+    let _c3 = chat_from([127, 0, 0, 1], a, &xff("192.0.2.3"));
+    // An untrusted peer claiming addresses is still itself.
+    let mut u1 = chat_from([127, 0, 0, 2], a, &xff("192.0.2.4"));
+    assert_eq!(answered(&mut u1, 2), 2);
+    let mut u2 = chat_from([127, 0, 0, 2], a, &xff("192.0.2.5"));
+    assert_eq!(
+        answered(&mut u2, 2),
+        0,
+        "a claimed address gave a new bucket"
+    );
+    let mut s = connect_from([127, 0, 0, 2], a);
+    assert_eq!(
+        upgrade_on(&mut s, a, "/ws", &xff("192.0.2.6")).0,
+        429,
+        "a claimed address escaped the per-IP count"
+    );
+    drop((c1, c1b, c2, u1, u2));
+}
+
+/// Item 10: IPv6 clients are counted per /64 (here as forwarded addresses).
+#[test]
+fn ipv6_clients_are_counted_per_prefix() {
+    let args = [
+        "--trusted-proxy",
+        "127.0.0.1",
+        "--rate-burst",
+        "2",
+        "--rate-per-sec",
+        "0",
+        "--max-connections-per-ip",
+        "1",
+    ];
+    let server = Server::start(&args);
+    let a = server.addr;
+    let mut one = chat_from([127, 0, 0, 1], a, &xff("2001:db8::1"));
+    assert_eq!(answered(&mut one, 2), 2);
+    // Same /64: one connection allowed, and the bucket is spent.
+    let mut s = connect_from([127, 0, 0, 1], a);
+    assert_eq!(upgrade_on(&mut s, a, "/ws", &xff("2001:db8::2")).0, 429);
+    drop(one);
+    let mut again = loop {
+        // The first connection's end reaches the server in its own time.
+        let mut s = connect_from([127, 0, 0, 1], a);
+        match upgrade_on(&mut s, a, "/ws", &xff("[2001:db8::2]:4711")).0 {
+            101 => break s,
+            429 => thread::sleep(Duration::from_millis(20)),
+            other => panic!("status {other}"),
+        }
+    };
+    read_frame(&mut again).unwrap();
+    assert_eq!(
+        answered(&mut again, 2),
+        0,
+        "2001:db8::2 shares 2001:db8::1's bucket"
+    );
+    // Another /64 is another client.
+    let mut other = chat_from([127, 0, 0, 1], a, &xff("2001:db8:0:1::1"));
+    assert_eq!(answered(&mut other, 2), 2);
+
+    // --ipv6-prefix-len 128 counts each address.
+    let server = Server::start(&[&args[..], &["--ipv6-prefix-len", "128"]].concat());
+    let a = server.addr;
+    let _one = chat_from([127, 0, 0, 1], a, &xff("2001:db8::1"));
+    let mut two = chat_from([127, 0, 0, 1], a, &xff("2001:db8::2"));
+    assert_eq!(answered(&mut two, 2), 2);
+}
+
+/// Item 3: one address cannot fill the server with rooms, nor make a
+/// room with history go to make space for more of its own.
+#[test]
+fn rooms_per_address_are_capped_and_history_is_not_evicted_for_a_hoarder() {
+    let server = Server::start(&[
+        "--limit-loopback",
+        "--max-rooms",
+        "6",
+        "--max-rooms-per-addr",
+        "3",
+    ]);
+    let a = server.addr;
+    let ask = |s: &mut TcpStream, v: Value| -> Value {
+        s.write_all(&frame(true, 0x1, v.to_string().as_bytes()))
+            .unwrap();
+        loop {
+            let (_, op, p) = read_frame(s).unwrap();
+            assert_eq!(op, 0x1, "{:?}", String::from_utf8_lossy(&p));
+            let v: Value = serde_json::from_slice(&p).unwrap();
+            if v["type"] != "presence" {
+                return v;
+            }
+        }
+    };
+    let join = |room: &str| json!({"type": "join", "room": room});
+    // `general` gets history, then its last member leaves.
+    let mut l = chat_from([127, 0, 0, 9], a, "");
+    assert_eq!(ask(&mut l, join("general"))["type"], "joined");
+    let m = json!({"type": "message", "room": "general", "text": "keep me"});
+    assert_eq!(ask(&mut l, m)["type"], "message");
+    assert_eq!(
+        ask(&mut l, json!({"type": "leave", "room": "general"}))["type"],
+        "left"
+    );
+    // One address, several connections: 3 rooms, then no more.
+    let mut h1 = chat_from([127, 0, 0, 2], a, "");
+    let mut h2 = chat_from([127, 0, 0, 2], a, "");
+    for r in ["a1", "a2"] {
+        assert_eq!(ask(&mut h1, join(r))["type"], "joined");
+    }
+    assert_eq!(ask(&mut h2, join("a3"))["type"], "joined");
+    let v = ask(&mut h2, join("a4"));
+    assert_eq!(v["code"], "too_many_rooms", "{v}");
+    // A second address fills the server (6 rooms with general) ...
+    let mut b = chat_from([127, 0, 0, 3], a, "");
+    for r in ["b1", "b2"] {
+        assert_eq!(ask(&mut b, join(r))["type"], "joined");
+    }
+    // ... and, holding its share, does not get general evicted for a third.
+    let v = ask(&mut b, join("b3"));
+    assert_eq!(v["code"], "too_many_rooms", "{v}");
+    assert_eq!(
+        ask(&mut l, join("general"))["history"][0]["text"],
+        "keep me"
+    );
+    drop((h1, h2, b));
+}
+
+/// Item 6: a Host the server does not know is refused (DNS rebinding).
+#[test]
+fn unknown_host_is_refused_421() {
+    let server = Server::start(&[]);
+    let a = server.addr;
+    let port = a.port();
+    let get = |path: &str, host: &str| {
+        http_request(a, &format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n"))
+    };
+    let (status, text) = get("/", &format!("evil.example:{port}"));
+    assert_eq!(status, 421, "{text}");
+    // The rebinding page's handshake: Origin and Host agree, both evil.
+    let ws = |host: &str| {
+        http_request(
+            a,
+            &format!(
+                "GET /ws HTTP/1.1\r\nHost: {host}\r\nOrigin: http://{host}\r\n\
+                 Upgrade: websocket\r\nConnection: Upgrade\r\n\
+                 Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            ),
+        )
+        .0
+    };
+    assert_eq!(ws(&format!("evil.example:{port}")), 421);
+    // What users type is served.
+    for host in [
+        format!("127.0.0.1:{port}"),
+        format!("localhost:{port}"),
+        format!("[::1]:{port}"),
+        "localhost".to_string(),
+    ] {
+        assert_eq!(get("/", &host).0, 200, "{host}");
+    }
+    assert_eq!(ws(&format!("localhost:{port}")), 101);
+    // Monitors may use any name.
+    assert_eq!(get("/healthz", "evil.example").0, 200);
+    // The answer tells the operator what to do.
+    let mut s = connect(a);
+    s.write_all(b"GET / HTTP/1.1\r\nHost: chat.example.org\r\n\r\n")
+        .unwrap();
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    assert!(body.contains("--allowed-host chat.example.org"), "{body}");
+
+    let server = Server::start(&["--allowed-host", "chat.example.org"]);
+    let a = server.addr;
+    let (status, _) = http_request(a, "GET / HTTP/1.1\r\nHost: chat.example.org:8080\r\n\r\n");
+    assert_eq!(status, 200);
+    let (status, _) = http_request(a, "GET / HTTP/1.1\r\nHost: evil.example\r\n\r\n");
+    assert_eq!(status, 421);
+    let server = Server::start(&["--allowed-host", "*"]);
+    let (status, _) = http_request(server.addr, "GET / HTTP/1.1\r\nHost: evil.example\r\n\r\n");
+    assert_eq!(status, 200);
+}

@@ -19,10 +19,20 @@ use std::rc::Rc;
 
 use nick::{Nick, NickIndex};
 use protocol::{ChatError, MsgOut, Out, Parsed, Request, RoomInfo, frame};
-use rate::{Bucket, Verdict};
+use rate::{Bucket, BucketTable, Verdict};
 use room::{Order, Room};
 
 pub type ConnId = usize;
+
+/// What the per-client limits (rate bucket and strikes, rooms created) are
+/// kept by: the client's address as the server counts it (an IPv4 address,
+/// an IPv6 prefix, the forwarded address behind a trusted proxy).
+///
+/// This is the seam for accounts: once they exist, a signed-in connection
+/// will be limited by its account as well, through a second key handed in
+/// the same way, so that neither changing address nor changing account
+/// gives a fresh bucket.
+pub type AddrKey = std::net::IpAddr;
 
 /// Time passed in by the server (the chat never reads a clock).
 #[derive(Clone, Copy, Debug)]
@@ -53,6 +63,8 @@ pub struct ChatConfig {
     pub max_rooms_per_conn: usize,
     /// Rooms the server keeps (with members or retained history).
     pub max_rooms: usize,
+    /// Rooms created from one address that may exist at once; 0: no cap.
+    pub max_rooms_per_addr: usize,
     /// Longest `text`, in Unicode scalar values.
     pub max_text_chars: usize,
     /// Token bucket size; 0 turns the rate limit off.
@@ -73,6 +85,7 @@ impl Default for ChatConfig {
             history: 1000,
             max_rooms_per_conn: 32,
             max_rooms: 10_000,
+            max_rooms_per_addr: 64,
             max_text_chars: 4000,
             rate_burst: 20,
             rate_per_sec: 2,
@@ -91,9 +104,19 @@ struct Conn {
     /// Indices into `Chat::rooms`; at most `max_rooms_per_conn`. Most
     /// people are in a few rooms: those fit inline, with no allocation.
     rooms: smallvec::SmallVec<[u32; 4]>,
-    bucket: Bucket,
+    limit: Limit,
     /// A close was requested: ignore whatever still arrives.
     closing: bool,
+}
+
+/// Where a connection's rate-limit bucket lives.
+enum Limit {
+    /// Its own (a client the server exempts from per-address rules, such as
+    /// loopback without `--limit-loopback`).
+    Own(Bucket),
+    /// Shared with the other connections of its address: a slot of
+    /// `Chat::limits`, holding one reference.
+    Shared(u32),
 }
 
 /// Connections by id. The server's ids are slab keys, small and dense, so a
@@ -170,6 +193,10 @@ pub struct Chat {
     epoch_seed: u64,
     epoch_counter: u64,
     guest_counter: u64,
+    /// Rate-limit buckets by address, shared by that address's connections.
+    limits: BucketTable<AddrKey>,
+    /// Rooms kept that were created from each address (≤ `max_rooms` keys).
+    room_owners: HashMap<AddrKey, u32>,
 }
 
 /// Stale entries `order` may hold beyond one per kept message before it is
@@ -252,6 +279,8 @@ impl Chat {
             epoch_seed,
             epoch_counter: 0,
             guest_counter: 0,
+            limits: BucketTable::new(rate::MAX_IDLE_ENTRIES),
+            room_owners: HashMap::new(),
         }
     }
 
@@ -282,11 +311,28 @@ impl Chat {
     }
 
     /// A /ws connection opened; `requested_nick` is the percent-decoded
-    /// `?nick=` value if any. Sends `welcome`.
+    /// `?nick=` value if any. Sends `welcome`. The connection is exempt from
+    /// the per-address limits: see [`Chat::connect_from`].
     pub fn connect(
         &mut self,
         conn: ConnId,
         requested_nick: Option<&str>,
+        now: Now,
+        out: &mut dyn Outbox,
+    ) {
+        self.connect_from(conn, requested_nick, None, now, out);
+    }
+
+    /// [`Chat::connect`] for a client at `addr`: its rate-limit bucket and
+    /// strikes are those of every connection from `addr` (and outlive them
+    /// until the bucket is full again), and the rooms it creates count
+    /// against `max_rooms_per_addr`. `None`: a bucket of its own and no room
+    /// cap (clients the server exempts, such as loopback by default).
+    pub fn connect_from(
+        &mut self,
+        conn: ConnId,
+        requested_nick: Option<&str>,
+        addr: Option<AddrKey>,
         now: Now,
         out: &mut dyn Outbox,
     ) {
@@ -308,7 +354,12 @@ impl Chat {
             Conn {
                 nick,
                 rooms: smallvec::SmallVec::new(),
-                bucket: Bucket::new(self.cfg.rate_burst, now.mono_ms),
+                limit: match addr {
+                    Some(a) => {
+                        Limit::Shared(self.limits.acquire(a, self.cfg.rate_burst, now.mono_ms))
+                    }
+                    None => Limit::Own(Bucket::new(self.cfg.rate_burst, now.mono_ms)),
+                },
                 closing: false,
             },
         );
@@ -351,13 +402,19 @@ impl Chat {
             return;
         };
         self.nicks.remove(&c.nick, conn as u32);
+        if let Limit::Shared(slot) = c.limit {
+            self.limits.release(slot);
+        }
         for idx in c.rooms {
             self.remove_member(idx, conn, &c.nick, now, out);
         }
     }
 
-    /// Forgets empty rooms whose retention has passed.
+    /// Forgets empty rooms whose retention has passed, and the buckets of
+    /// addresses with no connection that are full again.
     pub fn tick(&mut self, now: Now) {
+        self.limits
+            .expire(now.mono_ms, self.cfg.rate_burst, self.cfg.rate_per_sec);
         let expired: Vec<u32> = self
             .rooms
             .iter()
@@ -381,6 +438,14 @@ impl Chat {
     fn forget(&mut self, idx: u32) {
         if let Some(r) = self.rooms.get_mut(idx as usize).and_then(Option::take) {
             self.room_names.remove(&r.name);
+            if let Some(owner) = r.owner
+                && let Some(n) = self.room_owners.get_mut(&owner)
+            {
+                *n -= 1;
+                if *n == 0 {
+                    self.room_owners.remove(&owner);
+                }
+            }
             self.free_rooms.push(idx);
             self.history_bytes -= r.bytes;
             self.kept -= r.history.len();
@@ -493,17 +558,24 @@ impl Chat {
             return;
         }
         // The rate limit comes first, before parsing.
-        match c
-            .bucket
-            .take(now.mono_ms, self.cfg.rate_burst, self.cfg.rate_per_sec)
-        {
+        let (burst, per_sec) = (self.cfg.rate_burst, self.cfg.rate_per_sec);
+        let verdict = match &mut c.limit {
+            Limit::Own(b) => b.take(now.mono_ms, burst, per_sec),
+            Limit::Shared(slot) => self
+                .limits
+                .bucket_mut(*slot)
+                .map_or(Verdict::Pass, |b| b.take(now.mono_ms, burst, per_sec)),
+        };
+        match verdict {
             Verdict::Pass => {}
             Verdict::Refuse => {
                 send_error(out, conn, None, &ChatError::RateLimited);
                 return;
             }
             Verdict::Close => {
-                c.closing = true;
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.closing = true;
+                }
                 out.close(conn, CLOSE_POLICY, "rate limit exceeded");
                 return;
             }
@@ -646,6 +718,10 @@ impl Chat {
         let refresh = member_of.is_some();
         let nick = c.nick;
         let joined_count = c.rooms.len();
+        let owner = match c.limit {
+            Limit::Shared(slot) => self.limits.key(slot),
+            Limit::Own(_) => None,
+        };
         let idx = if let Some(i) = member_of {
             i
         } else {
@@ -663,7 +739,7 @@ impl Chat {
             };
             match existing {
                 Some(i) => i,
-                None => self.create_room(name, now)?,
+                None => self.create_room(name, owner, now)?,
             }
         };
         if !refresh {
@@ -713,17 +789,52 @@ impl Chat {
         Ok(())
     }
 
-    fn create_room(&mut self, name: &str, now: Now) -> Result<u32, ChatError> {
+    /// Creates a room for a client at `owner` (`None`: an exempt client).
+    ///
+    /// Past `max_rooms_per_addr` rooms from one address, creation is refused.
+    /// When the server is full, a memberless room (which has history:
+    /// without, it is already gone) is forgotten to make space, but never for
+    /// a client already holding its share, `max_rooms` divided among the
+    /// addresses holding rooms: a crowd of connections, or of addresses, can
+    /// fill the server, but not make `general` go for yet more rooms of its
+    /// own, while a newcomer still gets a room. The room forgotten is the
+    /// longest memberless one of an address over its share if there is one,
+    /// else the longest memberless one.
+    fn create_room(
+        &mut self,
+        name: &str,
+        owner: Option<AddrKey>,
+        now: Now,
+    ) -> Result<u32, ChatError> {
+        let held = owner
+            .and_then(|k| self.room_owners.get(&k).copied())
+            .unwrap_or(0) as usize;
+        let cap = self.cfg.max_rooms_per_addr;
+        if owner.is_some() && cap > 0 && held >= cap {
+            return Err(ChatError::TooManyRoomsFromAddress);
+        }
         if self.room_names.len() >= self.cfg.max_rooms {
-            // Live rooms come before stale history: make space by forgetting
-            // the empty room whose last member left longest ago.
+            let owners = self.room_owners.len() + usize::from(owner.is_some() && held == 0);
+            let share = (self.cfg.max_rooms / owners.max(1)).max(1);
+            if owner.is_some() && held >= share {
+                return Err(ChatError::TooManyRooms { server: true });
+            }
+            let room_owners = &self.room_owners;
+            let over_share = |r: &Room| {
+                r.owner
+                    .and_then(|k| room_owners.get(&k))
+                    .is_some_and(|&n| n as usize > share)
+            };
+            // Live rooms come before stale history; of the stale, the
+            // hoarders' go first, then the one whose last member left
+            // longest ago.
             let oldest = self
                 .rooms
                 .iter()
                 .enumerate()
                 .filter_map(|(i, r)| r.as_ref().map(|r| (i, r)))
                 .filter(|(_, r)| r.members.is_empty())
-                .min_by_key(|(_, r)| r.empty_since)
+                .min_by_key(|(_, r)| (!over_share(r), r.empty_since))
                 .map(|(i, _)| i as u32);
             match oldest {
                 Some(i) => self.forget(i),
@@ -741,6 +852,11 @@ impl Chat {
             epoch.into_boxed_str(),
             now.mono_ms,
         );
+        let mut room = room;
+        room.owner = owner;
+        if let Some(k) = owner {
+            *self.room_owners.entry(k).or_insert(0) += 1;
+        }
         let idx = match self.free_rooms.pop() {
             Some(i) => {
                 self.rooms[i as usize] = Some(room);

@@ -32,6 +32,8 @@ pub enum ChatError {
         /// true: the server's room cap; false: this connection's.
         server: bool,
     },
+    /// The rooms created from this client's address are at their cap.
+    TooManyRoomsFromAddress,
 }
 
 /// What is wrong with an `invalid` field.
@@ -58,7 +60,7 @@ impl ChatError {
             ChatError::NickTaken => "nick_taken",
             ChatError::NotInRoom => "not_in_room",
             ChatError::NoSuchUser => "no_such_user",
-            ChatError::TooManyRooms { .. } => "too_many_rooms",
+            ChatError::TooManyRooms { .. } | ChatError::TooManyRoomsFromAddress => "too_many_rooms",
         }
     }
 }
@@ -119,6 +121,9 @@ impl fmt::Display for ChatError {
             ChatError::TooManyRooms { server: true } => {
                 f.write_str("the server has too many rooms: join an existing one")
             }
+            ChatError::TooManyRoomsFromAddress => f.write_str(
+                "too many rooms were created from your address: join an existing one",
+            ),
         }
     }
 }

@@ -78,6 +78,9 @@ pub struct Room {
     pub last_ts: u64,
     /// Monotonic time the last member left; meaningful while `members` is empty.
     pub empty_since: u64,
+    /// The address that created the room (`None`: an exempt client); the
+    /// room counts against its `max_rooms_per_addr` while it exists.
+    pub owner: Option<super::AddrKey>,
 }
 
 /// A run of kept messages and whether it reaches as far back as asked.
@@ -98,6 +101,7 @@ impl Room {
             next_id: 1,
             last_ts: 0,
             empty_since: now_ms,
+            owner: None,
         }
     }
 

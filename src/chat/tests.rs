@@ -1798,3 +1798,171 @@ fn chat_reused_connection_id_starts_fresh() {
     assert_eq!(h.chat.connections(), 2);
     assert_eq!(h.join(2, "r")["members"], json!(["bob"]));
 }
+
+// ---- per-address limits ----
+
+fn addr(last: u8) -> AddrKey {
+    AddrKey::from([192, 0, 2, last])
+}
+
+impl H {
+    fn user_from(&mut self, id: ConnId, nick: &str, a: AddrKey) {
+        self.chat
+            .connect_from(id, Some(nick), Some(a), self.now, &mut self.out);
+        let f = self.drain();
+        assert_eq!(f[0].1["nick"], nick);
+    }
+}
+
+#[test]
+fn chat_bucket_is_shared_by_an_address_and_survives_reconnects() {
+    let mut h = H::with(ChatConfig {
+        rate_burst: 3,
+        rate_per_sec: 1,
+        ..cfg()
+    });
+    let mut passed = 0;
+    // Ten sequential connections from one address, each trying 5 messages.
+    for id in 1..=10 {
+        h.user_from(id, &format!("u{id}"), addr(1));
+        for _ in 0..5 {
+            h.send(id, json!({"type": "rooms"}));
+            passed += h
+                .drain()
+                .iter()
+                .filter(|(_, v)| v["type"] == "rooms")
+                .count();
+        }
+        h.chat.disconnect(id, h.now, &mut h.out);
+        h.out.closed.clear();
+    }
+    assert_eq!(
+        passed, 3,
+        "one bucket for the address, not one per connection"
+    );
+    // Another address has its own; an exempt connection too.
+    h.user_from(20, "other", addr(2));
+    assert_eq!(h.ask(20, json!({"type": "rooms"}))["type"], "rooms");
+    h.user(21, "local");
+    assert_eq!(h.ask(21, json!({"type": "rooms"}))["type"], "rooms");
+    // Strikes are shared too: the address already had three, so its next
+    // connection is closed at its first refusal.
+    h.user_from(30, "again", addr(1));
+    h.send(30, json!({"type": "rooms"}));
+    assert_eq!(h.out.closed, [(30, 1008, "rate limit exceeded".to_owned())]);
+}
+
+#[test]
+fn chat_idle_address_buckets_expire_once_full_again() {
+    let mut h = H::with(ChatConfig {
+        rate_burst: 2,
+        rate_per_sec: 1,
+        ..cfg()
+    });
+    h.user_from(1, "a", addr(1));
+    h.ask(1, json!({"type": "rooms"}));
+    h.ask(1, json!({"type": "rooms"}));
+    h.chat.disconnect(1, h.now, &mut h.out);
+    assert_eq!(h.chat.limits.len(), 1, "kept while not full");
+    h.advance(1_000);
+    h.chat.tick(h.now);
+    assert_eq!(h.chat.limits.len(), 1, "one token short");
+    h.advance(1_000);
+    h.chat.tick(h.now);
+    assert_eq!(h.chat.limits.len(), 0, "full again: forgotten");
+    // A held entry is never forgotten.
+    h.user_from(2, "b", addr(1));
+    h.advance(100_000);
+    h.chat.tick(h.now);
+    assert_eq!(h.chat.limits.len(), 1);
+}
+
+#[test]
+fn bucket_table_bounds_idle_entries() {
+    let mut t: BucketTable<u32> = BucketTable::new(4);
+    let held = t.acquire(1000, 5, 0);
+    for k in 0..100 {
+        t.take(k, 0, 5, 1);
+        assert!(t.idle() <= 4);
+    }
+    assert_eq!(t.len(), 5, "4 idle + 1 held");
+    // The held one survived the evictions.
+    assert_eq!(t.key(held), Some(1000));
+    t.release(held);
+    assert_eq!(t.idle(), 5);
+    // A key that is refused tells how long until its next token.
+    let mut t: BucketTable<u32> = BucketTable::new(4);
+    assert_eq!(t.take(7, 0, 1, 2).0, rate::Verdict::Pass);
+    assert_eq!(t.take(7, 0, 1, 2), (rate::Verdict::Refuse, 500));
+}
+
+#[test]
+fn chat_rooms_per_address_are_capped() {
+    let mut h = H::with(ChatConfig {
+        max_rooms_per_addr: 2,
+        ..cfg()
+    });
+    h.user_from(1, "a", addr(1));
+    h.user_from(2, "b", addr(1));
+    h.join(1, "r1");
+    h.join(2, "r2");
+    let v = h.ask(1, json!({"type": "join", "room": "r3"}));
+    err(&v, "too_many_rooms");
+    assert!(
+        v["message"].as_str().unwrap().contains("your address"),
+        "{v}"
+    );
+    // Existing rooms are open to it; other addresses and exempt clients
+    // still create rooms.
+    assert_eq!(
+        h.answer(1, json!({"type": "join", "room": "r2"}))["type"],
+        "joined"
+    );
+    h.user_from(3, "c", addr(2));
+    h.join(3, "r3");
+    h.user(4, "d");
+    h.join(4, "r4");
+    // A room forgotten no longer counts.
+    h.send(1, json!({"type": "leave", "room": "r1"}));
+    h.drain();
+    h.join(2, "r5");
+}
+
+#[test]
+fn chat_full_server_never_evicts_history_for_a_hoarder() {
+    let mut h = H::with(ChatConfig {
+        max_rooms: 6,
+        max_rooms_per_addr: 3,
+        ..cfg()
+    });
+    // `general` has history and no members.
+    h.user_from(1, "l", addr(9));
+    h.join(1, "general");
+    h.post(1, "general", "keep me");
+    h.send(1, json!({"type": "leave", "room": "general"}));
+    h.drain();
+    // A: three rooms with history, left.
+    h.user_from(2, "a", addr(2));
+    for r in ["a1", "a2", "a3"] {
+        h.join(2, r);
+        h.post(2, r, "x");
+        h.send(2, json!({"type": "leave", "room": r}));
+        h.drain();
+    }
+    h.advance(1);
+    // B: two rooms, held: the server is full.
+    h.user_from(3, "b", addr(3));
+    h.join(3, "b1");
+    h.join(3, "b2");
+    assert_eq!(h.chat.rooms(), 6);
+    // B holds its share (6 rooms / 3 addresses): no eviction for it.
+    let v = h.ask(3, json!({"type": "join", "room": "b3"}));
+    err(&v, "too_many_rooms");
+    assert!(v["message"].as_str().unwrap().contains("server"), "{v}");
+    // A newcomer gets a room, and the one that goes is a hoarder's.
+    h.user_from(4, "n", addr(4));
+    h.join(4, "n1");
+    assert_eq!(h.chat.rooms(), 6);
+    let v = h.join(1, "general");
+    assert_eq!(v["history"][0]["text"], "keep me");
+}

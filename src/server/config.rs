@@ -1,5 +1,6 @@
 //! Command-line configuration: every limit has a flag and a default.
 
+use super::addr::Cidr;
 use clap::Parser;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -95,16 +96,50 @@ pub struct Config {
     #[arg(long, value_name = "N", default_value_t = 100)]
     pub max_connections_per_ip: usize,
 
-    /// Count loopback clients against --max-connections-per-ip too (by default
-    /// they are exempt: a reverse proxy on the same machine is one address).
+    /// Apply the per-address rules (--max-connections-per-ip, the handshake
+    /// and chat rate limits, --max-rooms-per-addr) to loopback clients too
+    /// (by default they are exempt: a reverse proxy on the same machine is
+    /// one address). Forwarded addresses from a --trusted-proxy are always
+    /// limited.
     #[arg(long)]
     pub limit_loopback: bool,
+
+    /// WebSocket handshakes one address may make in a burst; past it, and
+    /// past the refill, upgrades are answered 429 with Retry-After. 0 turns
+    /// this limit off.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub handshake_rate_burst: u32,
+
+    /// WebSocket handshakes per second refilled to each address's bucket.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub handshake_rate_per_sec: u32,
+
+    /// A reverse proxy (an IP address or a network, e.g. 127.0.0.1 or
+    /// 10.0.0.0/8; repeatable). For requests from it, the client address is
+    /// the right-most one in `Forwarded` (RFC 7239), else `X-Forwarded-For`,
+    /// that is not itself a trusted proxy, and every per-address rule
+    /// applies to that address. From other peers these headers are ignored.
+    #[arg(long, value_name = "ADDR")]
+    pub trusted_proxy: Vec<Cidr>,
+
+    /// IPv6 clients are counted by this many leading bits of their address
+    /// for every per-address rule (a subscriber usually holds a /64).
+    #[arg(long, value_name = "BITS", default_value_t = 64,
+          value_parser = clap::value_parser!(u8).range(0..=128))]
+    pub ipv6_prefix_len: u8,
 
     /// Unsent output one connection may hold. Over it, /echo stops reading
     /// from that connection until its output drains; a /ws client is closed
     /// with 1008 "slow consumer".
     #[arg(long, value_name = "SIZE", default_value = "1MiB", value_parser = parse_size)]
     pub max_pending_output: usize,
+
+    /// Also answer requests whose Host is this name (repeatable; `*` turns
+    /// the check off). Accepted anyway: IP literals, `localhost` and
+    /// `*.localhost`, the machine's host name and HOSTNAME.local. Others get
+    /// 421, which stops DNS-rebinding pages from reaching the server.
+    #[arg(long, value_name = "NAME")]
+    pub allowed_host: Vec<String>,
 
     /// Also accept WebSocket upgrades to /ws from this Origin (repeatable;
     /// `*` allows every origin). An Origin whose host is the request's Host
@@ -128,12 +163,18 @@ pub struct Config {
     #[arg(long, value_name = "N", default_value_t = 10_000)]
     pub max_rooms: usize,
 
+    /// Rooms created from one address that may exist at once (they count
+    /// until forgotten, see --room-retention). 0: no cap.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub max_rooms_per_addr: usize,
+
     /// Longest chat text, in Unicode scalar values.
     #[arg(long, value_name = "N", default_value_t = 4000)]
     pub max_text_chars: usize,
 
-    /// Chat rate limit: tokens in each connection's bucket. 0 turns the rate
-    /// limit off (for benchmarks on a trusted network).
+    /// Chat rate limit: tokens in each address's bucket, shared by its
+    /// connections (an exempt loopback connection has its own). 0 turns the
+    /// rate limit off (for benchmarks on a trusted network).
     #[arg(long, value_name = "N", default_value_t = 20)]
     pub rate_burst: u32,
 
@@ -178,5 +219,20 @@ mod tests {
         assert_eq!(c.idle_timeout, Duration::from_secs(75));
         assert_eq!(c.max_history_bytes, 64 << 20);
         assert_eq!(c.motd, "Welcome to wschat!");
+        assert_eq!(c.ipv6_prefix_len, 64);
+    }
+
+    #[test]
+    fn trusted_proxies_parse() {
+        let c = Config::parse_from([
+            "wschat",
+            "--trusted-proxy",
+            "127.0.0.1",
+            "--trusted-proxy",
+            "10.0.0.0/8",
+        ]);
+        assert_eq!(c.trusted_proxy.len(), 2);
+        assert!(Config::try_parse_from(["wschat", "--trusted-proxy", "proxy"]).is_err());
+        assert!(Config::try_parse_from(["wschat", "--ipv6-prefix-len", "129"]).is_err());
     }
 }

@@ -7,12 +7,14 @@
 //! interest is registered only while output is pending, so an idle server
 //! sleeps in `epoll_wait` until the next timer sweep.
 
+mod addr;
 mod config;
 pub mod http;
 mod queue;
 
 pub use config::{Config, parse_size};
 
+use crate::chat::rate::{BucketTable, MAX_IDLE_ENTRIES, Verdict};
 use crate::chat::{Chat, ChatConfig, ConnId, Now, Outbox};
 use crate::ws::close::close_payload;
 use crate::ws::frame::{MAX_HEADER_LEN, OpCode, encode_frame, encode_header};
@@ -25,7 +27,7 @@ use queue::{Chunk, WriteQueue};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr};
 use std::rc::Rc;
@@ -48,6 +50,9 @@ const TRIM_EVERY_MS: u64 = 5_000;
 /// Connection slots reserved at start (see `Server::bind`); past this many
 /// the tables grow as needed.
 const MAX_RESERVED_CONNS: usize = 1 << 16;
+/// Distinct refused Host names logged (once each), so an operator sees why
+/// a name is refused without a scan of names filling the log.
+const MAX_LOGGED_HOSTS: usize = 32;
 /// The subprotocol of the chat (see docs/protocol.md).
 pub const CHAT_PROTOCOL: &str = "wschat.v1";
 
@@ -83,7 +88,12 @@ enum Phase {
 #[derive(Debug)]
 struct Conn {
     sock: TcpStream,
+    /// The client's address key (`addr::key`): the peer's, or behind a
+    /// trusted proxy the forwarded client's once the head is read.
     ip: IpAddr,
+    /// The per-address rules apply to this client (it is not exempt
+    /// loopback), and it is counted in `Server::per_ip` under `ip`.
+    counted: bool,
     phase: Phase,
     out: WriteQueue,
     /// Milliseconds (server clock) of the last byte received.
@@ -118,6 +128,12 @@ pub struct Server {
     signals: Signals,
     conns: Slab<Conn>,
     per_ip: HashMap<IpAddr, u32>,
+    /// WebSocket handshakes by address key (`--handshake-rate-*`).
+    handshakes: BucketTable<IpAddr>,
+    /// The machine's own names, accepted as Host (see `addr::host_allowed`).
+    own_names: Vec<String>,
+    /// Refused Host names already logged, at most `MAX_LOGGED_HOSTS`.
+    logged_hosts: HashSet<String>,
     max_connections: usize,
     chat: Chat,
     rbuf: Vec<u8>,
@@ -212,6 +228,7 @@ impl Server {
                 history: cfg.history,
                 max_rooms_per_conn: cfg.max_rooms_per_conn,
                 max_rooms: cfg.max_rooms,
+                max_rooms_per_addr: cfg.max_rooms_per_addr,
                 max_text_chars: cfg.max_text_chars,
                 rate_burst: cfg.rate_burst,
                 rate_per_sec: cfg.rate_per_sec,
@@ -241,6 +258,9 @@ impl Server {
             signals,
             conns: Slab::with_capacity(reserve),
             per_ip: HashMap::new(),
+            handshakes: BucketTable::new(MAX_IDLE_ENTRIES),
+            own_names: Vec::new(),
+            logged_hosts: HashSet::new(),
             max_connections,
             chat,
             rbuf: vec![0; READ_BUF],
@@ -268,6 +288,13 @@ impl Server {
     /// itself has no unsafe code).
     pub fn with_memory_trim(mut self, f: fn()) -> Server {
         self.memory_trim = Some(f);
+        self
+    }
+
+    /// The machine's host name (the binary reads it with `gethostname`):
+    /// it and `NAME.local` are accepted as Host without `--allowed-host`.
+    pub fn with_hostname(mut self, name: &str) -> Server {
+        self.own_names = addr::own_names(name);
         self
     }
 
@@ -383,17 +410,136 @@ impl Server {
         self.cfg.limit_loopback || !ip.is_loopback()
     }
 
+    fn is_trusted_proxy(&self, peer: IpAddr) -> bool {
+        self.cfg.trusted_proxy.iter().any(|c| c.contains(peer))
+    }
+
+    fn over_ip(&self, key: IpAddr) -> bool {
+        self.per_ip.get(&key).copied().unwrap_or(0) as usize >= self.cfg.max_connections_per_ip
+    }
+
+    /// For a connection from a trusted proxy, takes the client's address
+    /// from the forwarding headers and counts it against
+    /// `--max-connections-per-ip`. Forwarded addresses are always limited,
+    /// loopback ones included; without the headers the proxy itself is the
+    /// client. Done per request: a proxy may carry another client's request
+    /// on a kept-alive connection. Returns the refusal if over the limit.
+    fn resolve_client(&mut self, k: usize, req: &Request<'_>) -> Option<Vec<u8>> {
+        let prefix = self.cfg.ipv6_prefix_len;
+        if self.cfg.trusted_proxy.is_empty() {
+            return None;
+        }
+        let c = self.conns.get(k)?;
+        // Asked of the socket rather than kept: only with proxies configured.
+        let peer = c.sock.peer_addr().ok()?.ip().to_canonical();
+        if !self.is_trusted_proxy(peer) {
+            return None;
+        }
+        let (ip, limited) = match addr::forwarded_client(
+            peer,
+            &req.forwarded,
+            &req.x_forwarded_for,
+            &self.cfg.trusted_proxy,
+        ) {
+            Some(client) => (addr::key(client, prefix), true),
+            None => (addr::key(peer, prefix), self.ip_is_limited(peer)),
+        };
+        if c.counted && c.ip == ip {
+            return None;
+        }
+        if c.counted {
+            self.uncount(c.ip);
+        }
+        let over = limited && self.over_ip(ip);
+        let c = self.conns.get_mut(k)?;
+        c.ip = ip;
+        c.counted = limited && !over;
+        if over {
+            return Some(http::error(
+                429,
+                "too many connections from your address",
+                "Retry-After: 5\r\n",
+            ));
+        }
+        if limited {
+            *self.per_ip.entry(ip).or_insert(0) += 1;
+        }
+        None
+    }
+
+    fn uncount(&mut self, ip: IpAddr) {
+        if let Some(n) = self.per_ip.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_ip.remove(&ip);
+            }
+        }
+    }
+
+    /// The DNS-rebinding check (`--allowed-host`); a refusal is logged once
+    /// per name so that an operator sees which flag to add.
+    fn check_host(&mut self, host: Option<&str>) -> Option<Vec<u8>> {
+        let host = host?;
+        if addr::host_allowed(host, &self.own_names, &self.cfg.allowed_host) {
+            return None;
+        }
+        let shown = addr::shown_name(host);
+        if self.logged_hosts.len() < MAX_LOGGED_HOSTS && self.logged_hosts.insert(shown.into()) {
+            info!(
+                "refused a request for Host {shown:?} (421, DNS-rebinding guard); \
+                 to serve this name, start wschat with --allowed-host {shown}"
+            );
+            if self.logged_hosts.len() == MAX_LOGGED_HOSTS {
+                info!("further refused Host names are not logged");
+            }
+        }
+        Some(http::error(
+            421,
+            &format!(
+                "this server does not answer to the name {shown:?}; \
+                 its operator can start wschat with --allowed-host {shown}"
+            ),
+            "X-Content-Type-Options: nosniff\r\n",
+        ))
+    }
+
+    /// One WebSocket handshake from the connection's address
+    /// (`--handshake-rate-*`); the 429 to answer when over the limit.
+    fn take_handshake(&mut self, k: usize) -> Option<Vec<u8>> {
+        let (burst, per_sec) = (
+            self.cfg.handshake_rate_burst,
+            self.cfg.handshake_rate_per_sec,
+        );
+        let c = self.conns.get(k)?;
+        if !c.counted || burst == 0 {
+            return None;
+        }
+        let (verdict, wait_ms) = self.handshakes.take(c.ip, self.now, burst, per_sec);
+        if verdict == Verdict::Pass {
+            return None;
+        }
+        let secs = wait_ms.div_ceil(1000).clamp(1, 3600);
+        Some(http::error(
+            429,
+            "too many handshakes from your address",
+            &format!("Retry-After: {secs}\r\n"),
+        ))
+    }
+
     fn admit(&mut self, mut sock: TcpStream, addr: SocketAddr) {
         // On a dual-stack listener IPv4 clients appear as ::ffff:a.b.c.d;
         // count them (and recognise loopback) by their IPv4 address.
-        let ip = addr.ip().to_canonical();
+        let peer = addr.ip().to_canonical();
+        let limited = self.ip_is_limited(peer);
+        let ip = addr::key(peer, self.cfg.ipv6_prefix_len);
+        // A trusted proxy carries many clients: they are counted by their
+        // forwarded addresses once the request head is read.
+        let counted = limited && !self.is_trusted_proxy(peer);
         // Connections only being told 503/429 live in the slack, not in the
         // table proper: otherwise one address, refused over and over, could
         // fill the table and lock everyone else out.
         let over_total = self.conns.len() - self.refusing >= self.max_connections;
-        let over_ip = self.ip_is_limited(ip)
-            && self.per_ip.get(&ip).copied().unwrap_or(0) as usize
-                >= self.cfg.max_connections_per_ip;
+        let over_ip = counted && self.over_ip(ip);
         let refusal = if over_total {
             Some((503, "too many connections"))
         } else if over_ip {
@@ -418,6 +564,7 @@ impl Server {
         entry.insert(Conn {
             sock,
             ip,
+            counted: counted && refusal.is_none(),
             phase: Phase::Http {
                 head: Vec::new(),
                 scanner: HeadScanner::default(),
@@ -434,7 +581,7 @@ impl Server {
         });
         if refusal.is_some() {
             self.refusing += 1;
-        } else if self.ip_is_limited(ip) {
+        } else if counted {
             *self.per_ip.entry(ip).or_insert(0) += 1;
         }
         if let Some((status, reason)) = refusal {
@@ -521,7 +668,7 @@ impl Server {
             }
         };
         let mut bytes = std::mem::take(head);
-        let route = self.route(&bytes[..end]);
+        let route = self.route(k, &bytes[..end]);
         match route {
             Route::Respond(head, body) => self.respond(k, head, body),
             Route::Upgrade {
@@ -539,7 +686,7 @@ impl Server {
         }
     }
 
-    fn route(&self, head: &[u8]) -> Route {
+    fn route(&mut self, k: usize, head: &[u8]) -> Route {
         let req = match Request::parse(head) {
             Ok(r) => r,
             Err(RequestError::TooManyHeaders) => {
@@ -550,6 +697,15 @@ impl Server {
             }
         };
         let path = req.path();
+        // Every route but /healthz (a monitor may use any name): a
+        // rebinding page must not read our pages either.
+        if path != "/healthz"
+            && let Some(refusal) = self
+                .check_host(req.host)
+                .or_else(|| self.resolve_client(k, &req))
+        {
+            return Route::Respond(refusal, None);
+        }
         let endpoint = match path {
             "/ws" => Endpoint::Chat,
             "/echo" => Endpoint::Echo,
@@ -603,6 +759,9 @@ impl Server {
                 protocol = Some(CHAT_PROTOCOL);
             }
             nick = req.query().and_then(query_nick);
+        }
+        if let Some(refusal) = self.take_handshake(k) {
+            return Route::Respond(refusal, None);
         }
         Route::Upgrade {
             endpoint,
@@ -665,6 +824,7 @@ impl Server {
         let Some(c) = self.conns.get_mut(k) else {
             return;
         };
+        let addr = c.counted.then_some(c.ip);
         c.phase = Phase::Ws(WsConn {
             rx: Receiver::new(max),
             endpoint,
@@ -677,7 +837,7 @@ impl Server {
         c.out.push(Chunk::Fence(response));
         self.mark_dirty(k);
         if endpoint == Endpoint::Chat {
-            self.with_chat(|chat, now, out| chat.connect(k, nick, now, out));
+            self.with_chat(|chat, now, out| chat.connect_from(k, nick, addr, now, out));
         }
     }
 
@@ -820,13 +980,8 @@ impl Server {
         };
         if c.refused {
             self.refusing -= 1;
-        } else if self.ip_is_limited(c.ip)
-            && let Some(n) = self.per_ip.get_mut(&c.ip)
-        {
-            *n -= 1;
-            if *n == 0 {
-                self.per_ip.remove(&c.ip);
-            }
+        } else if c.counted {
+            self.uncount(c.ip);
         }
         if let Phase::Ws(ws) = &c.phase
             && ws.in_chat
@@ -989,6 +1144,11 @@ impl Server {
                 self.mark_dirty(k);
             }
         }
+        self.handshakes.expire(
+            self.now,
+            self.cfg.handshake_rate_burst,
+            self.cfg.handshake_rate_per_sec,
+        );
         let now = self.chat_now();
         self.chat.tick(now);
         // After a burst (a crowd joining, each answered with a long member

@@ -75,6 +75,10 @@ pub struct Request<'a> {
     pub duplicate: Option<&'static str>,
     /// Every `Sec-WebSocket-Protocol` value, comma lists unsplit.
     pub protocols: Vec<&'a [u8]>,
+    /// Every `Forwarded` (RFC 7239) and `X-Forwarded-For` value, in order:
+    /// read only from a trusted proxy (the server's business, not RFC 6455's).
+    pub forwarded: Vec<&'a [u8]>,
+    pub x_forwarded_for: Vec<&'a [u8]>,
 }
 
 impl<'a> Request<'a> {
@@ -99,6 +103,12 @@ impl<'a> Request<'a> {
             let slot: &mut Option<&'a [u8]> = if name.eq_ignore_ascii_case("sec-websocket-protocol")
             {
                 out.protocols.push(h.value);
+                continue;
+            } else if name.eq_ignore_ascii_case("forwarded") {
+                out.forwarded.push(h.value);
+                continue;
+            } else if name.eq_ignore_ascii_case("x-forwarded-for") {
+                out.x_forwarded_for.push(h.value);
                 continue;
             } else if name.eq_ignore_ascii_case("host") {
                 let v = std::str::from_utf8(h.value).map_err(|_| RequestError::Malformed)?;
