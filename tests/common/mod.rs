@@ -72,6 +72,25 @@ impl Server {
         None
     }
 
+    /// CPU time (user + system) the server has used, in milliseconds
+    /// (Linux /proc; its clock ticks are USER_HZ, 100 per second). For
+    /// figures printed by tests, not for assertions: CPU time on a shared
+    /// machine is a measurement, not a property.
+    pub fn cpu_ms(&self) -> u64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // Fields 14 and 15 (utime, stime), counted after the ")" that ends
+        // the command name, which may itself hold spaces.
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let ticks: u64 = rest
+            .split_whitespace()
+            .skip(11)
+            .take(2)
+            .filter_map(|t| t.parse::<u64>().ok())
+            .sum();
+        ticks * 10
+    }
+
     /// Resident memory of the server in KiB (Linux /proc).
     pub fn rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
