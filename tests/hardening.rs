@@ -1565,3 +1565,87 @@ fn ping_flood_into_a_full_queue_keeps_every_message_and_the_last_pong() {
         "{pongs} pongs for an unread flood: unsent pongs are not bounded"
     );
 }
+
+/// Writes `bytes` one at a time, one every 100 ms, until `stop` is set or
+/// a write fails (the server dropped us).
+fn trickle(mut w: TcpStream, bytes: Vec<u8>, stop: Arc<AtomicBool>) -> thread::JoinHandle<()> {
+    thread::spawn(move || {
+        for b in bytes {
+            if stop.load(Ordering::SeqCst) || w.write_all(&[b]).is_err() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    })
+}
+
+/// Item 5: bytes trickled in keep the idle timeout at bay, but a frame or
+/// a fragmented message, once started, must complete within
+/// --message-timeout: the connection is then closed 1008 "message timeout",
+/// and a chat member leaves its rooms. Each message gets its own deadline.
+#[test]
+fn a_partial_frame_or_message_cannot_keep_a_connection_alive() {
+    let server = Server::start(&["--message-timeout", "1500ms"]);
+    let stop = Arc::new(AtomicBool::new(false));
+
+    // /echo: one byte of a 60 kB frame every 100 ms.
+    let mut s = raw_ws(server.addr, "/echo", "");
+    let f = frame(true, 0x2, &vec![7; 60_000]);
+    let start = f.len() - 60_000 + 1;
+    s.write_all(&f[..start]).unwrap();
+    let t1 = trickle(
+        s.try_clone().unwrap(),
+        f[start..].to_vec(),
+        Arc::clone(&stop),
+    );
+    assert_eq!(read_close(&mut s), (Some(1008), "message timeout".into()));
+
+    // /ws: a fragmented message whose fragments (each a complete frame,
+    // with pings between them) never end.
+    let mut watcher = Member::join(server.addr, "watcher", "r");
+    let mut slow = Member::join(server.addr, "slow", "r");
+    watcher.next_where(|v| v["type"] == "presence" && v["nick"] == "slow");
+    slow.s
+        .write_all(&frame(
+            false,
+            0x1,
+            br#"{"type":"message","room":"r","text":""#,
+        ))
+        .unwrap();
+    let mut more = Vec::new();
+    for _ in 0..300 {
+        more.extend(frame(false, 0x0, b""));
+        more.extend(frame(true, 0x9, b""));
+    }
+    // One frame per 100 ms: each frame is a handful of bytes; trickle
+    // whole frames by sending their bytes in a burst per tick.
+    let mut w = slow.s.try_clone().unwrap();
+    let stop2 = Arc::clone(&stop);
+    let t2 = thread::spawn(move || {
+        for f in more.chunks(12) {
+            if stop2.load(Ordering::SeqCst) || w.write_all(f).is_err() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    });
+    assert_eq!(
+        read_close(&mut slow.s),
+        (Some(1008), "message timeout".into())
+    );
+    watcher.next_where(|v| is_leave_of(v, "slow"));
+
+    // Every message has a deadline of its own: 30 messages, each in two
+    // halves 100 ms apart, 3 s in all, twice the timeout; all echoed.
+    let mut s = raw_ws(server.addr, "/echo", "");
+    for i in 0..30u8 {
+        let f = frame(true, 0x2, &[i; 100]);
+        s.write_all(&f[..50]).unwrap();
+        thread::sleep(Duration::from_millis(100));
+        s.write_all(&f[50..]).unwrap();
+        assert_eq!(read_frame(&mut s).unwrap(), (true, 0x2, vec![i; 100]));
+    }
+    stop.store(true, Ordering::SeqCst);
+    t1.join().unwrap();
+    t2.join().unwrap();
+}

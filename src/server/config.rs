@@ -72,6 +72,13 @@ pub struct Config {
     #[arg(long, value_name = "DURATION", default_value = "75s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
 
+    /// A frame or fragmented message, once its first byte arrived, must be
+    /// complete within this long, or the connection is closed (1008
+    /// "message timeout"): trickled bytes count against --idle-timeout but
+    /// cannot keep a partial message alive past this.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub message_timeout: Duration,
+
     /// After sending a close frame, wait this long for the peer's close and
     /// its end of the TCP connection before dropping it.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
@@ -217,6 +224,7 @@ mod tests {
         let c = Config::default();
         assert_eq!(c.max_message_size, 16 << 20);
         assert_eq!(c.idle_timeout, Duration::from_secs(75));
+        assert_eq!(c.message_timeout, Duration::from_secs(60));
         assert_eq!(c.max_history_bytes, 64 << 20);
         assert_eq!(c.motd, "Welcome to wschat!");
         assert_eq!(c.ipv6_prefix_len, 64);

@@ -99,7 +99,9 @@ struct Conn {
     /// Milliseconds (server clock) of the last byte received.
     last_rx: u64,
     last_ping: u64,
-    /// When the current phase runs out: handshake, closing or lingering.
+    /// When the current phase runs out: handshake, closing or lingering;
+    /// on an open WebSocket, when the frame or message in progress must be
+    /// complete (`u64::MAX` while none is).
     deadline: u64,
     dirty: bool,
     writable: bool,
@@ -216,6 +218,7 @@ impl Server {
             cfg.handshake_timeout,
             cfg.ping_interval,
             cfg.idle_timeout,
+            cfg.message_timeout,
             cfg.close_timeout,
         ]
         .into_iter()
@@ -853,7 +856,7 @@ impl Server {
             pos += n;
             match r {
                 Ok(Some(ev)) => self.on_event(k, endpoint, ev),
-                Ok(None) if n == 0 => return,
+                Ok(None) if n == 0 => break,
                 Ok(None) => {}
                 Err(e) => {
                     debug!("connection {k}: {}", e.reason());
@@ -861,6 +864,28 @@ impl Server {
                     return;
                 }
             }
+        }
+        self.track_message_deadline(k);
+    }
+
+    /// A frame or message in progress must complete within
+    /// `--message-timeout` of the read that started it: bytes trickled now
+    /// and then keep the idle timeout at bay, so without this deadline they
+    /// could hold a partial message's buffer, a nick and rooms forever.
+    /// The engine reads no clock; the server keeps the deadline.
+    fn track_message_deadline(&mut self, k: usize) {
+        let timeout = ms(self.cfg.message_timeout);
+        let Some(c) = self.conns.get_mut(k) else {
+            return;
+        };
+        let Phase::Ws(ws) = &c.phase else { return };
+        if ws.close_sent {
+            return; // the deadline is now the close timeout's
+        }
+        if !ws.rx.in_progress() {
+            c.deadline = u64::MAX;
+        } else if c.deadline == u64::MAX {
+            c.deadline = self.now.saturating_add(timeout);
         }
     }
 
@@ -1057,6 +1082,7 @@ impl Server {
     fn flush(&mut self, k: usize) {
         let max_pending = self.cfg.max_pending_output;
         let close_timeout = ms(self.cfg.close_timeout);
+        let message_timeout = ms(self.cfg.message_timeout);
         let Some(c) = self.conns.get_mut(k) else {
             return;
         };
@@ -1089,6 +1115,10 @@ impl Server {
         if c.paused && c.out.pending() <= max_pending / 2 {
             c.paused = false;
             self.again.push(k);
+            // A message cut short by our not reading gets its time again.
+            if matches!(&c.phase, Phase::Ws(ws) if !ws.close_sent) && c.deadline != u64::MAX {
+                c.deadline = self.now.saturating_add(message_timeout);
+            }
         }
         if drained && c.shutdown_when_flushed {
             c.shutdown_when_flushed = false;
@@ -1115,12 +1145,16 @@ impl Server {
         let idle = ms(self.cfg.idle_timeout);
         let ping = ms(self.cfg.ping_interval);
         let mut expired = Vec::new();
+        let mut late = Vec::new();
         let mut silent = Vec::new();
         let mut to_ping = Vec::new();
         for (k, c) in self.conns.iter() {
             match &c.phase {
                 Phase::Ws(ws) if !ws.close_sent => {
-                    if now.saturating_sub(c.last_rx) >= idle {
+                    // Not while we are the ones not reading (backpressure).
+                    if now >= c.deadline && !c.paused {
+                        late.push(k);
+                    } else if now.saturating_sub(c.last_rx) >= idle {
                         silent.push(k);
                     } else if now.saturating_sub(c.last_rx.max(c.last_ping)) >= ping {
                         to_ping.push(k);
@@ -1133,6 +1167,10 @@ impl Server {
         for k in expired {
             debug!("connection {k}: timed out");
             self.drop_conn(k);
+        }
+        for k in late {
+            debug!("connection {k}: message not complete in time");
+            self.start_close(k, 1008, "message timeout");
         }
         for k in silent {
             self.start_close(k, 1001, "idle timeout");

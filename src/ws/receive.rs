@@ -188,6 +188,14 @@ impl Receiver {
             .map_or(0, |h| h.message.capacity() + h.control.capacity())
     }
 
+    /// Whether a frame (its header included) or a fragmented message has
+    /// started and not yet completed. The engine reads no clock: the server
+    /// gives what is in progress a deadline (`--message-timeout`).
+    pub fn in_progress(&self) -> bool {
+        self.state == State::Open
+            && (self.hdr_len > 0 || self.frame.is_some() || self.message.is_some())
+    }
+
     /// True once a close frame or an error ended parsing; further input is ignored.
     pub fn is_done(&self) -> bool {
         self.state != State::Open
@@ -715,6 +723,33 @@ mod tests {
                 Outcome::Error(ProtocolError::ReservedOpcode(5))
             ]
         );
+    }
+
+    #[test]
+    fn in_progress_from_the_first_header_byte_to_the_end_of_the_message() {
+        let mut rx = Receiver::new(1 << 20);
+        assert!(!rx.in_progress());
+        let mut input = client_frame(false, 1, b"Hel", K);
+        input.extend(client_frame(true, 9, b"p", K));
+        input.extend(client_frame(true, 0, b"lo", K));
+        let mut seen = Vec::new();
+        for &b in &input {
+            let mut byte = [b];
+            assert!(rx.read(&mut byte).1.is_ok());
+            seen.push(rx.in_progress());
+        }
+        // In progress after every byte but the last; idle at the end.
+        assert!(seen[..input.len() - 1].iter().all(|&p| p), "{seen:?}");
+        assert!(!rx.in_progress());
+        // A lone control frame is in progress only while it is partial.
+        let mut rx = Receiver::new(1 << 20);
+        let ping = client_frame(true, 9, b"abc", K);
+        let mut head = ping[..3].to_vec();
+        assert_eq!(rx.read(&mut head).1, Ok(None));
+        assert!(rx.in_progress());
+        let mut rest = ping[3..].to_vec();
+        assert!(matches!(rx.read(&mut rest).1, Ok(Some(Event::Ping(_)))));
+        assert!(!rx.in_progress());
     }
 
     #[test]
