@@ -1649,3 +1649,40 @@ fn a_partial_frame_or_message_cannot_keep_a_connection_alive() {
     t1.join().unwrap();
     t2.join().unwrap();
 }
+
+/// Item 8: the first fragment of a message reserves what arrived, not
+/// 64 KiB: a thousand connections that each open a message with 7 bytes
+/// cost the server little more than the connections themselves.
+#[test]
+fn a_small_first_fragment_reserves_only_what_arrived() {
+    raise_fd_limit();
+    let server = Server::start(&[]);
+    let warm = raw_ws(server.addr, "/echo", "");
+    let mut conns: Vec<TcpStream> = (0..1000)
+        .map(|_| raw_ws(server.addr, "/echo", ""))
+        .collect();
+    let before = server.rss_kib();
+    for s in &mut conns {
+        s.write_all(&frame(false, 0x2, b"7 bytes")).unwrap();
+        // A ping behind it: its pong says the fragment has been read.
+        s.write_all(&frame(true, 0x9, b"p")).unwrap();
+    }
+    for s in &mut conns {
+        assert_eq!(read_frame(s).unwrap(), (true, 0xA, b"p".to_vec()));
+    }
+    let after = server.rss_kib();
+    let per_conn = after.saturating_sub(before) as f64 * 1024.0 / 1000.0;
+    eprintln!(
+        "a 7-byte first fragment: {before} KiB → {after} KiB ({per_conn:.0} B per connection)"
+    );
+    assert!(
+        per_conn < 1024.0,
+        "{per_conn:.0} B per connection holding a 7-byte fragment"
+    );
+    // The messages still complete.
+    for s in conns.iter_mut().step_by(100) {
+        s.write_all(&frame(true, 0x0, b"!")).unwrap();
+        assert_eq!(read_frame(s).unwrap(), (true, 0x2, b"7 bytes!".to_vec()));
+    }
+    drop((warm, conns));
+}

@@ -476,23 +476,18 @@ impl Receiver {
     }
 }
 
-/// A message buffer's first allocation: bounded by a constant, so it does not
-/// follow a length a header announces.
-const FIRST_RESERVE: usize = 64 * 1024;
-
 /// Appends to a message buffer that doubles as it grows but never past the
 /// message limit, so a connection's buffer is bounded by `--max-message-size`
-/// (the header check has already made sure the data fits).
+/// (the header check has already made sure the data fits). The first
+/// allocation is what arrived, neither a length a header announces nor a
+/// fixed reserve: a peer that opens a message with a few bytes holds a few
+/// bytes, and a large message, arriving a read buffer at a time, is copied
+/// O(1) times per byte all the same.
 fn append_capped(buf: &mut Vec<u8>, data: &[u8], limit: u64) {
     let need = buf.len() + data.len();
     if need > buf.capacity() {
         let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-        // Start at a few reads' worth rather than doubling up from nothing.
-        let want = (buf.capacity() * 2)
-            .max(need)
-            .max(FIRST_RESERVE)
-            .min(limit)
-            .max(need);
+        let want = (buf.capacity() * 2).min(limit).max(need);
         buf.reserve_exact(want - buf.len());
     }
     buf.extend_from_slice(data);
@@ -723,6 +718,31 @@ mod tests {
                 Outcome::Error(ProtocolError::ReservedOpcode(5))
             ]
         );
+    }
+
+    #[test]
+    fn a_small_first_fragment_holds_only_its_bytes() {
+        let mut rx = Receiver::new(16 << 20);
+        let mut f = client_frame(false, 2, b"7 bytes", K);
+        let len = f.len();
+        assert_eq!(rx.read(&mut f), (len, Ok(None)));
+        assert!(rx.buffered() < 64, "{} bytes held", rx.buffered());
+        // Growth doubles from there: 10,000 more fragments, few allocations.
+        let mut grows = 0;
+        let mut cap = rx.buffered();
+        for _ in 0..10_000 {
+            let mut f = client_frame(false, 0, b"7 bytes", K);
+            assert_eq!(rx.read(&mut f).1, Ok(None));
+            grows += usize::from(rx.buffered() != cap);
+            cap = rx.buffered();
+        }
+        assert!(grows <= 20, "{grows} reallocations");
+        let mut f = client_frame(true, 0, b"", K);
+        match rx.read(&mut f).1 {
+            Ok(Some(Event::Binary(p))) => assert_eq!(p.len(), 7 * 10_001),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(rx.buffered(), 0);
     }
 
     #[test]
