@@ -1093,7 +1093,9 @@
     } else {
       body.append(el('span', { class: 'sr-only', text: m.from + ': ' }));
     }
-    body.append(el('div', { class: 'text', 'data-testid': 'message-text' }, richText(m.text)));
+    // dir="auto" (and unicode-bidi: isolate in app.css): each message takes
+    // its own direction and no bidi control in it reaches what is around it.
+    body.append(el('div', { class: 'text', dir: 'auto', 'data-testid': 'message-text' }, richText(m.text)));
     if (p) {
       const status = el('div', { class: 'status', 'data-testid': 'message-status' });
       if (p.state === 'sending') status.append(el('span', { class: 'spinner', 'aria-hidden': 'true' }), el('span', { text: 'Sending…' }));

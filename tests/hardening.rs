@@ -1686,3 +1686,57 @@ fn a_small_first_fragment_reserves_only_what_arrived() {
     }
     drop((warm, conns));
 }
+
+/// Item 9: chat text must show something and may not carry explicit bidi
+/// controls; each refusal is `invalid` on `text` and reaches nobody. Nicks
+/// are ASCII by rule, so no invisible or bidi character gets into one.
+#[test]
+fn invisible_and_bidi_override_texts_are_refused() {
+    let server = Server::start(&["--rate-burst", "0"]);
+    let mut alice = Member::join(server.addr, "alice", "r");
+    let mut bob = Member::join(server.addr, "bob", "r");
+    alice.next_where(|v| v["type"] == "presence" && v["nick"] == "bob");
+    for (text, wording) in [
+        ("\u{200b}", "visible character"),
+        ("\u{ad}\u{2060}\u{feff}", "visible character"),
+        (" \u{200b}\n", "visible character"),
+        ("\u{202e}gpj.exe", "bidirectional"),
+        ("ok\u{2066}", "bidirectional"),
+    ] {
+        alice.send(&json!({"type": "message", "room": "r", "text": text, "ref": "x"}));
+        let v = alice.next_where(|v| v["type"] == "error");
+        assert_eq!(v["code"], "invalid", "{text:?}: {v}");
+        assert_eq!(v["ref"], "x");
+        let m = v["message"].as_str().unwrap();
+        assert!(
+            m.contains("\"text\"") && m.contains(wording),
+            "{text:?}: {m}"
+        );
+        alice.send(&json!({"type": "dm", "to": "bob", "text": text}));
+        let v = alice.next_where(|v| v["type"] == "error");
+        assert_eq!(v["code"], "invalid", "{text:?}: {v}");
+    }
+    // Visible text with invisible characters inside it is delivered; bob
+    // gets nothing before it.
+    let emoji = "\u{1F469}\u{200D}\u{1F4BB} ok";
+    alice.post("r", emoji);
+    let v = bob.next_where(|v| v["type"] == "message" || v["type"] == "dm");
+    assert_eq!(
+        (v["from"].as_str(), v["text"].as_str()),
+        (Some("alice"), Some(emoji))
+    );
+
+    // Nicks: a percent-encoded U+200B or U+202E in ?nick= gets a guest
+    // nick; a nick change to one is invalid.
+    for nick in ["%E2%80%8B", "%E2%80%AEalice", "bob%E2%80%8B"] {
+        let mut s = raw_ws(server.addr, &format!("/ws?nick={nick}"), "");
+        let (_, _, p) = read_frame(&mut s).unwrap();
+        let w: Value = serde_json::from_slice(&p).unwrap();
+        let got = w["nick"].as_str().unwrap();
+        assert!(got.starts_with("guest-"), "{nick} became {got:?}");
+    }
+    alice.send(&json!({"type": "nick", "nick": "\u{200b}alice"}));
+    let v = alice.next_where(|v| v["type"] == "error");
+    assert_eq!(v["code"], "invalid");
+    assert!(v["message"].as_str().unwrap().contains("\"nick\""));
+}

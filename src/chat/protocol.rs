@@ -110,6 +110,12 @@ impl fmt::Display for ChatError {
                     Reason::Text(TextError::Control) => f.write_str(
                         "must not contain control characters other than newline and tab",
                     ),
+                    Reason::Text(TextError::Invisible) => f.write_str(
+                        "must contain a visible character (format characters such as U+200B do not count)",
+                    ),
+                    Reason::Text(TextError::Bidi) => f.write_str(
+                        "must not contain bidirectional embeddings, overrides or isolates (U+202A to U+202E, U+2066 to U+2069)",
+                    ),
                 }
             }
             ChatError::NickTaken => f.write_str("that nick is taken"),

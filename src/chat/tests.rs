@@ -696,7 +696,7 @@ fn chat_text_rules() {
     h.join(1, "r");
     let max = "é".repeat(4000); // 4000 scalar values, 8000 bytes
     let too_long = "a".repeat(4001);
-    for good in ["x", "\u{200b}", "a\nb\tc", " a ", max.as_str(), "\u{1F600}"] {
+    for good in ["x", "a\nb\tc", " a ", max.as_str(), "\u{1F600}"] {
         h.send(1, json!({"type": "message", "room": "r", "text": good}));
         let f = h.drain();
         assert_eq!(f[0].1["text"], good);
@@ -718,6 +718,140 @@ fn chat_text_rules() {
             &h.ask(1, json!({"type": "message", "room": "r", "text": bad})),
             "text",
         );
+    }
+}
+
+/// Issue 15, item 9: a text must show something, and may not reorder
+/// what is shown with an explicit bidi control. Both refusals are
+/// `invalid` on the `text` field with their own wording; nothing is posted.
+#[test]
+fn chat_text_must_be_visible_and_free_of_bidi_controls() {
+    let mut h = H::new();
+    h.user(1, "alice");
+    h.user(2, "bob");
+    h.join(1, "r");
+    h.join(2, "r");
+    h.drain();
+    let invisible = [
+        "\u{200b}",
+        "\u{ad}\u{2060}\u{feff}",
+        "\u{200c}\u{200d}",
+        " \u{200b}\n\u{2063}\t",
+        "\u{e0041}\u{e007f}", // tags
+        "\u{fe0f}",           // a variation selector alone
+        "\u{3164}\u{115f}",   // Hangul fillers
+        "\u{2800}",           // braille pattern blank
+        "\u{200e}\u{200f}",   // implicit marks: allowed, but not alone
+    ];
+    for bad in invisible {
+        let v = h.ask(
+            1,
+            json!({"type": "message", "room": "r", "text": bad, "ref": "i"}),
+        );
+        invalid(&v, "text");
+        assert_eq!(v["ref"], "i");
+        let m = v["message"].as_str().unwrap();
+        assert!(m.contains("visible character"), "{bad:?}: {m}");
+        let v = h.ask(1, json!({"type": "dm", "to": "bob", "text": bad}));
+        invalid(&v, "text");
+    }
+    let bidi = [
+        "\u{202e}gpj.exe",
+        "abc\u{202a}",
+        "abc\u{202b}def\u{202c}",
+        "x\u{202d}",
+        "\u{2066}x\u{2069}",
+        "\u{2067}x",
+        "\u{2068}x",
+        "\u{200b}\u{202e}", // bidi is named even when nothing is visible
+    ];
+    for bad in bidi {
+        let v = h.ask(1, json!({"type": "message", "room": "r", "text": bad}));
+        invalid(&v, "text");
+        let m = v["message"].as_str().unwrap();
+        assert!(m.contains("bidirectional"), "{bad:?}: {m}");
+        invalid(
+            &h.ask(1, json!({"type": "dm", "to": "bob", "text": bad})),
+            "text",
+        );
+    }
+    // Nothing of the above reached bob.
+    assert!(h.drain().iter().all(|(to, _)| *to == 1));
+    // Invisible characters beside visible ones, and the implicit marks
+    // (which open no embedding), are fine: emoji sequences need U+200D and
+    // U+FE0F, Persian text U+200C, mixed-direction text U+200F.
+    for good in [
+        "a\u{200b}b",
+        "\u{1F469}\u{200D}\u{1F4BB}",
+        "\u{2764}\u{FE0F}",
+        "\u{645}\u{200c}\u{6cc}",
+        "\u{5e9}\u{200f} ok",
+        "soft\u{ad}hyphen",
+    ] {
+        h.send(1, json!({"type": "message", "room": "r", "text": good}));
+        let f = h.drain();
+        assert!(
+            f.iter().any(|(to, v)| *to == 2 && v["text"] == good),
+            "{good:?}"
+        );
+    }
+}
+
+#[test]
+fn invisible_characters_include_every_format_character() {
+    use super::validate::{is_bidi_control, is_invisible};
+    // Every format character (Cf) of Unicode 15.1, by range.
+    let cf = [
+        (0xAD, 0xAD),
+        (0x600, 0x605),
+        (0x61C, 0x61C),
+        (0x6DD, 0x6DD),
+        (0x70F, 0x70F),
+        (0x890, 0x891),
+        (0x8E2, 0x8E2),
+        (0x180E, 0x180E),
+        (0x200B, 0x200F),
+        (0x202A, 0x202E),
+        (0x2060, 0x2064),
+        (0x2066, 0x206F),
+        (0xFEFF, 0xFEFF),
+        (0xFFF9, 0xFFFB),
+        (0x110BD, 0x110BD),
+        (0x110CD, 0x110CD),
+        (0x13430, 0x1343F),
+        (0x1BCA0, 0x1BCA3),
+        (0x1D173, 0x1D17A),
+        (0xE0001, 0xE0001),
+        (0xE0020, 0xE007F),
+    ];
+    let mut n = 0;
+    for (lo, hi) in cf {
+        for c in (lo..=hi).filter_map(char::from_u32) {
+            assert!(is_invisible(c), "U+{:04X}", u32::from(c));
+            n += 1;
+        }
+    }
+    assert_eq!(n, 170, "Unicode 15.1 has 170 Cf characters");
+    for c in [
+        'a',
+        ' ',
+        '\u{ac}',
+        '\u{ae}',
+        '\u{200a}',
+        '\u{2010}',
+        '\u{fffd}',
+        '\u{1F600}',
+    ] {
+        assert!(!is_invisible(c), "U+{:04X}", u32::from(c));
+    }
+    for c in (0x202A..=0x202E)
+        .chain(0x2066..=0x2069)
+        .filter_map(char::from_u32)
+    {
+        assert!(is_bidi_control(c));
+    }
+    for c in ['\u{200e}', '\u{200f}', '\u{61c}', '\u{2029}', '\u{206a}'] {
+        assert!(!is_bidi_control(c));
     }
 }
 

@@ -41,16 +41,85 @@ pub enum TextError {
     TooLong,
     Blank,
     Control,
+    /// Nothing but white space and invisible characters (`is_invisible`).
+    Invisible,
+    /// An explicit bidirectional embedding, override or isolate.
+    Bidi,
+}
+
+/// Characters that show nothing, as sorted inclusive ranges: every format
+/// character (General_Category Cf, Unicode 15.1: U+200B zero width space,
+/// U+00AD soft hyphen, U+2060 word joiner, U+FEFF, tags, …), the rest of
+/// Default_Ignorable_Code_Point (variation selectors, Hangul fillers,
+/// U+034F, U+2065, U+FFF0–U+FFF8, the U+E0000 block), and U+2800 BRAILLE
+/// PATTERN BLANK, a printable character that prints nothing.
+const INVISIBLE: &[(u32, u32)] = &[
+    (0x00AD, 0x00AD),
+    (0x034F, 0x034F),
+    (0x0600, 0x0605),
+    (0x061C, 0x061C),
+    (0x06DD, 0x06DD),
+    (0x070F, 0x070F),
+    (0x0890, 0x0891),
+    (0x08E2, 0x08E2),
+    (0x115F, 0x1160),
+    (0x17B4, 0x17B5),
+    (0x180B, 0x180F),
+    (0x200B, 0x200F),
+    (0x202A, 0x202E),
+    (0x2060, 0x206F),
+    (0x2800, 0x2800),
+    (0x3164, 0x3164),
+    (0xFE00, 0xFE0F),
+    (0xFEFF, 0xFEFF),
+    (0xFFA0, 0xFFA0),
+    (0xFFF0, 0xFFFB),
+    (0x110BD, 0x110BD),
+    (0x110CD, 0x110CD),
+    (0x13430, 0x1343F),
+    (0x1BCA0, 0x1BCA3),
+    (0x1D173, 0x1D17A),
+    (0xE0000, 0xE0FFF),
+];
+
+/// Whether `c` shows nothing (see `INVISIBLE`); white space is apart.
+pub fn is_invisible(c: char) -> bool {
+    let c = u32::from(c);
+    if c < 0xAD {
+        return false;
+    }
+    INVISIBLE
+        .binary_search_by(|&(lo, hi)| {
+            if hi < c {
+                std::cmp::Ordering::Less
+            } else if lo > c {
+                std::cmp::Ordering::Greater
+            } else {
+                std::cmp::Ordering::Equal
+            }
+        })
+        .is_ok()
+}
+
+/// The explicit directional embeddings, overrides and isolates (UAX #9
+/// §2.1, §2.2: LRE RLE PDF LRO RLO, LRI RLI FSI PDI). An unclosed override
+/// reverses what follows it ("gpj.exe" shown as "exe.jpg"), so they are
+/// refused; the implicit marks (U+200E, U+200F, U+061C) open nothing and
+/// are kept.
+pub fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
 /// Text rule: 1..=`max_chars` Unicode scalar values, at least one of them
-/// not White_Space, no character of category Cc except newline and tab.
+/// neither White_Space nor invisible (`is_invisible`), no character of
+/// category Cc except newline and tab, no explicit bidi control.
 pub fn check_text(s: &str, max_chars: usize) -> Result<(), TextError> {
     if s.is_empty() {
         return Err(TextError::Empty);
     }
     let mut count = 0usize;
     let mut blank = true;
+    let mut visible = false;
     for c in s.chars() {
         count += 1;
         if count > max_chars {
@@ -60,13 +129,20 @@ pub fn check_text(s: &str, max_chars: usize) -> Result<(), TextError> {
         if c.is_control() && c != '\n' && c != '\t' {
             return Err(TextError::Control);
         }
+        if is_bidi_control(c) {
+            return Err(TextError::Bidi);
+        }
         // `char::is_whitespace` is exactly the White_Space property.
         if !c.is_whitespace() {
             blank = false;
+            visible = visible || !is_invisible(c);
         }
     }
     if blank {
         return Err(TextError::Blank);
+    }
+    if !visible {
+        return Err(TextError::Invisible);
     }
     Ok(())
 }
