@@ -1740,3 +1740,147 @@ fn invisible_and_bidi_override_texts_are_refused() {
     assert_eq!(v["code"], "invalid");
     assert!(v["message"].as_str().unwrap().contains("\"nick\""));
 }
+
+// ---- static files ------------------------------------------------------------
+
+/// A fresh directory for `--static-dir` under the target's temporary directory.
+fn static_dir(tag: &str) -> std::path::PathBuf {
+    let d = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("static-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// 8 MB that no two offsets of a shifted copy would match.
+fn big_file_bytes() -> Vec<u8> {
+    (0..8_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect()
+}
+
+/// The value of header `name` in a response head.
+fn header_value<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+/// Reads a response's head and its `Content-Length` body.
+fn read_sized_response(s: &mut TcpStream) -> (u16, String, Vec<u8>) {
+    let (status, head) = read_http_response(s);
+    let len: usize = header_value(&head, "content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no Content-Length: {head}"));
+    let mut body = vec![0; len];
+    s.read_exact(&mut body).expect("the whole body");
+    (status, head, body)
+}
+
+fn get_on(s: &mut TcpStream, path: &str) -> (u16, String, Vec<u8>) {
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .unwrap();
+    read_sized_response(s)
+}
+
+/// Forty clients ask for an 8 MB file and never read: the server holds at
+/// most a piece of it for each (the file is streamed, not loaded whole per
+/// request), and a bystander still gets its page.
+#[test]
+fn large_static_file_to_many_non_readers_keeps_memory_bounded() {
+    let dir = static_dir("big");
+    let big = big_file_bytes();
+    std::fs::write(dir.join("big.bin"), &big).unwrap();
+    std::fs::write(dir.join("index.html"), "<!doctype html><p>hi</p>\n").unwrap();
+    let server = Server::start(&["--static-dir", dir.to_str().unwrap()]);
+    let rss_before = server.rss_kib();
+    let mut hogs: Vec<TcpStream> = (0..40)
+        .map(|_| {
+            let mut s = connect(server.addr);
+            s.write_all(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+                .unwrap();
+            s
+        })
+        .collect();
+    // The bystander is answered after the server has seen every request above.
+    let mut b = connect(server.addr);
+    let (status, head, body) = get_on(&mut b, "/");
+    assert_eq!(status, 200, "{head}");
+    assert_eq!(body, b"<!doctype html><p>hi</p>\n");
+    thread::sleep(Duration::from_millis(300));
+    let rss = server.rss_kib();
+    eprintln!("40 x 8 MB unread: server RSS {rss_before} KiB -> {rss} KiB");
+    assert!(
+        rss.saturating_sub(rss_before) < 32 * 1024,
+        "server RSS grew from {rss_before} KiB to {rss} KiB"
+    );
+    // A hog that reads after all gets the file intact.
+    let (status, head, body) = read_sized_response(&mut hogs[0]);
+    assert_eq!(status, 200, "{head}");
+    assert!(body == big, "the streamed file differs from the file");
+    drop(hogs);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Dot-files are not served (`.env`, `.git/`, a symlink to a dot-file), but
+/// `/.well-known/` is, for ACME challenges.
+#[test]
+fn dot_paths_are_404_except_well_known() {
+    let dir = static_dir("dot");
+    std::fs::write(dir.join(".env"), "DB_PASSWORD=hunter2\n").unwrap();
+    std::fs::create_dir_all(dir.join(".git")).unwrap();
+    std::fs::write(dir.join(".git/config"), "DB_PASSWORD=hunter2\n").unwrap();
+    std::os::unix::fs::symlink(dir.join(".env"), dir.join("env.txt")).unwrap();
+    std::fs::create_dir_all(dir.join(".well-known/acme-challenge")).unwrap();
+    std::fs::write(
+        dir.join(".well-known/acme-challenge/tok123"),
+        "tok123.key\n",
+    )
+    .unwrap();
+    let server = Server::start(&["--static-dir", dir.to_str().unwrap()]);
+    for path in ["/.env", "/%2eenv", "/.git/config", "/env.txt", "/x/../.env"] {
+        let mut s = connect(server.addr);
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .unwrap();
+        let (status, head) = read_http_response(&mut s);
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+        assert!(matches!(status, 403 | 404), "{path}: {head}");
+        assert!(
+            !String::from_utf8_lossy(&rest).contains("hunter2"),
+            "{path} leaked"
+        );
+    }
+    let (status, head, body) = get_on(
+        &mut connect(server.addr),
+        "/.well-known/acme-challenge/tok123",
+    );
+    assert_eq!(status, 200, "{head}");
+    assert_eq!(body, b"tok123.key\n");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A client that sends its request and then shuts down its sending side
+/// (`shutdown(SHUT_WR)`) gets the whole 8 MB answer, not what one write
+/// took.
+#[test]
+fn half_closed_client_gets_the_whole_response() {
+    let dir = static_dir("half");
+    let big = big_file_bytes();
+    std::fs::write(dir.join("big.bin"), &big).unwrap();
+    let server = Server::start(&["--static-dir", dir.to_str().unwrap()]);
+    let mut s = connect(server.addr);
+    s.write_all(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    // Let the FIN arrive with the request, before anything is read.
+    thread::sleep(Duration::from_millis(100));
+    let (status, head) = read_http_response(&mut s);
+    assert_eq!(status, 200, "{head}");
+    let mut body = Vec::new();
+    let _ = s.read_to_end(&mut body);
+    assert_eq!(body.len(), big.len(), "truncated answer");
+    assert!(body == big);
+    let _ = std::fs::remove_dir_all(&dir);
+}

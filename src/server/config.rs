@@ -48,6 +48,12 @@ pub struct Config {
     #[arg(long, value_name = "DIR")]
     pub static_dir: Option<PathBuf>,
 
+    /// Memory for cached --static-dir files (each up to 1 MiB), shared by
+    /// every response; larger files, and files past the budget, are read
+    /// from disk in 64 KiB pieces as the client takes them.
+    #[arg(long, value_name = "SIZE", default_value = "8MiB", value_parser = parse_size)]
+    pub static_cache_size: usize,
+
     /// Largest message on /echo, all fragments together; larger is closed with 1009.
     #[arg(long, value_name = "SIZE", default_value = "16MiB", value_parser = parse_size)]
     pub max_message_size: usize,

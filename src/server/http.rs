@@ -2,19 +2,7 @@
 //! files of the web client, and the Origin check.
 
 use percent_encoding::percent_decode_str;
-use std::path::{Component, Path, PathBuf};
-
-/// The web client, built into the binary so that one file is all a user
-/// copies to a Raspberry Pi.
-const EMBEDDED: &[(&str, &[u8])] = &[
-    ("index.html", include_bytes!("../../static/index.html")),
-    ("app.css", include_bytes!("../../static/app.css")),
-    ("app.js", include_bytes!("../../static/app.js")),
-    ("favicon.svg", include_bytes!("../../static/favicon.svg")),
-];
-
-/// Largest file served from `--static-dir`.
-const MAX_STATIC_FILE: u64 = 16 << 20;
+use std::path::{Component, Path};
 
 pub fn status_text(status: u16) -> &'static str {
     match status {
@@ -76,23 +64,19 @@ Referrer-Policy: no-referrer\r\nX-Frame-Options: DENY\r\n\
 Content-Security-Policy: default-src 'self'; connect-src 'self'; img-src 'self' data:; \
 style-src 'self'; script-src 'self'; frame-ancestors 'none'\r\n";
 
-/// A file to serve.
-pub enum Body {
-    Embedded(&'static [u8]),
-    Loaded(Vec<u8>),
-}
-
 /// Why a path is not served.
 #[derive(Debug, PartialEq, Eq)]
 pub enum StaticError {
     NotFound,
     /// The path tries to leave the static directory.
     Forbidden,
+    /// Out of file descriptors: try again later.
+    Busy,
 }
 
 /// The relative file name a request path asks for: percent-decoded, `/`
 /// meaning `index.html`, with no way out of the directory (`..`, absolute
-/// parts, backslashes, NUL).
+/// parts, backslashes, NUL) and no dot-file (see [`check_dot_components`]).
 pub fn file_name(path: &str) -> Result<String, StaticError> {
     let decoded = percent_decode_str(path)
         .decode_utf8()
@@ -107,35 +91,20 @@ pub fn file_name(path: &str) -> Result<String, StaticError> {
             return Err(StaticError::Forbidden);
         }
     }
+    check_dot_components(rel)?;
     Ok(rel.to_string())
 }
 
-/// Looks a file up in the built-in client, or under `dir`.
-pub fn lookup(dir: Option<&Path>, path: &str) -> Result<(Body, &'static str), StaticError> {
-    let name = file_name(path)?;
-    let ctype = content_type(&name);
-    let Some(dir) = dir else {
-        return EMBEDDED
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, b)| (Body::Embedded(b), ctype))
-            .ok_or(StaticError::NotFound);
-    };
-    // Symlinks are resolved and the result must still lie inside the directory.
-    let root = dir.canonicalize().map_err(|_| StaticError::NotFound)?;
-    let full: PathBuf = root
-        .join(&name)
-        .canonicalize()
-        .map_err(|_| StaticError::NotFound)?;
-    if !full.starts_with(&root) {
-        return Err(StaticError::Forbidden);
+/// Dot-files and dot-directories (`.env`, `.git/`, `.htpasswd`) are never
+/// served: 404, as if absent. The one exception is a top-level
+/// `.well-known/` (RFC 8615; ACME HTTP-01 challenges live there).
+pub fn check_dot_components(rel: &str) -> Result<(), StaticError> {
+    for (i, part) in rel.split('/').enumerate() {
+        if part.starts_with('.') && !(i == 0 && part == ".well-known") {
+            return Err(StaticError::NotFound);
+        }
     }
-    let meta = std::fs::metadata(&full).map_err(|_| StaticError::NotFound)?;
-    if !meta.is_file() || meta.len() > MAX_STATIC_FILE {
-        return Err(StaticError::NotFound);
-    }
-    let data = std::fs::read(&full).map_err(|_| StaticError::NotFound)?;
-    Ok((Body::Loaded(data), ctype))
+    Ok(())
 }
 
 /// Cross-site WebSocket hijacking defence: a browser always sends `Origin`,
@@ -186,10 +155,22 @@ mod tests {
     }
 
     #[test]
-    fn embedded_files_are_found() {
-        assert!(lookup(None, "/").is_ok());
-        assert!(lookup(None, "/app.js").is_ok());
-        assert!(lookup(None, "/nope").is_err());
+    fn dot_paths_are_not_found() {
+        for p in [
+            "/.env",
+            "/.git/config",
+            "/a/.htpasswd",
+            "/%2eenv",
+            "/a/.well-known/x",
+        ] {
+            assert_eq!(file_name(p), Err(StaticError::NotFound), "{p}");
+        }
+        assert_eq!(
+            file_name("/.well-known/acme-challenge/tok"),
+            Ok(".well-known/acme-challenge/tok".into())
+        );
+        assert_eq!(file_name("/.well-known/.x"), Err(StaticError::NotFound));
+        assert_eq!(file_name("/a.b/c.txt"), Ok("a.b/c.txt".into()));
     }
 
     #[test]

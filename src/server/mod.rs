@@ -9,6 +9,7 @@
 
 mod addr;
 mod config;
+mod files;
 pub mod http;
 mod queue;
 
@@ -20,6 +21,7 @@ use crate::ws::close::close_payload;
 use crate::ws::frame::{MAX_HEADER_LEN, OpCode, encode_frame, encode_header};
 use crate::ws::handshake::{self, HandshakeError, HeadScanner, Request, RequestError};
 use crate::ws::receive::{Event, Payload, ProtocolError, Receiver};
+use files::{Content, FileStream, StaticFiles};
 use log::{debug, info, warn};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
@@ -72,12 +74,22 @@ struct WsConn {
     in_chat: bool,
 }
 
+/// A plain HTTP answer being sent.
+#[derive(Debug, Default)]
+struct Responding {
+    /// The rest of a file too large to cache, read as the socket drains.
+    stream: Option<Box<FileStream>>,
+}
+
 #[derive(Debug)]
 enum Phase {
     /// Reading the request head.
     Http { head: Vec<u8>, scanner: HeadScanner },
     /// A plain HTTP answer is queued; the connection ends once it is out.
-    Responding,
+    /// Nothing is read meanwhile: a client that half-closes after its
+    /// request still gets the whole answer, and TCP holds back whatever
+    /// else it sends.
+    Responding(Responding),
     /// An open (or closing) WebSocket.
     Ws(WsConn),
     /// Our side is shut down; waiting for the peer's FIN before dropping, so
@@ -112,9 +124,19 @@ struct Conn {
     refused: bool,
 }
 
+/// A response to a plain HTTP request that found something to serve.
+struct Response {
+    head: Vec<u8>,
+    body: Option<Chunk>,
+    stream: Option<Box<FileStream>>,
+}
+
 /// What a request head asks for.
 enum Route {
+    /// An answer after which the connection closes (errors, refusals).
     Respond(Vec<u8>, Option<Chunk>),
+    /// A file found.
+    Serve(Response),
     Upgrade {
         endpoint: Endpoint,
         response: Vec<u8>,
@@ -129,6 +151,10 @@ pub struct Server {
     local_addr: SocketAddr,
     signals: Signals,
     conns: Slab<Conn>,
+    files: StaticFiles,
+    /// Connections streaming a file whose reads wait for the next turn's
+    /// budget (see `files::READ_PER_TURN`).
+    refill: Vec<usize>,
     per_ip: HashMap<IpAddr, u32>,
     /// WebSocket handshakes by address key (`--handshake-rate-*`).
     handshakes: BucketTable<IpAddr>,
@@ -253,8 +279,11 @@ impl Server {
             .saturating_add(REJECT_SLACK)
             .min(MAX_RESERVED_CONNS);
         chat.reserve_connections(reserve);
+        let files = StaticFiles::new(cfg.static_dir.clone(), cfg.static_cache_size);
         Ok(Server {
             cfg,
+            files,
+            refill: Vec::new(),
             poll,
             listener: Some(listener),
             local_addr,
@@ -309,7 +338,7 @@ impl Server {
     pub fn run(mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
         loop {
-            let timeout = if self.again.is_empty() {
+            let timeout = if self.again.is_empty() && self.refill.is_empty() {
                 Duration::from_millis(self.next_sweep.saturating_sub(self.now))
             } else {
                 Duration::ZERO
@@ -322,6 +351,10 @@ impl Server {
             // The clocks are read once per turn, not per message.
             self.now = ms(self.start.elapsed());
             self.wall = wall_ms();
+            self.files.new_turn();
+            for k in std::mem::take(&mut self.refill) {
+                self.mark_dirty(k);
+            }
             for ev in events.iter() {
                 match ev.token() {
                     LISTENER => self.accept_all(),
@@ -599,7 +632,9 @@ impl Server {
         let mut rbuf = std::mem::take(&mut self.rbuf);
         let mut budget = READS_PER_TURN;
         while let Some(c) = self.conns.get_mut(k) {
-            if c.paused {
+            // While an answer is sent, input waits in the socket (see
+            // `Phase::Responding`).
+            if c.paused || matches!(c.phase, Phase::Responding(_)) {
                 break;
             }
             if budget == 0 {
@@ -649,7 +684,7 @@ impl Server {
         match &mut c.phase {
             Phase::Http { .. } => self.on_http_bytes(k, data),
             Phase::Ws(_) => self.on_ws_bytes(k, data),
-            Phase::Responding | Phase::Linger => {}
+            Phase::Responding(_) | Phase::Linger => {}
         }
     }
 
@@ -674,6 +709,7 @@ impl Server {
         let route = self.route(k, &bytes[..end]);
         match route {
             Route::Respond(head, body) => self.respond(k, head, body),
+            Route::Serve(r) => self.serve(k, r),
             Route::Upgrade {
                 endpoint,
                 response,
@@ -774,7 +810,7 @@ impl Server {
     }
 
     fn route_static(&self, req: &Request<'_>) -> Route {
-        let (body, ctype) = match http::lookup(self.cfg.static_dir.as_deref(), req.path()) {
+        let found = match self.files.lookup(req.path()) {
             Ok(found) => found,
             Err(http::StaticError::Forbidden) => {
                 return Route::Respond(
@@ -785,23 +821,33 @@ impl Server {
             Err(http::StaticError::NotFound) => {
                 return Route::Respond(http::error(404, "no such file", ""), None);
             }
+            Err(http::StaticError::Busy) => {
+                return Route::Respond(http::error(503, "server busy", "Retry-After: 5\r\n"), None);
+            }
         };
         let head_only = match req.method {
             "GET" => false,
             "HEAD" => true,
             _ => return Route::Respond(http::error(405, "use GET", "Allow: GET, HEAD\r\n"), None),
         };
-        let chunk = match body {
-            http::Body::Embedded(b) => Chunk::Static(b),
-            http::Body::Loaded(v) => Chunk::Owned(v),
+        let len = usize::try_from(found.len).unwrap_or(usize::MAX);
+        let head = http::head(200, found.content_type, len, http::PAGE_HEADERS);
+        let (body, stream) = match found.content {
+            _ if head_only => (None, None),
+            Content::Static(b) => (Some(Chunk::Static(b)), None),
+            Content::Shared(b) => (Some(Chunk::Shared(b)), None),
+            Content::Stream(s) => (None, Some(Box::new(s))),
         };
-        let len = match &chunk {
-            Chunk::Static(b) => b.len(),
-            Chunk::Owned(v) => v.len(),
-            _ => 0,
-        };
-        let head = http::head(200, ctype, len, http::PAGE_HEADERS);
-        Route::Respond(head, if head_only { None } else { Some(chunk) })
+        Route::Serve(Response { head, body, stream })
+    }
+
+    fn serve(&mut self, k: usize, r: Response) {
+        self.respond(k, r.head, r.body);
+        if let Some(c) = self.conns.get_mut(k)
+            && let Phase::Responding(resp) = &mut c.phase
+        {
+            resp.stream = r.stream;
+        }
     }
 
     fn respond(&mut self, k: usize, head: Vec<u8>, body: Option<Chunk>) {
@@ -809,7 +855,7 @@ impl Server {
         let Some(c) = self.conns.get_mut(k) else {
             return;
         };
-        c.phase = Phase::Responding;
+        c.phase = Phase::Responding(Responding::default());
         c.out.push(Chunk::Owned(head));
         if let Some(b) = body {
             c.out.push(b);
@@ -1083,17 +1129,29 @@ impl Server {
         let max_pending = self.cfg.max_pending_output;
         let close_timeout = ms(self.cfg.close_timeout);
         let message_timeout = ms(self.cfg.message_timeout);
+        // A streamed file's unsent bytes count against --max-pending-output.
+        let chunk = files::STREAM_CHUNK.min(max_pending).max(1);
         let Some(c) = self.conns.get_mut(k) else {
             return;
         };
         c.dirty = false;
-        let drained = match c.out.write_to(&mut c.sock) {
-            Ok(d) => d,
+        let w = match write_out(c, &self.files, chunk) {
+            Ok(w) => w,
             Err(_) => {
                 self.drop_conn(k);
                 return;
             }
         };
+        if w.starved {
+            self.refill.push(k);
+        }
+        let responding = matches!(c.phase, Phase::Responding(_));
+        if w.progress && responding {
+            // An answer gets --close-timeout between two pieces the client
+            // takes, however long it is in all.
+            c.deadline = self.now + close_timeout;
+        }
+        let drained = w.queue_empty;
         // Writable interest only while output waits.
         if drained == c.writable {
             let interest = if drained {
@@ -1120,11 +1178,16 @@ impl Server {
                 c.deadline = self.now.saturating_add(message_timeout);
             }
         }
-        if drained && c.shutdown_when_flushed {
+        if w.done && c.shutdown_when_flushed {
             c.shutdown_when_flushed = false;
             let _ = c.sock.shutdown(Shutdown::Write);
             c.phase = Phase::Linger;
             c.deadline = self.now + close_timeout;
+            if responding {
+                // Input that waited while we answered (the peer's FIN, say)
+                // raises no new event: look at it next turn.
+                self.again.push(k);
+            }
         }
     }
 
@@ -1229,7 +1292,7 @@ impl Server {
             match self
                 .conns
                 .get(k)
-                .map(|c| matches!(c.phase, Phase::Ws(_) | Phase::Responding))
+                .map(|c| matches!(c.phase, Phase::Ws(_) | Phase::Responding(_)))
             {
                 Some(true) => self.start_close(k, 1001, "server shutting down"),
                 Some(false) => self.drop_conn(k),
@@ -1237,6 +1300,53 @@ impl Server {
             }
         }
         self.shutdown_deadline = Some(self.now + ms(self.cfg.shutdown_timeout));
+    }
+}
+
+/// What one `write_out` did.
+#[derive(Default)]
+struct Written {
+    /// The queue is empty.
+    queue_empty: bool,
+    /// Everything is out, a streamed file included.
+    done: bool,
+    /// Some bytes left, or a piece of the file was read.
+    progress: bool,
+    /// A file's next piece waits for the next turn's read budget.
+    starved: bool,
+}
+
+/// Writes what the socket takes. While a file is streamed, its next piece
+/// (at most `chunk` bytes) is read each time the queue drains, within the
+/// turn's read budget: one connection's unsent file bytes are at most one
+/// piece, and the loop never blocks on a large read.
+fn write_out(c: &mut Conn, files: &StaticFiles, chunk: usize) -> io::Result<Written> {
+    let mut w = Written::default();
+    loop {
+        let before = c.out.pending();
+        let empty = c.out.write_to(&mut c.sock)?;
+        w.progress |= c.out.pending() < before;
+        w.queue_empty = empty;
+        let Phase::Responding(Responding { stream, .. }) = &mut c.phase else {
+            w.done = empty;
+            return Ok(w);
+        };
+        let Some(s) = stream.as_mut().filter(|s| !s.is_done()) else {
+            *stream = None;
+            w.done = empty;
+            return Ok(w);
+        };
+        if !empty {
+            return Ok(w);
+        }
+        let n = s.next_len(chunk);
+        if !files.take_read_budget(n) {
+            w.starved = true;
+            return Ok(w);
+        }
+        let piece = s.read_chunk(n)?;
+        w.progress = true;
+        c.out.push(Chunk::Owned(piece));
     }
 }
 
