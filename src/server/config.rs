@@ -70,6 +70,16 @@ pub struct Config {
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub handshake_timeout: Duration,
 
+    /// Keep-alive: how long a connection may sit idle between two HTTP
+    /// requests before it is closed.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub keepalive_timeout: Duration,
+
+    /// Keep-alive: most HTTP requests on one connection; the answer to the
+    /// last says `Connection: close`. 1 turns keep-alive off.
+    #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub keepalive_requests: u32,
+
     /// Ping a WebSocket from which nothing arrived for this long.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub ping_interval: Duration,

@@ -14,14 +14,20 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::SystemTime;
 
+/// A file of the built-in web client, with the compressed copies build.rs
+/// made of it (each only when smaller).
+pub struct Asset {
+    pub name: &'static str,
+    /// A hash of the file: the ETag of its uncompressed copy, unquoted.
+    pub etag: &'static str,
+    pub identity: &'static [u8],
+    pub gzip: Option<&'static [u8]>,
+    pub br: Option<&'static [u8]>,
+}
+
 /// The web client, built into the binary so that one file is all a user
 /// copies to a Raspberry Pi. Static memory: every response points at it.
-const EMBEDDED: &[(&str, &[u8])] = &[
-    ("index.html", include_bytes!("../../static/index.html")),
-    ("app.css", include_bytes!("../../static/app.css")),
-    ("app.js", include_bytes!("../../static/app.js")),
-    ("favicon.svg", include_bytes!("../../static/favicon.svg")),
-];
+const EMBEDDED: &[Asset] = include!(concat!(env!("OUT_DIR"), "/embedded.rs"));
 
 /// Largest file kept in the cache; larger ones are streamed.
 const MAX_CACHED_FILE: u64 = 1 << 20;
@@ -50,6 +56,12 @@ pub struct Found {
     pub content: Content,
     pub len: u64,
     pub content_type: &'static str,
+    /// Names this version of the file (its uncompressed bytes), unquoted:
+    /// a hash for the built-in client, time and length for `--static-dir`.
+    pub tag: String,
+    /// Compressed copies (the built-in client's).
+    pub gzip: Option<&'static [u8]>,
+    pub br: Option<&'static [u8]>,
 }
 
 /// The rest of a file still to be sent.
@@ -152,16 +164,19 @@ impl StaticFiles {
         let Some(dir) = self.dir.as_deref() else {
             return EMBEDDED
                 .iter()
-                .find(|(n, _)| *n == name)
-                .map(|(_, b)| Found {
-                    content: Content::Static(b),
-                    len: b.len() as u64,
+                .find(|a| a.name == name)
+                .map(|a| Found {
+                    content: Content::Static(a.identity),
+                    len: a.identity.len() as u64,
                     content_type,
+                    tag: a.etag.to_string(),
+                    gzip: a.gzip,
+                    br: a.br,
                 })
                 .ok_or(StaticError::NotFound);
         };
         let full = resolve(dir, &name)?;
-        let file = File::open(&full).map_err(open_error)?;
+        let file = File::open(&full).map_err(open_failure)?;
         // The length and time of the file opened, not of whatever the path
         // names a moment later.
         let meta = file.metadata().map_err(|_| StaticError::NotFound)?;
@@ -170,6 +185,10 @@ impl StaticFiles {
         }
         let len = meta.len();
         let modified = meta.modified().ok();
+        let nanos = modified
+            .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
+        let tag = format!("{nanos:x}-{len:x}");
         let content = match self.cached(&full, len, modified, file) {
             Ok(bytes) => Content::Shared(bytes),
             Err(file) => Content::Stream(FileStream { file, left: len }),
@@ -178,6 +197,9 @@ impl StaticFiles {
             content,
             len,
             content_type,
+            tag,
+            gzip: None,
+            br: None,
         })
     }
 
@@ -270,7 +292,7 @@ fn resolve(dir: &Path, name: &str) -> Result<PathBuf, StaticError> {
     Ok(full)
 }
 
-fn open_error(e: io::Error) -> StaticError {
+fn open_failure(e: io::Error) -> StaticError {
     match e.raw_os_error() {
         Some(libc::EMFILE | libc::ENFILE) => StaticError::Busy,
         _ => StaticError::NotFound,

@@ -79,16 +79,28 @@ struct WsConn {
 struct Responding {
     /// The rest of a file too large to cache, read as the socket drains.
     stream: Option<Box<FileStream>>,
+    /// Keep-alive: once the answer is out, read the next request.
+    keep_alive: bool,
+    /// Requests answered on this connection, this one included.
+    served: u32,
+    /// Bytes received behind the request: the start of the next ones
+    /// (pipelining), at most --max-head-size of them.
+    next: Vec<u8>,
 }
 
 #[derive(Debug)]
 enum Phase {
-    /// Reading the request head.
-    Http { head: Vec<u8>, scanner: HeadScanner },
-    /// A plain HTTP answer is queued; the connection ends once it is out.
-    /// Nothing is read meanwhile: a client that half-closes after its
-    /// request still gets the whole answer, and TCP holds back whatever
-    /// else it sends.
+    /// Reading the request head; `served` requests were answered before
+    /// on this connection (keep-alive, --keepalive-requests).
+    Http {
+        head: Vec<u8>,
+        scanner: HeadScanner,
+        served: u32,
+    },
+    /// A plain HTTP answer is queued; once it is out the connection ends,
+    /// or with keep-alive goes back to `Http`. Nothing is read meanwhile:
+    /// a client that half-closes after its request still gets the whole
+    /// answer, and TCP holds back whatever else it sends.
     Responding(Responding),
     /// An open (or closing) WebSocket.
     Ws(WsConn),
@@ -124,18 +136,21 @@ struct Conn {
     refused: bool,
 }
 
-/// A response to a plain HTTP request that found something to serve.
+/// An answer after which the connection may stay open.
 struct Response {
+    /// Without its final blank line (see `http::open_head`).
     head: Vec<u8>,
     body: Option<Chunk>,
     stream: Option<Box<FileStream>>,
+    /// The request allows another after it (RFC 9112 §9.3, and no body).
+    keep_alive: bool,
 }
 
 /// What a request head asks for.
 enum Route {
     /// An answer after which the connection closes (errors, refusals).
     Respond(Vec<u8>, Option<Chunk>),
-    /// A file found.
+    /// A file, a 304 or 404 for one, or `/healthz`.
     Serve(Response),
     Upgrade {
         endpoint: Endpoint,
@@ -242,6 +257,7 @@ impl Server {
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
         let shortest = [
             cfg.handshake_timeout,
+            cfg.keepalive_timeout,
             cfg.ping_interval,
             cfg.idle_timeout,
             cfg.message_timeout,
@@ -604,6 +620,7 @@ impl Server {
             phase: Phase::Http {
                 head: Vec::new(),
                 scanner: HeadScanner::default(),
+                served: 0,
             },
             out: WriteQueue::default(),
             last_rx: self.now,
@@ -690,12 +707,24 @@ impl Server {
 
     fn on_http_bytes(&mut self, k: usize, data: &[u8]) {
         let max_head = self.cfg.max_head_size;
+        let handshake_timeout = ms(self.cfg.handshake_timeout);
         let Some(c) = self.conns.get_mut(k) else {
             return;
         };
-        let Phase::Http { head, scanner } = &mut c.phase else {
+        let Phase::Http {
+            head,
+            scanner,
+            served,
+        } = &mut c.phase
+        else {
             return;
         };
+        let served = *served;
+        if head.is_empty() && !data.is_empty() && served > 0 {
+            // Keep-alive: the next request's head has --handshake-timeout
+            // from its first byte, as the first one had from the accept.
+            c.deadline = self.now + handshake_timeout;
+        }
         head.extend_from_slice(data);
         let end = match scanner.scan(head) {
             Some(end) if end <= max_head => end,
@@ -709,7 +738,10 @@ impl Server {
         let route = self.route(k, &bytes[..end]);
         match route {
             Route::Respond(head, body) => self.respond(k, head, body),
-            Route::Serve(r) => self.serve(k, r),
+            Route::Serve(r) => {
+                bytes.drain(..end);
+                self.serve(k, r, bytes, served.saturating_add(1));
+            }
             Route::Upgrade {
                 endpoint,
                 response,
@@ -748,26 +780,8 @@ impl Server {
         let endpoint = match path {
             "/ws" => Endpoint::Chat,
             "/echo" => Endpoint::Echo,
-            "/healthz" => {
-                return Route::Respond(
-                    match req.method {
-                        "GET" => {
-                            let mut r = http::head(
-                                200,
-                                "text/plain; charset=utf-8",
-                                3,
-                                "Cache-Control: no-store\r\n",
-                            );
-                            r.extend_from_slice(b"ok\n");
-                            r
-                        }
-                        "HEAD" => http::head(200, "text/plain; charset=utf-8", 3, ""),
-                        _ => http::error(405, "use GET", "Allow: GET, HEAD\r\n"),
-                    },
-                    None,
-                );
-            }
-            _ => return self.route_static(&req),
+            "/healthz" => return route_healthz(&req, head),
+            _ => return self.route_static(&req, head),
         };
         if !req.wants_upgrade() && req.method == "GET" {
             let extra = "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n";
@@ -809,7 +823,16 @@ impl Server {
         }
     }
 
-    fn route_static(&self, req: &Request<'_>) -> Route {
+    /// A file of the web client: 200 (in the coding `Accept-Encoding`
+    /// prefers), 304 when `If-None-Match` names the version held, 404.
+    fn route_static(&self, req: &Request<'_>, head: &[u8]) -> Route {
+        let head_only = match req.method {
+            "GET" => false,
+            "HEAD" => true,
+            _ => return Route::Respond(http::error(405, "use GET", "Allow: GET, HEAD\r\n"), None),
+        };
+        let meta = http::Meta::parse(head);
+        let keep_alive = meta.keep_alive(req.minor_version, req.connection);
         let found = match self.files.lookup(req.path()) {
             Ok(found) => found,
             Err(http::StaticError::Forbidden) => {
@@ -819,34 +842,128 @@ impl Server {
                 );
             }
             Err(http::StaticError::NotFound) => {
-                return Route::Respond(http::error(404, "no such file", ""), None);
+                return error_response(404, "no such file", head_only, keep_alive);
             }
             Err(http::StaticError::Busy) => {
                 return Route::Respond(http::error(503, "server busy", "Retry-After: 5\r\n"), None);
             }
         };
-        let head_only = match req.method {
-            "GET" => false,
-            "HEAD" => true,
-            _ => return Route::Respond(http::error(405, "use GET", "Allow: GET, HEAD\r\n"), None),
+        use http::Encoding::{Br, Gzip, Identity};
+        let offered: &[http::Encoding] = match (found.br.is_some(), found.gzip.is_some()) {
+            (true, true) => &[Br, Gzip],
+            (true, false) => &[Br],
+            (false, true) => &[Gzip],
+            (false, false) => &[],
         };
-        let len = usize::try_from(found.len).unwrap_or(usize::MAX);
-        let head = http::head(200, found.content_type, len, http::PAGE_HEADERS);
-        let (body, stream) = match found.content {
+        let Some(encoding) = http::negotiate(meta.accept_encoding, offered) else {
+            return error_response(
+                406,
+                "identity refused and no other coding offered",
+                head_only,
+                keep_alive,
+            );
+        };
+        let (content, len) = match (encoding, found.br, found.gzip) {
+            (Br, Some(b), _) | (Gzip, _, Some(b)) => (Content::Static(b), b.len() as u64),
+            _ => (found.content, found.len),
+        };
+        // Each coding is a representation of its own, with its own tag
+        // (RFC 9110 §8.8.3).
+        let etag = match encoding {
+            Identity => format!("\"{}\"", found.tag),
+            e => format!("\"{}-{}\"", found.tag, e.token()),
+        };
+        let mut cache = format!("ETag: {etag}\r\n");
+        if !offered.is_empty() {
+            cache.push_str("Vary: Accept-Encoding\r\n");
+        }
+        if meta
+            .if_none_match
+            .is_some_and(|v| http::none_match_hits(v, &etag))
+        {
+            // RFC 9110 §15.4.5: the fields a 200 would have had for
+            // caching, no body.
+            cache.push_str("Cache-Control: no-cache\r\n");
+            return Route::Serve(Response {
+                head: http::open_head(304, None, None, &cache),
+                body: None,
+                stream: None,
+                keep_alive,
+            });
+        }
+        if encoding != Identity {
+            cache.push_str(&format!("Content-Encoding: {}\r\n", encoding.token()));
+        }
+        cache.push_str(http::PAGE_HEADERS);
+        let head = http::open_head(200, Some(found.content_type), Some(len), &cache);
+        let (body, stream) = match content {
             _ if head_only => (None, None),
             Content::Static(b) => (Some(Chunk::Static(b)), None),
             Content::Shared(b) => (Some(Chunk::Shared(b)), None),
             Content::Stream(s) => (None, Some(Box::new(s))),
         };
-        Route::Serve(Response { head, body, stream })
+        Route::Serve(Response {
+            head,
+            body,
+            stream,
+            keep_alive,
+        })
     }
 
-    fn serve(&mut self, k: usize, r: Response) {
-        self.respond(k, r.head, r.body);
+    /// Sends an answer that may keep the connection open: what follows the
+    /// request (`next`) is the next request's (pipelining).
+    fn serve(&mut self, k: usize, r: Response, next: Vec<u8>, served: u32) {
+        let max_head = self.cfg.max_head_size;
+        let limit = self.cfg.keepalive_requests;
+        let stopping = self.shutdown_deadline.is_some();
+        // More pipelined bytes than one head may hold are not kept: the
+        // connection closes after this answer instead.
+        let keep_alive = r.keep_alive && served < limit && next.len() <= max_head && !stopping;
+        let mut head = r.head;
+        http::finish_head(&mut head, keep_alive);
+        self.respond(k, head, r.body);
         if let Some(c) = self.conns.get_mut(k)
             && let Phase::Responding(resp) = &mut c.phase
         {
             resp.stream = r.stream;
+            resp.served = served;
+            if keep_alive {
+                resp.keep_alive = true;
+                resp.next = next;
+                c.shutdown_when_flushed = false;
+            }
+        }
+    }
+
+    /// Keep-alive: the answer is out; back to reading a request head, with
+    /// the bytes that came behind the last one.
+    fn next_request(&mut self, k: usize) {
+        let keepalive_timeout = ms(self.cfg.keepalive_timeout);
+        let handshake_timeout = ms(self.cfg.handshake_timeout);
+        let Some(c) = self.conns.get_mut(k) else {
+            return;
+        };
+        let Phase::Responding(r) = &mut c.phase else {
+            return;
+        };
+        let next = std::mem::take(&mut r.next);
+        let started = !next.is_empty();
+        c.phase = Phase::Http {
+            head: next,
+            scanner: HeadScanner::default(),
+            served: r.served,
+        };
+        c.deadline = self.now
+            + if started {
+                handshake_timeout
+            } else {
+                keepalive_timeout
+            };
+        // Bytes that waited in the socket while we answered raise no new
+        // event: read them next turn.
+        self.again.push(k);
+        if started {
+            self.on_http_bytes(k, &[]);
         }
     }
 
@@ -1178,6 +1295,13 @@ impl Server {
                 c.deadline = self.now.saturating_add(message_timeout);
             }
         }
+        if w.done && responding && !c.shutdown_when_flushed {
+            if self.shutdown_deadline.is_none() {
+                self.next_request(k);
+                return;
+            }
+            c.shutdown_when_flushed = true; // shutting down: no next request
+        }
         if w.done && c.shutdown_when_flushed {
             c.shutdown_when_flushed = false;
             let _ = c.sock.shutdown(Shutdown::Write);
@@ -1301,6 +1425,38 @@ impl Server {
         }
         self.shutdown_deadline = Some(self.now + ms(self.cfg.shutdown_timeout));
     }
+}
+
+/// `/healthz`: 200 while the server runs.
+fn route_healthz(req: &Request<'_>, head: &[u8]) -> Route {
+    let body = match req.method {
+        "GET" => Some(Chunk::Static(b"ok\n")),
+        "HEAD" => None,
+        _ => return Route::Respond(http::error(405, "use GET", "Allow: GET, HEAD\r\n"), None),
+    };
+    let keep_alive = http::Meta::parse(head).keep_alive(req.minor_version, req.connection);
+    Route::Serve(Response {
+        head: http::open_head(
+            200,
+            Some("text/plain; charset=utf-8"),
+            Some(3),
+            "Cache-Control: no-store\r\n",
+        ),
+        body,
+        stream: None,
+        keep_alive,
+    })
+}
+
+/// A plain-text error that need not close the connection (404, 406).
+fn error_response(status: u16, reason: &str, head_only: bool, keep_alive: bool) -> Route {
+    let (head, body) = http::open_error(status, reason, "");
+    Route::Serve(Response {
+        head,
+        body: (!head_only).then_some(Chunk::Owned(body)),
+        stream: None,
+        keep_alive,
+    })
 }
 
 /// What one `write_out` did.
