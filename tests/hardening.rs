@@ -1779,7 +1779,7 @@ fn read_sized_response(s: &mut TcpStream) -> (u16, String, Vec<u8>) {
 }
 
 fn get_on(s: &mut TcpStream, path: &str) -> (u16, String, Vec<u8>) {
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
         .unwrap();
     read_sized_response(s)
 }
@@ -1798,7 +1798,7 @@ fn large_static_file_to_many_non_readers_keeps_memory_bounded() {
     let mut hogs: Vec<TcpStream> = (0..40)
         .map(|_| {
             let mut s = connect(server.addr);
-            s.write_all(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+            s.write_all(b"GET /big.bin HTTP/1.1\r\nHost: localhost\r\n\r\n")
                 .unwrap();
             s
         })
@@ -1841,7 +1841,7 @@ fn dot_paths_are_404_except_well_known() {
     let server = Server::start(&["--static-dir", dir.to_str().unwrap()]);
     for path in ["/.env", "/%2eenv", "/.git/config", "/env.txt", "/x/../.env"] {
         let mut s = connect(server.addr);
-        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
             .unwrap();
         let (status, head) = read_http_response(&mut s);
         let mut rest = Vec::new();
@@ -1871,7 +1871,7 @@ fn half_closed_client_gets_the_whole_response() {
     std::fs::write(dir.join("big.bin"), &big).unwrap();
     let server = Server::start(&["--static-dir", dir.to_str().unwrap()]);
     let mut s = connect(server.addr);
-    s.write_all(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+    s.write_all(b"GET /big.bin HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .unwrap();
     s.shutdown(std::net::Shutdown::Write).unwrap();
     // Let the FIN arrive with the request, before anything is read.

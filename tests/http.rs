@@ -35,7 +35,7 @@ fn read_response(s: &mut TcpStream, head_only: bool) -> (u16, String, Vec<u8>) {
 
 /// Sends `GET path` with extra header lines and reads the answer.
 fn get(s: &mut TcpStream, path: &str, extra: &str) -> (u16, String, Vec<u8>) {
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n{extra}\r\n").as_bytes())
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n{extra}\r\n").as_bytes())
         .unwrap();
     read_response(s, false)
 }
@@ -62,7 +62,7 @@ fn keep_alive_serves_several_requests_on_one_connection() {
     let (status, _, body) = get(&mut s, "/healthz", "");
     assert_eq!((status, body.as_slice()), (200, &b"ok\n"[..]));
     // HEAD: the head alone, then the next answer.
-    s.write_all(b"HEAD /app.js HTTP/1.1\r\nHost: x\r\n\r\n")
+    s.write_all(b"HEAD /app.js HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .unwrap();
     let (status, head, _) = read_response(&mut s, true);
     assert_eq!(status, 200);
@@ -79,10 +79,10 @@ fn pipelined_requests_are_answered_in_order() {
     let server = Server::start(&[]);
     let mut s = connect(server.addr);
     s.write_all(
-        b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n\
-          GET /app.js HTTP/1.1\r\nHost: x\r\n\r\n\
-          GET /nope HTTP/1.1\r\nHost: x\r\n\r\n\
-          GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n\
+          GET /app.js HTTP/1.1\r\nHost: localhost\r\n\r\n\
+          GET /nope HTTP/1.1\r\nHost: localhost\r\n\r\n\
+          GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
     )
     .unwrap();
     assert_eq!(read_response(&mut s, false).2, b"ok\n");
@@ -146,10 +146,10 @@ fn a_request_with_a_body_is_answered_and_closed() {
     assert!(!closes(&get(&mut s, "/", "").1));
     // Were the body not accounted for, "GET /healthz..." inside it would
     // be answered as a request of its own.
-    let smuggled = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+    let smuggled = "GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n";
     s.write_all(
         format!(
-            "GET / HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{smuggled}",
+            "GET / HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n{smuggled}",
             smuggled.len()
         )
         .as_bytes(),
@@ -164,7 +164,7 @@ fn a_request_with_a_body_is_answered_and_closed() {
     assert!(rest.is_empty(), "answered the body as a request: {rest:?}");
 
     let mut s = connect(server.addr);
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+    s.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
         .unwrap();
     let (status, head, _) = read_response(&mut s, false);
     assert_eq!(status, 200);
