@@ -2,4 +2,5 @@
 #![forbid(unsafe_code)]
 pub mod chat;
 pub mod server;
+pub mod store;
 pub mod ws;

@@ -5,6 +5,7 @@
 //! Every broadcast is serialised and framed once into an `Rc<[u8]>` shared
 //! by all its recipients.
 
+pub mod durable;
 pub mod nick;
 pub mod protocol;
 pub mod rate;
@@ -20,7 +21,7 @@ use std::rc::Rc;
 use nick::{Nick, NickIndex};
 use protocol::{ChatError, MsgOut, Out, Parsed, Request, RoomInfo, frame};
 use rate::{Bucket, BucketTable, Verdict};
-use room::{Order, Room};
+use room::{Msg, Order, Room, Span};
 
 pub type ConnId = usize;
 
@@ -51,7 +52,18 @@ pub trait Outbox {
     /// Ask the server to close this connection with a WebSocket close code
     /// and reason. The server will later call [`Chat::disconnect`] for it.
     fn close(&mut self, to: ConnId, code: u16, reason: &str);
+    /// The stored messages of `room` with `lo <= id < hi`, oldest first: a
+    /// durable chat asks when its in-memory window does not reach back far
+    /// enough. Only committed messages are there.
+    fn archive(&mut self, room: &str, lo: u64, hi: u64) -> Result<Vec<Msg>, ArchiveError> {
+        let _ = (room, lo, hi);
+        Ok(Vec::new())
+    }
 }
+
+/// The store could not be read (answered `storage_failed`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ArchiveError;
 
 #[derive(Clone, Debug)]
 pub struct ChatConfig {
@@ -76,6 +88,11 @@ pub struct ChatConfig {
     /// Budget for room history across all rooms, in bytes as counted by
     /// [`room::Msg::cost`]; past it the server-wide oldest messages go first.
     pub max_history_bytes: usize,
+    /// History lives in a store (see [`durable`]): a message is kept and
+    /// sent only once committed, memory holds the newest messages of each
+    /// room ([`Chat::window`]) within `max_history_bytes`, and `history`
+    /// then counts what the store keeps per room.
+    pub durable: bool,
 }
 
 impl Default for ChatConfig {
@@ -91,6 +108,7 @@ impl Default for ChatConfig {
             rate_per_sec: 2,
             room_retention_ms: 24 * 60 * 60 * 1000,
             max_history_bytes: 64 << 20,
+            durable: false,
         }
     }
 }
@@ -197,6 +215,9 @@ pub struct Chat {
     limits: BucketTable<AddrKey>,
     /// Rooms kept that were created from each address (≤ `max_rooms` keys).
     room_owners: HashMap<AddrKey, u32>,
+    /// Durable chats: what to store, and the messages awaiting their commit.
+    records: Vec<durable::Record>,
+    pending: Vec<durable::Pending>,
 }
 
 /// Stale entries `order` may hold beyond one per kept message before it is
@@ -281,6 +302,8 @@ impl Chat {
             guest_counter: 0,
             limits: BucketTable::new(rate::MAX_IDLE_ENTRIES),
             room_owners: HashMap::new(),
+            records: Vec::new(),
+            pending: Vec::new(),
         }
     }
 
@@ -427,16 +450,21 @@ impl Chat {
         for idx in expired {
             self.forget(idx);
         }
+        if self.cfg.durable {
+            self.touch_active(now);
+        }
     }
 
     fn expired(&self, r: &Room, now: Now) -> bool {
         r.members.is_empty()
-            && (r.history.is_empty()
-                || now.mono_ms.saturating_sub(r.empty_since) >= self.cfg.room_retention_ms)
+            && (!r.has_messages()
+                || now.mono_ms.saturating_sub(r.empty_since).saturating_add(r.aged)
+                    >= self.cfg.room_retention_ms)
     }
 
     fn forget(&mut self, idx: u32) {
         if let Some(r) = self.rooms.get_mut(idx as usize).and_then(Option::take) {
+            self.forget_stored(&r);
             self.room_names.remove(&r.name);
             if let Some(owner) = r.owner
                 && let Some(n) = self.room_owners.get_mut(&owner)
@@ -475,7 +503,7 @@ impl Chat {
                 self.kept -= 1;
             }
             // Same rule as on leave: neither members nor kept messages.
-            if room.history.is_empty() && room.members.is_empty() {
+            if !room.has_messages() && room.members.is_empty() {
                 self.forget(e.slot);
             }
         }
@@ -536,8 +564,15 @@ impl Chat {
         remove_member_id(&mut r.members, conn);
         if r.members.is_empty() {
             r.empty_since = now.mono_ms;
-            if r.history.is_empty() {
+            r.aged = 0;
+            if !r.has_messages() {
                 self.forget(idx);
+            } else if r.durable.as_ref().is_some_and(|d| d.stored) {
+                let room = r.name.clone();
+                self.records.push(durable::Record::Touch {
+                    room,
+                    last_active: now.wall_ms,
+                });
             }
             return;
         }
@@ -742,6 +777,23 @@ impl Chat {
                 None => self.create_room(name, owner, now)?,
             }
         };
+        let span = match self.room(idx) {
+            Some(room) => match since {
+                Some(s) if epoch.is_none_or(|e| e == &*room.epoch) => {
+                    room.after_span(s, validate::JOIN_SINCE_MAX)
+                }
+                _ => room.newest_span(validate::JOIN_NEWEST),
+            },
+            None => return Ok(()),
+        };
+        // Read from the store before anything changes, so that a failed
+        // read leaves the membership as it was.
+        let loaded = match self.room(idx) {
+            Some(room) if room.window(span.lo, span.hi).is_none() => {
+                Some(archive(out, &room.name, span)?)
+            }
+            _ => None,
+        };
         if !refresh {
             if let Some(c) = self.conns.get_mut(&conn) {
                 c.rooms.push(idx);
@@ -760,21 +812,12 @@ impl Chat {
             .iter()
             .filter_map(|&m| self.conns.nick(m))
             .collect();
-        let page = match since {
-            Some(s) if epoch.is_none_or(|e| e == &*room.epoch) => {
-                room.after(s, validate::JOIN_SINCE_MAX)
-            }
-            _ => room.newest(validate::JOIN_NEWEST),
-        };
         let f = frame(&Out::Joined {
             room: &room.name,
             epoch: &room.epoch,
             members,
-            history: page
-                .messages
-                .map(|m| MsgOut::new(&room.name, m, None))
-                .collect(),
-            complete: page.complete,
+            history: page_out(room, span, loaded.as_deref()),
+            complete: span.complete,
             r#ref: r,
         });
         out.send(conn, &f);
@@ -857,6 +900,13 @@ impl Chat {
         if let Some(k) = owner {
             *self.room_owners.entry(k).or_insert(0) += 1;
         }
+        if self.cfg.durable {
+            room.durable = Some(Box::new(room::Durable {
+                first_id: room.next_id,
+                touched: now.mono_ms,
+                ..room::Durable::default()
+            }));
+        }
         let idx = match self.free_rooms.pop() {
             Some(i) => {
                 self.rooms[i as usize] = Some(room);
@@ -907,6 +957,10 @@ impl Chat {
         let Some(from) = self.conns.get(&conn).map(|c| Rc::from(c.nick.as_str())) else {
             return Ok(());
         };
+        if self.cfg.durable {
+            self.post_durable(idx, conn, from, text, r, now);
+            return Ok(());
+        }
         let keep = self.cfg.history;
         let Some(room) = self.room_mut(idx) else {
             return Ok(());
@@ -1000,14 +1054,15 @@ impl Chat {
         let Some(room) = self.room(idx) else {
             return Ok(());
         };
-        let page = room.before(before, usize::try_from(limit).unwrap_or(usize::MAX));
+        let span = room.before_span(before, usize::try_from(limit).unwrap_or(usize::MAX));
+        let loaded = match room.window(span.lo, span.hi) {
+            Some(_) => None,
+            None => Some(archive(out, &room.name, span)?),
+        };
         let f = frame(&Out::History {
             room: &room.name,
-            messages: page
-                .messages
-                .map(|m| MsgOut::new(&room.name, m, None))
-                .collect(),
-            complete: page.complete,
+            messages: page_out(room, span, loaded.as_deref()),
+            complete: span.complete,
             r#ref: r,
         });
         out.send(conn, &f);
@@ -1027,6 +1082,26 @@ impl Chat {
             .collect();
         rooms.sort_unstable_by(|a, b| validate::cmp_lowercase(a.name, b.name));
         out.send(conn, &frame(&Out::Rooms { rooms, r#ref: r }));
+    }
+}
+
+/// Reads a span of history the in-memory window does not hold.
+fn archive(out: &mut dyn Outbox, room: &str, span: Span) -> Result<Vec<Msg>, ChatError> {
+    out.archive(room, span.lo, span.hi)
+        .map_err(|ArchiveError| ChatError::StorageFailed)
+}
+
+/// The `message` objects of a span: read from the store (`loaded`) or from
+/// the room's window.
+fn page_out<'a>(room: &'a Room, span: Span, loaded: Option<&'a [Msg]>) -> Vec<MsgOut<'a>> {
+    match loaded {
+        Some(v) => v.iter().map(|m| MsgOut::new(&room.name, m, None)).collect(),
+        None => room
+            .window(span.lo, span.hi)
+            .into_iter()
+            .flatten()
+            .map(|m| MsgOut::new(&room.name, m, None))
+            .collect(),
     }
 }
 

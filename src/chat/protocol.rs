@@ -34,6 +34,8 @@ pub enum ChatError {
     },
     /// The rooms created from this client's address are at their cap.
     TooManyRoomsFromAddress,
+    /// The store could not write (or read) what the frame needed.
+    StorageFailed,
 }
 
 /// What is wrong with an `invalid` field.
@@ -61,6 +63,7 @@ impl ChatError {
             ChatError::NotInRoom => "not_in_room",
             ChatError::NoSuchUser => "no_such_user",
             ChatError::TooManyRooms { .. } | ChatError::TooManyRoomsFromAddress => "too_many_rooms",
+            ChatError::StorageFailed => "storage_failed",
         }
     }
 }
@@ -129,6 +132,9 @@ impl fmt::Display for ChatError {
             }
             ChatError::TooManyRoomsFromAddress => f.write_str(
                 "too many rooms were created from your address: join an existing one",
+            ),
+            ChatError::StorageFailed => f.write_str(
+                "the server could not store or read messages (disk full or failing); nothing was sent: try again",
             ),
         }
     }

@@ -81,11 +81,34 @@ pub struct Room {
     /// The address that created the room (`None`: an exempt client); the
     /// room counts against its `max_rooms_per_addr` while it exists.
     pub owner: Option<super::AddrKey>,
+    /// Retention already used up before `empty_since` (a room restored from
+    /// the store was memberless before the server started).
+    pub aged: u64,
+    /// Durable rooms only (see `ChatConfig::durable`):
+    pub durable: Option<Box<Durable>>,
 }
 
-/// A run of kept messages and whether it reaches as far back as asked.
-pub struct Page<'a> {
-    pub messages: std::collections::vec_deque::Iter<'a, Msg>,
+/// A durable room's state beside its in-memory window: `history` holds only
+/// the newest messages, the store all of them from `first_id` on.
+#[derive(Debug, Default)]
+pub struct Durable {
+    /// Oldest id the store keeps (`next_id` when none).
+    pub first_id: u64,
+    /// Ids handed out this loop turn whose commit is still to come: the
+    /// last `pending` ids below `next_id`.
+    pub pending: u64,
+    /// The store has this room (its row is written with its first message).
+    pub stored: bool,
+    /// Monotonic ms of the last `Touch` record while the room had members.
+    pub touched: u64,
+}
+
+/// A run of kept message ids, `lo..hi`, and whether it reaches as far back
+/// as asked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Span {
+    pub lo: u64,
+    pub hi: u64,
     pub complete: bool,
 }
 
@@ -102,12 +125,13 @@ impl Room {
             last_ts: 0,
             empty_since: now_ms,
             owner: None,
+            aged: 0,
+            durable: None,
         }
     }
 
-    /// Posts a message: assigns its id and `ts`, keeps at most `keep`
-    /// (dropping the oldest).
-    pub fn post(&mut self, from: Rc<str>, text: Box<str>, wall_ms: u64, keep: usize) -> Msg {
+    /// Hands out the next id and `ts` (`ts` never decreases as ids grow).
+    pub fn assign(&mut self, from: Rc<str>, text: Box<str>, wall_ms: u64) -> Msg {
         let ts = wall_ms.max(self.last_ts);
         self.last_ts = ts;
         let msg = Msg {
@@ -117,6 +141,11 @@ impl Room {
             text,
         };
         self.next_id += 1;
+        msg
+    }
+
+    /// Appends a message to the in-memory window, keeping at most `keep`.
+    pub fn keep(&mut self, msg: Msg, keep: usize) {
         if keep > 0 {
             while self.history.len() >= keep {
                 if let Some(old) = self.history.pop_front() {
@@ -124,8 +153,105 @@ impl Room {
                 }
             }
             self.bytes += msg.cost();
-            self.history.push_back(msg.clone());
+            self.history.push_back(msg);
         }
+    }
+
+    /// The id after the last message stored (or, for a room that is not
+    /// durable, kept): ids still pending commit are not yet part of it.
+    pub fn stored_next(&self) -> u64 {
+        self.next_id - self.durable.as_ref().map_or(0, |d| d.pending)
+    }
+
+    /// Oldest id kept anywhere (memory or store); `stored_next` when none.
+    pub fn first_kept(&self) -> u64 {
+        match &self.durable {
+            Some(d) => d.first_id,
+            None => self.window_first(),
+        }
+    }
+
+    /// Oldest id in the in-memory window; `stored_next` when empty.
+    pub fn window_first(&self) -> u64 {
+        self.history
+            .front()
+            .map_or_else(|| self.stored_next(), |m| m.id)
+    }
+
+    /// Whether the room has messages (kept, or pending commit): a room with
+    /// neither members nor messages is forgotten.
+    pub fn has_messages(&self) -> bool {
+        match &self.durable {
+            Some(d) => d.first_id < self.next_id,
+            None => !self.history.is_empty(),
+        }
+    }
+
+    /// The window's messages with ids in `lo..hi`, when it holds them all.
+    pub fn window(&self, lo: u64, hi: u64) -> Option<std::collections::vec_deque::Iter<'_, Msg>> {
+        let first = self.window_first();
+        if lo < first && lo < hi {
+            return None;
+        }
+        let len = self.history.len();
+        let a = usize::try_from(lo.saturating_sub(first)).map_or(len, |n| n.min(len));
+        let b = usize::try_from(hi.saturating_sub(first)).map_or(len, |n| n.min(len));
+        Some(self.history.range(a..b.max(a)))
+    }
+
+    /// Ids of the newest `n` kept messages; complete when no older kept one
+    /// exists.
+    pub fn newest_span(&self, n: usize) -> Span {
+        let hi = self.stored_next();
+        let first = self.first_kept();
+        let lo = hi.saturating_sub(n as u64).max(first);
+        Span {
+            lo,
+            hi,
+            complete: lo == first,
+        }
+    }
+
+    /// Ids of the newest `max` kept messages with `id > since`; complete when
+    /// they are all the messages ever posted after `since`.
+    pub fn after_span(&self, since: u64, max: usize) -> Span {
+        let hi = self.stored_next();
+        let last = hi - 1;
+        if since >= last {
+            return Span {
+                lo: hi,
+                hi,
+                complete: true,
+            };
+        }
+        let lo = (since + 1)
+            .max(self.first_kept())
+            .max(hi.saturating_sub(max as u64));
+        Span {
+            lo,
+            hi,
+            complete: hi - lo == last - since,
+        }
+    }
+
+    /// Ids of the newest `limit` kept messages with `id < before`; complete
+    /// when no older kept message exists.
+    pub fn before_span(&self, before: u64, limit: usize) -> Span {
+        let first = self.first_kept();
+        let hi = before.min(self.stored_next()).max(first);
+        let lo = hi.saturating_sub(limit as u64).max(first);
+        Span {
+            lo,
+            hi,
+            complete: lo == first,
+        }
+    }
+
+    /// Posts a message: assigns its id and `ts`, keeps at most `keep`
+    /// (dropping the oldest).
+    pub fn post(&mut self, from: Rc<str>, text: Box<str>, wall_ms: u64, keep: usize) -> Msg {
+        let msg = self.assign(from, text, wall_ms);
+        self.keep(msg.clone(), keep);
         msg
     }
 
@@ -144,69 +270,8 @@ impl Room {
         Some(old)
     }
 
-    /// Whether the message `id` is still kept. Ids are contiguous, so it is
-    /// kept when it lies between the oldest kept id and the newest id.
+    /// Whether the message `id` is still in the window.
     pub fn keeps(&self, id: u64) -> bool {
-        self.first_id()
-            .is_some_and(|first| first <= id && id <= self.last_id())
-    }
-
-    fn first_id(&self) -> Option<u64> {
-        self.history.front().map(|m| m.id)
-    }
-
-    fn last_id(&self) -> u64 {
-        self.next_id - 1
-    }
-
-    /// The newest `n` kept messages; complete when no older kept one exists.
-    pub fn newest(&self, n: usize) -> Page<'_> {
-        let len = self.history.len();
-        let start = len.saturating_sub(n);
-        Page {
-            messages: self.history.range(start..),
-            complete: start == 0,
-        }
-    }
-
-    /// The newest `max` kept messages with `id > since`; complete when they
-    /// are all the messages ever posted after `since`.
-    pub fn after(&self, since: u64, max: usize) -> Page<'_> {
-        let len = self.history.len();
-        let last = self.last_id();
-        if since >= last {
-            return Page {
-                messages: self.history.range(len..),
-                complete: true,
-            };
-        }
-        let first_idx = match self.first_id() {
-            Some(first) if first <= since => usize::try_from(since - first + 1).unwrap_or(len),
-            _ => 0,
-        };
-        let available = len - first_idx.min(len);
-        let take = available.min(max);
-        let start = len - take;
-        Page {
-            messages: self.history.range(start..),
-            complete: take as u64 == last - since,
-        }
-    }
-
-    /// The newest `limit` kept messages with `id < before`; complete when no
-    /// older kept message exists.
-    pub fn before(&self, before: u64, limit: usize) -> Page<'_> {
-        let len = self.history.len();
-        let end = match self.first_id() {
-            Some(first) if before > first => {
-                usize::try_from(before - first).map_or(len, |n| n.min(len))
-            }
-            _ => 0,
-        };
-        let start = end.saturating_sub(limit);
-        Page {
-            messages: self.history.range(start..end),
-            complete: start == 0,
-        }
+        self.window_first() <= id && id < self.stored_next()
     }
 }

@@ -174,9 +174,36 @@ pub struct Config {
     #[arg(long, default_value = "Welcome to wschat!")]
     pub motd: String,
 
-    /// Messages kept per room.
-    #[arg(long, value_name = "N", default_value_t = 1000)]
-    pub history: usize,
+    /// Messages kept per room. Default: 100000 (on disk) with the store,
+    /// 1000 with --no-persist. The protocol's floor is 1000.
+    #[arg(long, value_name = "N")]
+    pub history: Option<usize>,
+
+    /// Directory of the store (created when missing): history, rooms and
+    /// their epochs survive restarts and crashes. Held by one server at a time.
+    #[arg(long, value_name = "DIR", default_value = "wschat-data")]
+    pub data_dir: PathBuf,
+
+    /// Keep everything in memory only: a restart forgets the chat.
+    #[arg(long)]
+    pub no_persist: bool,
+
+    /// Make every commit reach the disk (fsync) before anything it holds is
+    /// acknowledged, so it survives a power cut; by default a commit survives
+    /// the server being killed or crashing, not the machine losing power.
+    #[arg(long)]
+    pub fsync: bool,
+
+    /// Disk budget for stored messages, all rooms together; past it the
+    /// server-wide oldest messages are deleted first. Counts each message's
+    /// text and nick bytes plus 64 for its row and index entries. 0: none.
+    #[arg(long, value_name = "SIZE", default_value = "1GiB", value_parser = parse_size)]
+    pub max_disk: usize,
+
+    /// Fault injection for tests: while this file exists, every store commit
+    /// fails.
+    #[arg(long, value_name = "FILE", hide = true)]
+    pub fault_file: Option<PathBuf>,
 
     /// Rooms one connection may join.
     #[arg(long, value_name = "N", default_value_t = 32)]
@@ -216,6 +243,22 @@ pub struct Config {
     pub max_history_bytes: usize,
 }
 
+/// `--history`'s default with the store.
+pub const PERSISTED_HISTORY: usize = 100_000;
+/// `--history`'s default in memory (the protocol's floor).
+pub const MEMORY_HISTORY: usize = 1000;
+
+impl Config {
+    /// Messages kept per room, `--history` or its default.
+    pub fn history(&self) -> usize {
+        self.history.unwrap_or(if self.no_persist {
+            MEMORY_HISTORY
+        } else {
+            PERSISTED_HISTORY
+        })
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config::parse_from(["wschat"])
@@ -244,6 +287,10 @@ mod tests {
         assert_eq!(c.max_history_bytes, 64 << 20);
         assert_eq!(c.motd, "Welcome to wschat!");
         assert_eq!(c.ipv6_prefix_len, 64);
+        assert_eq!(c.history(), PERSISTED_HISTORY);
+        assert_eq!(c.data_dir, PathBuf::from("wschat-data"));
+        let m = Config::parse_from(["wschat", "--no-persist"]);
+        assert_eq!(m.history(), MEMORY_HISTORY);
     }
 
     #[test]

@@ -12,6 +12,7 @@ mod config;
 mod files;
 pub mod http;
 mod queue;
+mod storage;
 
 pub use config::{Config, parse_size};
 
@@ -200,6 +201,8 @@ pub struct Server {
     refusing: usize,
     /// Wall-clock milliseconds at the start of this turn (chat timestamps).
     wall: u64,
+    /// The store (none with --no-persist) and what it still has to take.
+    storage: Option<storage::Storage>,
 }
 
 fn ms(d: Duration) -> u64 {
@@ -270,7 +273,7 @@ impl Server {
         let mut chat = Chat::new(
             ChatConfig {
                 motd: cfg.motd.clone(),
-                history: cfg.history,
+                history: cfg.history(),
                 max_rooms_per_conn: cfg.max_rooms_per_conn,
                 max_rooms: cfg.max_rooms,
                 max_rooms_per_addr: cfg.max_rooms_per_addr,
@@ -279,12 +282,22 @@ impl Server {
                 rate_per_sec: cfg.rate_per_sec,
                 room_retention_ms: ms(cfg.room_retention),
                 max_history_bytes: cfg.max_history_bytes,
+                durable: !cfg.no_persist,
             },
             SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_nanos() as u64)
                 .unwrap_or(0),
         );
+        let storage = if cfg.no_persist {
+            None
+        } else {
+            let now = Now {
+                mono_ms: 0,
+                wall_ms: wall_ms(),
+            };
+            Some(storage::Storage::open(&cfg, &mut chat, now)?)
+        };
         info!("max connections {max_connections} (open-file limit {nofile})");
         // Per-connection tables are reserved now, while the heap is empty, so
         // that each gets a mapping of its own where only the entries in use
@@ -328,6 +341,7 @@ impl Server {
             settling: false,
             refusing: 0,
             wall: wall_ms(),
+            storage,
         })
     }
 
@@ -395,10 +409,16 @@ impl Server {
                 self.sweep();
                 self.next_sweep = self.now + self.sweep_every;
             }
+            // The turn's messages are committed before any of their copies
+            // is queued: an acknowledgement means stored.
+            self.commit_turn();
             self.flush_dirty();
             if let Some(deadline) = self.shutdown_deadline
                 && (self.conns.is_empty() || self.now >= deadline)
             {
+                if let Some(st) = &self.storage {
+                    st.log_stats();
+                }
                 info!("shut down with {} connections left", self.conns.len());
                 return Ok(());
             }
@@ -1193,6 +1213,7 @@ impl Server {
             dirty: &mut self.dirty,
             max_pending: self.cfg.max_pending_output,
             closes: &mut closes,
+            storage: self.storage.as_mut(),
         };
         f(&mut self.chat, now, &mut out);
         self.chat_drops.extend(dead);
@@ -1404,6 +1425,8 @@ impl Server {
         if let Some(mut l) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut l);
         }
+        let now = self.chat_now();
+        self.chat.shutdown(now);
         // Everyone is leaving: telling each member about every other one's
         // departure would cost the square of the members for nothing.
         for (_, c) in self.conns.iter_mut() {
@@ -1516,6 +1539,7 @@ struct ServerOutbox<'a> {
     dirty: &'a mut Vec<usize>,
     max_pending: usize,
     closes: &'a mut Vec<(usize, u16, String)>,
+    storage: Option<&'a mut storage::Storage>,
 }
 
 impl Outbox for ServerOutbox<'_> {
@@ -1556,6 +1580,18 @@ impl Outbox for ServerOutbox<'_> {
 
     fn close(&mut self, to: ConnId, code: u16, reason: &str) {
         self.closes.push((to, code, reason.to_string()));
+    }
+
+    fn archive(
+        &mut self,
+        room: &str,
+        lo: u64,
+        hi: u64,
+    ) -> Result<Vec<crate::chat::room::Msg>, crate::chat::ArchiveError> {
+        match self.storage.as_mut() {
+            Some(st) => st.archive(room, lo, hi),
+            None => Ok(Vec::new()),
+        }
     }
 }
 

@@ -5,6 +5,8 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -14,12 +16,99 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
+    /// A data directory made for this server alone, removed with it.
+    own_dir: Option<TempDir>,
+}
+
+/// A fresh directory under the system's temporary directory, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let p = std::env::temp_dir().join(format!(
+            "wschat-test-{tag}-{}-{}-{nanos}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&p).expect("create a temporary directory");
+        TempDir(p)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 impl Server {
     /// Starts `wschat --addr 127.0.0.1:0 ARGS…` and waits for its
-    /// "listening on ADDR" line.
+    /// "listening on ADDR" line. Unless ARGS name a `--data-dir` or
+    /// `--no-persist`, the server persists (the default) into a fresh
+    /// temporary directory of its own.
     pub fn start(args: &[&str]) -> Server {
+        let own = !args.iter().any(|a| *a == "--data-dir" || *a == "--no-persist");
+        let dir = own.then(|| TempDir::new("data"));
+        let mut server = match &dir {
+            Some(d) => {
+                let mut all = vec!["--data-dir", d.path().to_str().expect("UTF-8 path")];
+                all.extend_from_slice(args);
+                Server::spawn(&all)
+            }
+            None => Server::spawn(args),
+        };
+        server.own_dir = dir;
+        server
+    }
+
+    /// Starts a server on the data directory `dir` (for restart tests).
+    pub fn start_in(dir: &Path, args: &[&str]) -> Server {
+        let mut all = vec!["--data-dir", dir.to_str().expect("UTF-8 path")];
+        all.extend_from_slice(args);
+        Server::spawn(&all)
+    }
+
+    /// Runs `wschat --addr 127.0.0.1:0 ARGS…` expecting it to refuse to
+    /// start: returns its exit status and what it wrote to stderr.
+    pub fn refuse(args: &[&str]) -> (ExitStatus, String) {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wschat"))
+            .arg("--addr")
+            .arg("127.0.0.1:0")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run wschat");
+        let end = Instant::now() + IO_TIMEOUT;
+        let status = loop {
+            if let Some(st) = child.try_wait().expect("wait for wschat") {
+                break st;
+            }
+            if Instant::now() > end {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("wschat {args:?} started instead of refusing");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            let _ = e.read_to_string(&mut err);
+        }
+        (status, err)
+    }
+
+    fn spawn(args: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_wschat"))
             .arg("--addr")
             .arg("127.0.0.1:0")
@@ -42,7 +131,11 @@ impl Server {
             .nth(3)
             .and_then(|a| a.trim_end_matches(';').parse().ok())
             .unwrap_or_else(|| panic!("unexpected banner: {line:?}"));
-        Server { child, addr }
+        Server {
+            child,
+            addr,
+            own_dir: None,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {

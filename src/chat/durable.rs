@@ -1,0 +1,344 @@
+//! The chat's side of durability (`ChatConfig::durable`), still sans-IO: it
+//! says what to store, the server stores it, and the chat hears the outcome.
+//!
+//! How to drive it, once per loop turn:
+//! 1. feed the turn's input (`on_text`, `connect`, `tick`, …): a posted
+//!    message gets its id at once but is neither kept nor sent yet;
+//! 2. [`Chat::take_records`]: everything to store, in order; commit it in
+//!    one transaction;
+//! 3. [`Chat::committed`] (the messages are kept and their copies sent,
+//!    the sender's acknowledgement included) or [`Chat::failed`] (each
+//!    sender gets `storage_failed`, and the ids are handed out again, so
+//!    that ids stay gap-free in memory and on disk);
+//! 4. [`Chat::trimmed`] for what the store's retention dropped.
+//!
+//! At start, [`Chat::restore`] loads the stored rooms with the newest
+//! messages of each (the window a `joined` answer needs); older pages are
+//! read through [`Outbox::archive`].
+
+use std::rc::Rc;
+
+use super::protocol::{ChatError, MsgOut};
+use super::room::{Durable, Msg, Order, Room};
+use super::{Chat, ConnId, Now, Outbox, protocol::frame, send_error};
+
+/// Something the store must keep, in the order the chat decided it.
+#[derive(Clone, Debug)]
+pub enum Record {
+    /// A room is stored from now on (its first message follows).
+    Room {
+        name: Rc<str>,
+        epoch: Box<str>,
+        next_id: u64,
+        last_active: u64,
+    },
+    /// A message of a stored room.
+    Message { room: Rc<str>, msg: Msg },
+    /// Wall-clock ms of a stored room's last activity (its last member left,
+    /// or it still has members): its retention starts there.
+    Touch { room: Rc<str>, last_active: u64 },
+    /// The room was forgotten: delete it with its messages.
+    Forget { room: Rc<str> },
+}
+
+impl Record {
+    /// A message record: failed ones are refused to their senders, never
+    /// tried again. The others can be retried as they are.
+    pub fn is_message(&self) -> bool {
+        matches!(self, Record::Message { .. })
+    }
+}
+
+/// A stored room as loaded at start.
+#[derive(Clone, Debug)]
+pub struct Restored {
+    pub name: String,
+    pub epoch: String,
+    pub next_id: u64,
+    /// Oldest stored id (`next_id` when none).
+    pub first_id: u64,
+    /// Wall-clock ms of its last activity.
+    pub last_active: u64,
+    /// Its newest messages, oldest first, at most [`Chat::window`].
+    pub messages: Vec<Msg>,
+}
+
+/// A message whose commit is still to come.
+#[derive(Debug)]
+pub(super) struct Pending {
+    pub slot: u32,
+    pub serial: u64,
+    pub room: Rc<str>,
+    pub msg: Msg,
+    pub sender: ConnId,
+    pub r#ref: Option<Box<str>>,
+}
+
+/// How long a room with members goes between two `Touch` records, at most:
+/// after a crash its retention starts at most this long before it.
+const TOUCH_EVERY_MS: u64 = 60 * 60 * 1000;
+
+impl Chat {
+    /// Messages of each durable room kept in memory: enough for any `joined`
+    /// answer.
+    pub fn window(&self) -> usize {
+        self.cfg.history.min(super::validate::JOIN_SINCE_MAX)
+    }
+
+    /// Loads stored rooms (before any connection). A room whose retention
+    /// ran out while the server was down is forgotten (and deleted).
+    pub fn restore(&mut self, rooms: Vec<Restored>, now: Now) {
+        let mut order: Vec<(u64, Order)> = Vec::new();
+        let window = self.window();
+        for r in rooms {
+            if self.room_names.contains_key(r.name.as_str()) {
+                continue;
+            }
+            self.epoch_counter += 1;
+            let name: Rc<str> = Rc::from(r.name.as_str());
+            let mut room = Room::new(
+                name.clone(),
+                self.epoch_counter,
+                r.epoch.into_boxed_str(),
+                now.mono_ms,
+            );
+            room.next_id = r.next_id.max(1);
+            room.aged = now.wall_ms.saturating_sub(r.last_active);
+            room.durable = Some(Box::new(Durable {
+                first_id: r.first_id.min(room.next_id),
+                pending: 0,
+                stored: true,
+                touched: now.mono_ms,
+            }));
+            let idx = self.rooms.len() as u32;
+            let skip = r.messages.len().saturating_sub(window);
+            for m in r.messages.into_iter().skip(skip) {
+                room.last_ts = room.last_ts.max(m.ts);
+                order.push((
+                    m.ts,
+                    Order {
+                        slot: idx,
+                        serial: room.serial,
+                        id: m.id,
+                    },
+                ));
+                room.keep(m, window);
+            }
+            self.history_bytes += room.bytes;
+            self.kept += room.history.len();
+            self.rooms.push(Some(room));
+            self.room_names.insert(name, idx);
+        }
+        // The memory budget drops the server-wide oldest first.
+        order.sort_by_key(|(ts, _)| *ts);
+        self.order.extend(order.into_iter().map(|(_, o)| o));
+        self.enforce_budget();
+        self.tick(now);
+    }
+
+    /// What to store since the last call, in order.
+    pub fn take_records(&mut self) -> Vec<Record> {
+        std::mem::take(&mut self.records)
+    }
+
+    /// Whether messages wait for their commit.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// The records taken last were committed: keep the messages and send
+    /// their copies (the sender's, with its `ref`, is its acknowledgement).
+    pub fn committed(&mut self, out: &mut dyn Outbox) {
+        let window = self.window();
+        for p in std::mem::take(&mut self.pending) {
+            let own = match &p.r#ref {
+                Some(r) => Some(frame(&MsgOut::new(&p.room, &p.msg, Some(r)))),
+                None => None,
+            };
+            let shared = frame(&MsgOut::new(&p.room, &p.msg, None));
+            let own = own.unwrap_or_else(|| shared.clone());
+            let room = self
+                .rooms
+                .get_mut(p.slot as usize)
+                .and_then(Option::as_mut)
+                .filter(|r| r.serial == p.serial);
+            let Some(room) = room else {
+                // Forgotten in the same turn: the sender still hears that
+                // its message was stored.
+                out.send(p.sender, &own);
+                continue;
+            };
+            if let Some(d) = room.durable.as_mut() {
+                d.pending = d.pending.saturating_sub(1);
+            }
+            let (bytes_before, kept_before) = (room.bytes, room.history.len());
+            let id = p.msg.id;
+            room.keep(p.msg, window);
+            let mut sender_is_member = false;
+            for &m in &room.members {
+                if m == p.sender {
+                    sender_is_member = true;
+                    out.send(m, &own);
+                } else {
+                    out.send(m, &shared);
+                }
+            }
+            if !sender_is_member {
+                out.send(p.sender, &own);
+            }
+            self.history_bytes = self.history_bytes - bytes_before + room.bytes;
+            self.kept = self.kept - kept_before + room.history.len();
+            if window > 0 {
+                self.order.push_back(Order {
+                    slot: p.slot,
+                    serial: p.serial,
+                    id,
+                });
+            }
+        }
+        self.enforce_budget();
+    }
+
+    /// The records taken last could not be stored: every pending message is
+    /// refused to its sender with `storage_failed` and its id handed out
+    /// again (the room's ids go back to the first refused one: all of the
+    /// turn's messages failed together, so they are the newest ids).
+    pub fn failed(&mut self, out: &mut dyn Outbox) {
+        let mut emptied = Vec::new();
+        for p in std::mem::take(&mut self.pending) {
+            if let Some(room) = self
+                .rooms
+                .get_mut(p.slot as usize)
+                .and_then(Option::as_mut)
+                .filter(|r| r.serial == p.serial)
+            {
+                room.next_id = room.next_id.min(p.msg.id);
+                if let Some(d) = room.durable.as_mut() {
+                    d.pending = 0;
+                    d.first_id = d.first_id.min(room.next_id);
+                }
+                if room.members.is_empty() && !room.has_messages() {
+                    emptied.push(p.slot);
+                }
+            }
+            send_error(out, p.sender, p.r#ref.as_deref(), &ChatError::StorageFailed);
+        }
+        for idx in emptied {
+            if self
+                .room(idx)
+                .is_some_and(|r| r.members.is_empty() && !r.has_messages())
+            {
+                self.forget(idx);
+            }
+        }
+    }
+
+    /// The store's retention dropped the messages of `room` below `first_id`.
+    pub fn trimmed(&mut self, room: &str, first_id: u64) {
+        let Some(&idx) = self.room_names.get(room) else {
+            return;
+        };
+        let Some(r) = self.rooms.get_mut(idx as usize).and_then(Option::as_mut) else {
+            return;
+        };
+        let Some(d) = r.durable.as_mut() else { return };
+        d.first_id = d.first_id.max(first_id.min(r.next_id));
+        let (bytes_before, kept_before) = (r.bytes, r.history.len());
+        while r.history.front().is_some_and(|m| m.id < first_id) {
+            r.pop_oldest();
+        }
+        let gone = r.members.is_empty() && !r.has_messages();
+        self.history_bytes = self.history_bytes - bytes_before + r.bytes;
+        self.kept = self.kept - kept_before + r.history.len();
+        if gone {
+            self.forget(idx);
+        } else {
+            self.trim_order();
+        }
+    }
+
+    /// The server is stopping: every stored room with members was active
+    /// until now (its retention starts at the next start).
+    pub fn shutdown(&mut self, now: Now) {
+        for r in self.rooms.iter().flatten() {
+            if !r.members.is_empty() && r.durable.as_ref().is_some_and(|d| d.stored) {
+                self.records.push(Record::Touch {
+                    room: r.name.clone(),
+                    last_active: now.wall_ms,
+                });
+            }
+        }
+    }
+
+    /// `tick`'s part: stored rooms with members say now and then that they
+    /// are still active, so that a crash does not expire them early.
+    pub(super) fn touch_active(&mut self, now: Now) {
+        let every = TOUCH_EVERY_MS.min(self.cfg.room_retention_ms / 8).max(1000);
+        for r in self.rooms.iter_mut().flatten() {
+            if r.members.is_empty() {
+                continue;
+            }
+            if let Some(d) = r.durable.as_mut()
+                && d.stored
+                && now.mono_ms.saturating_sub(d.touched) >= every
+            {
+                d.touched = now.mono_ms;
+                self.records.push(Record::Touch {
+                    room: r.name.clone(),
+                    last_active: now.wall_ms,
+                });
+            }
+        }
+    }
+
+    /// `message`'s part for a durable room: the id is handed out now, the
+    /// message kept and sent once it is committed.
+    pub(super) fn post_durable(
+        &mut self,
+        idx: u32,
+        conn: ConnId,
+        from: Rc<str>,
+        text: String,
+        r: Option<&str>,
+        now: Now,
+    ) {
+        let Some(room) = self.rooms.get_mut(idx as usize).and_then(Option::as_mut) else {
+            return;
+        };
+        let Some(d) = room.durable.as_mut() else {
+            return;
+        };
+        if !d.stored {
+            d.stored = true;
+            self.records.push(Record::Room {
+                name: room.name.clone(),
+                epoch: room.epoch.clone(),
+                next_id: room.next_id,
+                last_active: now.wall_ms,
+            });
+        }
+        d.pending += 1;
+        let msg = room.assign(from, text.into_boxed_str(), now.wall_ms);
+        self.records.push(Record::Message {
+            room: room.name.clone(),
+            msg: msg.clone(),
+        });
+        self.pending.push(Pending {
+            slot: idx,
+            serial: room.serial,
+            room: room.name.clone(),
+            msg,
+            sender: conn,
+            r#ref: r.map(Box::from),
+        });
+    }
+
+    /// A durable room was forgotten: the store forgets it too.
+    pub(super) fn forget_stored(&mut self, room: &Room) {
+        if room.durable.as_ref().is_some_and(|d| d.stored) {
+            self.records.push(Record::Forget {
+                room: room.name.clone(),
+            });
+        }
+    }
+}

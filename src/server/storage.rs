@@ -1,0 +1,201 @@
+//! The server's side of the store: opens it, loads the chat from it at
+//! start, and commits each loop turn's records in one transaction before
+//! the turn's output is flushed (see docs/storage.md).
+
+use std::io;
+use std::rc::Rc;
+use std::time::Instant;
+
+use log::{info, warn};
+
+use super::{Config, Server};
+use crate::chat::durable::{Record, Restored};
+use crate::chat::room::Msg;
+use crate::chat::{ArchiveError, Chat, Now};
+use crate::store::sqlite::{Options, SqliteStore};
+use crate::store::{Limits, Op, Store};
+
+/// Records kept for the next turn after a failed commit (rooms, touches and
+/// deletions; failed messages are refused, never retried). Past this many
+/// the oldest touches are dropped: only a retention start gets less exact.
+const MAX_RETRY: usize = 100_000;
+
+pub(super) struct Storage {
+    store: Box<dyn Store>,
+    /// What a failed commit left to try again, in order.
+    retry: Vec<Record>,
+    /// The last commit failed (logged once, and again on recovery).
+    failing: bool,
+    commits: u64,
+    commit_us_total: u64,
+    commit_us_max: u64,
+}
+
+fn op(r: &Record) -> Op<'_> {
+    match r {
+        Record::Room {
+            name,
+            epoch,
+            next_id,
+            last_active,
+        } => Op::PutRoom {
+            name,
+            epoch,
+            next_id: *next_id,
+            last_active: *last_active,
+        },
+        Record::Message { room, msg } => Op::PutMessage {
+            room,
+            id: msg.id,
+            from: &msg.from,
+            text: &msg.text,
+            ts: msg.ts,
+        },
+        Record::Touch { room, last_active } => Op::Touch {
+            room,
+            last_active: *last_active,
+        },
+        Record::Forget { room } => Op::DeleteRoom { room },
+    }
+}
+
+impl Storage {
+    /// Opens the store of `--data-dir` and loads `chat` from it: every room
+    /// with the newest messages its `joined` answers need.
+    pub fn open(cfg: &Config, chat: &mut Chat, now: Now) -> io::Result<Storage> {
+        let fail = |e: crate::store::StoreError| io::Error::other(e.to_string());
+        let t0 = Instant::now();
+        let mut store = SqliteStore::open(
+            &cfg.data_dir,
+            Options {
+                fsync: cfg.fsync,
+                limits: Some(Limits {
+                    per_room: cfg.history() as u64,
+                    max_bytes: cfg.max_disk as u64,
+                }),
+                fault_file: cfg.fault_file.clone(),
+            },
+        )
+        .map_err(fail)?;
+        let window = chat.window();
+        let rows = store.rooms().map_err(fail)?;
+        let mut rooms = Vec::with_capacity(rows.len());
+        let mut loaded = 0;
+        for r in rows {
+            let messages: Vec<Msg> = store
+                .messages(&r.name, r.first_id, r.next_id, window)
+                .map_err(fail)?
+                .into_iter()
+                .map(to_msg)
+                .collect();
+            loaded += messages.len();
+            rooms.push(Restored {
+                name: r.name,
+                epoch: r.epoch,
+                next_id: r.next_id,
+                first_id: r.first_id,
+                last_active: r.last_active,
+                messages,
+            });
+        }
+        let n = rooms.len();
+        chat.restore(rooms, now);
+        info!(
+            "store {}: {n} rooms, {loaded} recent messages loaded in {} ms",
+            store.path().display(),
+            t0.elapsed().as_millis()
+        );
+        Ok(Storage {
+            store: Box::new(store),
+            retry: Vec::new(),
+            failing: false,
+            commits: 0,
+            commit_us_total: 0,
+            commit_us_max: 0,
+        })
+    }
+
+    /// Messages `lo..hi` of `room`, for a page the chat's window lacks.
+    pub fn archive(&mut self, room: &str, lo: u64, hi: u64) -> Result<Vec<Msg>, ArchiveError> {
+        let limit = usize::try_from(hi.saturating_sub(lo)).unwrap_or(usize::MAX);
+        match self.store.messages(room, lo, hi, limit) {
+            Ok(rows) => Ok(rows.into_iter().map(to_msg).collect()),
+            Err(e) => {
+                warn!("store: reading history of {room}: {e}");
+                Err(ArchiveError)
+            }
+        }
+    }
+
+    pub fn log_stats(&self) {
+        if self.commits > 0 {
+            info!(
+                "store: {} commits, mean {} us, max {} us",
+                self.commits,
+                self.commit_us_total / self.commits,
+                self.commit_us_max
+            );
+        }
+    }
+}
+
+fn to_msg(m: crate::store::MessageRow) -> Msg {
+    Msg {
+        id: m.id,
+        ts: m.ts,
+        from: Rc::from(m.from),
+        text: m.text.into_boxed_str(),
+    }
+}
+
+impl Server {
+    /// Commits the turn's records in one transaction, then tells the chat:
+    /// on success it keeps and sends the turn's messages; on failure it
+    /// refuses them (`storage_failed`) and everyone else goes on. The next
+    /// turn tries again with what is left.
+    pub(super) fn commit_turn(&mut self) {
+        let Some(st) = self.storage.as_mut() else {
+            return;
+        };
+        let mut records = std::mem::take(&mut st.retry);
+        records.extend(self.chat.take_records());
+        if records.is_empty() {
+            return;
+        }
+        let ops: Vec<Op<'_>> = records.iter().map(op).collect();
+        let t0 = Instant::now();
+        let result = st.store.commit(&ops);
+        let us = u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX);
+        drop(ops);
+        st.commits += 1;
+        st.commit_us_total += us;
+        st.commit_us_max = st.commit_us_max.max(us);
+        match result {
+            Ok(trimmed) => {
+                if std::mem::replace(&mut st.failing, false) {
+                    info!("store: commits succeed again");
+                }
+                self.with_chat(|chat, _, out| chat.committed(out));
+                for (room, first) in trimmed.rooms {
+                    self.chat.trimmed(&room, first);
+                }
+            }
+            Err(e) => {
+                if !std::mem::replace(&mut st.failing, true) {
+                    warn!("store: {e}; refusing messages until a commit succeeds");
+                }
+                records.retain(|r| !r.is_message());
+                if records.len() > MAX_RETRY {
+                    let mut excess = records.len() - MAX_RETRY;
+                    records.retain(|r| {
+                        let drop = excess > 0 && matches!(r, Record::Touch { .. });
+                        excess -= usize::from(drop);
+                        !drop
+                    });
+                }
+                st.retry = records;
+                self.with_chat(|chat, _, out| chat.failed(out));
+            }
+        }
+    }
+}

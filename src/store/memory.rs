@@ -1,0 +1,177 @@
+//! A [`Store`] in memory, with the same contract as the SQLite one: for
+//! tests, and with `fail_commits` as a fault-injection seam.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use super::{Limits, MessageRow, Op, Result, RoomRow, Store, StoreError, Trimmed, row_bytes};
+
+struct MemRoom {
+    row: RoomRow,
+    /// (posting sequence, message), ids contiguous and increasing.
+    msgs: VecDeque<(u64, MessageRow)>,
+}
+
+pub struct MemoryStore {
+    rooms: BTreeMap<String, MemRoom>,
+    seq: u64,
+    bytes: u64,
+    limits: Limits,
+    /// While set, every commit fails (and changes nothing).
+    pub fail_commits: bool,
+}
+
+impl MemoryStore {
+    pub fn new(limits: Limits) -> MemoryStore {
+        MemoryStore {
+            rooms: BTreeMap::new(),
+            seq: 0,
+            bytes: 0,
+            limits,
+            fail_commits: false,
+        }
+    }
+
+    fn drop_oldest(&mut self, room: &str) -> Option<u64> {
+        let r = self.rooms.get_mut(room)?;
+        let (_, m) = r.msgs.pop_front()?;
+        self.bytes -= row_bytes(&m.from, &m.text);
+        r.row.first_id = r.msgs.front().map_or(r.row.next_id, |(_, m)| m.id);
+        Some(r.row.first_id)
+    }
+}
+
+impl Store for MemoryStore {
+    fn rooms(&mut self) -> Result<Vec<RoomRow>> {
+        Ok(self.rooms.values().map(|r| r.row.clone()).collect())
+    }
+
+    fn messages(
+        &mut self,
+        room: &str,
+        from: u64,
+        to: u64,
+        limit: usize,
+    ) -> Result<Vec<MessageRow>> {
+        let Some(r) = self.rooms.get(room) else {
+            return Ok(Vec::new());
+        };
+        let mut v: Vec<MessageRow> = r
+            .msgs
+            .iter()
+            .rev()
+            .map(|(_, m)| m)
+            .filter(|m| from <= m.id && m.id < to)
+            .take(limit)
+            .cloned()
+            .collect();
+        v.reverse();
+        Ok(v)
+    }
+
+    fn commit(&mut self, ops: &[Op<'_>]) -> Result<Trimmed> {
+        if self.fail_commits {
+            return Err(StoreError::Io("injected fault: commit refused".into()));
+        }
+        let mut touched: Vec<String> = Vec::new();
+        for op in ops {
+            match *op {
+                Op::PutRoom {
+                    name,
+                    epoch,
+                    next_id,
+                    last_active,
+                } => {
+                    if let Some(old) = self.rooms.remove(name) {
+                        self.bytes -= old
+                            .msgs
+                            .iter()
+                            .map(|(_, m)| row_bytes(&m.from, &m.text))
+                            .sum::<u64>();
+                    }
+                    let row = RoomRow {
+                        name: name.to_string(),
+                        epoch: epoch.to_string(),
+                        next_id,
+                        first_id: next_id,
+                        last_active,
+                    };
+                    self.rooms.insert(
+                        name.to_string(),
+                        MemRoom {
+                            row,
+                            msgs: VecDeque::new(),
+                        },
+                    );
+                }
+                Op::PutMessage {
+                    room,
+                    id,
+                    from,
+                    text,
+                    ts,
+                } => {
+                    let Some(r) = self.rooms.get_mut(room) else {
+                        return Err(StoreError::Io(format!("message for unknown room {room}")));
+                    };
+                    self.seq += 1;
+                    self.bytes += row_bytes(from, text);
+                    if r.msgs.is_empty() {
+                        r.row.first_id = id;
+                    }
+                    r.msgs.push_back((
+                        self.seq,
+                        MessageRow {
+                            id,
+                            from: from.to_string(),
+                            text: text.to_string(),
+                            ts,
+                        },
+                    ));
+                    r.row.next_id = r.row.next_id.max(id + 1);
+                    r.row.last_active = r.row.last_active.max(ts);
+                    touched.push(room.to_string());
+                }
+                Op::Touch { room, last_active } => {
+                    if let Some(r) = self.rooms.get_mut(room) {
+                        r.row.last_active = last_active;
+                    }
+                }
+                Op::DeleteRoom { room } => {
+                    if let Some(old) = self.rooms.remove(room) {
+                        self.bytes -= old
+                            .msgs
+                            .iter()
+                            .map(|(_, m)| row_bytes(&m.from, &m.text))
+                            .sum::<u64>();
+                    }
+                }
+            }
+        }
+        let mut trimmed: BTreeMap<String, u64> = BTreeMap::new();
+        touched.sort();
+        touched.dedup();
+        for name in touched {
+            while self.rooms.get(&name).is_some_and(|r| {
+                r.msgs.len() as u64 > self.limits.per_room
+            }) {
+                if let Some(first) = self.drop_oldest(&name) {
+                    trimmed.insert(name.clone(), first);
+                }
+            }
+        }
+        while self.limits.max_bytes > 0 && self.bytes > self.limits.max_bytes {
+            let oldest = self
+                .rooms
+                .iter()
+                .filter_map(|(n, r)| r.msgs.front().map(|(s, _)| (*s, n.clone())))
+                .min();
+            let Some((_, name)) = oldest else { break };
+            if let Some(first) = self.drop_oldest(&name) {
+                trimmed.insert(name, first);
+            }
+        }
+        Ok(Trimmed {
+            rooms: trimmed.into_iter().collect(),
+        })
+    }
+}

@@ -1,0 +1,488 @@
+//! The [`Store`] on SQLite (rusqlite, bundled): one file `wschat.db` in the
+//! data directory, WAL journal, one transaction per commit. The schema and
+//! its versions are in docs/storage.md; [`MIGRATIONS`] brings an older file
+//! forward on open.
+//!
+//! Durability: with `synchronous=NORMAL` (the default) a commit is in the
+//! WAL, in the OS, when it returns: it survives the process being killed,
+//! not a power cut. `fsync: true` (`--fsync`) uses `synchronous=FULL`, so
+//! each commit is on the disk before it returns.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::{Limits, MessageRow, Op, Result, RoomRow, Store, StoreError, Trimmed, row_bytes};
+
+/// The database file inside the data directory.
+pub const DB_FILE: &str = "wschat.db";
+/// Held with an exclusive `flock` for as long as a server uses the directory.
+pub const LOCK_FILE: &str = "wschat.lock";
+
+/// Schema migrations: `MIGRATIONS[n]` takes a file from `user_version` n to
+/// n + 1. Append only; never edit a released step.
+pub const MIGRATIONS: &[&str] = &[
+    // 0 -> 1: rooms and their messages.
+    "CREATE TABLE rooms (
+        id          INTEGER PRIMARY KEY,
+        name        TEXT NOT NULL UNIQUE,
+        epoch       TEXT NOT NULL,
+        next_id     INTEGER NOT NULL,
+        last_active INTEGER NOT NULL,
+        bytes       INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE messages (
+        seq       INTEGER PRIMARY KEY,
+        room      INTEGER NOT NULL REFERENCES rooms(id),
+        id        INTEGER NOT NULL,
+        from_nick TEXT NOT NULL,
+        text      TEXT NOT NULL,
+        ts        INTEGER NOT NULL
+    );
+    CREATE UNIQUE INDEX messages_room_id ON messages(room, id);",
+];
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
+
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// `synchronous=FULL`: every commit reaches the disk before it returns.
+    pub fsync: bool,
+    pub limits: Option<Limits>,
+    /// Fault injection for tests: while this file exists, every commit
+    /// fails after its writes (which are rolled back).
+    pub fault_file: Option<PathBuf>,
+}
+
+pub struct SqliteStore {
+    conn: Connection,
+    path: PathBuf,
+    /// Room name -> row id, for every stored room.
+    ids: HashMap<String, i64>,
+    /// Sum of `rooms.bytes`.
+    bytes: u64,
+    limits: Limits,
+    fault_file: Option<PathBuf>,
+    /// Holds the directory's lock while open.
+    _lock: File,
+}
+
+fn int(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn uint(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+/// Takes the data directory's lock, or says who holds it.
+fn lock(dir: &Path) -> Result<File> {
+    let path = dir.join(LOCK_FILE);
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| StoreError::Open(format!("{}: cannot open: {e}", path.display())))?;
+    match f.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            return Err(StoreError::Open(format!(
+                "{}: in use by another running wschat (pid {}); stop it or use another --data-dir",
+                dir.display(),
+                holder.trim()
+            )));
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(StoreError::Open(format!(
+                "{}: cannot lock: {e}",
+                path.display()
+            )));
+        }
+    }
+    let _ = f.set_len(0);
+    let _ = writeln!(f, "{}", std::process::id());
+    Ok(f)
+}
+
+impl SqliteStore {
+    /// Opens (or creates) the store in `dir`, creating the directory when
+    /// missing. Refuses a path that is not a directory, a directory another
+    /// wschat holds, a file that is not a wschat store or is unreadable, and
+    /// a schema newer than this build.
+    pub fn open(dir: &Path, opts: Options) -> Result<SqliteStore> {
+        let open_err = |what: &str, e: &dyn std::fmt::Display| {
+            StoreError::Open(format!("{}: {what}: {e}", dir.display()))
+        };
+        if dir.exists() && !dir.is_dir() {
+            return Err(StoreError::Open(format!(
+                "{}: not a directory (--data-dir must name a directory)",
+                dir.display()
+            )));
+        }
+        std::fs::create_dir_all(dir).map_err(|e| open_err("cannot create", &e))?;
+        let lock = lock(dir)?;
+        let path = dir.join(DB_FILE);
+        let shown = path.display().to_string();
+        let bad = |e: &dyn std::fmt::Display| {
+            StoreError::Open(format!(
+                "{shown}: not a readable wschat store ({e}); refusing to start over it"
+            ))
+        };
+        let conn = Connection::open(&path).map_err(|e| bad(&e))?;
+        // Reading the header is the first access: a file that is not SQLite
+        // fails here ("file is not a database").
+        let version: u32 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| bad(&e))?;
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+            .map_err(|e| bad(&e))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(bad(&format!("journal mode {mode}, WAL refused")));
+        }
+        let sync = if opts.fsync { "FULL" } else { "NORMAL" };
+        conn.execute_batch(&format!("PRAGMA synchronous={sync}; PRAGMA foreign_keys=OFF;"))
+            .map_err(|e| bad(&e))?;
+        if version == 0 {
+            let tables: i64 = conn
+                .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+                .map_err(|e| bad(&e))?;
+            if tables > 0 {
+                return Err(bad(&"a database of something else (user_version 0 with tables)"));
+            }
+        }
+        if version > SCHEMA_VERSION {
+            return Err(bad(&format!(
+                "schema version {version} is newer than this wschat's {SCHEMA_VERSION}"
+            )));
+        }
+        let mut store = SqliteStore {
+            conn,
+            path,
+            ids: HashMap::new(),
+            bytes: 0,
+            limits: opts.limits.unwrap_or(Limits {
+                per_room: u64::MAX,
+                max_bytes: 0,
+            }),
+            fault_file: opts.fault_file,
+            _lock: lock,
+        };
+        store.migrate(version)?;
+        store.load_ids().map_err(|e| bad(&e))?;
+        Ok(store)
+    }
+
+    /// Applies the migrations past `from`, each in its own transaction with
+    /// its `user_version`.
+    fn migrate(&mut self, from: u32) -> Result<()> {
+        for (v, sql) in MIGRATIONS.iter().enumerate().skip(from as usize) {
+            let to = v + 1;
+            let path = self.path.display().to_string();
+            let tx = self
+                .conn
+                .transaction()
+                .map_err(|e| StoreError::Open(format!("{path}: {e}")))?;
+            tx.execute_batch(sql)
+                .and_then(|()| tx.execute_batch(&format!("PRAGMA user_version={to}")))
+                .and_then(|()| tx.commit())
+                .map_err(|e| {
+                    StoreError::Open(format!(
+                        "{path}: migration to schema version {to} failed: {e}"
+                    ))
+                })?;
+            if from > 0 {
+                log::info!("{}: migrated to schema version {to}", self.path.display());
+            }
+        }
+        Ok(())
+    }
+
+    fn load_ids(&mut self) -> rusqlite::Result<()> {
+        let mut st = self.conn.prepare("SELECT id, name, bytes FROM rooms")?;
+        let rows = st.query_map([], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?))
+        })?;
+        let mut bytes = 0;
+        let mut ids = HashMap::new();
+        for row in rows {
+            let (id, name, b) = row?;
+            bytes += uint(b);
+            ids.insert(name, id);
+        }
+        drop(st);
+        self.ids = ids;
+        self.bytes = bytes;
+        Ok(())
+    }
+
+    fn err(&self, e: rusqlite::Error) -> StoreError {
+        StoreError::Io(format!("{}: {e}", self.path.display()))
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Per-room sums of one commit.
+struct Touched {
+    name: String,
+    max_id: u64,
+    max_ts: u64,
+    bytes: u64,
+}
+
+impl Store for SqliteStore {
+    fn rooms(&mut self) -> Result<Vec<RoomRow>> {
+        let run = || -> rusqlite::Result<Vec<RoomRow>> {
+            let mut st = self.conn.prepare(
+                "SELECT name, epoch, next_id, last_active,
+                        (SELECT min(m.id) FROM messages m WHERE m.room = r.id)
+                 FROM rooms r",
+            )?;
+            let rows = st.query_map([], |r| {
+                let next_id = uint(r.get(2)?);
+                Ok(RoomRow {
+                    name: r.get(0)?,
+                    epoch: r.get(1)?,
+                    next_id,
+                    last_active: uint(r.get(3)?),
+                    first_id: r.get::<_, Option<i64>>(4)?.map_or(next_id, uint),
+                })
+            })?;
+            rows.collect()
+        };
+        run().map_err(|e| self.err(e))
+    }
+
+    fn messages(
+        &mut self,
+        room: &str,
+        from: u64,
+        to: u64,
+        limit: usize,
+    ) -> Result<Vec<MessageRow>> {
+        let Some(&rid) = self.ids.get(room) else {
+            return Ok(Vec::new());
+        };
+        let run = || -> rusqlite::Result<Vec<MessageRow>> {
+            let mut st = self.conn.prepare_cached(
+                "SELECT id, from_nick, text, ts FROM messages
+                 WHERE room = ?1 AND id >= ?2 AND id < ?3 ORDER BY id DESC LIMIT ?4",
+            )?;
+            let rows = st.query_map(
+                params![rid, int(from), int(to), int(limit as u64)],
+                |r| {
+                    Ok(MessageRow {
+                        id: uint(r.get(0)?),
+                        from: r.get(1)?,
+                        text: r.get(2)?,
+                        ts: uint(r.get(3)?),
+                    })
+                },
+            )?;
+            let mut v: Vec<MessageRow> = rows.collect::<rusqlite::Result<_>>()?;
+            v.reverse();
+            Ok(v)
+        };
+        run().map_err(|e| self.err(e))
+    }
+
+    fn commit(&mut self, ops: &[Op<'_>]) -> Result<Trimmed> {
+        // The caches change only once the transaction has committed.
+        let mut ids = self.ids.clone();
+        let mut bytes = self.bytes;
+        let limits = self.limits;
+        let fault = self.fault_file.as_ref().is_some_and(|f| f.exists());
+        let path = self.path.clone();
+        let tx = self.conn.transaction().map_err(|e| {
+            StoreError::Io(format!("{}: cannot begin a transaction: {e}", path.display()))
+        })?;
+        let result = (|| -> rusqlite::Result<Trimmed> {
+            let mut touched: HashMap<i64, Touched> = HashMap::new();
+            for op in ops {
+                match *op {
+                    Op::PutRoom {
+                        name,
+                        epoch,
+                        next_id,
+                        last_active,
+                    } => {
+                        if let Some(old) = ids.remove(name) {
+                            bytes -= delete_room(&tx, old)?;
+                            touched.remove(&old);
+                        }
+                        tx.prepare_cached(
+                            "INSERT INTO rooms (name, epoch, next_id, last_active) VALUES (?1, ?2, ?3, ?4)",
+                        )?
+                        .execute(params![name, epoch, int(next_id), int(last_active)])?;
+                        ids.insert(name.to_string(), tx.last_insert_rowid());
+                    }
+                    Op::PutMessage {
+                        room,
+                        id,
+                        from,
+                        text,
+                        ts,
+                    } => {
+                        let Some(&rid) = ids.get(room) else {
+                            // The chat stores a room before its messages.
+                            log::error!("store: message {id} for room {room} not stored");
+                            continue;
+                        };
+                        tx.prepare_cached(
+                            "INSERT INTO messages (room, id, from_nick, text, ts) VALUES (?1, ?2, ?3, ?4, ?5)",
+                        )?
+                        .execute(params![rid, int(id), from, text, int(ts)])?;
+                        let t = touched.entry(rid).or_insert_with(|| Touched {
+                            name: room.to_string(),
+                            max_id: 0,
+                            max_ts: 0,
+                            bytes: 0,
+                        });
+                        t.max_id = t.max_id.max(id);
+                        t.max_ts = t.max_ts.max(ts);
+                        t.bytes += row_bytes(from, text);
+                        bytes += row_bytes(from, text);
+                    }
+                    Op::Touch { room, last_active } => {
+                        if let Some(&rid) = ids.get(room) {
+                            tx.prepare_cached("UPDATE rooms SET last_active = ?2 WHERE id = ?1")?
+                                .execute(params![rid, int(last_active)])?;
+                        }
+                    }
+                    Op::DeleteRoom { room } => {
+                        if let Some(old) = ids.remove(room) {
+                            bytes -= delete_room(&tx, old)?;
+                            touched.remove(&old);
+                        }
+                    }
+                }
+            }
+            let mut trimmed = Trimmed::default();
+            for (&rid, t) in &touched {
+                tx.prepare_cached(
+                    "UPDATE rooms SET next_id = max(next_id, ?2), last_active = max(last_active, ?3),
+                     bytes = bytes + ?4 WHERE id = ?1",
+                )?
+                .execute(params![rid, int(t.max_id + 1), int(t.max_ts), int(t.bytes)])?;
+                // The per-room cap: ids are contiguous, so the oldest kept is
+                // next_id - per_room.
+                let first = (t.max_id + 1).saturating_sub(limits.per_room);
+                if first > 0 {
+                    let freed = trim_room(&tx, rid, first)?;
+                    if freed > 0 {
+                        bytes -= freed;
+                        trimmed.rooms.push((t.name.clone(), first));
+                    }
+                }
+            }
+            if limits.max_bytes > 0 && bytes > limits.max_bytes {
+                bytes -= evict_oldest(&tx, bytes - limits.max_bytes, &ids, &mut trimmed)?;
+            }
+            if fault {
+                return Err(rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR),
+                    Some("injected fault (--fault-file exists)".into()),
+                ));
+            }
+            Ok(trimmed)
+        })();
+        let trimmed = result
+            .and_then(|t| tx.commit().map(|()| t))
+            .map_err(|e| StoreError::Io(format!("{}: commit failed: {e}", path.display())))?;
+        self.ids = ids;
+        self.bytes = bytes;
+        Ok(trimmed)
+    }
+}
+
+/// Deletes a room and its messages; returns the bytes they counted.
+fn delete_room(tx: &rusqlite::Transaction<'_>, rid: i64) -> rusqlite::Result<u64> {
+    let b: i64 = tx
+        .prepare_cached("SELECT bytes FROM rooms WHERE id = ?1")?
+        .query_row([rid], |r| r.get(0))
+        .optional()?
+        .unwrap_or(0);
+    tx.prepare_cached("DELETE FROM messages WHERE room = ?1")?
+        .execute([rid])?;
+    tx.prepare_cached("DELETE FROM rooms WHERE id = ?1")?
+        .execute([rid])?;
+    Ok(uint(b))
+}
+
+const ROW_BYTES_SQL: &str = "length(CAST(from_nick AS BLOB)) + length(CAST(text AS BLOB))";
+
+/// Deletes a room's messages below `first`; returns the bytes freed.
+fn trim_room(tx: &rusqlite::Transaction<'_>, rid: i64, first: u64) -> rusqlite::Result<u64> {
+    let (n, b): (i64, Option<i64>) = tx
+        .prepare_cached(&format!(
+            "SELECT count(*), sum({ROW_BYTES_SQL}) FROM messages WHERE room = ?1 AND id < ?2"
+        ))?
+        .query_row(params![rid, int(first)], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    if n == 0 {
+        return Ok(0);
+    }
+    let freed = uint(b.unwrap_or(0)) + uint(n) * super::ROW_OVERHEAD;
+    tx.prepare_cached("DELETE FROM messages WHERE room = ?1 AND id < ?2")?
+        .execute(params![rid, int(first)])?;
+    tx.prepare_cached("UPDATE rooms SET bytes = max(0, bytes - ?2) WHERE id = ?1")?
+        .execute(params![rid, int(freed)])?;
+    Ok(freed)
+}
+
+/// The disk budget: deletes the server-wide oldest messages (lowest `seq`)
+/// until at least `excess` bytes are freed; returns the bytes freed.
+fn evict_oldest(
+    tx: &rusqlite::Transaction<'_>,
+    excess: u64,
+    ids: &HashMap<String, i64>,
+    trimmed: &mut Trimmed,
+) -> rusqlite::Result<u64> {
+    let mut freed = 0u64;
+    // Room row id -> (first id kept, bytes freed).
+    let mut per_room: HashMap<i64, (u64, u64)> = HashMap::new();
+    let mut last_seq = None;
+    {
+        let mut st = tx.prepare_cached(&format!(
+            "SELECT seq, room, id, {ROW_BYTES_SQL} FROM messages ORDER BY seq"
+        ))?;
+        let mut rows = st.query([])?;
+        while freed < excess {
+            let Some(r) = rows.next()? else { break };
+            let (seq, rid, id, b): (i64, i64, i64, i64) =
+                (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
+            let cost = uint(b) + super::ROW_OVERHEAD;
+            freed += cost;
+            let e = per_room.entry(rid).or_insert((0, 0));
+            e.0 = uint(id) + 1;
+            e.1 += cost;
+            last_seq = Some(seq);
+        }
+    }
+    let Some(last_seq) = last_seq else {
+        return Ok(0);
+    };
+    tx.prepare_cached("DELETE FROM messages WHERE seq <= ?1")?
+        .execute([last_seq])?;
+    for (rid, (first, b)) in per_room {
+        tx.prepare_cached("UPDATE rooms SET bytes = max(0, bytes - ?2) WHERE id = ?1")?
+            .execute(params![rid, int(b)])?;
+        if let Some((name, _)) = ids.iter().find(|(_, v)| **v == rid) {
+            match trimmed.rooms.iter_mut().find(|(n, _)| n == name) {
+                Some(t) => t.1 = t.1.max(first),
+                None => trimmed.rooms.push((name.clone(), first)),
+            }
+        }
+    }
+    Ok(freed)
+}
