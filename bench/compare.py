@@ -9,7 +9,7 @@ load generator runs on core 1. Figures are medians of --runs runs. Needs a
 release build (`cargo build --release`) and, for uws, `npm ci` in
 bench/reference. Loopback only.
 """
-import argparse, json, os, shutil, socket, statistics, subprocess, sys, time
+import argparse, atexit, json, os, shutil, socket, statistics, subprocess, sys, tempfile, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "target/release/wschat-bench")
@@ -22,9 +22,17 @@ def free_port():
         return s.getsockname()[1]
 
 
+# wschat variants: the default (persisting, each run in a fresh data
+# directory), in memory only, and with every commit fsynced.
+WSCHAT_FLAGS = {"wschat": [], "wschat-nopersist": ["--no-persist"], "wschat-fsync": ["--fsync"]}
+
+
 def start(server, port):
-    if server == "wschat":
-        cmd = [os.path.join(ROOT, "target/release/wschat"), "--addr", f"127.0.0.1:{port}", "--rate-burst", "0"]
+    if server in WSCHAT_FLAGS:
+        data = tempfile.mkdtemp(prefix="wschat-bench-")
+        atexit.register(shutil.rmtree, data, True)
+        cmd = [os.path.join(ROOT, "target/release/wschat"), "--addr", f"127.0.0.1:{port}", "--rate-burst", "0",
+               "--data-dir", data] + WSCHAT_FLAGS[server]
     else:
         cmd = ["node", os.path.join(ROOT, "bench/reference/uws.mjs"), str(port)]
     if TASKSET:
@@ -103,9 +111,12 @@ def main():
     for name, path, args, cols in scenarios("3s" if a.quick else "10s"):
         if a.only and a.only not in name:
             continue
-        for server in servers:
-            vals = {c: [] for c in cols}
-            for _ in range(a.runs):
+        # Runs interleaved (A B A B …), so that drifting machine load falls
+        # on every server alike.
+        vals_of = {server: {c: [] for c in cols} for server in servers}
+        for _ in range(a.runs):
+            for server in servers:
+                vals = vals_of[server]
                 port = free_port()
                 p = start(server, port)
                 r = bench([args[0], "--url", f"ws://127.0.0.1:{port}/{path}"] + args[1:], p.pid)
@@ -119,6 +130,8 @@ def main():
                         vals[c].append(f(r))
                     except (KeyError, TypeError):
                         pass
+        for server in servers:
+            vals = vals_of[server]
             cells = {c: (statistics.median(v) if v else None) for c, v in vals.items()}
             rows.append((name, server, cells))
             print(f"{name} | {server} | " + ", ".join(f"{c} {fmt(v)}" for c, v in cells.items()), flush=True)

@@ -342,3 +342,197 @@ impl Chat {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chat::ChatConfig;
+    use serde_json::Value;
+
+    /// Records what is sent; `archive` answers from `stored` (or fails).
+    #[derive(Default)]
+    struct Out {
+        sent: Vec<(ConnId, Value)>,
+        stored: Vec<Msg>,
+        archive_fails: bool,
+        archived: usize,
+    }
+
+    impl Outbox for Out {
+        fn send(&mut self, to: ConnId, f: &Rc<[u8]>) {
+            // Frames here are short: a 2-byte or 4-byte header.
+            let hdr = if f[1] & 0x7f == 126 { 4 } else { 2 };
+            self.sent
+                .push((to, serde_json::from_slice(&f[hdr..]).unwrap()));
+        }
+        fn close(&mut self, _: ConnId, _: u16, _: &str) {}
+        fn archive(
+            &mut self,
+            _: &str,
+            lo: u64,
+            hi: u64,
+        ) -> Result<Vec<Msg>, crate::chat::ArchiveError> {
+            self.archived += 1;
+            if self.archive_fails {
+                return Err(crate::chat::ArchiveError);
+            }
+            Ok(self
+                .stored
+                .iter()
+                .filter(|m| lo <= m.id && m.id < hi)
+                .cloned()
+                .collect())
+        }
+    }
+
+    const NOW: Now = Now {
+        mono_ms: 1000,
+        wall_ms: 1_763_780_000_000,
+    };
+
+    fn chat() -> Chat {
+        Chat::new(
+            ChatConfig {
+                rate_burst: 0,
+                durable: true,
+                history: 100_000,
+                ..ChatConfig::default()
+            },
+            7,
+        )
+    }
+
+    fn text(chat: &mut Chat, conn: ConnId, v: &str, out: &mut Out) {
+        chat.on_text(conn, v.as_bytes(), NOW, out);
+    }
+
+    #[test]
+    fn messages_leave_only_after_their_commit_and_failed_ids_are_reused() {
+        let mut c = chat();
+        let mut out = Out::default();
+        c.connect(1, Some("al"), NOW, &mut out);
+        c.connect(2, Some("bo"), NOW, &mut out);
+        text(&mut c, 1, r#"{"type":"join","room":"r"}"#, &mut out);
+        text(&mut c, 2, r#"{"type":"join","room":"r"}"#, &mut out);
+        out.sent.clear();
+        text(
+            &mut c,
+            1,
+            r#"{"type":"message","room":"r","text":"a","ref":"x"}"#,
+            &mut out,
+        );
+        assert!(out.sent.is_empty(), "nothing before the commit");
+        let recs = c.take_records();
+        assert!(matches!(&recs[0], Record::Room { name, next_id: 1, .. } if &**name == "r"));
+        assert!(matches!(&recs[1], Record::Message { msg, .. } if msg.id == 1));
+        c.failed(&mut out);
+        assert_eq!(out.sent.len(), 1);
+        assert_eq!(out.sent[0].0, 1);
+        assert_eq!(out.sent[0].1["code"], "storage_failed");
+        assert_eq!(out.sent[0].1["ref"], "x");
+        out.sent.clear();
+        text(
+            &mut c,
+            1,
+            r#"{"type":"message","room":"r","text":"b","ref":"y"}"#,
+            &mut out,
+        );
+        let recs = c.take_records();
+        // The room record was retried by the server; only the message here.
+        assert!(matches!(&recs[..], [Record::Message { msg, .. }] if msg.id == 1));
+        c.committed(&mut out);
+        let ids: Vec<(ConnId, &Value, &Value)> = out
+            .sent
+            .iter()
+            .map(|(to, v)| (*to, &v["id"], &v["ref"]))
+            .collect();
+        assert_eq!(
+            ids,
+            [
+                (1, &Value::from(1), &Value::from("y")),
+                (2, &Value::from(1), &Value::Null)
+            ]
+        );
+    }
+
+    #[test]
+    fn pages_past_the_window_come_from_the_archive() {
+        let mut c = chat();
+        let mut out = Out::default();
+        // A stored room of 300 messages: the newest 100 are restored.
+        let all: Vec<Msg> = (1..=300)
+            .map(|id| Msg {
+                id,
+                ts: id,
+                from: Rc::from("al"),
+                text: format!("m{id}").into_boxed_str(),
+            })
+            .collect();
+        c.restore(
+            vec![Restored {
+                name: "r".into(),
+                epoch: "ep".into(),
+                next_id: 301,
+                first_id: 1,
+                last_active: NOW.wall_ms,
+                messages: all[200..].to_vec(),
+            }],
+            NOW,
+        );
+        out.stored = all;
+        c.connect(1, Some("al"), NOW, &mut out);
+        text(
+            &mut c,
+            1,
+            r#"{"type":"join","room":"r","since":10,"epoch":"ep"}"#,
+            &mut out,
+        );
+        let j = &out.sent.last().unwrap().1;
+        assert_eq!(j["epoch"], "ep");
+        assert_eq!(j["history"][0]["id"], 201);
+        assert_eq!(j["complete"], false);
+        assert_eq!(out.archived, 0, "joined is answered from memory");
+        text(
+            &mut c,
+            1,
+            r#"{"type":"history","room":"r","before":201,"limit":100}"#,
+            &mut out,
+        );
+        let h = &out.sent.last().unwrap().1;
+        assert_eq!(h["messages"][0]["id"], 101);
+        assert_eq!(h["messages"][99]["text"], "m200");
+        assert_eq!(h["complete"], false);
+        assert_eq!(out.archived, 1);
+        text(
+            &mut c,
+            1,
+            r#"{"type":"history","room":"r","before":51,"limit":100}"#,
+            &mut out,
+        );
+        assert_eq!(out.sent.last().unwrap().1["complete"], true);
+        // Retention dropped everything below 151: pages end there.
+        c.trimmed("r", 151);
+        text(
+            &mut c,
+            1,
+            r#"{"type":"history","room":"r","before":201,"limit":100}"#,
+            &mut out,
+        );
+        let h = &out.sent.last().unwrap().1;
+        assert_eq!(h["messages"][0]["id"], 151);
+        assert_eq!(h["complete"], true);
+        // A store that cannot be read: the answer says so.
+        out.archive_fails = true;
+        text(
+            &mut c,
+            1,
+            r#"{"type":"history","room":"r","before":201,"limit":10,"ref":"h"}"#,
+            &mut out,
+        );
+        let e = &out.sent.last().unwrap().1;
+        assert_eq!(
+            (&e["code"], &e["ref"]),
+            (&Value::from("storage_failed"), &Value::from("h"))
+        );
+    }
+}

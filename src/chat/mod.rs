@@ -458,7 +458,10 @@ impl Chat {
     fn expired(&self, r: &Room, now: Now) -> bool {
         r.members.is_empty()
             && (!r.has_messages()
-                || now.mono_ms.saturating_sub(r.empty_since).saturating_add(r.aged)
+                || now
+                    .mono_ms
+                    .saturating_sub(r.empty_since)
+                    .saturating_add(r.aged)
                     >= self.cfg.room_retention_ms)
     }
 

@@ -151,9 +151,11 @@ impl Store for MemoryStore {
         touched.sort();
         touched.dedup();
         for name in touched {
-            while self.rooms.get(&name).is_some_and(|r| {
-                r.msgs.len() as u64 > self.limits.per_room
-            }) {
+            while self
+                .rooms
+                .get(&name)
+                .is_some_and(|r| r.msgs.len() as u64 > self.limits.per_room)
+            {
                 if let Some(first) = self.drop_oldest(&name) {
                     trimmed.insert(name.clone(), first);
                 }

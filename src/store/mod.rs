@@ -11,6 +11,9 @@
 pub mod memory;
 pub mod sqlite;
 
+#[cfg(test)]
+mod tests;
+
 use std::fmt;
 
 /// A room as stored.

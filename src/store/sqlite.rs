@@ -148,14 +148,18 @@ impl SqliteStore {
             return Err(bad(&format!("journal mode {mode}, WAL refused")));
         }
         let sync = if opts.fsync { "FULL" } else { "NORMAL" };
-        conn.execute_batch(&format!("PRAGMA synchronous={sync}; PRAGMA foreign_keys=OFF;"))
-            .map_err(|e| bad(&e))?;
+        conn.execute_batch(&format!(
+            "PRAGMA synchronous={sync}; PRAGMA foreign_keys=OFF;"
+        ))
+        .map_err(|e| bad(&e))?;
         if version == 0 {
             let tables: i64 = conn
                 .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
                 .map_err(|e| bad(&e))?;
             if tables > 0 {
-                return Err(bad(&"a database of something else (user_version 0 with tables)"));
+                return Err(bad(
+                    &"a database of something else (user_version 0 with tables)",
+                ));
             }
         }
         if version > SCHEMA_VERSION {
@@ -208,7 +212,11 @@ impl SqliteStore {
     fn load_ids(&mut self) -> rusqlite::Result<()> {
         let mut st = self.conn.prepare("SELECT id, name, bytes FROM rooms")?;
         let rows = st.query_map([], |r| {
-            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?))
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
         })?;
         let mut bytes = 0;
         let mut ids = HashMap::new();
@@ -279,17 +287,14 @@ impl Store for SqliteStore {
                 "SELECT id, from_nick, text, ts FROM messages
                  WHERE room = ?1 AND id >= ?2 AND id < ?3 ORDER BY id DESC LIMIT ?4",
             )?;
-            let rows = st.query_map(
-                params![rid, int(from), int(to), int(limit as u64)],
-                |r| {
-                    Ok(MessageRow {
-                        id: uint(r.get(0)?),
-                        from: r.get(1)?,
-                        text: r.get(2)?,
-                        ts: uint(r.get(3)?),
-                    })
-                },
-            )?;
+            let rows = st.query_map(params![rid, int(from), int(to), int(limit as u64)], |r| {
+                Ok(MessageRow {
+                    id: uint(r.get(0)?),
+                    from: r.get(1)?,
+                    text: r.get(2)?,
+                    ts: uint(r.get(3)?),
+                })
+            })?;
             let mut v: Vec<MessageRow> = rows.collect::<rusqlite::Result<_>>()?;
             v.reverse();
             Ok(v)
@@ -305,7 +310,10 @@ impl Store for SqliteStore {
         let fault = self.fault_file.as_ref().is_some_and(|f| f.exists());
         let path = self.path.clone();
         let tx = self.conn.transaction().map_err(|e| {
-            StoreError::Io(format!("{}: cannot begin a transaction: {e}", path.display()))
+            StoreError::Io(format!(
+                "{}: cannot begin a transaction: {e}",
+                path.display()
+            ))
         })?;
         let result = (|| -> rusqlite::Result<Trimmed> {
             let mut touched: HashMap<i64, Touched> = HashMap::new();

@@ -6,8 +6,8 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// Safety net for every blocking read in tests (not a timing assertion).
@@ -56,7 +56,9 @@ impl Server {
     /// `--no-persist`, the server persists (the default) into a fresh
     /// temporary directory of its own.
     pub fn start(args: &[&str]) -> Server {
-        let own = !args.iter().any(|a| *a == "--data-dir" || *a == "--no-persist");
+        let own = !args
+            .iter()
+            .any(|a| *a == "--data-dir" || *a == "--no-persist");
         let dir = own.then(|| TempDir::new("data"));
         let mut server = match &dir {
             Some(d) => {

@@ -1,0 +1,293 @@
+//! The store contract, run against both implementations, and the SQLite
+//! file's versions and refusals.
+
+use std::path::PathBuf;
+
+use super::memory::MemoryStore;
+use super::sqlite::{self, Options, SqliteStore};
+use super::*;
+
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(tag: &str) -> Dir {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "wschat-store-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        Dir(p)
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn room(name: &str, epoch: &str) -> Op<'static> {
+    let (name, epoch) = (leak(name), leak(epoch));
+    Op::PutRoom {
+        name,
+        epoch,
+        next_id: 1,
+        last_active: 5,
+    }
+}
+
+fn leak(s: &str) -> &'static str {
+    Box::leak(s.to_string().into_boxed_str())
+}
+
+fn msg(room: &str, id: u64, text: &str) -> Op<'static> {
+    Op::PutMessage {
+        room: leak(room),
+        id,
+        from: "al",
+        text: leak(text),
+        ts: 100 + id,
+    }
+}
+
+fn texts(s: &mut dyn Store, room: &str) -> Vec<(u64, String)> {
+    s.messages(room, 0, u64::MAX, usize::MAX >> 1)
+        .unwrap()
+        .into_iter()
+        .map(|m| (m.id, m.text))
+        .collect()
+}
+
+fn contract(s: &mut dyn Store) {
+    s.commit(&[room("a", "e1"), msg("a", 1, "x"), msg("a", 2, "y")])
+        .unwrap();
+    s.commit(&[room("b", "e2"), msg("b", 1, "z"), msg("a", 3, "w")])
+        .unwrap();
+    let mut rooms = s.rooms().unwrap();
+    rooms.sort_by(|x, y| x.name.cmp(&y.name));
+    assert_eq!(
+        rooms[0],
+        RoomRow {
+            name: "a".into(),
+            epoch: "e1".into(),
+            next_id: 4,
+            first_id: 1,
+            last_active: 103,
+        }
+    );
+    assert_eq!(rooms[1].next_id, 2);
+    // Ranges: newest `limit` of `from..to`, oldest first.
+    let page = s.messages("a", 1, 4, 2).unwrap();
+    assert_eq!(page.iter().map(|m| m.id).collect::<Vec<_>>(), [2, 3]);
+    assert_eq!(page[0].from, "al");
+    assert_eq!(page[0].ts, 102);
+    assert!(s.messages("nowhere", 0, 9, 9).unwrap().is_empty());
+    // A touch changes only the activity; unknown rooms are ignored.
+    s.commit(&[
+        Op::Touch {
+            room: "b",
+            last_active: 999,
+        },
+        Op::Touch {
+            room: "zz",
+            last_active: 1,
+        },
+    ])
+    .unwrap();
+    let b = s
+        .rooms()
+        .unwrap()
+        .into_iter()
+        .find(|r| r.name == "b")
+        .unwrap();
+    assert_eq!(b.last_active, 999);
+    // A room stored again (forgotten and created anew) starts empty.
+    s.commit(&[
+        Op::DeleteRoom { room: "b" },
+        room("b", "e3"),
+        msg("b", 1, "new"),
+    ])
+    .unwrap();
+    assert_eq!(texts(s, "b"), [(1, "new".to_string())]);
+    s.commit(&[Op::DeleteRoom { room: "a" }]).unwrap();
+    assert!(texts(s, "a").is_empty());
+    assert_eq!(s.rooms().unwrap().len(), 1);
+}
+
+#[test]
+fn memory_store_keeps_the_contract() {
+    contract(&mut MemoryStore::new(Limits {
+        per_room: 100,
+        max_bytes: 0,
+    }));
+}
+
+#[test]
+fn sqlite_store_keeps_the_contract() {
+    let d = Dir::new("contract");
+    contract(&mut SqliteStore::open(&d.0, Options::default()).unwrap());
+}
+
+fn retention(s: &mut dyn Store) {
+    // Per room: at most 3.
+    let ops: Vec<Op<'_>> = std::iter::once(room("a", "e"))
+        .chain((1..=5).map(|i| msg("a", i, "0123456789")))
+        .collect();
+    let t = s.commit(&ops).unwrap();
+    assert_eq!(t.rooms, [("a".to_string(), 3)]);
+    assert_eq!(
+        texts(s, "a").iter().map(|m| m.0).collect::<Vec<_>>(),
+        [3, 4, 5]
+    );
+    // The disk budget: 3 rows of 2 + 10 + 64 bytes fit in 250; a fourth
+    // (in another room) evicts the server-wide oldest, a's id 3.
+    let t = s
+        .commit(&[room("b", "e"), msg("b", 1, "0123456789")])
+        .unwrap();
+    assert_eq!(t.rooms, [("a".to_string(), 4)]);
+    assert_eq!(
+        texts(s, "a").iter().map(|m| m.0).collect::<Vec<_>>(),
+        [4, 5]
+    );
+    let a = s
+        .rooms()
+        .unwrap()
+        .into_iter()
+        .find(|r| r.name == "a")
+        .unwrap();
+    assert_eq!((a.first_id, a.next_id), (4, 6));
+}
+
+const LIMITS: Limits = Limits {
+    per_room: 3,
+    max_bytes: 250,
+};
+
+#[test]
+fn memory_store_retention() {
+    retention(&mut MemoryStore::new(LIMITS));
+}
+
+#[test]
+fn sqlite_store_retention() {
+    let d = Dir::new("retention");
+    let opts = Options {
+        limits: Some(LIMITS),
+        ..Options::default()
+    };
+    retention(&mut SqliteStore::open(&d.0, opts.clone()).unwrap());
+    // The budget's count survives a reopen.
+    let mut s = SqliteStore::open(&d.0, opts).unwrap();
+    s.commit(&[msg("b", 2, "0123456789")]).unwrap();
+    assert_eq!(texts(&mut s, "a").len(), 1);
+}
+
+#[test]
+fn a_failed_commit_changes_nothing() {
+    let d = Dir::new("fault");
+    let fault = d.0.with_extension("fault");
+    let mut s = SqliteStore::open(
+        &d.0,
+        Options {
+            fault_file: Some(fault.clone()),
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    s.commit(&[room("a", "e"), msg("a", 1, "kept")]).unwrap();
+    std::fs::write(&fault, b"").unwrap();
+    assert!(matches!(
+        s.commit(&[msg("a", 2, "lost"), room("b", "e"), msg("b", 1, "lost")]),
+        Err(StoreError::Io(_))
+    ));
+    std::fs::remove_file(&fault).unwrap();
+    assert_eq!(texts(&mut s, "a"), [(1, "kept".to_string())]);
+    assert_eq!(s.rooms().unwrap().len(), 1);
+    // The id is free again, and a room of the failed commit can be stored.
+    s.commit(&[msg("a", 2, "again"), room("b", "e"), msg("b", 1, "b1")])
+        .unwrap();
+    assert_eq!(texts(&mut s, "a").len(), 2);
+    assert_eq!(texts(&mut s, "b").len(), 1);
+
+    let mut m = MemoryStore::new(LIMITS);
+    m.commit(&[room("a", "e")]).unwrap();
+    m.fail_commits = true;
+    assert!(m.commit(&[msg("a", 1, "lost")]).is_err());
+    m.fail_commits = false;
+    assert!(texts(&mut m, "a").is_empty());
+}
+
+/// A file of the first schema version, written the way that version wrote
+/// it, is opened, migrated to the current version, and keeps its data.
+#[test]
+fn a_first_version_file_is_migrated_forward() {
+    let d = Dir::new("v1");
+    std::fs::create_dir_all(&d.0).unwrap();
+    {
+        let c = rusqlite::Connection::open(d.0.join(sqlite::DB_FILE)).unwrap();
+        c.execute_batch(sqlite::MIGRATIONS[0]).unwrap();
+        c.execute_batch(
+            "INSERT INTO rooms (id, name, epoch, next_id, last_active, bytes)
+                 VALUES (7, 'old', 'ep', 3, 42, 134);
+             INSERT INTO messages (room, id, from_nick, text, ts) VALUES
+                 (7, 1, 'al', 'one', 10), (7, 2, 'bo', 'two', 11);
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+    }
+    let mut s = SqliteStore::open(&d.0, Options::default()).unwrap();
+    let v: u32 = rusqlite::Connection::open(d.0.join(sqlite::DB_FILE))
+        .unwrap()
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, sqlite::SCHEMA_VERSION);
+    let rooms = s.rooms().unwrap();
+    assert_eq!(
+        rooms,
+        [RoomRow {
+            name: "old".into(),
+            epoch: "ep".into(),
+            next_id: 3,
+            first_id: 1,
+            last_active: 42,
+        }]
+    );
+    assert_eq!(
+        texts(&mut s, "old"),
+        [(1, "one".to_string()), (2, "two".to_string())]
+    );
+    s.commit(&[msg("old", 3, "three")]).unwrap();
+    assert_eq!(s.rooms().unwrap()[0].next_id, 4);
+}
+
+#[test]
+fn files_that_are_not_ours_are_refused() {
+    let d = Dir::new("foreign");
+    std::fs::create_dir_all(&d.0).unwrap();
+    let db = d.0.join(sqlite::DB_FILE);
+    // A newer schema than this build knows.
+    {
+        let c = rusqlite::Connection::open(&db).unwrap();
+        c.execute_batch("PRAGMA user_version = 999;").unwrap();
+    }
+    let e = SqliteStore::open(&d.0, Options::default()).err().unwrap();
+    assert!(e.to_string().contains("newer"), "{e}");
+    std::fs::remove_file(&db).unwrap();
+    // Some other program's database.
+    {
+        let c = rusqlite::Connection::open(&db).unwrap();
+        c.execute_batch("CREATE TABLE accounts (x);").unwrap();
+    }
+    let e = SqliteStore::open(&d.0, Options::default()).err().unwrap();
+    assert!(e.to_string().contains("something else"), "{e}");
+}
+
+#[test]
+fn one_store_per_directory() {
+    let d = Dir::new("lock");
+    let _a = SqliteStore::open(&d.0, Options::default()).unwrap();
+    let e = SqliteStore::open(&d.0, Options::default()).err().unwrap();
+    assert!(e.to_string().contains("in use"), "{e}");
+}

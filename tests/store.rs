@@ -1,0 +1,413 @@
+//! End-to-end tests of the durable store (docs/storage.md): real servers on
+//! real sockets, stopped cleanly or killed with SIGKILL, restarted on the
+//! same `--data-dir`.
+mod common;
+use common::*;
+
+use serde_json::{Value, json};
+use std::io::Write;
+use std::net::TcpStream;
+use std::path::Path;
+use std::time::Duration;
+use tungstenite::Message;
+
+type Ws = tungstenite::WebSocket<TcpStream>;
+
+fn start(dir: &Path, extra: &[&str]) -> Server {
+    let mut args = vec!["--rate-burst", "0"];
+    args.extend_from_slice(extra);
+    Server::start_in(dir, &args)
+}
+
+fn connect_as(server: &Server, nick: &str) -> Ws {
+    let mut ws = client(server, &format!("/ws?nick={nick}"));
+    let w = recv(&mut ws);
+    assert_eq!(w["type"], "welcome", "{w}");
+    ws
+}
+
+fn send(ws: &mut Ws, v: Value) {
+    ws.send(Message::text(v.to_string())).expect("send");
+}
+
+fn recv(ws: &mut Ws) -> Value {
+    loop {
+        match ws.read().expect("read a frame") {
+            Message::Text(t) => return serde_json::from_str(t.as_str()).expect("JSON"),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+}
+
+/// The next frame of `type`, skipping presence and typing.
+fn recv_type(ws: &mut Ws, ty: &str) -> Value {
+    loop {
+        let v = recv(ws);
+        if v["type"] == ty {
+            return v;
+        }
+        assert!(
+            v["type"] == "presence" || v["type"] == "typing",
+            "expected {ty}, got {v}"
+        );
+    }
+}
+
+fn join(ws: &mut Ws, room: &str, extra: Value) -> Value {
+    let mut req = json!({"type":"join","room":room,"ref":"j"});
+    if let (Some(r), Some(e)) = (req.as_object_mut(), extra.as_object()) {
+        r.extend(e.clone());
+    }
+    send(ws, req);
+    recv_type(ws, "joined")
+}
+
+/// Posts and waits for the acknowledgement (the sender's copy); returns it.
+fn post(ws: &mut Ws, room: &str, text: &str) -> Value {
+    send(
+        ws,
+        json!({"type":"message","room":room,"text":text,"ref":"p"}),
+    );
+    let v = recv_type(ws, "message");
+    assert_eq!(v["ref"], "p", "{v}");
+    assert_eq!(v["text"], text, "{v}");
+    v
+}
+
+fn ids(v: &Value, field: &str) -> Vec<u64> {
+    v[field]
+        .as_array()
+        .unwrap_or_else(|| panic!("no {field} in {v}"))
+        .iter()
+        .map(|m| m["id"].as_u64().expect("id"))
+        .collect()
+}
+
+/// Every kept message of `room`, oldest first, paged back with `history`.
+fn all_history(ws: &mut Ws, room: &str, next_id: u64) -> Vec<Value> {
+    let mut out: Vec<Value> = Vec::new();
+    let mut before = next_id;
+    loop {
+        send(
+            ws,
+            json!({"type":"history","room":room,"before":before,"limit":100,"ref":"h"}),
+        );
+        let v = recv_type(ws, "history");
+        let page = v["messages"].as_array().expect("messages").clone();
+        if let Some(first) = page.first() {
+            before = first["id"].as_u64().unwrap();
+        }
+        let complete = v["complete"] == true;
+        out.splice(0..0, page);
+        if complete {
+            return out;
+        }
+    }
+}
+
+fn stop(server: &mut Server, sig: &str) {
+    server.signal(sig);
+    assert!(
+        server.wait_exit(Duration::from_secs(10)).is_some(),
+        "server did not exit on {sig}"
+    );
+}
+
+fn restart_keeps_everything(sig: &str) {
+    let dir = TempDir::new("restart");
+    let mut s = start(dir.path(), &[]);
+    let mut alice = connect_as(&s, "alice");
+    let first = join(&mut alice, "r", json!({}));
+    let epoch = first["epoch"].as_str().unwrap().to_string();
+    for i in 1..=150 {
+        let ack = post(&mut alice, "r", &format!("m{i}"));
+        assert_eq!(ack["id"], i);
+    }
+    stop(&mut s, sig);
+    drop(s);
+
+    let s = start(dir.path(), &[]);
+    let mut bob = connect_as(&s, "bob");
+    let j = join(&mut bob, "r", json!({}));
+    assert_eq!(j["epoch"], epoch.as_str(), "the epoch survives");
+    assert_eq!(ids(&j, "history"), (101..=150).collect::<Vec<_>>());
+    assert_eq!(j["complete"], false);
+    assert_eq!(j["history"][49]["text"], "m150");
+    // Older pages come from the store.
+    send(
+        &mut bob,
+        json!({"type":"history","room":"r","before":101,"limit":100,"ref":"h"}),
+    );
+    let h = recv_type(&mut bob, "history");
+    assert_eq!(ids(&h, "messages"), (1..=100).collect::<Vec<_>>());
+    assert_eq!(h["messages"][0]["text"], "m1");
+    assert_eq!(h["complete"], true);
+    // `since` + `epoch` recovery across the restart is gap-free.
+    let mut carol = connect_as(&s, "carol");
+    let r = join(&mut carol, "r", json!({"since":120,"epoch":epoch}));
+    assert_eq!(ids(&r, "history"), (121..=150).collect::<Vec<_>>());
+    assert_eq!(r["complete"], true);
+    // Ids go on.
+    let ack = post(&mut bob, "r", "after");
+    assert_eq!(ack["id"], 151);
+    let copy = recv_type(&mut carol, "message");
+    assert_eq!(copy["id"], 151);
+}
+
+#[test]
+fn restart_after_sigterm_keeps_rooms_epochs_ids_and_history() {
+    restart_keeps_everything("TERM");
+}
+
+#[test]
+fn restart_after_sigkill_keeps_rooms_epochs_ids_and_history() {
+    restart_keeps_everything("KILL");
+}
+
+/// A raw client that posts without waiting while another thread reads its
+/// acknowledgements: returns (id, text) of every acknowledged message.
+fn flood(
+    addr: std::net::SocketAddr,
+    nick: &str,
+    room: &str,
+) -> std::thread::JoinHandle<Vec<(u64, String)>> {
+    let mut s = raw_ws(addr, &format!("/ws?nick={nick}"), "");
+    let room = room.to_string();
+    let nick = nick.to_string();
+    std::thread::spawn(move || {
+        let (_, _, w) = read_frame(&mut s).expect("welcome");
+        assert!(String::from_utf8_lossy(&w).contains("welcome"));
+        let join = json!({"type":"join","room":room,"ref":"j"}).to_string();
+        s.write_all(&frame(true, 1, join.as_bytes())).unwrap();
+        loop {
+            let (_, _, p) = read_frame(&mut s).expect("joined");
+            let v: Value = serde_json::from_slice(&p).unwrap();
+            if v["type"] == "joined" {
+                break;
+            }
+        }
+        let mut w = s.try_clone().unwrap();
+        let writer = std::thread::spawn(move || {
+            for i in 0.. {
+                let m = json!({"type":"message","room":room,"text":format!("{nick} {i}"),"ref":format!("{i}")});
+                if w.write_all(&frame(true, 1, m.to_string().as_bytes()))
+                    .is_err()
+                {
+                    return;
+                }
+                if i % 20 == 19 {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        });
+        let mut acked = Vec::new();
+        while let Ok((_, op, p)) = read_frame(&mut s) {
+            if op != 1 {
+                break;
+            }
+            let v: Value = serde_json::from_slice(&p).unwrap();
+            if v["type"] == "message" && v.get("ref").is_some() {
+                acked.push((
+                    v["id"].as_u64().unwrap(),
+                    v["text"].as_str().unwrap().to_string(),
+                ));
+            }
+        }
+        let _ = writer.join();
+        acked
+    })
+}
+
+#[test]
+fn sigkill_under_load_loses_no_acknowledged_message() {
+    let dir = TempDir::new("kill");
+    let mut s = start(dir.path(), &[]);
+    let flooders: Vec<_> = (0..3)
+        .map(|i| flood(s.addr, &format!("f{i}"), "load"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(700));
+    s.signal("KILL");
+    assert!(s.wait_exit(Duration::from_secs(10)).is_some());
+    drop(s);
+    let acked: Vec<(u64, String)> = flooders
+        .into_iter()
+        .flat_map(|h| h.join().expect("flooder"))
+        .collect();
+    assert!(
+        acked.len() > 100,
+        "too few messages acknowledged: {}",
+        acked.len()
+    );
+
+    let s = start(dir.path(), &[]);
+    let mut c = connect_as(&s, "checker");
+    let j = join(&mut c, "load", json!({}));
+    let newest = j["history"]
+        .as_array()
+        .and_then(|h| h.last())
+        .and_then(|m| m["id"].as_u64())
+        .expect("messages survived");
+    let all = all_history(&mut c, "load", newest + 1);
+    let stored: Vec<(u64, String)> = all
+        .iter()
+        .map(|m| {
+            (
+                m["id"].as_u64().unwrap(),
+                m["text"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    // Gap-free from 1.
+    for (i, (id, _)) in stored.iter().enumerate() {
+        assert_eq!(*id, i as u64 + 1, "ids gap-free");
+    }
+    let by_id: std::collections::HashMap<u64, &str> =
+        stored.iter().map(|(i, t)| (*i, t.as_str())).collect();
+    for (id, text) in &acked {
+        assert_eq!(
+            by_id.get(id).copied(),
+            Some(text.as_str()),
+            "acknowledged message {id} kept"
+        );
+    }
+    // The next message continues the sequence.
+    let ack = post(&mut c, "load", "after the crash");
+    assert_eq!(ack["id"], newest + 1);
+}
+
+#[test]
+fn a_failing_store_refuses_messages_and_recovers() {
+    let dir = TempDir::new("fault");
+    let fault = dir.path().join("fail-now");
+    let data = dir.path().join("data");
+    let fault_arg = fault.to_str().unwrap();
+    let data_arg = data.to_str().unwrap();
+    let mut s = Server::start(&[
+        "--rate-burst",
+        "0",
+        "--data-dir",
+        data_arg,
+        "--fault-file",
+        fault_arg,
+    ]);
+    let mut alice = connect_as(&s, "alice");
+    let mut bob = connect_as(&s, "bob");
+    join(&mut alice, "r", json!({}));
+    join(&mut bob, "r", json!({}));
+    recv_type(&mut alice, "presence");
+    assert_eq!(post(&mut alice, "r", "one")["id"], 1);
+    assert_eq!(recv_type(&mut bob, "message")["id"], 1);
+
+    std::fs::write(&fault, b"").unwrap();
+    send(
+        &mut alice,
+        json!({"type":"message","room":"r","text":"lost","ref":"x"}),
+    );
+    let e = recv(&mut alice);
+    assert_eq!(e["type"], "error", "{e}");
+    assert_eq!(e["code"], "storage_failed");
+    assert_eq!(e["ref"], "x");
+    // Bob got no copy, and the rest of the chat goes on.
+    send(&mut bob, json!({"type":"typing","room":"r","active":true}));
+    let t = recv(&mut alice);
+    assert_eq!(t["type"], "typing", "{t}");
+    send(&mut bob, json!({"type":"rooms","ref":"k"}));
+    assert_eq!(recv(&mut bob)["type"], "rooms");
+
+    std::fs::remove_file(&fault).unwrap();
+    let ack = post(&mut alice, "r", "two");
+    assert_eq!(ack["id"], 2, "the refused message left no gap");
+    assert_eq!(recv(&mut bob)["text"], "two");
+    stop(&mut s, "KILL");
+    drop(s);
+
+    let s = start(&data, &[]);
+    let mut c = connect_as(&s, "c");
+    let j = join(&mut c, "r", json!({}));
+    let texts: Vec<&str> = j["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, ["one", "two"]);
+    assert_eq!(ids(&j, "history"), [1, 2]);
+}
+
+#[test]
+fn a_corrupt_store_is_refused_and_left_alone() {
+    let dir = TempDir::new("corrupt");
+    let db = dir.path().join("wschat.db");
+    let garbage = b"this is not an SQLite database, but it is someone's data".repeat(100);
+    std::fs::write(&db, &garbage).unwrap();
+    let (st, err) = Server::refuse(&["--data-dir", dir.path().to_str().unwrap()]);
+    assert!(!st.success());
+    assert!(err.contains(db.to_str().unwrap()), "names the file: {err}");
+    assert_eq!(
+        std::fs::read(&db).unwrap(),
+        garbage,
+        "the file is untouched"
+    );
+}
+
+#[test]
+fn a_data_dir_that_is_a_file_is_refused() {
+    let dir = TempDir::new("file");
+    let f = dir.path().join("not-a-dir");
+    std::fs::write(&f, b"x").unwrap();
+    let (st, err) = Server::refuse(&["--data-dir", f.to_str().unwrap()]);
+    assert!(!st.success());
+    assert!(
+        err.contains(f.to_str().unwrap()) && err.contains("not a directory"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_second_server_on_the_same_dir_is_refused() {
+    let dir = TempDir::new("twice");
+    let s = start(dir.path(), &[]);
+    let (st, err) = Server::refuse(&["--data-dir", dir.path().to_str().unwrap()]);
+    assert!(!st.success());
+    assert!(err.contains("in use by another running wschat"), "{err}");
+    assert!(err.contains(dir.path().to_str().unwrap()), "{err}");
+    // The first one is unharmed.
+    let mut a = connect_as(&s, "a");
+    join(&mut a, "r", json!({}));
+    assert_eq!(post(&mut a, "r", "still here")["id"], 1);
+}
+
+#[test]
+fn memberless_rooms_expire_on_disk_too() {
+    let dir = TempDir::new("expire");
+    let mut s = start(dir.path(), &[]);
+    let mut a = connect_as(&s, "a");
+    let epoch = join(&mut a, "gone", json!({}))["epoch"].clone();
+    post(&mut a, "gone", "old news");
+    join(&mut a, "kept", json!({}));
+    post(&mut a, "kept", "still news");
+    send(&mut a, json!({"type":"leave","room":"gone","ref":"l"}));
+    recv_type(&mut a, "left");
+    std::thread::sleep(Duration::from_millis(3000));
+    s.signal("TERM");
+    // Answer the server's close, so that it stops at once.
+    while a.read().is_ok() {}
+    drop(a);
+    assert!(s.wait_exit(Duration::from_secs(10)).is_some());
+    drop(s);
+    // Started again with a retention shorter than the room's time without
+    // members: "gone" is forgotten (and deleted); "kept" had a member until
+    // the shutdown.
+    let s = start(dir.path(), &["--room-retention", "2s"]);
+    let mut b = connect_as(&s, "b");
+    let j = join(&mut b, "kept", json!({}));
+    assert_eq!(j["history"][0]["text"], "still news");
+    drop(b);
+    drop(s);
+    let s = start(dir.path(), &[]);
+    let mut c = connect_as(&s, "c");
+    let j = join(&mut c, "gone", json!({}));
+    assert_ne!(j["epoch"], epoch, "a forgotten room starts again");
+    assert_eq!(j["history"], json!([]));
+}
