@@ -29,6 +29,7 @@
     not_in_room: 'You are not in that room.',
     no_such_user: 'That user is not connected.',
     too_many_rooms: 'You cannot join more rooms.',
+    storage_failed: 'The server could not store this (its disk is full or failing); nothing was sent. Try again later.',
   };
 
   // ---------------------------------------------------------------- helpers
