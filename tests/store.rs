@@ -411,3 +411,78 @@ fn memberless_rooms_expire_on_disk_too() {
     assert_ne!(j["epoch"], epoch, "a forgotten room starts again");
     assert_eq!(j["history"], json!([]));
 }
+
+fn search_ids(ws: &mut Ws, req: Value) -> (Vec<u64>, Value) {
+    send(ws, req);
+    let v = recv_type(ws, "search");
+    (ids(&v, "messages"), v)
+}
+
+fn searches(s: &Server) {
+    let mut a = connect_as(s, "a");
+    join(&mut a, "r", json!({}));
+    for t in [
+        "the quick fox",
+        "a lazy dog",
+        "Quick thinking",
+        "quickly now",
+        "fox again",
+    ] {
+        post(&mut a, "r", t);
+    }
+    let (found, v) = search_ids(
+        &mut a,
+        json!({"type":"search","room":"r","query":"quick","ref":"s"}),
+    );
+    assert_eq!(found, [4, 3, 1], "newest first: {v}");
+    assert_eq!(v["ref"], "s");
+    assert_eq!(v["query"], "quick");
+    assert_eq!(v["complete"], true);
+    assert_eq!(v["messages"][0]["text"], "quickly now");
+    let (found, v) = search_ids(
+        &mut a,
+        json!({"type":"search","room":"r","query":"quick","limit":1,"before":4}),
+    );
+    assert_eq!(found, [3]);
+    assert_eq!(v["complete"], false);
+    let (found, _) = search_ids(
+        &mut a,
+        json!({"type":"search","room":"r","query":"fox the"}),
+    );
+    assert_eq!(found, [1]);
+    send(
+        &mut a,
+        json!({"type":"search","room":"elsewhere","query":"x","ref":"n"}),
+    );
+    let e = recv(&mut a);
+    assert_eq!(
+        (&e["code"], &e["ref"]),
+        (&json!("not_in_room"), &json!("n"))
+    );
+    send(
+        &mut a,
+        json!({"type":"search","room":"r","query":"  ","ref":"b"}),
+    );
+    let e = recv(&mut a);
+    assert_eq!(e["code"], "invalid", "{e}");
+}
+
+#[test]
+fn search_finds_words_newest_first() {
+    let dir = TempDir::new("search");
+    let mut s = start(dir.path(), &[]);
+    searches(&s);
+    // Across a restart, through the store.
+    stop(&mut s, "KILL");
+    drop(s);
+    let s = start(dir.path(), &[]);
+    let mut b = connect_as(&s, "b");
+    join(&mut b, "r", json!({}));
+    let (found, _) = search_ids(&mut b, json!({"type":"search","room":"r","query":"lazy"}));
+    assert_eq!(found, [2]);
+}
+
+#[test]
+fn search_without_a_store() {
+    searches(&Server::start(&["--rate-burst", "0", "--no-persist"]));
+}

@@ -59,6 +59,19 @@ pub trait Outbox {
         let _ = (room, lo, hi);
         Ok(Vec::new())
     }
+    /// Full-text search of `room`'s stored messages (a durable chat's
+    /// `search`): the newest `limit` matches of `query` with `id < before`,
+    /// newest first.
+    fn search(
+        &mut self,
+        room: &str,
+        query: &str,
+        before: u64,
+        limit: usize,
+    ) -> Result<Vec<Msg>, ArchiveError> {
+        let _ = (room, query, before, limit);
+        Ok(Vec::new())
+    }
 }
 
 /// The store could not be read (answered `storage_failed`).
@@ -655,6 +668,12 @@ impl Chat {
                 self.list_rooms(conn, r, out);
                 Ok(())
             }
+            Request::Search {
+                room,
+                query,
+                before,
+                limit,
+            } => self.search(conn, &room, &query, before, limit, r, out),
         }
     }
 
@@ -1066,6 +1085,59 @@ impl Chat {
             room: &room.name,
             messages: page_out(room, span, loaded.as_deref()),
             complete: span.complete,
+            r#ref: r,
+        });
+        out.send(conn, &f);
+        Ok(())
+    }
+
+    /// `search`: in the store when durable, else in the kept messages
+    /// (every word, ignoring case, as a substring).
+    #[allow(clippy::too_many_arguments)]
+    fn search(
+        &mut self,
+        conn: ConnId,
+        name: &str,
+        query: &str,
+        before: Option<u64>,
+        limit: u64,
+        r: Option<&str>,
+        out: &mut dyn Outbox,
+    ) -> Result<(), ChatError> {
+        let idx = self.joined_room(conn, name)?;
+        let Some(room) = self.room(idx) else {
+            return Ok(());
+        };
+        let before = before.unwrap_or(u64::MAX);
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        // One more than asked tells whether older matches exist.
+        let mut found: Vec<Msg> = if room.durable.is_some() {
+            out.search(&room.name, query, before, limit + 1)
+                .map_err(|ArchiveError| ChatError::StorageFailed)?
+        } else {
+            let words: Vec<String> = query.split_whitespace().map(str::to_lowercase).collect();
+            room.history
+                .iter()
+                .rev()
+                .filter(|m| m.id < before)
+                .filter(|m| {
+                    let t = m.text.to_lowercase();
+                    words.iter().all(|w| t.contains(w.as_str()))
+                })
+                .take(limit + 1)
+                .cloned()
+                .collect()
+        };
+        let complete = found.len() <= limit;
+        found.truncate(limit);
+        let f = frame(&Out::Search {
+            room: &room.name,
+            query,
+            messages: found
+                .iter()
+                .map(|m| MsgOut::new(&room.name, m, None))
+                .collect(),
+            complete,
             r#ref: r,
         });
         out.send(conn, &f);

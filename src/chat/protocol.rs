@@ -50,6 +50,7 @@ pub enum Reason {
     Nick,
     Room,
     Text(TextError),
+    Query,
 }
 
 impl ChatError {
@@ -76,7 +77,7 @@ impl fmt::Display for ChatError {
                 f.write_str("not a JSON object with a string \"type\" field")
             }
             ChatError::UnknownType => f.write_str(
-                "unknown \"type\": expected nick, join, leave, message, dm, typing, history or rooms",
+                "unknown \"type\": expected nick, join, leave, message, dm, typing, history, rooms or search",
             ),
             ChatError::Invalid { field, reason } => {
                 write!(f, "invalid field \"{field}\": ")?;
@@ -104,6 +105,11 @@ impl fmt::Display for ChatError {
                         f,
                         "must be 1 to {} characters from A-Z a-z 0-9 _ -",
                         validate::MAX_ROOM_LEN
+                    ),
+                    Reason::Query => write!(
+                        f,
+                        "must be 1 to {} characters, not all white space, without control characters",
+                        validate::MAX_QUERY_CHARS
                     ),
                     Reason::Text(TextError::Empty) => f.write_str("must not be empty"),
                     Reason::Text(TextError::TooLong) => f.write_str("is too long"),
@@ -172,6 +178,13 @@ pub enum Request {
         limit: u64,
     },
     Rooms,
+    /// Extension: full-text search of a joined room's history.
+    Search {
+        room: String,
+        query: String,
+        before: Option<u64>,
+        limit: u64,
+    },
 }
 
 /// A client frame that was refused, with the `ref` its answer carries.
@@ -198,6 +211,7 @@ enum Kind {
     Typing,
     History,
     Rooms,
+    Search,
 }
 
 impl Kind {
@@ -211,6 +225,7 @@ impl Kind {
             "typing" => Kind::Typing,
             "history" => Kind::History,
             "rooms" => Kind::Rooms,
+            "search" => Kind::Search,
             _ => return None,
         })
     }
@@ -363,6 +378,22 @@ fn request(
             }
         }
         Kind::Rooms => Request::Rooms,
+        Kind::Search => {
+            let room = room(map)?;
+            let query = string(map, "query")?;
+            if validate::check_text(&query, validate::MAX_QUERY_CHARS).is_err() {
+                return Err(invalid("query", Reason::Query));
+            }
+            let before = opt_int(map, "before", 1, validate::MAX_INT)?;
+            let limit = opt_int(map, "limit", 1, validate::MAX_HISTORY_LIMIT)?
+                .unwrap_or(validate::DEFAULT_SEARCH_LIMIT);
+            Request::Search {
+                room,
+                query,
+                before,
+                limit,
+            }
+        }
     })
 }
 
@@ -453,6 +484,16 @@ pub enum Out<'a> {
     History {
         room: &'a str,
         messages: Vec<MsgOut<'a>>,
+        complete: bool,
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        r#ref: Option<&'a str>,
+    },
+    Search {
+        room: &'a str,
+        query: &'a str,
+        /// Newest first.
+        messages: Vec<MsgOut<'a>>,
+        /// No older match exists.
         complete: bool,
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
         r#ref: Option<&'a str>,

@@ -17,6 +17,10 @@ pub const DEFAULT_HISTORY_LIMIT: u64 = 50;
 pub const JOIN_NEWEST: usize = 50;
 /// Most messages in a `joined` answering a `since` in the current epoch.
 pub const JOIN_SINCE_MAX: usize = 100;
+/// Longest `search` query, in Unicode scalar values.
+pub const MAX_QUERY_CHARS: usize = 200;
+/// `search`'s default `limit`.
+pub const DEFAULT_SEARCH_LIMIT: u64 = 20;
 
 /// Nick rule: 1–32 characters from `A–Z a–z 0–9 _ - .`.
 pub fn valid_nick(s: &str) -> bool {

@@ -1593,6 +1593,19 @@ impl Outbox for ServerOutbox<'_> {
             None => Ok(Vec::new()),
         }
     }
+
+    fn search(
+        &mut self,
+        room: &str,
+        query: &str,
+        before: u64,
+        limit: usize,
+    ) -> Result<Vec<crate::chat::room::Msg>, crate::chat::ArchiveError> {
+        match self.storage.as_mut() {
+            Some(st) => st.search(room, query, before, limit),
+            None => Ok(Vec::new()),
+        }
+    }
 }
 
 /// The `nick` query parameter, percent-decoded.

@@ -127,6 +127,23 @@ impl Storage {
         }
     }
 
+    /// The newest `limit` messages of `room` matching `query` below `before`.
+    pub fn search(
+        &mut self,
+        room: &str,
+        query: &str,
+        before: u64,
+        limit: usize,
+    ) -> Result<Vec<Msg>, ArchiveError> {
+        match self.store.search(room, query, before, limit) {
+            Ok(rows) => Ok(rows.into_iter().map(to_msg).collect()),
+            Err(e) => {
+                warn!("store: searching {room}: {e}");
+                Err(ArchiveError)
+            }
+        }
+    }
+
     pub fn log_stats(&self) {
         if self.commits > 0 {
             info!(

@@ -68,6 +68,34 @@ impl Store for MemoryStore {
         Ok(v)
     }
 
+    fn search(
+        &mut self,
+        room: &str,
+        query: &str,
+        before: u64,
+        limit: usize,
+    ) -> Result<Vec<MessageRow>> {
+        let Some(r) = self.rooms.get(room) else {
+            return Ok(Vec::new());
+        };
+        let words: Vec<String> = query.split_whitespace().map(str::to_lowercase).collect();
+        Ok(r.msgs
+            .iter()
+            .rev()
+            .map(|(_, m)| m)
+            .filter(|m| m.id < before)
+            .filter(|m| {
+                let t = m.text.to_lowercase();
+                words.iter().all(|w| {
+                    t.split(|c: char| !c.is_alphanumeric())
+                        .any(|tok| tok.starts_with(w.as_str()))
+                })
+            })
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
     fn commit(&mut self, ops: &[Op<'_>]) -> Result<Trimmed> {
         if self.fail_commits {
             return Err(StoreError::Io("injected fault: commit refused".into()));

@@ -122,4 +122,13 @@ pub trait Store {
     -> Result<Vec<MessageRow>>;
     /// Applies `ops` in one transaction, then retention: all or nothing.
     fn commit(&mut self, ops: &[Op<'_>]) -> Result<Trimmed>;
+    /// Messages of `room` with `id < before` holding every word of `query`
+    /// (as a word prefix, ignoring case), newest first, at most `limit`.
+    fn search(
+        &mut self,
+        room: &str,
+        query: &str,
+        before: u64,
+        limit: usize,
+    ) -> Result<Vec<MessageRow>>;
 }

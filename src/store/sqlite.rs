@@ -43,6 +43,16 @@ pub const MIGRATIONS: &[&str] = &[
         ts        INTEGER NOT NULL
     );
     CREATE UNIQUE INDEX messages_room_id ON messages(room, id);",
+    // 1 -> 2: full-text search (FTS5) over the messages' text, kept in step
+    // by triggers; the existing messages are indexed on the way.
+    "CREATE VIRTUAL TABLE messages_fts USING fts5(text, content='messages', content_rowid='seq');
+    INSERT INTO messages_fts(messages_fts) VALUES ('rebuild');
+    CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages BEGIN
+        INSERT INTO messages_fts(rowid, text) VALUES (new.seq, new.text);
+    END;
+    CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages BEGIN
+        INSERT INTO messages_fts(messages_fts, rowid, text) VALUES ('delete', old.seq, old.text);
+    END;",
 ];
 
 /// The schema version this build writes.
@@ -302,6 +312,41 @@ impl Store for SqliteStore {
         run().map_err(|e| self.err(e))
     }
 
+    fn search(
+        &mut self,
+        room: &str,
+        query: &str,
+        before: u64,
+        limit: usize,
+    ) -> Result<Vec<MessageRow>> {
+        let Some(&rid) = self.ids.get(room) else {
+            return Ok(Vec::new());
+        };
+        let Some(q) = fts_query(query) else {
+            return Ok(Vec::new());
+        };
+        let run = || -> rusqlite::Result<Vec<MessageRow>> {
+            // FTS5 walks its matches by rowid (`seq`, posting order, so id
+            // order within a room), newest first, and stops at the limit.
+            let mut st = self.conn.prepare_cached(
+                "SELECT m.id, m.from_nick, m.text, m.ts
+                 FROM messages_fts f JOIN messages m ON m.seq = f.rowid
+                 WHERE messages_fts MATCH ?1 AND m.room = ?2 AND m.id < ?3
+                 ORDER BY f.rowid DESC LIMIT ?4",
+            )?;
+            let rows = st.query_map(params![q, rid, int(before), int(limit as u64)], |r| {
+                Ok(MessageRow {
+                    id: uint(r.get(0)?),
+                    from: r.get(1)?,
+                    text: r.get(2)?,
+                    ts: uint(r.get(3)?),
+                })
+            })?;
+            rows.collect()
+        };
+        run().map_err(|e| self.err(e))
+    }
+
     fn commit(&mut self, ops: &[Op<'_>]) -> Result<Trimmed> {
         // The caches change only once the transaction has committed.
         let mut ids = self.ids.clone();
@@ -412,6 +457,18 @@ impl Store for SqliteStore {
         self.bytes = bytes;
         Ok(trimmed)
     }
+}
+
+/// A user's words as an FTS5 query: each word a quoted prefix (so no word
+/// is read as FTS5 syntax), all of them required. None when no word is left.
+fn fts_query(query: &str) -> Option<String> {
+    let terms: Vec<String> = query
+        .split_whitespace()
+        // A word with neither letter nor digit has no token to match.
+        .filter(|w| w.chars().any(char::is_alphanumeric))
+        .map(|w| format!("\"{}\"*", w.replace('"', "\"\"")))
+        .collect();
+    (!terms.is_empty()).then(|| terms.join(" "))
 }
 
 /// Deletes a room and its messages; returns the bytes they counted.

@@ -116,6 +116,53 @@ fn contract(s: &mut dyn Store) {
     assert_eq!(s.rooms().unwrap().len(), 1);
 }
 
+fn search(s: &mut dyn Store) {
+    s.commit(&[
+        room("a", "e"),
+        msg("a", 1, "Hello world"),
+        msg("a", 2, "nothing here"),
+        msg("a", 3, "hello again, WORLD"),
+        msg("a", 4, "helicopter"),
+        room("b", "e"),
+        msg("b", 1, "hello world"),
+    ])
+    .unwrap();
+    let ids = |v: Vec<MessageRow>| v.into_iter().map(|m| m.id).collect::<Vec<_>>();
+    // Every word, as a prefix, ignoring case; newest first; this room only.
+    assert_eq!(
+        ids(s.search("a", "hello world", u64::MAX, 10).unwrap()),
+        [3, 1]
+    );
+    assert_eq!(ids(s.search("a", "hel", u64::MAX, 10).unwrap()), [4, 3, 1]);
+    assert_eq!(ids(s.search("a", "hel", 4, 1).unwrap()), [3]);
+    assert_eq!(
+        ids(s.search("a", "zebra", u64::MAX, 10).unwrap()),
+        [] as [u64; 0]
+    );
+    // Deleted messages are no longer found.
+    s.commit(&[Op::DeleteRoom { room: "b" }]).unwrap();
+    assert!(s.search("b", "hello", u64::MAX, 10).unwrap().is_empty());
+}
+
+#[test]
+fn memory_store_search() {
+    search(&mut MemoryStore::new(Limits {
+        per_room: 100,
+        max_bytes: 0,
+    }));
+}
+
+#[test]
+fn sqlite_store_search() {
+    let d = Dir::new("search");
+    let mut s = SqliteStore::open(&d.0, Options::default()).unwrap();
+    search(&mut s);
+    // Words that are FTS5 syntax are only words.
+    for q in ["\"", "AND", "a OR b", "NEAR(x y)", "*", "-", "col:x", "^x"] {
+        assert!(s.search("a", q, u64::MAX, 10).is_ok(), "{q}");
+    }
+}
+
 #[test]
 fn memory_store_keeps_the_contract() {
     contract(&mut MemoryStore::new(Limits {
@@ -260,6 +307,10 @@ fn a_first_version_file_is_migrated_forward() {
     );
     s.commit(&[msg("old", 3, "three")]).unwrap();
     assert_eq!(s.rooms().unwrap()[0].next_id, 4);
+    // Messages written before the search index existed are found.
+    let found = s.search("old", "two", u64::MAX, 10).unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].id, 2);
 }
 
 #[test]
