@@ -407,6 +407,7 @@ fuzz_target!(|data: &[u8]| {
         room_retention_ms: [60_000, 0, 1, 1000][usize::from(cfgb[5] % 4)],
         // From "keeps nothing" to roomy, so global eviction is exercised.
         max_history_bytes: [64 << 20, 0, 400, 2000][usize::from((cfgb[5] >> 2) % 4)],
+        durable: false,
     };
     let mut h = Harness {
         chat: Chat::new(cfg.clone(), 42),
