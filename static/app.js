@@ -328,6 +328,7 @@
       case 'typing': return onTyping(m);
       case 'history': return onHistory(m);
       case 'rooms': return onRooms(m);
+      case 'search': return onSearch(m);
       case 'error': return onError(m);
       default: return undefined; // forward compatibility
     }
@@ -597,6 +598,7 @@
     } else {
       conv.loadingOlder = false;
       conv.hasOlder = m.complete === false && list.length > 0;
+      continueJump(conv);
     }
     scheduleRender(conv, { keepAnchor: true });
   }
@@ -652,6 +654,7 @@
       return;
     }
     if (exp && exp.kind === 'leave' && code === 'not_in_room') { removeRoom(exp.room); return; }
+    if (exp && exp.kind === 'search') { search.loading = false; search.error = human; renderSearch(); return; }
     toast(human, 'error');
   }
 
@@ -729,6 +732,104 @@
     conv.loadingGap = true;
     const ref = nextRef('g');
     send({ type: 'history', room: conv.name, before: conv.gap.hi, limit: 100, ref }, { expect: { kind: 'gap', room: conv.name, epoch: conv.epoch } });
+  }
+
+  // ---------------------------------------------------------------- search
+  // A search box for the open room (the server's `search` extension). A
+  // result, clicked, pages the room's history back until that message is
+  // loaded, then scrolls to it.
+  const search = { room: null, query: '', results: [], complete: true, loading: false, error: '' };
+  function openSearch() {
+    const conv = activeConv();
+    if (!conv || conv.kind !== 'room') return;
+    $('search-panel').hidden = false;
+    $('search-toggle').setAttribute('aria-expanded', 'true');
+    $('search-input').focus();
+  }
+  function closeSearch() {
+    $('search-panel').hidden = true;
+    $('search-toggle').setAttribute('aria-expanded', 'false');
+    Object.assign(search, { room: null, query: '', results: [], complete: true, loading: false, error: '' });
+    renderSearch();
+  }
+  function runSearch(more) {
+    const conv = activeConv();
+    if (!conv || conv.kind !== 'room' || !conv.joined) return;
+    if (!more) {
+      const q = $('search-input').value.trim();
+      if (!q) return;
+      Object.assign(search, { room: conv.name, query: q, results: [], complete: true, error: '' });
+    }
+    const frame = { type: 'search', room: search.room, query: search.query, limit: 20, ref: nextRef('s') };
+    if (more && search.results.length) frame.before = search.results[search.results.length - 1].id;
+    search.loading = send(frame, { expect: { kind: 'search', room: search.room } });
+    if (!search.loading) search.error = 'You are offline; try again once connected.';
+    renderSearch();
+  }
+  function onSearch(m) {
+    settle(m.ref);
+    if (String(m.room) !== search.room || String(m.query) !== search.query) return;
+    const list = Array.isArray(m.messages) ? m.messages.filter(validMessage) : [];
+    search.results.push(...list);
+    search.complete = m.complete === true;
+    search.loading = false;
+    renderSearch();
+  }
+  // The text with every occurrence of the query's words marked.
+  function highlighted(text, query) {
+    const words = query.split(/\s+/).filter(Boolean).map((w) => w.replace(/[.*+?^${}()|[\]\\]/g, '\\$&'));
+    const span = el('span', { class: 'search-text' });
+    if (!words.length) { span.textContent = text; return span; }
+    const re = new RegExp(words.join('|'), 'giu');
+    let last = 0;
+    for (const m of text.matchAll(re)) {
+      if (!m[0]) continue;
+      span.append(document.createTextNode(text.slice(last, m.index)), el('mark', { text: m[0] }));
+      last = m.index + m[0].length;
+    }
+    span.append(document.createTextNode(text.slice(last)));
+    return span;
+  }
+  function renderSearch() {
+    const ul = $('search-results');
+    ul.replaceChildren(...search.results.map((r) => el('li', { class: 'search-hit', 'data-testid': 'search-result', 'data-id': r.id },
+      el('button', { type: 'button', class: 'search-hit-btn', onclick: () => jumpTo(search.room, r.id) },
+        el('span', { class: 'search-meta' },
+          el('strong', { text: r.from }),
+          el('time', { datetime: new Date(r.ts).toISOString(), text: fullFmt.format(r.ts) })),
+        highlighted(String(r.text), search.query)))));
+    const n = search.results.length;
+    $('search-status').textContent = search.error || (search.loading ? 'Searching…'
+      : !search.room ? '' : n ? `${n}${search.complete ? '' : '+'} ${n === 1 ? 'message' : 'messages'} in #${search.room}`
+        : `No message in #${search.room} matches “${search.query}”.`);
+    $('search-more').hidden = search.complete || search.loading || !n;
+  }
+  function jumpTo(room, id) {
+    const conv = roomConv(room, false);
+    if (!conv) return;
+    if (state.active !== conv.key) switchConv(conv.key);
+    conv.jumpTo = id;
+    continueJump(conv);
+  }
+  function continueJump(conv) {
+    const id = conv.jumpTo;
+    if (!id) return;
+    if (conv.msgs.has(id)) {
+      conv.jumpTo = null;
+      scheduleRender(conv, { keepAnchor: true });
+      requestAnimationFrame(() => requestAnimationFrame(() => {
+        const li = $('messages').querySelector(`[data-id="${id}"]`);
+        if (!li) return;
+        li.scrollIntoView({ block: 'center' });
+        li.classList.add('flash');
+        setTimeout(() => li.classList.remove('flash'), 2500);
+      }));
+    } else if (conv.hasOlder) {
+      loadOlder(conv);
+    } else {
+      conv.jumpTo = null;
+      toast('That message is no longer kept.', 'error');
+    }
   }
 
   // ---------------------------------------------------------------- typing (ours)
@@ -907,6 +1008,8 @@
     }
     $('leave-btn').hidden = false;
     $('members-toggle').hidden = conv.kind !== 'room';
+    $('search-toggle').hidden = conv.kind !== 'room';
+    if (conv.kind !== 'room' || (search.room && search.room !== conv.name)) closeSearch();
   }
 
   function renderMembers() {
@@ -1374,6 +1477,11 @@
   });
   $('nick-change').addEventListener('click', () => openNickDialog());
   $('leave-btn').addEventListener('click', leaveActive);
+  $('search-toggle').addEventListener('click', () => ($('search-panel').hidden ? openSearch() : closeSearch()));
+  $('search-close').addEventListener('click', closeSearch);
+  $('search-form').addEventListener('submit', (ev) => { ev.preventDefault(); runSearch(false); });
+  $('search-more').addEventListener('click', () => runSearch(true));
+  $('search-input').addEventListener('keydown', (ev) => { if (ev.key === 'Escape') { ev.stopPropagation(); closeSearch(); $('search-toggle').focus(); } });
   $('retry-now').addEventListener('click', retryNow);
   $('jump').addEventListener('click', () => { list.scrollTop = list.scrollHeight; });
 
