@@ -8,6 +8,7 @@
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
+import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
@@ -19,6 +20,8 @@ const CMD = process.env.WSCHAT_CMD || '';
 const ARTIFACTS = path.resolve(root, process.env.ARTIFACTS || 'ci-logs/browser');
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const STEP_TIMEOUT = 10_000;
+// The server's store: fresh for this run, kept across the restart below.
+const DATA = fs.mkdtempSync(path.join(os.tmpdir(), 'wschat-browser-'));
 
 let passed = 0;
 let failed = 0;
@@ -54,7 +57,7 @@ function startServer(port) {
   const addr = `127.0.0.1:${port}`;
   const child = CMD
     ? spawn('bash', ['-c', `exec ${CMD} --addr ${addr}`], { cwd: root, stdio: ['ignore', 'pipe', 'pipe'] })
-    : spawn(BIN, ['--addr', addr], { cwd: root, stdio: ['ignore', 'pipe', 'pipe'] });
+    : spawn(BIN, ['--addr', addr, '--data-dir', DATA], { cwd: root, stdio: ['ignore', 'pipe', 'pipe'] });
   child.stdout.on('data', (d) => serverLog.write(d));
   child.stderr.on('data', (d) => serverLog.write(d));
   child.on('exit', (code, sig) => serverLog.write(`[server exited code=${code} signal=${sig}]\n`));
@@ -295,6 +298,18 @@ async function scenario() {
     }
   });
   await shot(bob, 'desktop-after-restart', { width: 1280, height: 800, scheme: 'light' });
+  if (!CMD) {
+    await check('search finds a message from before the restart and shows it', async () => {
+      await tid(bob, 'search-toggle').click();
+      await tid(bob, 'search-input').fill('restart');
+      await tid(bob, 'search-submit').click();
+      const hit = tid(bob, 'search-result').filter({ hasText: 'Back online after the restart' });
+      await hit.waitFor({ timeout: STEP_TIMEOUT });
+      await hit.locator('button').click();
+      await bob.locator('[data-testid="message"].flash').waitFor({ timeout: STEP_TIMEOUT });
+    });
+    await shot(bob, 'desktop-search', { width: 1280, height: 800, scheme: 'light' });
+  }
   await check('no request left the machine and no page error', () => {
     if (outside.length) throw new Error(outside.join('; '));
   });
@@ -303,7 +318,10 @@ async function scenario() {
 // ------------------------------------------------------------------ main
 fs.mkdirSync(ARTIFACTS, { recursive: true });
 serverLog = fs.createWriteStream(path.join(ARTIFACTS, 'server.log'));
-const cleanup = () => { try { server?.kill('SIGKILL'); } catch { /* gone */ } };
+const cleanup = () => {
+  try { server?.kill('SIGKILL'); } catch { /* gone */ }
+  try { fs.rmSync(DATA, { recursive: true, force: true }); } catch { /* gone */ }
+};
 process.on('exit', cleanup);
 for (const s of ['SIGINT', 'SIGTERM']) process.on(s, () => { cleanup(); process.exit(1); });
 
