@@ -45,7 +45,7 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE UNIQUE INDEX messages_room_id ON messages(room, id);",
     // 1 -> 2: full-text search (FTS5) over the messages' text, kept in step
     // by triggers; the existing messages are indexed on the way.
-    "CREATE VIRTUAL TABLE messages_fts USING fts5(text, content='messages', content_rowid='seq');
+    "CREATE VIRTUAL TABLE messages_fts USING fts5(text, content='messages', content_rowid='seq', columnsize=0);
     INSERT INTO messages_fts(messages_fts) VALUES ('rebuild');
     CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages BEGIN
         INSERT INTO messages_fts(rowid, text) VALUES (new.seq, new.text);
