@@ -371,7 +371,7 @@ impl Store for SqliteStore {
                         last_active,
                     } => {
                         if let Some(old) = ids.remove(name) {
-                            bytes -= delete_room(&tx, old)?;
+                            bytes = bytes.saturating_sub(delete_room(&tx, old)?);
                             touched.remove(&old);
                         }
                         tx.prepare_cached(
@@ -415,7 +415,7 @@ impl Store for SqliteStore {
                     }
                     Op::DeleteRoom { room } => {
                         if let Some(old) = ids.remove(room) {
-                            bytes -= delete_room(&tx, old)?;
+                            bytes = bytes.saturating_sub(delete_room(&tx, old)?);
                             touched.remove(&old);
                         }
                     }
@@ -434,13 +434,14 @@ impl Store for SqliteStore {
                 if first > 0 {
                     let freed = trim_room(&tx, rid, first)?;
                     if freed > 0 {
-                        bytes -= freed;
+                        bytes = bytes.saturating_sub(freed);
                         trimmed.rooms.push((t.name.clone(), first));
                     }
                 }
             }
             if limits.max_bytes > 0 && bytes > limits.max_bytes {
-                bytes -= evict_oldest(&tx, bytes - limits.max_bytes, &ids, &mut trimmed)?;
+                let freed = evict_oldest(&tx, bytes - limits.max_bytes, &ids, &mut trimmed)?;
+                bytes = bytes.saturating_sub(freed);
             }
             if fault {
                 return Err(rusqlite::Error::SqliteFailure(
