@@ -175,18 +175,19 @@ fn flood(
     let mut s = raw_ws(addr, &format!("/ws?nick={nick}"), "");
     let room = room.to_string();
     let nick = nick.to_string();
-    std::thread::spawn(move || {
-        let (_, _, w) = read_frame(&mut s).expect("welcome");
-        assert!(String::from_utf8_lossy(&w).contains("welcome"));
-        let join = json!({"type":"join","room":room,"ref":"j"}).to_string();
-        s.write_all(&frame(true, 1, join.as_bytes())).unwrap();
-        loop {
-            let (_, _, p) = read_frame(&mut s).expect("joined");
-            let v: Value = serde_json::from_slice(&p).unwrap();
-            if v["type"] == "joined" {
-                break;
-            }
+    // Joined before the flood starts (and so before the kill).
+    let (_, _, w) = read_frame(&mut s).expect("welcome");
+    assert!(String::from_utf8_lossy(&w).contains("welcome"));
+    let join = json!({"type":"join","room":room,"ref":"j"}).to_string();
+    s.write_all(&frame(true, 1, join.as_bytes())).unwrap();
+    loop {
+        let (_, _, p) = read_frame(&mut s).expect("joined");
+        let v: Value = serde_json::from_slice(&p).unwrap();
+        if v["type"] == "joined" {
+            break;
         }
+    }
+    std::thread::spawn(move || {
         let mut w = s.try_clone().unwrap();
         let writer = std::thread::spawn(move || {
             for i in 0.. {
