@@ -297,14 +297,10 @@ impl Store for SqliteStore {
                 "SELECT id, from_nick, text, ts FROM messages
                  WHERE room = ?1 AND id >= ?2 AND id < ?3 ORDER BY id DESC LIMIT ?4",
             )?;
-            let rows = st.query_map(params![rid, int(from), int(to), int(limit as u64)], |r| {
-                Ok(MessageRow {
-                    id: uint(r.get(0)?),
-                    from: r.get(1)?,
-                    text: r.get(2)?,
-                    ts: uint(r.get(3)?),
-                })
-            })?;
+            let rows = st.query_map(
+                params![rid, int(from), int(to), int(limit as u64)],
+                message_row,
+            )?;
             let mut v: Vec<MessageRow> = rows.collect::<rusqlite::Result<_>>()?;
             v.reverse();
             Ok(v)
@@ -334,14 +330,8 @@ impl Store for SqliteStore {
                  WHERE messages_fts MATCH ?1 AND m.room = ?2 AND m.id < ?3
                  ORDER BY f.rowid DESC LIMIT ?4",
             )?;
-            let rows = st.query_map(params![q, rid, int(before), int(limit as u64)], |r| {
-                Ok(MessageRow {
-                    id: uint(r.get(0)?),
-                    from: r.get(1)?,
-                    text: r.get(2)?,
-                    ts: uint(r.get(3)?),
-                })
-            })?;
+            let rows =
+                st.query_map(params![q, rid, int(before), int(limit as u64)], message_row)?;
             rows.collect()
         };
         run().map_err(|e| self.err(e))
@@ -458,6 +448,16 @@ impl Store for SqliteStore {
         self.bytes = bytes;
         Ok(trimmed)
     }
+}
+
+/// A message from a row of (id, from_nick, text, ts).
+fn message_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<MessageRow> {
+    Ok(MessageRow {
+        id: uint(r.get(0)?),
+        from: r.get(1)?,
+        text: r.get(2)?,
+        ts: uint(r.get(3)?),
+    })
 }
 
 /// A user's words as an FTS5 query: each word a quoted prefix (so no word
