@@ -487,3 +487,108 @@ fn search_finds_words_newest_first() {
 fn search_without_a_store() {
     searches(&Server::start(&["--rate-burst", "0", "--no-persist"]));
 }
+
+/// Mounts a tmpfs of `size` on `dir` (root only); unmounted on drop.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Tmpfs(dir.to_path_buf()))
+    }
+
+    fn resize(&self, size: &str) {
+        let ok = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "remount");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// A real full disk: a small tmpfs (where this machine lets the test mount
+/// one: as root; elsewhere the fault-injection test above covers the logic).
+#[test]
+fn a_full_disk_refuses_without_acknowledging_and_recovers() {
+    let dir = TempDir::new("full");
+    let Some(fs) = Tmpfs::mount(dir.path(), "700k") else {
+        eprintln!(
+            "SKIPPED a_full_disk_refuses_without_acknowledging_and_recovers: cannot mount a tmpfs here (needs root)"
+        );
+        return;
+    };
+    let mut s = start(dir.path(), &[]);
+    let mut a = connect_as(&s, "a");
+    let mut b = connect_as(&s, "b");
+    join(&mut a, "r", json!({}));
+    join(&mut b, "r", json!({}));
+    recv_type(&mut a, "presence");
+    let mut acked: Vec<(u64, String)> = Vec::new();
+    let mut refused = false;
+    for i in 0..5000 {
+        let text = format!("{i} {}", "x".repeat(3000));
+        send(
+            &mut a,
+            json!({"type":"message","room":"r","text":text,"ref":"f"}),
+        );
+        let v = recv(&mut a);
+        match v["type"].as_str() {
+            Some("message") => {
+                acked.push((v["id"].as_u64().unwrap(), text));
+                assert_eq!(recv(&mut b)["id"], v["id"]);
+            }
+            Some("error") => {
+                assert_eq!(v["code"], "storage_failed", "{v}");
+                assert_eq!(v["ref"], "f");
+                refused = true;
+                break;
+            }
+            _ => panic!("unexpected {v}"),
+        }
+    }
+    assert!(refused, "the disk never filled");
+    assert!(!acked.is_empty());
+    // Bob got no copy of the refused message, and can still use the chat.
+    send(&mut b, json!({"type":"rooms","ref":"k"}));
+    assert_eq!(recv(&mut b)["type"], "rooms");
+    // Space comes back: the next message is stored, with the next id.
+    fs.resize("64m");
+    let ack = post(&mut a, "r", "space again");
+    let last = acked.last().unwrap().0;
+    assert_eq!(ack["id"], last + 1);
+    stop(&mut s, "KILL");
+    drop(s);
+    let s = start(dir.path(), &[]);
+    let mut c = connect_as(&s, "c");
+    join(&mut c, "r", json!({}));
+    let all = all_history(&mut c, "r", last + 2);
+    let stored: Vec<(u64, String)> = all
+        .iter()
+        .map(|m| {
+            (
+                m["id"].as_u64().unwrap(),
+                m["text"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(stored.len(), acked.len() + 1);
+    assert_eq!(&stored[..acked.len()], &acked[..]);
+    drop(c);
+    drop(s);
+    drop(fs);
+}
