@@ -164,8 +164,10 @@ fn a_request_with_a_body_is_answered_and_closed() {
     assert!(rest.is_empty(), "answered the body as a request: {rest:?}");
 
     let mut s = connect(server.addr);
-    s.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
-        .unwrap();
+    s.write_all(
+        b"GET / HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    )
+    .unwrap();
     let (status, head, _) = read_response(&mut s, false);
     assert_eq!(status, 200);
     assert!(closes(&head), "{head}");
