@@ -4,6 +4,11 @@ use wschat::server::{Config, Server};
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cfg = Config::parse();
+    let scheme = if cfg.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     glibc::tune();
     let server = match Server::bind(cfg) {
@@ -18,9 +23,9 @@ fn main() {
     let server = server.with_hostname(&hostname());
     let addr = server.local_addr();
     let shown = if addr.ip().is_unspecified() {
-        format!("http://localhost:{}/", addr.port())
+        format!("{scheme}://localhost:{}/", addr.port())
     } else {
-        format!("http://{addr}/")
+        format!("{scheme}://{addr}/")
     };
     // Tests read this line to learn the port.
     println!("wschat listening on {addr}; open {shown}");

@@ -54,6 +54,25 @@ pub struct Config {
     #[arg(long, value_name = "SIZE", default_value = "8MiB", value_parser = parse_size)]
     pub static_cache_size: usize,
 
+    /// Speak only TLS on --addr (https, wss) with this certificate (PEM; the
+    /// chain may follow the leaf in the same file). Needs --tls-key. SIGHUP
+    /// reloads both files; open connections keep the certificate they got.
+    #[arg(long, value_name = "PATH", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// With TLS: also listen here for plain HTTP and answer every request with
+    /// a 308 to the https URL (the request's Host, the port of --addr).
+    #[arg(long, value_name = "ADDR", requires = "tls_cert")]
+    pub redirect_http: Option<SocketAddr>,
+
+    /// With TLS: leave out the Strict-Transport-Security header.
+    #[arg(long)]
+    pub no_hsts: bool,
+
     /// Largest message on /echo, all fragments together; larger is closed with 1009.
     #[arg(long, value_name = "SIZE", default_value = "16MiB", value_parser = parse_size)]
     pub max_message_size: usize,

@@ -9,6 +9,7 @@ pub fn status_text(status: u16) -> &'static str {
     match status {
         200 => "OK",
         304 => "Not Modified",
+        308 => "Permanent Redirect",
         400 => "Bad Request",
         403 => "Forbidden",
         404 => "Not Found",

@@ -13,6 +13,7 @@ mod files;
 pub mod http;
 mod queue;
 mod storage;
+mod tls;
 
 pub use config::{Config, parse_size};
 
@@ -27,12 +28,12 @@ use log::{debug, info, warn};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use queue::{Chunk, WriteQueue};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, Shutdown, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -135,6 +136,8 @@ struct Conn {
     shutdown_when_flushed: bool,
     /// Admitted only to be answered 503 or 429 (counted in `refusing`).
     refused: bool,
+    /// Set on the TLS port (see tls.rs).
+    tls: Option<Box<tls::TlsConn>>,
 }
 
 /// An answer after which the connection may stay open.
@@ -203,6 +206,8 @@ pub struct Server {
     wall: u64,
     /// The store (none with --no-persist) and what it still has to take.
     storage: Option<storage::Storage>,
+    /// With --tls-cert: the port speaks only TLS.
+    tls: Option<tls::Tls>,
 }
 
 fn ms(d: Duration) -> u64 {
@@ -255,7 +260,12 @@ impl Server {
         let local_addr = listener.local_addr()?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
-        let mut signals = Signals::new([SIGINT, SIGTERM])?;
+        let tls = tls::Tls::new(&cfg, poll.registry())?;
+        // SIGHUP reloads the certificate; without TLS it keeps its default.
+        let mut signals = match tls {
+            Some(_) => Signals::new([SIGINT, SIGTERM, SIGHUP])?,
+            None => Signals::new([SIGINT, SIGTERM])?,
+        };
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
         let shortest = [
@@ -342,6 +352,7 @@ impl Server {
             refusing: 0,
             wall: wall_ms(),
             storage,
+            tls,
         })
     }
 
@@ -388,6 +399,7 @@ impl Server {
             for ev in events.iter() {
                 match ev.token() {
                     LISTENER => self.accept_all(),
+                    tls::REDIRECT => self.accept_redirect(),
                     SIGNALS => self.on_signal(),
                     Token(k) => {
                         if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
@@ -443,7 +455,7 @@ impl Server {
                 return;
             };
             match listener.accept() {
-                Ok((sock, addr)) => self.admit(sock, addr),
+                Ok((sock, addr)) => self.admit(sock, addr, true),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
                     self.out_of_descriptors();
@@ -598,7 +610,8 @@ impl Server {
         ))
     }
 
-    fn admit(&mut self, mut sock: TcpStream, addr: SocketAddr) {
+    /// `secure`: from the main listener, which speaks TLS when configured.
+    fn admit(&mut self, mut sock: TcpStream, addr: SocketAddr, secure: bool) {
         // On a dual-stack listener IPv4 clients appear as ::ffff:a.b.c.d;
         // count them (and recognise loopback) by their IPv4 address.
         let peer = addr.ip().to_canonical();
@@ -651,6 +664,10 @@ impl Server {
             paused: false,
             shutdown_when_flushed: false,
             refused: refusal.is_some(),
+            tls: match &self.tls {
+                Some(t) if secure => t.accept(),
+                _ => None,
+            },
         });
         if refusal.is_some() {
             self.refusing += 1;
@@ -687,7 +704,11 @@ impl Server {
                 Ok(n) => {
                     // Only bytes received keep a connection alive (--idle-timeout).
                     c.last_rx = self.now;
-                    self.on_bytes(k, &mut rbuf[..n]);
+                    if c.tls.is_some() {
+                        self.on_tls_bytes(k, &rbuf[..n]);
+                    } else {
+                        self.on_bytes(k, &mut rbuf[..n]);
+                    }
                     // A short read emptied the socket: skip the read that
                     // would only say EAGAIN. With edge-triggered epoll, bytes
                     // arriving after this read raise a new event.
@@ -709,7 +730,7 @@ impl Server {
     fn on_eof(&mut self, k: usize) {
         // Try once to get out what is queued (the peer may only have half-closed).
         if let Some(c) = self.conns.get_mut(k) {
-            let _ = c.out.write_to(&mut c.sock);
+            c.write_final();
         }
         self.drop_conn(k);
     }
@@ -755,7 +776,11 @@ impl Server {
             }
         };
         let mut bytes = std::mem::take(head);
-        let route = self.route(k, &bytes[..end]);
+        let route = if self.is_redirect(k) {
+            self.redirect_route(&bytes[..end])
+        } else {
+            self.route(k, &bytes[..end])
+        };
         match route {
             Route::Respond(head, body) => self.respond(k, head, body),
             Route::Serve(r) => {
@@ -989,6 +1014,7 @@ impl Server {
 
     fn respond(&mut self, k: usize, head: Vec<u8>, body: Option<Chunk>) {
         let close_timeout = ms(self.cfg.close_timeout);
+        let head = self.with_hsts(k, head);
         let Some(c) = self.conns.get_mut(k) else {
             return;
         };
@@ -1325,7 +1351,7 @@ impl Server {
         }
         if w.done && c.shutdown_when_flushed {
             c.shutdown_when_flushed = false;
-            let _ = c.sock.shutdown(Shutdown::Write);
+            c.shutdown_write();
             c.phase = Phase::Linger;
             c.deadline = self.now + close_timeout;
             if responding {
@@ -1410,7 +1436,11 @@ impl Server {
     }
 
     fn on_signal(&mut self) {
-        let signals: Vec<i32> = self.signals.pending().collect();
+        let (hup, signals): (Vec<i32>, Vec<i32>) =
+            self.signals.pending().partition(|&s| s == SIGHUP);
+        if !hup.is_empty() {
+            self.reload_tls();
+        }
         if signals.is_empty() {
             return;
         }
@@ -1427,6 +1457,9 @@ impl Server {
         }
         let now = self.chat_now();
         self.chat.shutdown(now);
+        if let Some(t) = self.tls.as_mut() {
+            t.close_redirect();
+        }
         // Everyone is leaving: telling each member about every other one's
         // departure would cost the square of the members for nothing.
         for (_, c) in self.conns.iter_mut() {
@@ -1503,7 +1536,7 @@ fn write_out(c: &mut Conn, files: &StaticFiles, chunk: usize) -> io::Result<Writ
     let mut w = Written::default();
     loop {
         let before = c.out.pending();
-        let empty = c.out.write_to(&mut c.sock)?;
+        let empty = c.write_out()?;
         w.progress |= c.out.pending() < before;
         w.queue_empty = empty;
         let Phase::Responding(Responding { stream, .. }) = &mut c.phase else {
@@ -1563,7 +1596,7 @@ impl Outbox for ServerOutbox<'_> {
             // A burst (say presence for a thousand joins in one turn) would
             // otherwise pile up queue entries for every member until the end
             // of the turn: write a full batch now.
-            if c.out.write_to(&mut c.sock).is_err() {
+            if c.write_out().is_err() {
                 // The peer is gone: queue nothing more, drop it after this call.
                 if let Phase::Ws(ws) = &mut c.phase {
                     ws.close_sent = true;
@@ -1628,7 +1661,9 @@ mod tests {
     /// chat's entry): keep it from growing unnoticed (README, Performance).
     #[test]
     fn per_connection_state_stays_small() {
-        assert!(std::mem::size_of::<super::Conn>() <= 144);
+        // 152 with the pointer to the TLS state (tls.rs), which is boxed:
+        // without TLS it costs those 8 bytes and nothing more.
+        assert!(std::mem::size_of::<super::Conn>() <= 152);
         assert!(std::mem::size_of::<crate::ws::receive::Receiver>() <= 64);
     }
 }
