@@ -260,7 +260,7 @@ impl Server {
         let local_addr = listener.local_addr()?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
-        let tls = tls::Tls::new(&cfg, poll.registry())?;
+        let tls = tls::Tls::new(&cfg, poll.registry(), local_addr.port())?;
         // SIGHUP reloads the certificate; without TLS it keeps its default.
         let mut signals = match tls {
             Some(_) => Signals::new([SIGINT, SIGTERM, SIGHUP])?,

@@ -98,7 +98,12 @@ fn load(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, LoadError> {
 
 impl Tls {
     /// The TLS side asked for by the configuration, if any.
-    pub(super) fn new(cfg: &super::Config, registry: &Registry) -> io::Result<Option<Tls>> {
+    /// `https_port`: the port of the TLS listener, for redirects.
+    pub(super) fn new(
+        cfg: &super::Config,
+        registry: &Registry,
+        https_port: u16,
+    ) -> io::Result<Option<Tls>> {
         let (Some(cert), Some(key)) = (&cfg.tls_cert, &cfg.tls_key) else {
             return Ok(None);
         };
@@ -119,7 +124,7 @@ impl Tls {
             hsts: !cfg.no_hsts,
             plain: vec![0; super::READ_BUF],
             redirect,
-            https_port: cfg.addr.port(),
+            https_port,
         }))
     }
 
