@@ -2,7 +2,10 @@ use clap::Parser;
 use wschat::server::{Config, Server};
 
 fn main() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info,rustls=error")).init();
+    env_logger::Builder::from_env(
+        env_logger::Env::default().default_filter_or("info,rustls=error"),
+    )
+    .init();
     let cfg = Config::parse();
     let scheme = if cfg.tls_cert.is_some() {
         "https"
