@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Runs the Autobahn|Testsuite fuzzing client against wschat's /echo endpoint.
 #
-#   tests/autobahn/run.sh [--cases '1.*,2.*'] [--docker]
+#   tests/autobahn/run.sh [--cases '1.*,2.*'] [--docker] [--tls]
+#
+# --tls: the server speaks TLS (a self-signed certificate made with openssl
+# for the run) and wstest connects to wss://: wstest does not verify
+# certificates unless a "hostname" is given in its spec, which we leave out.
 #
 # Uses `wstest` when it is installed (WSTEST=path, /opt/autobahn/bin/wstest,
 # or on PATH; Debian-based machines can install it with
@@ -16,11 +20,13 @@ cd "$(dirname "$0")/../.."
 
 cases='*'
 mode=auto
+tls=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --cases) cases="$2"; shift 2 ;;
     --docker) mode=docker; shift ;;
-    *) echo "usage: $0 [--cases LIST] [--docker]" >&2; exit 2 ;;
+    --tls) tls=1; shift ;;
+    *) echo "usage: $0 [--cases LIST] [--docker] [--tls]" >&2; exit 2 ;;
   esac
 done
 
@@ -43,21 +49,30 @@ fi
 
 cargo build --release --quiet
 port="${AUTOBAHN_PORT:-9001}"
-target/release/wschat --addr "127.0.0.1:$port" > target/autobahn-server.log 2>&1 &
+rm -rf "$out" && mkdir -p "$out"
+server_args=() scheme=http ws=ws
+if [ "$tls" = 1 ]; then
+  command -v openssl >/dev/null 2>&1 || { echo "autobahn: FAILED: --tls needs openssl" >&2; exit 1; }
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 \
+    -keyout "$out/key.pem" -out "$out/cert.pem" 2>/dev/null
+  server_args=(--tls-cert "$out/cert.pem" --tls-key "$out/key.pem")
+  scheme=https ws=wss
+fi
+target/release/wschat --addr "127.0.0.1:$port" "${server_args[@]}" > target/autobahn-server.log 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null || true' EXIT
 for _ in $(seq 100); do
-  curl -fs "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && break
+  curl -fsk "$scheme://127.0.0.1:$port/healthz" >/dev/null 2>&1 && break
   sleep 0.1
 done
 
-rm -rf "$out" && mkdir -p "$out"
 spec="$out/fuzzingclient.json"
 cases_json=$(printf '%s' "$cases" | python3 -c 'import json,sys; print(json.dumps([c for c in sys.stdin.read().split(",") if c]))')
 cat > "$spec" <<JSON
 {
   "outdir": "$( [ "$mode" = docker ] && echo /report || echo "$out" )",
-  "servers": [{"agent": "wschat", "url": "ws://127.0.0.1:$port/echo"}],
+  "servers": [{"agent": "wschat", "url": "$ws://127.0.0.1:$port/echo"}],
   "cases": $cases_json,
   "exclude-cases": [],
   "exclude-agent-cases": {}

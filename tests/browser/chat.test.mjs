@@ -17,6 +17,12 @@ const here = path.dirname(fileURLToPath(import.meta.url));
 const root = path.resolve(here, '..', '..');
 const BIN = path.resolve(root, process.env.WSCHAT_BIN || 'target/release/wschat');
 const CMD = process.env.WSCHAT_CMD || '';
+// With WSCHAT_TLS_CERT and WSCHAT_TLS_KEY the server speaks only TLS: the
+// page is https, the chat wss (run.sh --tls makes a self-signed pair).
+const TLS_ARGS = process.env.WSCHAT_TLS_CERT
+  ? ['--tls-cert', process.env.WSCHAT_TLS_CERT, '--tls-key', process.env.WSCHAT_TLS_KEY]
+  : [];
+const SCHEME = TLS_ARGS.length ? 'https' : 'http';
 const ARTIFACTS = path.resolve(root, process.env.ARTIFACTS || 'ci-logs/browser');
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const STEP_TIMEOUT = 10_000;
@@ -56,8 +62,8 @@ function freePort() {
 function startServer(port) {
   const addr = `127.0.0.1:${port}`;
   const child = CMD
-    ? spawn('bash', ['-c', `exec ${CMD} --addr ${addr}`], { cwd: root, stdio: ['ignore', 'pipe', 'pipe'] })
-    : spawn(BIN, ['--addr', addr, '--data-dir', DATA], { cwd: root, stdio: ['ignore', 'pipe', 'pipe'] });
+    ? spawn('bash', ['-c', `exec ${CMD} --addr ${addr} ${TLS_ARGS.join(' ')}`], { cwd: root, stdio: ['ignore', 'pipe', 'pipe'] })
+    : spawn(BIN, ['--addr', addr, '--data-dir', DATA, ...TLS_ARGS], { cwd: root, stdio: ['ignore', 'pipe', 'pipe'] });
   child.stdout.on('data', (d) => serverLog.write(d));
   child.stderr.on('data', (d) => serverLog.write(d));
   child.on('exit', (code, sig) => serverLog.write(`[server exited code=${code} signal=${sig}]\n`));
@@ -70,7 +76,7 @@ async function waitHealthy(port, ms = 15_000) {
   while (Date.now() < until) {
     if (server && server.exitCode !== null) throw new Error(`server exited early (code ${server.exitCode}); see ${path.join(ARTIFACTS, 'server.log')}`);
     try {
-      const r = await fetch(`http://127.0.0.1:${port}/healthz`);
+      const r = await fetch(`${SCHEME}://127.0.0.1:${port}/healthz`);
       if (r.status === 200) return;
       last = `status ${r.status}`;
     } catch (e) { last = e.cause?.code || e.message; }
@@ -149,7 +155,7 @@ async function shot(page, name, { width, height, scheme }) {
 // ------------------------------------------------------------------ scenario
 async function scenario() {
   const port = process.env.PORT ? Number(process.env.PORT) : await freePort();
-  const base = `http://127.0.0.1:${port}/`;
+  const base = `${SCHEME}://127.0.0.1:${port}/`;
   log(`server: ${CMD ? CMD : BIN} --addr 127.0.0.1:${port}`);
   server = startServer(port);
   await check('server answers GET /healthz with 200', () => waitHealthy(port));
@@ -158,7 +164,8 @@ async function scenario() {
     executablePath: CHROMIUM,
     headless: true,
     args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
-      '--disable-sync', '--no-first-run', '--disable-quic'],
+      '--disable-sync', '--no-first-run', '--disable-quic',
+      ...(TLS_ARGS.length ? ['--ignore-certificate-errors'] : [])],
   });
   const ctxOpts = { viewport: { width: 1280, height: 800 }, colorScheme: 'light', locale: 'en-GB', timezoneId: 'UTC' };
   const ctxA = await browser.newContext(ctxOpts);

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Browser end-to-end test of the web client: real Chromium, real server.
 #
-#   tests/browser/run.sh
+#   tests/browser/run.sh [--tls]
+#
+# --tls: the same test over https and wss, with a self-signed certificate
+# made by openssl for the run (Chromium runs with --ignore-certificate-errors).
 #
 # Env: WSCHAT_BIN  server binary (default target/release/wschat)
 #      WSCHAT_CMD  a whole server command instead of WSCHAT_BIN (`--addr 127.0.0.1:PORT` is appended)
@@ -16,6 +19,13 @@ root="$(cd "$here/../.." && pwd)"
 cd "$root"
 
 fail() { echo "browser: ERROR: $*" >&2; echo "browser: 0 passed, 1 failed"; exit 1; }
+
+tls=0
+case "${1:-}" in
+  --tls) tls=1 ;;
+  "") ;;
+  *) echo "usage: $0 [--tls]" >&2; exit 2 ;;
+esac
 
 CHROMIUM="${CHROMIUM:-/usr/bin/chromium}"
 [ -x "$CHROMIUM" ] || fail "Chromium not found at $CHROMIUM (install it: apt-get install -y chromium, or set CHROMIUM)"
@@ -38,6 +48,16 @@ fi
 export CHROMIUM
 export ARTIFACTS="${ARTIFACTS:-ci-logs/browser}"
 mkdir -p "$ARTIFACTS"
+
+if [ "$tls" = 1 ]; then
+  command -v openssl >/dev/null 2>&1 || fail "--tls needs openssl"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 \
+    -keyout "$ARTIFACTS/key.pem" -out "$ARTIFACTS/cert.pem" 2>/dev/null || fail "openssl req failed"
+  export WSCHAT_TLS_CERT="$ARTIFACTS/cert.pem" WSCHAT_TLS_KEY="$ARTIFACTS/key.pem"
+  # node's own fetch (the health check) meets the self-signed certificate too.
+  export NODE_TLS_REJECT_UNAUTHORIZED=0
+fi
 
 node "$here/chat.test.mjs" &
 pid=$!
