@@ -408,9 +408,9 @@ fn a_truncated_client_hello_then_eof_is_closed_without_an_answer() {
     let mut s = connect(server.addr);
     s.write_all(&hello[..hello.len() - 10]).unwrap();
     s.shutdown(Shutdown::Write).unwrap();
-    // Our close_notify (a plaintext alert: no keys yet), then the close.
+    // No keys yet, so no close_notify: the close alone.
     let got = read_to_close(&mut s);
-    assert_eq!(got, [0x15, 0x03, 0x03, 0x00, 0x02, 0x01, 0x00], "{got:?}");
+    assert!(got.is_empty(), "{got:?}");
     others_are_served(server.addr);
 }
 

@@ -705,7 +705,7 @@ impl Server {
                     // Only bytes received keep a connection alive (--idle-timeout).
                     c.last_rx = self.now;
                     if c.tls.is_some() {
-                        self.on_tls_bytes(k, &rbuf[..n]);
+                        self.on_tls_bytes(k, &mut rbuf[..n]);
                     } else {
                         self.on_bytes(k, &mut rbuf[..n]);
                     }

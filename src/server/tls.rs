@@ -11,8 +11,17 @@
 //!   ([`Conn::write_out`]);
 //! - end: our close_notify before our FIN ([`Conn::shutdown_write`]).
 //!
+//! rustls' caller-owned ("unbuffered") API, not its buffered
+//! `ServerConnection`: the buffered one keeps a 4 KiB receive buffer per
+//! connection for good once it has read (5.0 KiB per idle wss connection,
+//! measured, against 2.7 KiB here: rustls' state and keys). Here a connection holds bytes only while
+//! a record is incomplete (`held_in`) or the socket refuses ciphertext
+//! (`held_out`). One rule of that API shapes the code: rustls may keep
+//! offsets into the input it has not told us to discard (a handshake
+//! message spanning records), so every call gets exactly those bytes.
+//!
 //! Every rustls call is in this file: its API is moving (rustls' main branch
-//! has made the caller-owned "unbuffered" API its main one).
+//! has made the caller-owned API its main one).
 //!
 //! The `--redirect-http` listener lives here too: plain connections on the
 //! same loop whose every request is answered 308 to the https URL.
@@ -22,20 +31,20 @@ use crate::ws::handshake::Request;
 use log::{debug, info, warn};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Registry, Token};
-use rustls::ServerConnection;
-use rustls::server::ServerConfig;
+use rustls::server::{ServerConfig, ServerConnectionData, UnbufferedServerConnection};
+use rustls::unbuffered::{
+    ConnectionState, EncodeError, EncodeTlsData, EncryptError, InsufficientSizeError,
+    UnbufferedStatus,
+};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use std::io::{self, IoSlice, Read, Write};
+use std::cell::RefCell;
+use std::io::{self, IoSlice, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// The plain listener of `--redirect-http`.
 pub(super) const REDIRECT: Token = Token(usize::MAX - 3);
-
-/// Ciphertext rustls may hold for one connection that the socket has not
-/// taken yet. With the write queue's own limit this bounds a slow reader.
-const TLS_OUT_LIMIT: usize = 32 * 1024;
 
 /// `Strict-Transport-Security` on every TLS answer: a year, this host only
 /// (other names under the same domain may not have TLS).
@@ -55,11 +64,6 @@ pub(super) struct Tls {
     /// The port https URLs name (that of `--addr`).
     https_port: u16,
 }
-
-/// One connection's TLS state, boxed in `Conn` (most of a connection's
-/// memory while idle).
-#[derive(Debug)]
-pub(super) struct TlsConn(ServerConnection);
 
 /// Why a certificate or key could not be used.
 #[derive(Debug)]
@@ -130,11 +134,8 @@ impl Tls {
 
     /// A new connection's TLS state.
     pub(super) fn accept(&self) -> Option<Box<TlsConn>> {
-        match ServerConnection::new(Arc::clone(&self.config)) {
-            Ok(mut c) => {
-                c.set_buffer_limit(Some(TLS_OUT_LIMIT));
-                Some(Box::new(TlsConn(c)))
-            }
+        match TlsConn::new(Arc::clone(&self.config)) {
+            Ok(c) => Some(Box::new(c)),
             Err(e) => {
                 warn!("TLS: {e}");
                 None
@@ -148,54 +149,220 @@ impl Tls {
     }
 }
 
-/// Writes what rustls holds for the socket; `Ok(true)` once nothing is left.
-fn flush_tls(tls: &mut ServerConnection, mut sock: &TcpStream) -> io::Result<bool> {
-    while tls.wants_write() {
-        match tls.write_tls(&mut sock) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(true)
+/// One connection's TLS state, boxed in `Conn`. rustls' caller-owned
+/// ("unbuffered") API: ciphertext is decrypted where it was read (the
+/// server's shared read buffer) and encrypted into a shared scratch buffer,
+/// so an idle connection holds its keys and no buffer at all.
+pub(super) struct TlsConn {
+    conn: UnbufferedServerConnection,
+    /// The start of a record not yet complete (or of a handshake message
+    /// spanning records), kept between reads; unallocated otherwise.
+    held_in: Vec<u8>,
+    /// Ciphertext the socket has not taken yet; unallocated when empty.
+    held_out: Vec<u8>,
 }
 
-/// The write queue's view of a TLS connection: plaintext in, each write
-/// encrypted and sent on. Says `WouldBlock` while rustls still holds
-/// ciphertext the socket did not take, so the queue keeps the rest.
+impl std::fmt::Debug for TlsConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsConn")
+            .field("held_in", &self.held_in.len())
+            .field("held_out", &self.held_out.len())
+            .finish()
+    }
+}
+
+/// Plaintext encrypted per write: four full records.
+const ENCRYPT_BATCH: usize = 4 * MAX_RECORD;
+/// Largest TLS plaintext record (RFC 8446 §5.1).
+const MAX_RECORD: usize = 16 * 1024;
+
+thread_local! {
+    /// Scratch for encryption, shared by every connection: (plaintext
+    /// gathered from the queue's slices, ciphertext).
+    static SCRATCH: RefCell<(Vec<u8>, Vec<u8>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+fn tls_err(e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+impl TlsConn {
+    fn new(config: Arc<ServerConfig>) -> Result<TlsConn, rustls::Error> {
+        Ok(TlsConn {
+            conn: UnbufferedServerConnection::new(config)?,
+            held_in: Vec::new(),
+            held_out: Vec::new(),
+        })
+    }
+
+    /// Writes `held_out`; `Ok(true)` once it is all out.
+    fn flush_held(&mut self, mut sock: &TcpStream) -> io::Result<bool> {
+        let mut done = 0;
+        let res = loop {
+            if done == self.held_out.len() {
+                break Ok(true);
+            }
+            match sock.write(&self.held_out[done..]) {
+                Ok(0) => break Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(false),
+                Err(e) => break Err(e),
+            }
+        };
+        if done == self.held_out.len() {
+            self.held_out = Vec::new();
+        } else {
+            self.held_out.drain(..done);
+        }
+        res
+    }
+
+    /// Appends what rustls wants sent (the alert after an error) to
+    /// `held_out`, until it has nothing more to send. `input`: the bytes
+    /// not yet discarded, which rustls may still point into.
+    fn encode_pending(&mut self, input: &mut [u8]) -> Result<(), rustls::Error> {
+        // Only while rustls holds output, which it hands out before it looks
+        // at the input again: the input would raise the same error again.
+        while self.conn.wants_write() {
+            let UnbufferedStatus { state, .. } = self.conn.process_tls_records(input);
+            match state? {
+                ConnectionState::EncodeTlsData(mut e) => encode_into(&mut e, &mut self.held_out),
+                _ => break,
+            }
+        }
+        Ok(())
+    }
+
+    /// Encrypts `plain` onto the end of `out`. Only once the handshake is done.
+    fn encrypt(&mut self, plain: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
+        loop {
+            // rustls is always handed the bytes it has not consumed: it may
+            // keep offsets into them (a handshake message across records).
+            // They hold no whole record, so nothing is read here.
+            let UnbufferedStatus { state, .. } = self.conn.process_tls_records(&mut self.held_in);
+            match state.map_err(tls_err)? {
+                ConnectionState::WriteTraffic(mut w) => {
+                    let start = out.len();
+                    // Room for the records' headers, tags and content types.
+                    let mut room = plain.len() + 64 * plain.len().div_ceil(MAX_RECORD).max(1);
+                    loop {
+                        out.resize(start + room, 0);
+                        match w.encrypt(plain, &mut out[start..]) {
+                            Ok(n) => {
+                                out.truncate(start + n);
+                                return Ok(());
+                            }
+                            Err(EncryptError::InsufficientSize(InsufficientSizeError {
+                                required_size,
+                            })) if required_size > room => room = required_size,
+                            Err(e) => {
+                                out.truncate(start);
+                                return Err(tls_err(e));
+                            }
+                        }
+                    }
+                }
+                // A key update (or an answer to the peer's) goes first.
+                ConnectionState::EncodeTlsData(mut e) => encode_into(&mut e, out),
+                ConnectionState::TransmitTlsData(t) => t.done(),
+                _ => return Err(io::ErrorKind::WouldBlock.into()),
+            }
+        }
+    }
+
+    /// Queues our close_notify (RFC 8446 §6.1) once keys are set: during the
+    /// handshake there is nothing to close but the TCP connection.
+    fn close_notify(&mut self) {
+        if self.conn.is_handshaking() {
+            return;
+        }
+        let UnbufferedStatus { state, .. } = self.conn.process_tls_records(&mut self.held_in);
+        if let Ok(ConnectionState::WriteTraffic(mut w)) = state {
+            let start = self.held_out.len();
+            self.held_out.resize(start + 64, 0);
+            match w.queue_close_notify(&mut self.held_out[start..]) {
+                Ok(n) => self.held_out.truncate(start + n),
+                Err(_) => self.held_out.truncate(start),
+            }
+        }
+    }
+}
+
+fn encode_into(e: &mut EncodeTlsData<'_, ServerConnectionData>, out: &mut Vec<u8>) {
+    let start = out.len();
+    let mut room = 4096;
+    loop {
+        out.resize(start + room, 0);
+        match e.encode(&mut out[start..]) {
+            Ok(n) => {
+                out.truncate(start + n);
+                return;
+            }
+            Err(EncodeError::InsufficientSize(InsufficientSizeError { required_size })) => {
+                room = required_size;
+            }
+            Err(_) => {
+                out.truncate(start);
+                return;
+            }
+        }
+    }
+}
+
+/// The write queue's view of a TLS connection: plaintext in, encrypted in
+/// batches of up to four records and sent on. Says `WouldBlock` while
+/// ciphertext waits that the socket did not take, so the queue keeps the rest.
 struct Encrypt<'a> {
-    tls: &'a mut ServerConnection,
+    tls: &'a mut TlsConn,
     sock: &'a TcpStream,
-}
-
-impl Encrypt<'_> {
-    fn sent(&mut self, n: usize) -> io::Result<usize> {
-        if n == 0 {
-            return Err(io::ErrorKind::WouldBlock.into());
-        }
-        flush_tls(self.tls, self.sock)?;
-        Ok(n)
-    }
 }
 
 impl Write for Encrypt<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if !flush_tls(self.tls, self.sock)? {
-            return Err(io::ErrorKind::WouldBlock.into());
-        }
-        let n = self.tls.writer().write(buf)?;
-        self.sent(n)
+        self.write_vectored(&[IoSlice::new(buf)])
     }
 
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        if !flush_tls(self.tls, self.sock)? {
+        if !self.tls.flush_held(self.sock)? || self.tls.conn.is_handshaking() {
             return Err(io::ErrorKind::WouldBlock.into());
         }
-        // Records span the slices: small frames share records.
-        let n = self.tls.writer().write_vectored(bufs)?;
-        self.sent(n)
+        SCRATCH.with(|s| {
+            let (plain, out) = &mut *s.borrow_mut();
+            plain.clear();
+            out.clear();
+            // Small frames share records: the slices are gathered first.
+            for b in bufs {
+                let take = b.len().min(ENCRYPT_BATCH - plain.len());
+                plain.extend_from_slice(&b[..take]);
+                if plain.len() == ENCRYPT_BATCH {
+                    break;
+                }
+            }
+            self.tls.encrypt(plain, out)?;
+            let mut sent = 0;
+            while sent < out.len() {
+                match (&mut &*self.sock).write(&out[sent..]) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(n) => sent += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(e),
+                }
+            }
+            // The plaintext is taken either way: what the socket refused
+            // waits, encrypted, for the next flush.
+            self.tls.held_out.extend_from_slice(&out[sent..]);
+            let n = plain.len();
+            // The scratch stays only while it is of a usual size.
+            if plain.capacity() > 2 * ENCRYPT_BATCH {
+                *plain = Vec::new();
+            }
+            if out.capacity() > 4 * ENCRYPT_BATCH {
+                *out = Vec::new();
+            }
+            Ok(n)
+        })
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -210,21 +377,21 @@ impl Conn {
         let Some(tls) = self.tls.as_deref_mut() else {
             return self.out.write_to(&mut self.sock);
         };
-        if !flush_tls(&mut tls.0, &self.sock)? {
+        if !tls.flush_held(&self.sock)? {
             return Ok(false);
         }
         let drained = self.out.write_to(&mut Encrypt {
-            tls: &mut tls.0,
+            tls,
             sock: &self.sock,
         })?;
-        Ok(drained && flush_tls(&mut tls.0, &self.sock)?)
+        Ok(drained && tls.flush_held(&self.sock)?)
     }
 
     /// Ends our side: TLS's close_notify (RFC 8446 §6.1), then our FIN.
     pub(super) fn shutdown_write(&mut self) {
         if let Some(tls) = self.tls.as_deref_mut() {
-            tls.0.send_close_notify();
-            let _ = flush_tls(&mut tls.0, &self.sock);
+            tls.close_notify();
+            let _ = tls.flush_held(&self.sock);
         }
         let _ = self.sock.shutdown(std::net::Shutdown::Write);
     }
@@ -234,78 +401,129 @@ impl Conn {
     pub(super) fn write_final(&mut self) {
         let _ = self.write_out();
         if let Some(tls) = self.tls.as_deref_mut() {
-            tls.0.send_close_notify();
-            let _ = flush_tls(&mut tls.0, &self.sock);
+            tls.close_notify();
+            let _ = tls.flush_held(&self.sock);
         }
     }
 }
 
+/// What one pass of rustls over the input left to do.
+#[derive(Default)]
+struct Pass {
+    plain: usize,
+    fatal: Option<rustls::Error>,
+    peer_closed: bool,
+    needs_input: bool,
+}
+
+/// One call of rustls on `input`: decrypts records in place (their
+/// plaintext copied to `plain`), encodes handshake output into `held_out`.
+/// Returns what it did and how many input bytes are consumed.
+fn pass(t: &mut TlsConn, input: &mut [u8], plain: &mut [u8]) -> (Pass, usize) {
+    let mut p = Pass::default();
+    let UnbufferedStatus { mut discard, state } = t.conn.process_tls_records(input);
+    match state {
+        Err(e) => p.fatal = Some(e),
+        Ok(ConnectionState::ReadTraffic(mut r)) => {
+            while let Some(len) = r.peek_len() {
+                if p.plain + len.get() > plain.len() {
+                    break; // delivered first, then the next pass
+                }
+                match r.next_record() {
+                    Some(Ok(rec)) => {
+                        plain[p.plain..p.plain + rec.payload.len()].copy_from_slice(rec.payload);
+                        p.plain += rec.payload.len();
+                        discard += rec.discard;
+                    }
+                    Some(Err(e)) => {
+                        p.fatal = Some(e);
+                        break;
+                    }
+                    None => break,
+                }
+            }
+        }
+        Ok(ConnectionState::EncodeTlsData(mut e)) => encode_into(&mut e, &mut t.held_out),
+        Ok(ConnectionState::TransmitTlsData(tt)) => tt.done(),
+        Ok(ConnectionState::PeerClosed | ConnectionState::Closed) => p.peer_closed = true,
+        Ok(ConnectionState::ReadEarlyData(_)) => {
+            // Never offered (no 0-RTT in our config): a protocol error.
+            p.fatal = Some(rustls::Error::General("early data".into()));
+        }
+        Ok(_) => p.needs_input = true,
+    }
+    (p, discard)
+}
+
 impl Server {
     /// Ciphertext from connection `k`: through rustls, plaintext to `on_bytes`.
-    pub(super) fn on_tls_bytes(&mut self, k: usize, mut input: &[u8]) {
+    pub(super) fn on_tls_bytes(&mut self, k: usize, data: &mut [u8]) {
         let Some(tls) = self.tls.as_mut() else {
             return;
         };
         let mut plain = std::mem::take(&mut tls.plain);
+        // A record begun in an earlier read is completed behind what it held.
+        let mut held = match self.conns.get_mut(k).and_then(|c| c.tls.as_deref_mut()) {
+            Some(t) if !t.held_in.is_empty() => {
+                let mut h = std::mem::take(&mut t.held_in);
+                h.extend_from_slice(data);
+                h
+            }
+            _ => Vec::new(),
+        };
+        let input: &mut [u8] = if held.is_empty() { data } else { &mut held };
+        let mut pos = 0;
+        let mut keep = true;
         while let Some(c) = self.conns.get_mut(k) {
             // Our side is closed: what arrives is only waited out.
             if matches!(c.phase, Phase::Linger) {
+                keep = false;
                 break;
             }
             let Some(t) = c.tls.as_deref_mut() else {
                 break;
             };
-            let tls = &mut t.0;
-            let was_handshaking = tls.is_handshaking();
-            if !input.is_empty()
-                && let Err(e) = tls.read_tls(&mut input)
-            {
-                // Only when plaintext is left unread, which never happens:
-                // each pass below takes all of it.
-                debug!("connection {k}: TLS read: {e}");
+            let was_handshaking = t.conn.is_handshaking();
+            let (p, used) = pass(t, &mut input[pos..], &mut plain);
+            pos += used;
+            if let Some(e) = p.fatal {
+                // Plain HTTP, a garbage or unacceptable ClientHello, a
+                // renegotiation, a bad record: send rustls' alert once, then close.
+                debug!("connection {k}: TLS error: {e}");
+                let _ = t.encode_pending(&mut input[pos..]);
+                let _ = t.flush_held(&c.sock);
                 self.drop_conn(k);
+                keep = false;
                 break;
             }
-            let state = match tls.process_new_packets() {
-                Ok(s) => s,
-                Err(e) => {
-                    // Plain HTTP, a garbage or unacceptable ClientHello, a
-                    // renegotiation, a bad record: rustls has queued an
-                    // alert; send it once, then close.
-                    debug!("connection {k}: TLS error: {e}");
-                    let _ = flush_tls(tls, &c.sock);
-                    self.drop_conn(k);
-                    break;
-                }
-            };
-            if was_handshaking && !tls.is_handshaking() {
+            if was_handshaking && !t.conn.is_handshaking() {
                 debug!(
                     "connection {k}: TLS handshake done ({:?}, {:?})",
-                    tls.protocol_version(),
-                    tls.negotiated_cipher_suite().map(|s| s.suite())
+                    t.conn.protocol_version(),
+                    t.conn.negotiated_cipher_suite().map(|s| s.suite())
                 );
-            }
-            let wants_write = tls.wants_write();
-            let n = state.plaintext_bytes_to_read().min(plain.len());
-            if n > 0 && tls.reader().read_exact(&mut plain[..n]).is_err() {
-                self.drop_conn(k);
-                break;
-            }
-            if wants_write {
+                // Output queued meanwhile (a 503) can go now.
+                self.mark_dirty(k);
+            } else if !t.held_out.is_empty() {
                 self.mark_dirty(k);
             }
-            if n > 0 {
-                self.on_bytes(k, &mut plain[..n]);
-                continue;
-            }
-            if state.peer_has_closed() {
+            if p.plain > 0 {
+                self.on_bytes(k, &mut plain[..p.plain]);
+            } else if p.peer_closed {
                 debug!("connection {k}: TLS close_notify from the peer");
                 self.on_eof(k);
+                keep = false;
+                break;
+            } else if p.needs_input {
                 break;
             }
-            if input.is_empty() {
-                break;
-            }
+        }
+        // What is left is the start of a record: kept for the next read.
+        if keep
+            && pos < input.len()
+            && let Some(t) = self.conns.get_mut(k).and_then(|c| c.tls.as_deref_mut())
+        {
+            t.held_in = input[pos..].to_vec();
         }
         if let Some(tls) = self.tls.as_mut() {
             tls.plain = plain;
