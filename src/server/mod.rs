@@ -665,7 +665,11 @@ impl Server {
             shutdown_when_flushed: false,
             refused: refusal.is_some(),
             tls: match &self.tls {
-                Some(t) if secure => t.accept(),
+                // Never plain on the TLS port: without its state, no connection.
+                Some(t) if secure => match t.accept() {
+                    Some(state) => Some(state),
+                    None => return,
+                },
                 _ => None,
             },
         });
