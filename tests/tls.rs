@@ -513,3 +513,58 @@ fn close_notify_in_the_middle_of_a_frame_ends_the_connection_cleanly() {
     assert!(rest.is_empty(), "{rest:?}");
     others_are_served(server.addr);
 }
+
+/// Sends what the client has for the wire in 7-byte pieces, each its own
+/// segment, so that the server reads records (and the ClientHello) in parts.
+fn send_in_pieces(conn: &mut ClientConnection, sock: &mut TcpStream) {
+    let mut wire = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut wire).unwrap();
+    }
+    for piece in wire.chunks(7) {
+        sock.write_all(piece).unwrap();
+        std::thread::sleep(Duration::from_micros(300));
+    }
+}
+
+#[test]
+fn records_split_across_reads_are_put_together() {
+    let server = tls_server("a", &[]);
+    let mut conn = client_conn(client_config(provider::default_provider(), false));
+    let mut sock = connect(server.addr);
+    while conn.is_handshaking() {
+        send_in_pieces(&mut conn, &mut sock);
+        if conn.is_handshaking() {
+            conn.read_tls(&mut sock).expect("server flight");
+            conn.process_new_packets().expect("handshake");
+        }
+    }
+    let upgrade = format!(
+        "GET /echo HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    conn.writer().write_all(upgrade.as_bytes()).unwrap();
+    let text = "pieces ".repeat(40);
+    conn.writer()
+        .write_all(&frame(true, 0x1, text.as_bytes()))
+        .unwrap();
+    send_in_pieces(&mut conn, &mut sock);
+    let mut s = StreamOwned::new(conn, sock);
+    let mut got = Vec::new();
+    let want_tail = text.as_bytes();
+    let mut buf = [0u8; 4096];
+    while !got.ends_with(want_tail) {
+        let n = s.read(&mut buf).expect("the echo");
+        assert!(
+            n > 0,
+            "closed before the echo: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        got.starts_with(b"HTTP/1.1 101 "),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+}

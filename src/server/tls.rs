@@ -407,6 +407,21 @@ impl Conn {
     }
 }
 
+/// How many more bytes complete the first record in `held`, given that
+/// `more` follows it (all of `more` while even its header is incomplete).
+fn record_remainder(held: &[u8], more: &[u8]) -> usize {
+    const HEADER: usize = 5; // RFC 8446 §5.1: type, version, length
+    let mut hdr = [0u8; HEADER];
+    let have = held.len().min(HEADER);
+    hdr[..have].copy_from_slice(&held[..have]);
+    let Some(rest) = more.get(..HEADER - have) else {
+        return more.len();
+    };
+    hdr[have..].copy_from_slice(rest);
+    let total = HEADER + usize::from(u16::from_be_bytes([hdr[3], hdr[4]]));
+    total.saturating_sub(held.len())
+}
+
 /// What one pass of rustls over the input left to do.
 #[derive(Default)]
 struct Pass {
@@ -462,29 +477,68 @@ impl Server {
             return;
         };
         let mut plain = std::mem::take(&mut tls.plain);
-        // A record begun in an earlier read is completed behind what it held.
-        let mut held = match self.conns.get_mut(k).and_then(|c| c.tls.as_deref_mut()) {
-            Some(t) if !t.held_in.is_empty() => {
-                let mut h = std::mem::take(&mut t.held_in);
-                h.extend_from_slice(data);
-                h
+        let held = self
+            .conns
+            .get_mut(k)
+            .and_then(|c| c.tls.as_deref_mut())
+            .map(|t| std::mem::take(&mut t.held_in))
+            .unwrap_or_default();
+        if let Some(left) = self.feed_after(k, held, data, &mut plain)
+            && !left.is_empty()
+            && let Some(t) = self.conns.get_mut(k).and_then(|c| c.tls.as_deref_mut())
+        {
+            t.held_in = left;
+        }
+        if let Some(tls) = self.tls.as_mut() {
+            tls.plain = plain;
+        }
+    }
+
+    /// Feeds `data` behind the bytes `held` from earlier reads. The held
+    /// record is completed with the bytes it lacks and the rest of `data` is
+    /// decrypted where it lies, unless rustls keeps bytes (a handshake
+    /// message spanning records): then all of it goes on behind them.
+    /// Returns what to hold for the next read; `None` once the connection
+    /// is gone or closing.
+    fn feed_after(
+        &mut self,
+        k: usize,
+        mut held: Vec<u8>,
+        data: &mut [u8],
+        plain: &mut [u8],
+    ) -> Option<Vec<u8>> {
+        let mut rest = data;
+        if !held.is_empty() {
+            let take = record_remainder(&held, rest).min(rest.len());
+            held.extend_from_slice(&rest[..take]);
+            let pos = self.feed(k, &mut held, plain)?;
+            if pos < held.len() {
+                held.drain(..pos);
+                held.extend_from_slice(&rest[take..]);
+                let pos = self.feed(k, &mut held, plain)?;
+                held.drain(..pos);
+                return Some(held);
             }
-            _ => Vec::new(),
-        };
-        let input: &mut [u8] = if held.is_empty() { data } else { &mut held };
+            rest = &mut rest[take..];
+        }
+        let pos = self.feed(k, rest, plain)?;
+        Some(rest[pos..].to_vec())
+    }
+
+    /// Runs rustls over `input` until it needs more. Returns how many bytes
+    /// it consumed (the rest is the start of a record, to be held), or
+    /// `None` once the connection is gone or closing.
+    fn feed(&mut self, k: usize, input: &mut [u8], plain: &mut [u8]) -> Option<usize> {
         let mut pos = 0;
-        let mut keep = true;
-        while let Some(c) = self.conns.get_mut(k) {
+        loop {
+            let c = self.conns.get_mut(k)?;
             // Our side is closed: what arrives is only waited out.
             if matches!(c.phase, Phase::Linger) {
-                keep = false;
-                break;
+                return None;
             }
-            let Some(t) = c.tls.as_deref_mut() else {
-                break;
-            };
+            let t = c.tls.as_deref_mut()?;
             let was_handshaking = t.conn.is_handshaking();
-            let (p, used) = pass(t, &mut input[pos..], &mut plain);
+            let (p, used) = pass(t, &mut input[pos..], plain);
             pos += used;
             if let Some(e) = p.fatal {
                 // Plain HTTP, a garbage or unacceptable ClientHello, a
@@ -493,8 +547,7 @@ impl Server {
                 let _ = t.encode_pending(&mut input[pos..]);
                 let _ = t.flush_held(&c.sock);
                 self.drop_conn(k);
-                keep = false;
-                break;
+                return None;
             }
             if was_handshaking && !t.conn.is_handshaking() {
                 debug!(
@@ -512,21 +565,10 @@ impl Server {
             } else if p.peer_closed {
                 debug!("connection {k}: TLS close_notify from the peer");
                 self.on_eof(k);
-                keep = false;
-                break;
+                return None;
             } else if p.needs_input {
-                break;
+                return Some(pos);
             }
-        }
-        // What is left is the start of a record: kept for the next read.
-        if keep
-            && pos < input.len()
-            && let Some(t) = self.conns.get_mut(k).and_then(|c| c.tls.as_deref_mut())
-        {
-            t.held_in = input[pos..].to_vec();
-        }
-        if let Some(tls) = self.tls.as_mut() {
-            tls.plain = plain;
         }
     }
 
@@ -629,7 +671,20 @@ fn host_name(host: &str) -> Option<&str> {
 
 #[cfg(test)]
 mod tests {
-    use super::host_name;
+    use super::{host_name, record_remainder};
+
+    #[test]
+    fn a_held_record_is_completed_with_what_it_lacks() {
+        // A 0x20-byte record of which the header and 3 bytes are held.
+        let held = [0x17, 3, 3, 0, 0x20, 1, 2, 3];
+        assert_eq!(record_remainder(&held, &[0; 100]), 0x20 - 3);
+        // Only 2 header bytes held: the length comes from what follows.
+        assert_eq!(record_remainder(&[0x17, 3], &[3, 0, 0x20, 9, 9]), 3 + 0x20);
+        // Not even the header completes: all of it.
+        assert_eq!(record_remainder(&[0x17], &[3, 3]), 2);
+        // More than one record held (a handshake message across records).
+        assert_eq!(record_remainder(&[0x16, 3, 3, 0, 1, 0, 0x16], &[0; 9]), 0);
+    }
 
     #[test]
     fn host_names_lose_their_port_and_bad_ones_are_refused() {
