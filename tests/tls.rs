@@ -137,7 +137,11 @@ fn served_cert(s: &Tls) -> Vec<u8> {
 /// An HTTP request over TLS; returns the whole answer (up to close_notify).
 fn https_get(addr: SocketAddr, path: &str) -> String {
     let mut s = tls_connect(addr);
-    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut body = Vec::new();
     // The server ends with close_notify: a truncation would be an error here.
     s.read_to_end(&mut body)
@@ -566,5 +570,31 @@ fn records_split_across_reads_are_put_together() {
         got.starts_with(b"HTTP/1.1 101 "),
         "{:?}",
         String::from_utf8_lossy(&got)
+    );
+}
+
+#[test]
+fn keep_alive_over_tls_answers_requests_pipelined_in_records_of_their_own() {
+    let server = tls_server("a", &[]);
+    let mut s = tls_connect(server.addr);
+    // Two records, one write: the second request arrives with the first.
+    s.conn
+        .writer()
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    s.conn
+        .writer()
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    s.flush().unwrap();
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer)
+        .expect("answers ended by close_notify");
+    let answer = String::from_utf8(answer).unwrap();
+    assert_eq!(answer.matches("HTTP/1.1 200 OK\r\n").count(), 2, "{answer}");
+    assert_eq!(
+        answer.matches("Strict-Transport-Security").count(),
+        2,
+        "{answer}"
     );
 }

@@ -525,11 +525,15 @@ impl Server {
         Some(rest[pos..].to_vec())
     }
 
-    /// Runs rustls over `input` until it needs more. Returns how many bytes
-    /// it consumed (the rest is the start of a record, to be held), or
-    /// `None` once the connection is gone or closing.
+    /// Runs rustls over `input` until it needs more. The plaintext of all
+    /// the records it holds goes to `on_bytes` at once, as a plain read's
+    /// bytes do: a request pipelined behind another in a record of its own
+    /// is the next request's, not input during the answer. Returns how many
+    /// bytes rustls consumed (the rest is the start of a record, to be
+    /// held), or `None` once the connection is gone or closing.
     fn feed(&mut self, k: usize, input: &mut [u8], plain: &mut [u8]) -> Option<usize> {
         let mut pos = 0;
+        let mut filled = 0;
         loop {
             let c = self.conns.get_mut(k)?;
             // Our side is closed: what arrives is only waited out.
@@ -538,8 +542,9 @@ impl Server {
             }
             let t = c.tls.as_deref_mut()?;
             let was_handshaking = t.conn.is_handshaking();
-            let (p, used) = pass(t, &mut input[pos..], plain);
+            let (p, used) = pass(t, &mut input[pos..], &mut plain[filled..]);
             pos += used;
+            filled += p.plain;
             if let Some(e) = p.fatal {
                 // Plain HTTP, a garbage or unacceptable ClientHello, a
                 // renegotiation, a bad record: send rustls' alert once, then close.
@@ -560,13 +565,32 @@ impl Server {
             } else if !t.held_out.is_empty() {
                 self.mark_dirty(k);
             }
-            if p.plain > 0 {
-                self.on_bytes(k, &mut plain[..p.plain]);
-            } else if p.peer_closed {
+            // Gather while another whole record fits.
+            if p.plain > 0 && plain.len() - filled >= MAX_RECORD {
+                continue;
+            }
+            if filled > 0 {
+                self.on_bytes(k, &mut plain[..filled]);
+                filled = 0;
+                if p.plain > 0 {
+                    continue;
+                }
+            }
+            if p.peer_closed {
                 debug!("connection {k}: TLS close_notify from the peer");
+                // An answer being sent is finished first, as after a FIN
+                // (see `Phase::Responding`); TCP's end follows.
+                if self
+                    .conns
+                    .get(k)
+                    .is_some_and(|c| matches!(c.phase, Phase::Responding(_)))
+                {
+                    return Some(pos);
+                }
                 self.on_eof(k);
                 return None;
-            } else if p.needs_input {
+            }
+            if p.needs_input {
                 return Some(pos);
             }
         }
