@@ -1540,7 +1540,7 @@ fn write_out(c: &mut Conn, files: &StaticFiles, chunk: usize) -> io::Result<Writ
     let mut w = Written::default();
     loop {
         let before = c.out.pending();
-        let empty = c.write_out()?;
+        let empty = c.write_queue()?;
         w.progress |= c.out.pending() < before;
         w.queue_empty = empty;
         let Phase::Responding(Responding { stream, .. }) = &mut c.phase else {
@@ -1600,7 +1600,7 @@ impl Outbox for ServerOutbox<'_> {
             // A burst (say presence for a thousand joins in one turn) would
             // otherwise pile up queue entries for every member until the end
             // of the turn: write a full batch now.
-            if c.write_out().is_err() {
+            if c.write_queue().is_err() {
                 // The peer is gone: queue nothing more, drop it after this call.
                 if let Phase::Ws(ws) = &mut c.phase {
                     ws.close_sent = true;

@@ -8,7 +8,7 @@
 //!   unchanged;
 //! - write: write queues keep plaintext frames (a broadcast is still framed
 //!   once) and are encrypted per connection as they are flushed
-//!   ([`Conn::write_out`]);
+//!   ([`Conn::write_queue`]);
 //! - end: our close_notify before our FIN ([`Conn::shutdown_write`]).
 //!
 //! rustls' caller-owned ("unbuffered") API, not its buffered
@@ -373,7 +373,7 @@ impl Write for Encrypt<'_> {
 impl Conn {
     /// Writes as much of the queue as the socket takes, through TLS when the
     /// connection has it. `Ok(true)` when nothing is left to send.
-    pub(super) fn write_out(&mut self) -> io::Result<bool> {
+    pub(super) fn write_queue(&mut self) -> io::Result<bool> {
         let Some(tls) = self.tls.as_deref_mut() else {
             return self.out.write_to(&mut self.sock);
         };
@@ -399,7 +399,7 @@ impl Conn {
     /// The last try to get the queue out before the connection is dropped
     /// (the peer ended its side), with our close_notify behind it.
     pub(super) fn write_final(&mut self) {
-        let _ = self.write_out();
+        let _ = self.write_queue();
         if let Some(tls) = self.tls.as_deref_mut() {
             tls.close_notify();
             let _ = tls.flush_held(&self.sock);
