@@ -150,9 +150,11 @@ impl Tls {
 }
 
 /// One connection's TLS state, boxed in `Conn`. rustls' caller-owned
-/// ("unbuffered") API: ciphertext is decrypted where it was read (the
-/// server's shared read buffer) and encrypted into a shared scratch buffer,
-/// so an idle connection holds its keys and no buffer at all.
+/// ("unbuffered") API: ciphertext is handed to rustls where it was read
+/// (the server's shared read buffer; rustls 0.23 still copies each
+/// decrypted record out once, for as long as it is read) and encrypted into
+/// a shared scratch buffer, so an idle connection holds its keys and no
+/// buffer at all.
 pub(super) struct TlsConn {
     conn: UnbufferedServerConnection,
     /// The start of a record not yet complete (or of a handshake message
