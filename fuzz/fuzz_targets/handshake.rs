@@ -4,6 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use wschat::ws::deflate::{Params, negotiate, parse_extensions};
 use wschat::ws::handshake::{HeadScanner, Request, check_upgrade, response_101};
 
 fuzz_target!(|data: &[u8]| {
@@ -48,7 +49,13 @@ fuzz_target!(|data: &[u8]| {
             assert!(req.key.is_some() && req.host.is_some());
             // base64 of a 20-byte SHA-1.
             assert_eq!(accept.len(), 28);
-            let r = response_101(&accept, Some("wschat.v1"));
+            // An answer, when there is one, parses back as what it says.
+            let answer = negotiate(&req.extensions).map(|p| p.emit());
+            if let Some(a) = &answer {
+                let exts = parse_extensions(a.as_bytes()).expect("our answer parses");
+                assert_eq!(Params::parse(&exts[0]).map(|p| p.emit()).as_ref(), Ok(a));
+            }
+            let r = response_101(&accept, Some("wschat.v1"), answer.as_deref());
             assert!(r.ends_with(b"\r\n\r\n"));
         }
         Err(e) => {

@@ -47,30 +47,3 @@ pub fn chunks<'a>(cuts: &[usize], payload: &'a [u8]) -> Vec<&'a [u8]> {
     }
     out
 }
-
-/// Decodes one unmasked server frame (RFC 6455 §5.2) that must be exactly
-/// one final text frame; returns its payload.
-pub fn server_text_payload(f: &[u8]) -> &[u8] {
-    assert!(f.len() >= 2, "frame shorter than a header: {f:x?}");
-    assert_eq!(f[0], 0x81, "FIN + text opcode, no RSV bits");
-    assert_eq!(f[1] & 0x80, 0, "server frames are unmasked");
-    let (hdr, len) = match f[1] & 0x7f {
-        126 => {
-            assert!(f.len() >= 4);
-            let n = usize::from(u16::from_be_bytes([f[2], f[3]]));
-            assert!(n >= 126, "shortest length form (§5.2)");
-            (4, n)
-        }
-        127 => {
-            assert!(f.len() >= 10);
-            let mut b = [0u8; 8];
-            b.copy_from_slice(&f[2..10]);
-            let n = u64::from_be_bytes(b);
-            assert!(n > 0xFFFF && n >> 63 == 0, "shortest length form (§5.2)");
-            (10, usize::try_from(n).expect("length fits"))
-        }
-        n => (2, usize::from(n)),
-    };
-    assert_eq!(f.len(), hdr + len, "frame length matches its header");
-    &f[hdr..]
-}

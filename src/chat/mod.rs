@@ -46,9 +46,9 @@ pub struct Now {
 
 /// Where the chat puts its output.
 pub trait Outbox {
-    /// `frame` is a complete WebSocket text frame (header + JSON payload),
-    /// built once per logical message and shared by every recipient.
-    fn send(&mut self, to: ConnId, frame: &Rc<[u8]>);
+    /// `payload` is the JSON of one text message, built once per logical
+    /// message and shared by every recipient; the server frames it.
+    fn send(&mut self, to: ConnId, payload: &Rc<[u8]>);
     /// Ask the server to close this connection with a WebSocket close code
     /// and reason. The server will later call [`Chat::disconnect`] for it.
     fn close(&mut self, to: ConnId, code: u16, reason: &str);

@@ -1,5 +1,5 @@
 //! The JSON of the chat protocol: client frames parsed into typed requests
-//! (with the contract's error precedence), server frames serialised and framed.
+//! (with the contract's error precedence), server messages serialised.
 
 use std::fmt;
 use std::rc::Rc;
@@ -9,7 +9,6 @@ use serde_json::{Map, Value};
 
 use super::room::Msg;
 use super::validate::{self, TextError};
-use crate::ws::frame::{MAX_HEADER_LEN, OpCode, encode_header};
 
 /// Version announced in `welcome`.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -511,38 +510,33 @@ pub enum Out<'a> {
     },
 }
 
-/// Serialises `v` and wraps it in one complete WebSocket text frame, built
-/// once and shared by every recipient.
+/// Serialises `v`: the payload of one server text message, built once and
+/// shared by every recipient. The server frames it (plainly, or compressed
+/// for permessage-deflate peers), so the chat never writes WebSocket bytes.
 pub fn frame<T: Serialize>(v: &T) -> Rc<[u8]> {
-    // Serialise into a buffer kept across calls, behind room for the largest
-    // header, then copy header and payload into one exact allocation: a
-    // frame costs one allocation however long its member list or history.
+    // Serialise into a buffer kept across calls, then copy into one exact
+    // allocation: a payload costs one allocation however long its member
+    // list or history.
     thread_local! {
         static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     }
     SCRATCH.with(|cell| {
         let mut buf = cell.borrow_mut();
         buf.clear();
-        buf.resize(MAX_HEADER_LEN, 0);
         // Only strings, integers, booleans and arrays: serialising cannot fail,
         // but a failure must still not panic.
         if let Err(e) = serde_json::to_writer(&mut *buf, v) {
             log::error!("chat: cannot serialise a server frame: {e}");
-            buf.truncate(MAX_HEADER_LEN);
+            buf.clear();
             buf.extend_from_slice(
                 br#"{"type":"error","code":"internal","message":"internal error"}"#,
             );
         }
-        let len = (buf.len() - MAX_HEADER_LEN) as u64;
-        let mut hdr = [0u8; MAX_HEADER_LEN];
-        let n = encode_header(&mut hdr, true, OpCode::Text, len, None);
-        let start = MAX_HEADER_LEN - n;
-        buf[start..MAX_HEADER_LEN].copy_from_slice(&hdr[..n]);
-        let frame: Rc<[u8]> = Rc::from(&buf[start..]);
-        // A rare huge frame should not pin its memory for good.
+        let payload: Rc<[u8]> = Rc::from(&buf[..]);
+        // A rare huge payload should not pin its memory for good.
         if buf.capacity() > 1 << 20 {
             *buf = Vec::new();
         }
-        frame
+        payload
     })
 }

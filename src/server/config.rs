@@ -183,6 +183,15 @@ pub struct Config {
     #[arg(long, value_name = "NAME")]
     pub allowed_host: Vec<String>,
 
+    /// Do not negotiate permessage-deflate (RFC 7692) on /ws and /echo.
+    #[arg(long)]
+    pub no_deflate: bool,
+
+    /// With permessage-deflate, messages shorter than this go uncompressed:
+    /// below it, compressing saves a few bytes for a zlib call each.
+    #[arg(long, value_name = "SIZE", default_value = "128", value_parser = parse_size)]
+    pub deflate_threshold: usize,
+
     /// Also accept WebSocket upgrades to /ws from this Origin (repeatable;
     /// `*` allows every origin). An Origin whose host is the request's Host
     /// is always accepted, and so are requests with no Origin.

@@ -20,6 +20,7 @@ pub use config::{Config, parse_size};
 use crate::chat::rate::{BucketTable, MAX_IDLE_ENTRIES, Verdict};
 use crate::chat::{Chat, ChatConfig, ConnId, Now, Outbox};
 use crate::ws::close::close_payload;
+use crate::ws::deflate;
 use crate::ws::frame::{MAX_HEADER_LEN, OpCode, encode_frame, encode_header};
 use crate::ws::handshake::{self, HandshakeError, HeadScanner, Request, RequestError};
 use crate::ws::receive::{Event, Payload, ProtocolError, Receiver};
@@ -74,6 +75,9 @@ struct WsConn {
     close_sent: bool,
     /// The chat knows this connection (until it closes or is dropped).
     in_chat: bool,
+    /// permessage-deflate negotiated (RFC 7692): the window our compressor
+    /// keeps to. No zlib state is held here between messages.
+    deflate: Option<u8>,
 }
 
 /// A plain HTTP answer being sent.
@@ -160,6 +164,7 @@ enum Route {
         endpoint: Endpoint,
         response: Vec<u8>,
         nick: Option<String>,
+        deflate: Option<u8>,
     },
 }
 
@@ -208,6 +213,8 @@ pub struct Server {
     storage: Option<storage::Storage>,
     /// With --tls-cert: the port speaks only TLS.
     tls: Option<tls::Tls>,
+    /// Scratch space for compressing an echo.
+    zbuf: Vec<u8>,
 }
 
 fn ms(d: Duration) -> u64 {
@@ -353,6 +360,7 @@ impl Server {
             wall: wall_ms(),
             storage,
             tls,
+            zbuf: Vec::new(),
         })
     }
 
@@ -795,8 +803,9 @@ impl Server {
                 endpoint,
                 response,
                 nick,
+                deflate,
             } => {
-                self.upgrade(k, endpoint, response, nick.as_deref());
+                self.upgrade(k, endpoint, response, nick.as_deref(), deflate);
                 // RFC 6455 §4.1: the client may send frames right behind its
                 // handshake; they may share this read with the head.
                 if bytes.len() > end {
@@ -865,10 +874,18 @@ impl Server {
         if let Some(refusal) = self.take_handshake(k) {
             return Route::Respond(refusal, None);
         }
+        // RFC 7692 §5: accept the first acceptable permessage-deflate offer.
+        let deflate = if self.cfg.no_deflate {
+            None
+        } else {
+            deflate::negotiate(&req.extensions)
+        };
+        let answer = deflate.map(|p| p.emit());
         Route::Upgrade {
             endpoint,
-            response: handshake::response_101(&accept, protocol),
+            response: handshake::response_101(&accept, protocol, answer.as_deref()),
             nick,
+            deflate: deflate.map(|p| p.compress_window_bits()),
         }
     }
 
@@ -1032,7 +1049,14 @@ impl Server {
         self.mark_dirty(k);
     }
 
-    fn upgrade(&mut self, k: usize, endpoint: Endpoint, response: Vec<u8>, nick: Option<&str>) {
+    fn upgrade(
+        &mut self,
+        k: usize,
+        endpoint: Endpoint,
+        response: Vec<u8>,
+        nick: Option<&str>,
+        deflate: Option<u8>,
+    ) {
         let max = match endpoint {
             Endpoint::Echo => self.cfg.max_message_size,
             Endpoint::Chat => self.cfg.max_ws_message_size,
@@ -1042,10 +1066,11 @@ impl Server {
         };
         let addr = c.counted.then_some(c.ip);
         c.phase = Phase::Ws(WsConn {
-            rx: Receiver::new(max),
+            rx: Receiver::new(max).with_deflate(deflate.is_some()),
             endpoint,
             close_sent: false,
             in_chat: endpoint == Endpoint::Chat,
+            deflate,
         });
         c.deadline = u64::MAX;
         c.last_ping = self.now;
@@ -1149,18 +1174,41 @@ impl Server {
 
     fn echo(&mut self, k: usize, opcode: OpCode, p: Payload<'_>) {
         let max_pending = self.cfg.max_pending_output;
+        let threshold = self.cfg.deflate_threshold;
         let Some(c) = self.conns.get_mut(k) else {
             return;
         };
-        match p {
-            // A large assembled message is queued as is, behind its own header.
-            Payload::Owned(v) if v.len() >= 4096 => {
-                let mut hdr = [0u8; MAX_HEADER_LEN];
-                let n = encode_header(&mut hdr, true, opcode, v.len() as u64, None);
-                c.out.push(Chunk::Owned(hdr[..n].to_vec()));
-                c.out.push(Chunk::Tail(v));
+        let deflate = match &c.phase {
+            Phase::Ws(ws) => ws.deflate.filter(|_| p.len() >= threshold),
+            _ => None,
+        };
+        match (deflate, p) {
+            // RFC 7692 §6.1, §7.2.1: compressed, RSV1 on the (only) frame.
+            (Some(bits), p) => {
+                let mut z = std::mem::take(&mut self.zbuf);
+                z.clear();
+                deflate::compress(&p, bits, &mut z);
+                if z.len() >= 4096 {
+                    let mut hdr = [0u8; MAX_HEADER_LEN];
+                    let n = encode_header(&mut hdr, true, opcode, z.len() as u64, None);
+                    hdr[0] |= 0x40;
+                    c.out.push(Chunk::Owned(hdr[..n].to_vec()));
+                    c.out.push(Chunk::Tail(z));
+                } else {
+                    c.out.push_compressed_frame(opcode, &z);
+                    self.zbuf = z;
+                }
             }
-            p => c.out.push_frame(opcode, &p),
+            (None, p) => match p {
+                // A large assembled message is queued as is, behind its own header.
+                Payload::Owned(v) if v.len() >= 4096 => {
+                    let mut hdr = [0u8; MAX_HEADER_LEN];
+                    let n = encode_header(&mut hdr, true, opcode, v.len() as u64, None);
+                    c.out.push(Chunk::Owned(hdr[..n].to_vec()));
+                    c.out.push(Chunk::Tail(v));
+                }
+                p => c.out.push_frame(opcode, &p),
+            },
         }
         // Backpressure: stop reading until the peer takes its echoes.
         if c.out.pending() > max_pending {
@@ -1244,6 +1292,8 @@ impl Server {
             max_pending: self.cfg.max_pending_output,
             closes: &mut closes,
             storage: self.storage.as_mut(),
+            frames: Frames::default(),
+            deflate_threshold: self.cfg.deflate_threshold,
         };
         f(&mut self.chat, now, &mut out);
         self.chat_drops.extend(dead);
@@ -1569,7 +1619,8 @@ fn write_out(c: &mut Conn, files: &StaticFiles, chunk: usize) -> io::Result<Writ
 /// The reason given to a client whose output overflowed.
 const SLOW_CONSUMER: &str = "slow consumer";
 
-/// The chat's view of the connections: it queues shared frames.
+/// The chat's view of the connections: it hands payloads, the outbox
+/// queues shared frames of them.
 struct ServerOutbox<'a> {
     conns: &'a mut Slab<Conn>,
     dead: &'a mut Vec<usize>,
@@ -1577,10 +1628,66 @@ struct ServerOutbox<'a> {
     max_pending: usize,
     closes: &'a mut Vec<(usize, u16, String)>,
     storage: Option<&'a mut storage::Storage>,
+    frames: Frames,
+    deflate_threshold: usize,
+}
+
+/// The frames of the payload being sent. The chat sends a broadcast's one
+/// payload to its recipients one after another, so remembering the last
+/// payload makes one plain frame and at most one compressed frame per
+/// broadcast, each built only when a first recipient needs it and shared
+/// by every queue (RFC 7692 §7.1.1.1: with `server_no_context_takeover`
+/// the compressed bytes are the same for every deflate peer).
+#[derive(Default)]
+struct Frames {
+    payload: Option<Rc<[u8]>>,
+    plain: Option<Rc<[u8]>>,
+    /// The window it was compressed with, and the frame.
+    compressed: Option<(u8, Rc<[u8]>)>,
+}
+
+impl Frames {
+    fn get(&mut self, payload: &Rc<[u8]>, deflate: Option<u8>) -> Rc<[u8]> {
+        // Holding the payload keeps its address from being reused.
+        if !self
+            .payload
+            .as_ref()
+            .is_some_and(|p| Rc::ptr_eq(p, payload))
+        {
+            *self = Frames {
+                payload: Some(Rc::clone(payload)),
+                ..Frames::default()
+            };
+        }
+        match deflate {
+            None => Rc::clone(self.plain.get_or_insert_with(|| text_frame(payload, false))),
+            Some(bits) => match &self.compressed {
+                Some((b, f)) if *b == bits => Rc::clone(f),
+                _ => {
+                    let mut z = Vec::with_capacity(payload.len() / 2 + 16);
+                    deflate::compress(payload, bits, &mut z);
+                    let f = text_frame(&z, true);
+                    self.compressed = Some((bits, Rc::clone(&f)));
+                    f
+                }
+            },
+        }
+    }
+}
+
+/// One complete text frame of `payload`, in one exact allocation.
+fn text_frame(payload: &[u8], compressed: bool) -> Rc<[u8]> {
+    let mut hdr = [0u8; MAX_HEADER_LEN];
+    let n = encode_header(&mut hdr, true, OpCode::Text, payload.len() as u64, None);
+    if compressed {
+        hdr[0] |= 0x40;
+    }
+    // An exact-size iterator: one allocation, no intermediate buffer.
+    hdr[..n].iter().chain(payload).copied().collect()
 }
 
 impl Outbox for ServerOutbox<'_> {
-    fn send(&mut self, to: ConnId, frame: &Rc<[u8]>) {
+    fn send(&mut self, to: ConnId, payload: &Rc<[u8]>) {
         let Some(c) = self.conns.get_mut(to) else {
             return;
         };
@@ -1595,7 +1702,10 @@ impl Outbox for ServerOutbox<'_> {
             self.closes.push((to, 1008, SLOW_CONSUMER.to_string()));
             return;
         }
-        c.out.push(Chunk::Shared(Rc::clone(frame)));
+        let deflate = ws
+            .deflate
+            .filter(|_| payload.len() >= self.deflate_threshold);
+        c.out.push(Chunk::Shared(self.frames.get(payload, deflate)));
         if c.out.batch_just_filled() {
             // A burst (say presence for a thousand joins in one turn) would
             // otherwise pile up queue entries for every member until the end
@@ -1669,5 +1779,40 @@ mod tests {
         // without TLS it costs those 8 bytes and nothing more.
         assert!(std::mem::size_of::<super::Conn>() <= 152);
         assert!(std::mem::size_of::<crate::ws::receive::Receiver>() <= 64);
+    }
+
+    /// The outbox frames the chat's payloads: shortest length form (RFC
+    /// 6455 §5.2), RSV1 only on compressed ones (RFC 7692 §6).
+    #[test]
+    fn text_frames_of_every_length_form() {
+        for (len, hdr) in [
+            (0usize, 2usize),
+            (125, 2),
+            (126, 4),
+            (65535, 4),
+            (65536, 10),
+        ] {
+            let f = super::text_frame(&vec![b'x'; len], false);
+            assert_eq!(f.len(), hdr + len);
+            assert_eq!(f[0], 0x81);
+        }
+        assert_eq!(&super::text_frame(b"z", true)[..], b"\xc1\x01z");
+    }
+
+    /// One plain and one compressed frame per payload, whoever asks.
+    #[test]
+    fn frames_are_built_once_per_payload() {
+        let mut frames = super::Frames::default();
+        let p: std::rc::Rc<[u8]> =
+            std::rc::Rc::from(&b"{\"type\":\"message\",\"text\":\"hello hello hello\"}"[..]);
+        let a = frames.get(&p, Some(15));
+        let b = frames.get(&p, None);
+        let c = frames.get(&p, Some(15));
+        let d = frames.get(&p, None);
+        assert!(std::rc::Rc::ptr_eq(&a, &c) && std::rc::Rc::ptr_eq(&b, &d));
+        assert_eq!(a[0], 0xc1);
+        assert_eq!(&b[2..], &p[..]);
+        let q: std::rc::Rc<[u8]> = std::rc::Rc::from(&b"other"[..]);
+        assert_eq!(&frames.get(&q, None)[2..], b"other");
     }
 }

@@ -11,7 +11,7 @@
 //! frame queued before it (§5.5.1: nothing follows a close). Neither control
 //! frames nor fences count against the output limit.
 
-use crate::ws::frame::{MAX_HEADER_LEN, OpCode, encode_frame};
+use crate::ws::frame::{MAX_HEADER_LEN, OpCode, encode_frame_rsv1};
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
@@ -121,7 +121,12 @@ impl WriteQueue {
 
     /// Queues a data frame, small ones encoded into a shared tail buffer.
     pub fn push_frame(&mut self, opcode: OpCode, payload: &[u8]) {
-        self.queue().push_frame(opcode, payload);
+        self.queue().push_frame(opcode, payload, false);
+    }
+
+    /// [`WriteQueue::push_frame`] for a compressed payload (RSV1 set).
+    pub fn push_compressed_frame(&mut self, opcode: OpCode, payload: &[u8]) {
+        self.queue().push_frame(opcode, payload, true);
     }
 
     /// Drops every data frame not yet started (before a close that must get
@@ -255,11 +260,11 @@ impl Queue {
 
     /// Queues a data frame, encoding it straight into the tail buffer when it
     /// is small: a burst of echoes costs one allocation and one iovec.
-    pub fn push_frame(&mut self, opcode: OpCode, payload: &[u8]) {
+    pub fn push_frame(&mut self, opcode: OpCode, payload: &[u8], compressed: bool) {
         let need = MAX_HEADER_LEN + payload.len();
         if need > COALESCE_LIMIT {
             let mut v = Vec::with_capacity(need);
-            encode_frame(&mut v, opcode, payload);
+            encode_frame_rsv1(&mut v, opcode, payload, compressed);
             self.push(Chunk::Owned(v));
             return;
         }
@@ -273,7 +278,7 @@ impl Queue {
             }
         };
         if let Some(Chunk::Coalesced(v)) = self.chunks.back_mut() {
-            encode_frame(v, opcode, payload);
+            encode_frame_rsv1(v, opcode, payload, compressed);
             self.data_pending += v.len() - before;
         }
     }

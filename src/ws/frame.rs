@@ -78,8 +78,17 @@ pub fn encode_header(
 
 /// Encodes a whole unmasked server frame (header and payload) into `out`.
 pub fn encode_frame(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8]) {
+    encode_frame_rsv1(out, opcode, payload, false);
+}
+
+/// [`encode_frame`], with RSV1 set when `compressed`: RFC 7692 §6, the
+/// "Per-Message Compressed" bit of a message's (here only) frame.
+pub fn encode_frame_rsv1(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8], compressed: bool) {
     let mut hdr = [0u8; MAX_HEADER_LEN];
     let n = encode_header(&mut hdr, true, opcode, payload.len() as u64, None);
+    if compressed {
+        hdr[0] |= 0x40;
+    }
     out.reserve(n + payload.len());
     out.extend_from_slice(&hdr[..n]);
     out.extend_from_slice(payload);

@@ -79,6 +79,8 @@ pub struct Request<'a> {
     /// read only from a trusted proxy (the server's business, not RFC 6455's).
     pub forwarded: Vec<&'a [u8]>,
     pub x_forwarded_for: Vec<&'a [u8]>,
+    /// Every `Sec-WebSocket-Extensions` value, in order (RFC 6455 §9.1).
+    pub extensions: Vec<&'a [u8]>,
 }
 
 impl<'a> Request<'a> {
@@ -109,6 +111,9 @@ impl<'a> Request<'a> {
                 continue;
             } else if name.eq_ignore_ascii_case("x-forwarded-for") {
                 out.x_forwarded_for.push(h.value);
+                continue;
+            } else if name.eq_ignore_ascii_case("sec-websocket-extensions") {
+                out.extensions.push(h.value);
                 continue;
             } else if name.eq_ignore_ascii_case("host") {
                 let v = std::str::from_utf8(h.value).map_err(|_| RequestError::Malformed)?;
@@ -250,14 +255,19 @@ pub fn check_upgrade(req: &Request<'_>) -> Result<String, HandshakeError> {
     }
 }
 
-/// The 101 answer (§4.2.2 item 5), with the selected subprotocol if any.
-pub fn response_101(accept: &str, protocol: Option<&str>) -> Vec<u8> {
+/// The 101 answer (§4.2.2 item 5), with the selected subprotocol and the
+/// accepted extensions (§9.1), if any.
+pub fn response_101(accept: &str, protocol: Option<&str>, extensions: Option<&str>) -> Vec<u8> {
     let mut r = Vec::with_capacity(160);
     r.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ");
     r.extend_from_slice(accept.as_bytes());
     if let Some(p) = protocol {
         r.extend_from_slice(b"\r\nSec-WebSocket-Protocol: ");
         r.extend_from_slice(p.as_bytes());
+    }
+    if let Some(e) = extensions {
+        r.extend_from_slice(b"\r\nSec-WebSocket-Extensions: ");
+        r.extend_from_slice(e.as_bytes());
     }
     r.extend_from_slice(b"\r\n\r\n");
     r
@@ -290,6 +300,19 @@ Origin: http://example.com\r\nSec-WebSocket-Protocol: chat, superchat\r\nSec-Web
         assert!(req.offers_protocol("superchat") && !req.offers_protocol("super"));
         assert_eq!(req.path(), "/chat");
         assert_eq!(req.origin, Some("http://example.com"));
+        assert!(req.extensions.is_empty());
+    }
+
+    #[test]
+    fn extension_offers_are_collected_in_order() {
+        let text = String::from_utf8(GOOD.to_vec()).unwrap().replace(
+            "Origin",
+            "Sec-WebSocket-Extensions: x-foo\r\nsec-websocket-extensions: permessage-deflate\r\nOrigin",
+        );
+        let req = Request::parse(text.as_bytes()).unwrap();
+        assert_eq!(req.extensions, vec![&b"x-foo"[..], b"permessage-deflate"]);
+        let r = response_101("k", None, Some("permessage-deflate"));
+        assert!(r.ends_with(b"\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n"));
     }
 
     fn refused(from: &str, to: &str) -> HandshakeError {

@@ -6,8 +6,10 @@
 //! - [`frame`]: the frame header codec and masking (§5.2, §5.3);
 //! - [`receive`]: frame parsing and message assembly (§5.4–§5.6, §6.2);
 //! - [`utf8`]: incremental UTF-8 validation (§8.1);
-//! - [`close`]: close codes and close frame bodies (§5.5.1, §7.4).
+//! - [`close`]: close codes and close frame bodies (§5.5.1, §7.4);
+//! - [`deflate`]: permessage-deflate (RFC 7692): negotiation and codec.
 pub mod close;
+pub mod deflate;
 pub mod frame;
 pub mod handshake;
 pub mod receive;

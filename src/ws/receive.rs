@@ -9,6 +9,7 @@
 //! actually received, never with the length a header announces.
 
 use super::close::{ClosePayloadError, parse_close_payload};
+use super::deflate::{InflateError, Inflater, TAIL};
 use super::frame::{MAX_HEADER_LEN, OpCode, apply_mask};
 use super::utf8::Utf8Validator;
 use std::ops::Deref;
@@ -82,6 +83,12 @@ pub enum ProtocolError {
     InvalidUtf8,
     /// §5.5.1, §7.4: a malformed close frame body.
     InvalidClose(ClosePayloadError),
+    /// RFC 7692 §6: RSV1 ("Per-Message Compressed") on a control frame or
+    /// on a continuation frame.
+    MisplacedRsv1,
+    /// RFC 7692 §7.2.2: a compressed message that does not inflate (close
+    /// 1007: data inconsistent with the message).
+    InvalidDeflate,
 }
 
 impl ProtocolError {
@@ -90,6 +97,7 @@ impl ProtocolError {
         match self {
             ProtocolError::MessageTooBig => 1009,
             ProtocolError::InvalidUtf8
+            | ProtocolError::InvalidDeflate
             | ProtocolError::InvalidClose(ClosePayloadError::InvalidReason) => 1007,
             _ => 1002,
         }
@@ -113,6 +121,8 @@ impl ProtocolError {
             ProtocolError::InvalidClose(ClosePayloadError::InvalidReason) => {
                 "invalid UTF-8 in close reason"
             }
+            ProtocolError::MisplacedRsv1 => "RSV1 on a control or continuation frame",
+            ProtocolError::InvalidDeflate => "invalid compressed data",
         }
     }
 }
@@ -146,6 +156,8 @@ enum State {
 struct Held {
     message: Vec<u8>,
     control: Vec<u8>,
+    /// The inflater of a compressed message in progress (RFC 7692 §7.2.2).
+    inflater: Option<Inflater>,
 }
 
 /// Frame decoder and message assembler for the server side of a connection.
@@ -161,6 +173,10 @@ pub struct Receiver {
     /// Bytes announced so far by the open message's frames.
     message_len: u64,
     utf8: Utf8Validator,
+    /// permessage-deflate was negotiated: RSV1 may mark a message compressed.
+    deflate: bool,
+    /// The open data message is compressed (RSV1 on its first frame).
+    compressed: bool,
     /// Payload bytes held between reads; boxed so that an idle connection
     /// pays one pointer for it.
     held: Option<Box<Held>>,
@@ -177,8 +193,17 @@ impl Receiver {
             message: None,
             message_len: 0,
             utf8: Utf8Validator::new(),
+            deflate: false,
+            compressed: false,
             held: None,
         }
+    }
+
+    /// Lets RSV1 mark compressed messages (RFC 7692 §6), once the handshake
+    /// negotiated permessage-deflate.
+    pub fn with_deflate(mut self, on: bool) -> Self {
+        self.deflate = on;
+        self
     }
 
     /// Whether a message is partly received (for the server's buffer accounting).
@@ -263,6 +288,27 @@ impl Receiver {
                 };
             }
 
+            // RFC 7692 §7.2.2: a compressed message is inflated as it arrives.
+            if self.compressed {
+                match self.inflate_frame(&input[start..pos], done && frame.fin) {
+                    Err(e) => return (pos, Err(self.fail(e))),
+                    Ok(None) if !done => return (pos, Ok(None)),
+                    Ok(None) => {
+                        self.frame = None;
+                        continue;
+                    }
+                    Ok(Some(v)) => {
+                        self.frame = None;
+                        self.message_len = 0;
+                        let ev = if self.message.take() == Some(OpCode::Text) {
+                            Event::Text(Payload::Owned(v))
+                        } else {
+                            Event::Binary(Payload::Owned(v))
+                        };
+                        return (pos, Ok(Some(ev)));
+                    }
+                }
+            }
             // A data frame (§5.6): check text as it arrives, not at the end.
             if self.message == Some(OpCode::Text) && self.utf8.feed(&input[start..pos]).is_err() {
                 return (pos, Err(self.fail(ProtocolError::InvalidUtf8)));
@@ -301,6 +347,47 @@ impl Receiver {
             };
             return (pos, Ok(Some(ev)));
         }
+    }
+
+    /// Inflates a compressed message's payload bytes as they arrive: the
+    /// inflated bytes count against the message limit as they appear (1009
+    /// before they are buffered) and text is checked on them (§8.1). `last`:
+    /// these end the message, so the tail goes in behind them (§7.2.2).
+    fn inflate_frame(&mut self, data: &[u8], last: bool) -> Result<Option<Vec<u8>>, ProtocolError> {
+        let limit = usize::try_from(self.max_message_size).unwrap_or(usize::MAX);
+        let held = self.held.get_or_insert_with(Box::default);
+        let inf = held.inflater.get_or_insert_with(Inflater::take);
+        let before = held.message.len();
+        inf.inflate(data, &mut held.message, limit)
+            .and_then(|()| {
+                if last {
+                    inf.inflate(&TAIL, &mut held.message, limit)
+                } else {
+                    Ok(())
+                }
+            })
+            .map_err(|e| match e {
+                InflateError::TooBig => ProtocolError::MessageTooBig,
+                InflateError::Invalid => ProtocolError::InvalidDeflate,
+            })?;
+        if self.message == Some(OpCode::Text) {
+            self.utf8
+                .feed(&held.message[before..])
+                .map_err(|_| ProtocolError::InvalidUtf8)?;
+            if last {
+                self.utf8.finish().map_err(|_| ProtocolError::InvalidUtf8)?;
+            }
+        }
+        if !last {
+            return Ok(None);
+        }
+        self.compressed = false;
+        if let Some(inf) = held.inflater.take() {
+            inf.give_back();
+        }
+        let v = std::mem::take(&mut held.message);
+        self.release_if_empty();
+        Ok(Some(v))
     }
 
     fn held(&mut self) -> &mut Held {
@@ -392,6 +479,9 @@ impl Receiver {
         if !opcode.is_control() {
             if opcode != OpCode::Continuation {
                 self.message = Some(opcode);
+                // RFC 7692 §6: RSV1 on the first frame marks the message
+                // compressed (checked allowed in `check_first_byte`).
+                self.compressed = b0 & 0x40 != 0;
             }
             // §10.4: refuse before buffering anything of an oversized message.
             self.message_len = self.message_len.saturating_add(len);
@@ -424,12 +514,17 @@ impl Receiver {
 
     fn check_first_byte(&self) -> Result<(), ProtocolError> {
         let b0 = self.hdr[0];
-        // §5.2: RSV1-3 "MUST be 0 unless an extension is negotiated".
-        if b0 & 0x70 != 0 {
+        // §5.2: RSV1-3 "MUST be 0 unless an extension is negotiated";
+        // permessage-deflate owns RSV1 (RFC 7692 §6).
+        if b0 & 0x30 != 0 || (b0 & 0x40 != 0 && !self.deflate) {
             return Err(ProtocolError::ReservedBits);
         }
         let raw = b0 & 0x0f;
         let opcode = OpCode::from_u8(raw).ok_or(ProtocolError::ReservedOpcode(raw))?;
+        // RFC 7692 §6: never on control frames nor on continuations.
+        if b0 & 0x40 != 0 && (opcode.is_control() || opcode == OpCode::Continuation) {
+            return Err(ProtocolError::MisplacedRsv1);
+        }
         let fin = b0 & 0x80 != 0;
         if opcode.is_control() {
             if !fin {
@@ -529,7 +624,12 @@ pub enum Outcome {
 /// Feeds `input` to a fresh receiver in the chunks given by `cuts` (offsets
 /// into `input`) and collects the outcomes.
 pub fn run_chunked(max: usize, input: &[u8], cuts: &[usize]) -> Vec<Outcome> {
-    let mut rx = Receiver::new(max);
+    run_chunked_with(max, false, input, cuts)
+}
+
+/// [`run_chunked`] with permessage-deflate negotiated or not.
+pub fn run_chunked_with(max: usize, deflate: bool, input: &[u8], cuts: &[usize]) -> Vec<Outcome> {
+    let mut rx = Receiver::new(max).with_deflate(deflate);
     let mut out = Vec::new();
     let mut data = input.to_vec();
     let mut bounds: Vec<usize> = cuts.iter().copied().filter(|&c| c <= data.len()).collect();
@@ -717,6 +817,118 @@ mod tests {
                 Outcome::Text(b"first".to_vec()),
                 Outcome::Error(ProtocolError::ReservedOpcode(5))
             ]
+        );
+    }
+
+    fn deflated(payload: &[u8]) -> Vec<u8> {
+        let mut z = Vec::new();
+        crate::ws::deflate::compress(payload, 15, &mut z);
+        z
+    }
+
+    /// A compressed frame: RSV1 set (RFC 7692 §6).
+    fn rsv1(mut f: Vec<u8>) -> Vec<u8> {
+        f[0] |= 0x40;
+        f
+    }
+
+    fn with_deflate(input: &[u8]) -> Vec<Outcome> {
+        let whole = run_chunked_with(1 << 20, true, input, &[]);
+        for a in 0..=input.len() {
+            assert_eq!(
+                run_chunked_with(1 << 20, true, input, &[a]),
+                whole,
+                "split at {a}"
+            );
+        }
+        whole
+    }
+
+    #[test]
+    fn compressed_message_fragmented_with_a_ping_between() {
+        let text = "Hello é, hello hello hello!".repeat(3);
+        let z = deflated(text.as_bytes());
+        let (a, b) = z.split_at(z.len() / 2);
+        let mut input = rsv1(client_frame(false, 1, a, K));
+        input.extend(client_frame(true, 9, b"p", K));
+        input.extend(client_frame(false, 0, &b[..1], K));
+        input.extend(client_frame(true, 0, &b[1..], K));
+        // An uncompressed message on the same connection.
+        input.extend(client_frame(true, 2, b"plain", K));
+        assert_eq!(
+            with_deflate(&input),
+            vec![
+                Outcome::Ping(b"p".to_vec()),
+                Outcome::Text(text.into_bytes()),
+                Outcome::Binary(b"plain".to_vec()),
+            ]
+        );
+    }
+
+    #[test]
+    fn rsv1_rules() {
+        let z = deflated(b"x");
+        // Not negotiated: RSV1 is a reserved bit like the others (§5.2).
+        assert_eq!(
+            run_chunked(1 << 20, &rsv1(client_frame(true, 1, &z, K)), &[]),
+            vec![Outcome::Error(ProtocolError::ReservedBits)]
+        );
+        // RFC 7692 §6: never on control frames nor continuations.
+        let cases = [
+            rsv1(client_frame(true, 9, b"", K)),
+            [
+                client_frame(false, 1, b"a", K),
+                rsv1(client_frame(true, 0, b"b", K)),
+            ]
+            .concat(),
+            [
+                rsv1(client_frame(false, 1, &z, K)),
+                rsv1(client_frame(true, 0, b"", K)),
+            ]
+            .concat(),
+        ];
+        for input in cases {
+            assert_eq!(
+                with_deflate(&input).last(),
+                Some(&Outcome::Error(ProtocolError::MisplacedRsv1))
+            );
+        }
+        // RSV2 and RSV3 stay reserved.
+        assert_eq!(
+            with_deflate(&[0xA1, 0x80, 0, 0, 0, 0]),
+            vec![Outcome::Error(ProtocolError::ReservedBits)]
+        );
+        assert_eq!(ProtocolError::MisplacedRsv1.close_code(), 1002);
+    }
+
+    #[test]
+    fn compressed_bomb_is_refused_at_the_limit() {
+        let z = deflated(&vec![0u8; 1 << 20]);
+        let f = rsv1(client_frame(true, 2, &z, K));
+        assert!(f.len() < 2000);
+        assert_eq!(
+            run_chunked_with(64 * 1024, true, &f, &[]),
+            vec![Outcome::Error(ProtocolError::MessageTooBig)]
+        );
+        // Within the limit, the same message is delivered whole.
+        assert_eq!(
+            run_chunked_with(1 << 20, true, &f, &[]),
+            vec![Outcome::Binary(vec![0; 1 << 20])]
+        );
+    }
+
+    #[test]
+    fn compressed_errors_map_to_their_close_codes() {
+        let bad = rsv1(client_frame(true, 2, b"\xff\xff\xff\xff", K));
+        assert_eq!(
+            with_deflate(&bad),
+            vec![Outcome::Error(ProtocolError::InvalidDeflate)]
+        );
+        assert_eq!(ProtocolError::InvalidDeflate.close_code(), 1007);
+        let not_utf8 = rsv1(client_frame(true, 1, &deflated(b"ok \xc0\xaf"), K));
+        assert_eq!(
+            with_deflate(&not_utf8),
+            vec![Outcome::Error(ProtocolError::InvalidUtf8)]
         );
     }
 

@@ -341,3 +341,92 @@ pub fn client(server: &Server, path: &str) -> tungstenite::WebSocket<TcpStream> 
     let (ws, _resp) = tungstenite::client(server.url(path), stream).expect("tungstenite handshake");
     ws
 }
+
+// ---- permessage-deflate (RFC 7692), with flate2 directly ------------------
+
+/// What Chromium offers (RFC 7692 §7.1.2.2: `client_max_window_bits`
+/// without a value says the client supports the parameter).
+pub const CHROMIUM_OFFER: &str =
+    "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n";
+
+/// Compresses one message as a client would (§7.2.1): raw DEFLATE, a sync
+/// flush, its `00 00 ff ff` tail removed.
+pub fn deflate_raw(data: &[u8]) -> Vec<u8> {
+    use flate2::{Compress, Compression, FlushCompress};
+    let mut c = Compress::new(Compression::default(), false);
+    let mut out = Vec::with_capacity(data.len() + 64);
+    c.compress_vec(data, &mut out, FlushCompress::Sync).unwrap();
+    while (c.total_in() as usize) < data.len() || out.len() == out.capacity() {
+        out.reserve(out.capacity());
+        let done = c.total_in() as usize;
+        c.compress_vec(&data[done..], &mut out, FlushCompress::Sync)
+            .unwrap();
+    }
+    assert!(out.ends_with(&[0, 0, 0xff, 0xff]));
+    out.truncate(out.len() - 4);
+    out
+}
+
+/// Inflates one message (§7.2.2: the tail appended first).
+pub fn inflate_raw(data: &[u8]) -> Vec<u8> {
+    let mut d = flate2::Decompress::new(false);
+    let mut input = data.to_vec();
+    input.extend_from_slice(&[0, 0, 0xff, 0xff]);
+    let mut out = Vec::with_capacity(data.len() * 8 + 1024);
+    loop {
+        let done = d.total_in() as usize;
+        d.decompress_vec(&input[done..], &mut out, flate2::FlushDecompress::Sync)
+            .expect("valid DEFLATE data from the server");
+        if d.total_in() as usize == input.len() && out.len() < out.capacity() {
+            return out;
+        }
+        out.reserve(out.capacity());
+    }
+}
+
+/// A masked client frame with RSV1 ("Per-Message Compressed", RFC 7692 §6).
+pub fn frame_rsv1(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mut f = frame(fin, opcode, payload);
+    f[0] |= 0x40;
+    f
+}
+
+/// Reads one server frame with its RSV1 bit: (fin, rsv1, opcode, payload).
+pub fn read_frame_rsv(s: &mut TcpStream) -> std::io::Result<(bool, bool, u8, Vec<u8>)> {
+    let mut b0 = [0u8; 1];
+    s.read_exact(&mut b0)?;
+    assert_eq!(b0[0] & 0x30, 0, "RSV2 and RSV3 are never set");
+    let (fin, opcode, payload) = read_frame_from(b0[0], s)?;
+    Ok((fin, b0[0] & 0x40 != 0, opcode, payload))
+}
+
+fn read_frame_from(b0: u8, s: &mut TcpStream) -> std::io::Result<(bool, u8, Vec<u8>)> {
+    let mut b1 = [0u8; 1];
+    s.read_exact(&mut b1)?;
+    assert_eq!(b1[0] & 0x80, 0, "server frames must not be masked");
+    let len = match b1[0] & 0x7f {
+        126 => {
+            let mut b = [0u8; 2];
+            s.read_exact(&mut b)?;
+            u16::from_be_bytes(b) as usize
+        }
+        127 => {
+            let mut b = [0u8; 8];
+            s.read_exact(&mut b)?;
+            u64::from_be_bytes(b) as usize
+        }
+        n => n as usize,
+    };
+    let mut payload = vec![0u8; len];
+    s.read_exact(&mut payload)?;
+    Ok((b0 & 0x80 != 0, b0 & 0x0f, payload))
+}
+
+/// The `Sec-WebSocket-Extensions` value of a response head, if any.
+pub fn extensions_header(head: &str) -> Option<&str> {
+    head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case("sec-websocket-extensions")
+            .then(|| v.trim())
+    })
+}
