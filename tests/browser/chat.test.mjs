@@ -184,11 +184,29 @@ async function scenario() {
     });
   }
 
+  // The 101 answers as Chromium saw them (DevTools protocol), to check that
+  // permessage-deflate (RFC 7692) was negotiated.
+  const handshakes = [];
+  const cdp = await ctxA.newCDPSession(alice);
+  await cdp.send('Network.enable');
+  cdp.on('Network.webSocketHandshakeResponseReceived', (e) => handshakes.push(e.response));
+
   await check('alice picks a nickname and goes online', () => signIn(alice, base, 'alice'));
   await check('bob picks a nickname and goes online', () => signIn(bob, base, 'bob'));
   await check('the default room #general is joined', async () => {
     await alice.locator('[data-testid="room-entry"][data-room="general"]').waitFor({ timeout: STEP_TIMEOUT });
     await memberPresent(alice, 'bob');
+  });
+  await check('Chromium negotiated permessage-deflate (the 101 headers)', async () => {
+    const deadline = Date.now() + STEP_TIMEOUT;
+    const ext = () => handshakes
+      .filter((r) => r.status === 101)
+      .map((r) => Object.entries(r.headers).find(([k]) => k.toLowerCase() === 'sec-websocket-extensions')?.[1] || '')
+      .find((v) => /permessage-deflate/.test(v));
+    while (!ext() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    const v = ext();
+    if (!v) throw new Error(`no permessage-deflate in ${JSON.stringify(handshakes.map((r) => r.headers))}`);
+    if (!/server_no_context_takeover/.test(v) || !/client_no_context_takeover/.test(v)) throw new Error(`answer: ${v}`);
   });
   await check('alice joins #team', () => joinRoom(alice, 'team'));
   await check('bob joins #team', () => joinRoom(bob, 'team'));
@@ -203,6 +221,11 @@ async function scenario() {
   await check('bob → alice (send button): alice sees the message once', async () => {
     await say(bob, 'Yes — the reconnect logic looks solid. Details: https://example.org/notes', { button: true });
     await seesOnce(alice, 'Yes — the reconnect logic looks solid. Details: https://example.org/notes');
+  });
+  await check('a long message (compressed both ways) arrives once', async () => {
+    const long = 'A longer message, long enough to be compressed by both ends of the connection: ' + 'la '.repeat(80) + 'end.';
+    await say(alice, long);
+    await seesOnce(bob, long);
   });
   await check('links are made clickable safely', async () => {
     const a = alice.locator('[data-testid="message-text"] a[href="https://example.org/notes"]');

@@ -4,10 +4,12 @@
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
+use wschat::ws::deflate;
 use wschat::ws::frame::OpCode;
 
 use crate::wire::{self, DecodeError, HandshakeError, XorShift};
@@ -16,6 +18,9 @@ use crate::wire::{self, DecodeError, HandshakeError, XorShift};
 pub const MAX_MESSAGE: usize = 16 << 20;
 /// Size of the per-thread read buffer: large reads, few syscalls.
 const SCRATCH: usize = 256 * 1024;
+
+/// `--deflate`: every connection offers permessage-deflate (set once at start).
+pub static OFFER_DEFLATE: AtomicBool = AtomicBool::new(false);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum State {
@@ -39,7 +44,13 @@ pub enum CloseReason {
 
 pub enum Event<'a> {
     Open,
-    Message { opcode: OpCode, payload: &'a [u8] },
+    /// `compressed`: a compressed message this connection does not inflate
+    /// (see `Conn::inflate`); its payload is the compressed bytes.
+    Message {
+        opcode: OpCode,
+        payload: &'a [u8],
+        compressed: bool,
+    },
     Closed(CloseReason),
 }
 
@@ -56,6 +67,12 @@ pub struct Conn {
     wpos: usize,
     frag: Vec<u8>,
     frag_op: Option<OpCode>,
+    frag_rsv1: bool,
+    /// permessage-deflate was negotiated: data frames go compressed.
+    pub deflate: bool,
+    /// Inflate compressed messages (a broadcast inflates on a sample only).
+    pub inflate: bool,
+    zbuf: Vec<u8>,
     accept: String,
     rng: XorShift,
     in_dirty: bool,
@@ -77,7 +94,13 @@ impl Conn {
         let accept = wire::accept_for(&key);
         // Queued now, written once the connect completes.
         let mut wbuf = Vec::new();
-        wire::push_request(&mut wbuf, host, &path, &key);
+        wire::push_request(
+            &mut wbuf,
+            host,
+            &path,
+            &key,
+            OFFER_DEFLATE.load(Ordering::Relaxed),
+        );
         Conn {
             stream,
             state: State::Connecting,
@@ -89,6 +112,10 @@ impl Conn {
             wpos: 0,
             frag: Vec::new(),
             frag_op: None,
+            frag_rsv1: false,
+            deflate: false,
+            inflate: true,
+            zbuf: Vec::new(),
             accept,
             rng,
             in_dirty: false,
@@ -112,9 +139,58 @@ impl Conn {
     }
 
     /// Queues one masked data or control frame; flushed at the end of the turn.
+    /// Data frames are compressed when permessage-deflate was negotiated.
     pub fn send(&mut self, opcode: OpCode, payload: &[u8]) {
         let key = self.rng.mask_key();
-        wire::push_frame(&mut self.wbuf, opcode, payload, key);
+        if self.deflate && !opcode.is_control() {
+            self.zbuf.clear();
+            deflate::compress(payload, 15, &mut self.zbuf);
+            let start = self.wbuf.len();
+            wire::push_frame(&mut self.wbuf, opcode, &self.zbuf, key);
+            // RFC 7692 §6: RSV1 marks the message compressed.
+            self.wbuf[start] |= 0x40;
+        } else {
+            wire::push_frame(&mut self.wbuf, opcode, payload, key);
+        }
+    }
+
+    /// Delivers one whole message, inflated if it is compressed and this
+    /// connection inflates.
+    fn deliver(
+        &mut self,
+        opcode: OpCode,
+        p: &[u8],
+        rsv1: bool,
+        on: &mut dyn FnMut(&mut Conn, Event<'_>),
+    ) -> bool {
+        if rsv1 && !self.deflate {
+            self.close(on, CloseReason::Protocol(DecodeError::ReservedBits));
+            return false;
+        }
+        if rsv1 && self.inflate {
+            let Ok(v) = deflate::inflate_message(p, MAX_MESSAGE) else {
+                self.close(on, CloseReason::Protocol(DecodeError::BadControl));
+                return false;
+            };
+            on(
+                self,
+                Event::Message {
+                    opcode,
+                    payload: &v,
+                    compressed: false,
+                },
+            );
+        } else {
+            on(
+                self,
+                Event::Message {
+                    opcode,
+                    payload: p,
+                    compressed: rsv1,
+                },
+            );
+        }
+        true
     }
 
     /// Queues a close frame (RFC 6455 §5.5.1) and stops reading data.
@@ -272,6 +348,8 @@ impl Conn {
                 Ok(None) => return 0,
                 Ok(Some(n)) => {
                     used = n;
+                    self.deflate =
+                        OFFER_DEFLATE.load(Ordering::Relaxed) && wire::accepts_deflate(&buf[..n]);
                     self.state = State::Open;
                     on(self, Event::Open);
                 }
@@ -298,15 +376,14 @@ impl Conn {
                     self.close(on, CloseReason::Protocol(DecodeError::BadControl));
                     return buf.len();
                 }
-                OpCode::Text | OpCode::Binary if f.fin => on(
-                    self,
-                    Event::Message {
-                        opcode: f.opcode,
-                        payload: p,
-                    },
-                ),
+                OpCode::Text | OpCode::Binary if f.fin => {
+                    if !self.deliver(f.opcode, p, f.rsv1, on) {
+                        return buf.len();
+                    }
+                }
                 OpCode::Text | OpCode::Binary => {
                     self.frag_op = Some(f.opcode);
+                    self.frag_rsv1 = f.rsv1;
                     self.frag.extend_from_slice(p);
                 }
                 OpCode::Continuation => {
@@ -323,13 +400,9 @@ impl Conn {
                     if f.fin {
                         let whole = std::mem::take(&mut self.frag);
                         self.frag_op = None;
-                        on(
-                            self,
-                            Event::Message {
-                                opcode: op,
-                                payload: &whole,
-                            },
-                        );
+                        if !self.deliver(op, &whole, self.frag_rsv1, on) {
+                            return buf.len();
+                        }
                         self.frag = whole;
                         self.frag.clear();
                     }

@@ -81,7 +81,9 @@ impl Handler for Echo {
                     self.fill(c, now);
                 }
             }
-            Event::Message { opcode, payload } => {
+            Event::Message {
+                opcode, payload, ..
+            } => {
                 if !self.verify(c, opcode, payload) {
                     self.stats.verify_failed += 1;
                 }

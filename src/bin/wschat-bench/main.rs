@@ -77,6 +77,11 @@ pub struct Common {
     /// (automatic past 25,000 connections, the limit of one source address's ports).
     #[arg(long)]
     pub spread_sources: bool,
+    /// Offer permessage-deflate as Chromium does; once accepted, client
+    /// messages go compressed and server messages are inflated (in a
+    /// broadcast, by one receiver in ten).
+    #[arg(long)]
+    pub deflate: bool,
 }
 
 #[derive(Args)]
@@ -422,6 +427,12 @@ fn ids_for(thread: usize, threads: usize, n: usize) -> impl Iterator<Item = usiz
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
+    let deflate = match &cli.scenario {
+        Scenario::Echo(a) => a.common.deflate,
+        Scenario::Broadcast(a) => a.common.deflate,
+        Scenario::Idle(a) => a.common.deflate,
+    };
+    conn::OFFER_DEFLATE.store(deflate, std::sync::atomic::Ordering::Relaxed);
     let nofile = sys::raise_nofile();
     let (report, json) = match cli.scenario {
         Scenario::Echo(a) => {
@@ -509,7 +520,13 @@ fn main() {
             );
             let mut r = base_report(scenario, n, &a.common, &st, &s);
             r.sent = Some(st.sent);
-            let expected = st.sent.saturating_mul(a.receivers as u64);
+            // With deflate only the inflating sample sees what it gets.
+            let checked = if a.common.deflate {
+                a.receivers.div_ceil(broadcast::INFLATE_SAMPLE)
+            } else {
+                a.receivers
+            };
+            let expected = st.sent.saturating_mul(checked as u64);
             r.lost = Some(expected as i64 - st.window_deliveries as i64);
             (r, a.common.json)
         }

@@ -68,6 +68,8 @@ pub fn push_frame(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8], key: [u8; 4
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Frame {
     pub fin: bool,
+    /// RFC 7692 §6: a compressed message's first frame.
+    pub rsv1: bool,
     pub opcode: OpCode,
     /// Offset of the payload from the start of the frame.
     pub payload_start: usize,
@@ -102,7 +104,9 @@ pub fn decode_frame(buf: &[u8], max_payload: usize) -> Result<Option<Frame>, Dec
     }
     let b0 = buf[0];
     let b1 = buf[1];
-    if b0 & 0x70 != 0 {
+    // RSV1 is permessage-deflate's (RFC 7692 §6); the caller checks it was
+    // negotiated.
+    if b0 & 0x30 != 0 {
         return Err(DecodeError::ReservedBits);
     }
     let opcode = OpCode::from_u8(b0 & 0x0F).ok_or(DecodeError::BadOpcode(b0 & 0x0F))?;
@@ -139,6 +143,7 @@ pub fn decode_frame(buf: &[u8], max_payload: usize) -> Result<Option<Frame>, Dec
     }
     Ok(Some(Frame {
         fin,
+        rsv1: b0 & 0x40 != 0,
         opcode,
         payload_start: hlen,
         payload_len: len,
@@ -221,14 +226,29 @@ pub fn accept_for(key: &str) -> String {
 }
 
 /// Appends the opening handshake request (RFC 6455 §4.1).
-pub fn push_request(out: &mut Vec<u8>, host: &str, path: &str, key: &str) {
+/// With `deflate`, offers what Chromium offers (RFC 7692 §7.1.2.2).
+pub fn push_request(out: &mut Vec<u8>, host: &str, path: &str, key: &str, deflate: bool) {
     use std::io::Write;
+    let ext = if deflate {
+        "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+    } else {
+        ""
+    };
     // Writing into a Vec cannot fail.
     let _ = write!(
         out,
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{ext}\r\n"
     );
+}
+
+/// Whether a response head accepted permessage-deflate.
+pub fn accepts_deflate(head: &[u8]) -> bool {
+    find(
+        &head.to_ascii_lowercase(),
+        b"\nsec-websocket-extensions: permessage-deflate",
+    )
+    .is_some()
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -403,8 +423,10 @@ mod tests {
         masked[1] |= 0x80;
         assert_eq!(decode_frame(&masked, 100), Err(DecodeError::Masked));
         let mut rsv = server_frame(OpCode::Text, true, b"hi");
-        rsv[0] |= 0x40;
+        rsv[0] |= 0x20;
         assert_eq!(decode_frame(&rsv, 100), Err(DecodeError::ReservedBits));
+        rsv[0] ^= 0x60;
+        assert!(decode_frame(&rsv, 100).unwrap().unwrap().rsv1);
         assert_eq!(
             decode_frame(&[0x83, 0], 100),
             Err(DecodeError::BadOpcode(3))
