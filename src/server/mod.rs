@@ -1483,6 +1483,7 @@ impl Server {
         if self.now >= self.next_trim {
             self.next_trim = self.now + TRIM_EVERY_MS;
             queue::release_spares();
+            deflate::release_pools();
             if let Some(trim) = self.memory_trim {
                 trim();
             }

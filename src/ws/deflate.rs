@@ -288,8 +288,11 @@ pub fn negotiate(values: &[&[u8]]) -> Option<Params> {
 /// zlib's default level: chat-sized JSON compresses 10–20% better than at
 /// level 1, at a cost that is paid once per broadcast.
 const LEVEL: u32 = 6;
-/// Compressors and inflaters kept for the next message.
-const POOL: usize = 4;
+/// Compressors kept for the next message: one per window size in use, and
+/// all but one window size is rare (a compressor is about 300 KiB).
+const COMPRESSOR_POOL: usize = 2;
+/// Inflaters kept (about 40 KiB each once their window is allocated).
+const INFLATER_POOL: usize = 4;
 
 thread_local! {
     static COMPRESSORS: RefCell<Vec<(u8, Compress)>> = const { RefCell::new(Vec::new()) };
@@ -333,10 +336,17 @@ pub fn compress(payload: &[u8], window_bits: u8, out: &mut Vec<u8>) {
     }
     c.reset();
     COMPRESSORS.with_borrow_mut(|pool| {
-        if pool.len() < POOL {
+        if pool.len() < COMPRESSOR_POOL {
             pool.push((bits, c));
         }
     });
+}
+
+/// Frees the pooled compressors and inflaters (the server does so when it
+/// trims the heap): an idle server holds no zlib state.
+pub fn release_pools() {
+    COMPRESSORS.with_borrow_mut(|p| *p = Vec::new());
+    INFLATERS.with_borrow_mut(|p| *p = Vec::new());
 }
 
 /// Why a compressed message cannot be inflated.
@@ -373,7 +383,7 @@ impl Inflater {
     pub fn give_back(mut self) {
         self.d.reset(false);
         INFLATERS.with_borrow_mut(|pool| {
-            if pool.len() < POOL {
+            if pool.len() < INFLATER_POOL {
                 pool.push(self.d);
             }
         });
