@@ -221,7 +221,7 @@ impl<'a> Scanner<'a> {
 /// `extension *( "," extension )`, `extension = name *( ";" param )`,
 /// `param = token [ "=" ( token / quoted-string ) ]`. Empty list elements
 /// are skipped (RFC 9110 §5.6.1). A quoted value must unquote to a token
-/// (§9.1: "the value after quoted-string unescaping MUST conform to the
+/// (RFC 6455 §9.1: "the value after quoted-string unescaping MUST conform to the
 /// 'token' ABNF").
 pub fn parse_extensions(value: &[u8]) -> Result<Vec<Extension<'_>>, SyntaxError> {
     let mut sc = Scanner { s: value, i: 0 };
@@ -581,6 +581,30 @@ mod tests {
             assert!(z.len() < text.len());
             assert_eq!(inflate_message(&z, 1 << 20).unwrap(), text);
         }
+        // §7.2.1: no reference reaches further back than the agreed window.
+        // Random bytes repeated 1000 bytes apart: a 15-bit window finds the
+        // repeat, a 9-bit one (512 bytes) cannot, so nothing compresses.
+        let mut x = 0x2545_f491_u32;
+        let block: Vec<u8> = (0..1000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                x as u8
+            })
+            .collect();
+        let twice = [&block[..], &block[..]].concat();
+        let mut wide = Vec::new();
+        compress(&twice, 15, &mut wide);
+        let mut narrow = Vec::new();
+        compress(&twice, 9, &mut narrow);
+        assert!(
+            wide.len() < 1100 && narrow.len() > 1900,
+            "{} {}",
+            wide.len(),
+            narrow.len()
+        );
+        assert_eq!(inflate_message(&narrow, 4096).unwrap(), twice);
         let mut z = Vec::new();
         compress(b"", 15, &mut z);
         assert_eq!(inflate_message(&z, 10).unwrap(), b"");
