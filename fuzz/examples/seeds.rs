@@ -229,6 +229,27 @@ fn frames() {
         &[],
         &client_frame(true, 8, b"\x03\xec", KEY),
     );
+    // permessage-deflate negotiated (selector bit 3): a compressed message
+    // in two fragments with a ping between, then a compressed bomb against
+    // the 1000-byte limit.
+    let mut z = Vec::new();
+    wschat::ws::deflate::compress(
+        br#"{"type":"message","room":"general","text":"hello hello hello"}"#,
+        15,
+        &mut z,
+    );
+    let (a, b) = z.split_at(z.len() / 2);
+    let mut first = client_frame(false, 1, a, KEY);
+    first[0] |= 0x40; // RFC 7692 §6: RSV1 on the first frame
+    let mut deflated = first;
+    deflated.extend(client_frame(true, 9, b"p", KEY));
+    deflated.extend(client_frame(true, 0, b, KEY));
+    frames_seed("deflate-fragmented", DEFAULT | 8, &[3, 9], &deflated);
+    let mut bomb = Vec::new();
+    wschat::ws::deflate::compress(&[0; 5000], 15, &mut bomb);
+    let mut bomb = client_frame(true, 2, &bomb, KEY);
+    bomb[0] |= 0x40;
+    frames_seed("deflate-bomb", 5 | 8, &[], &bomb);
 }
 
 fn utf8() {

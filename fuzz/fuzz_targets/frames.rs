@@ -1,10 +1,11 @@
 //! Frame parsing and message assembly, differentially: however the bytes
-//! are chunked, `Receiver` must produce the same events and the same error.
+//! are chunked, `Receiver` must produce the same events and the same error,
+//! with permessage-deflate (RFC 7692) negotiated or not.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use wschat::ws::close::is_valid_received;
-use wschat::ws::receive::{Outcome, run_chunked};
+use wschat::ws::receive::{Outcome, run_chunked_with};
 
 /// Message size limits: tiny ones so the 1009 paths are hit with short
 /// inputs, and the server's default (64 KiB) and larger.
@@ -15,14 +16,21 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let max = MAXES[usize::from(sel % 8)];
+    // Bit 3: permessage-deflate negotiated, so RSV1 marks compressed
+    // messages that are inflated as they arrive.
+    let deflate = sel & 8 != 0;
     let (cuts, input) = wschat_fuzz::split(data);
 
-    let whole = run_chunked(max, input, &[]);
-    let chunked = run_chunked(max, input, &cuts);
+    let whole = run_chunked_with(max, deflate, input, &[]);
+    let chunked = run_chunked_with(max, deflate, input, &cuts);
     assert_eq!(chunked, whole, "chunking {cuts:?} changed the outcome");
     if input.len() <= 256 {
         let bytewise: Vec<usize> = (0..input.len()).collect();
-        assert_eq!(run_chunked(max, input, &bytewise), whole, "byte by byte");
+        assert_eq!(
+            run_chunked_with(max, deflate, input, &bytewise),
+            whole,
+            "byte by byte"
+        );
     }
 
     // What any outcome must look like.
