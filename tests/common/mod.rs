@@ -286,29 +286,9 @@ pub fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
 
 /// Reads one server frame: (fin, opcode, payload). Panics on a masked frame.
 pub fn read_frame(s: &mut TcpStream) -> std::io::Result<(bool, u8, Vec<u8>)> {
-    let mut h = [0u8; 2];
-    s.read_exact(&mut h)?;
-    assert_eq!(
-        h[1] & 0x80,
-        0,
-        "server frames must not be masked (RFC 6455 §5.1)"
-    );
-    let len = match h[1] & 0x7f {
-        126 => {
-            let mut b = [0u8; 2];
-            s.read_exact(&mut b)?;
-            u16::from_be_bytes(b) as usize
-        }
-        127 => {
-            let mut b = [0u8; 8];
-            s.read_exact(&mut b)?;
-            u64::from_be_bytes(b) as usize
-        }
-        n => n as usize,
-    };
-    let mut payload = vec![0u8; len];
-    s.read_exact(&mut payload)?;
-    Ok((h[0] & 0x80 != 0, h[0] & 0x0f, payload))
+    let mut b0 = [0u8; 1];
+    s.read_exact(&mut b0)?;
+    read_frame_from(b0[0], s)
 }
 
 /// Reads frames until a close frame; returns its status code (None if empty).
@@ -403,7 +383,11 @@ pub fn read_frame_rsv(s: &mut TcpStream) -> std::io::Result<(bool, bool, u8, Vec
 fn read_frame_from(b0: u8, s: &mut TcpStream) -> std::io::Result<(bool, u8, Vec<u8>)> {
     let mut b1 = [0u8; 1];
     s.read_exact(&mut b1)?;
-    assert_eq!(b1[0] & 0x80, 0, "server frames must not be masked");
+    assert_eq!(
+        b1[0] & 0x80,
+        0,
+        "server frames must not be masked (RFC 6455 §5.1)"
+    );
     let len = match b1[0] & 0x7f {
         126 => {
             let mut b = [0u8; 2];
