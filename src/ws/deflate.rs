@@ -319,12 +319,14 @@ pub fn compress(payload: &[u8], window_bits: u8, out: &mut Vec<u8>) {
     let base = c.total_in();
     loop {
         let done = (c.total_in() - base) as usize;
-        // Only a full output buffer stops zlib short; anything else is a
-        // bug of ours, and a message sent uncompressed is still correct.
+        // zlib fails only on a corrupted stream state, which it never
+        // reaches here; should it, the message goes in stored blocks.
         if c.compress_vec(&payload[done..], out, FlushCompress::Sync)
             .is_err()
         {
-            break;
+            out.truncate(start);
+            stored(payload, out);
+            return;
         }
         if (c.total_in() - base) as usize == payload.len() && out.len() < out.capacity() {
             break;
@@ -340,6 +342,21 @@ pub fn compress(payload: &[u8], window_bits: u8, out: &mut Vec<u8>) {
             pool.push((bits, c));
         }
     });
+}
+
+/// `payload` as DEFLATE stored blocks (RFC 1951 §3.2.4), ending as a sync
+/// flush does once its tail is removed (§7.2.1): valid for any window.
+fn stored(payload: &[u8], out: &mut Vec<u8>) {
+    for chunk in payload.chunks(usize::from(u16::MAX)) {
+        let len = chunk.len() as u16;
+        // BFINAL 0, BTYPE 00, padding; then LEN and NLEN, little-endian.
+        out.push(0);
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&(!len).to_le_bytes());
+        out.extend_from_slice(chunk);
+    }
+    // The empty stored block whose LEN and NLEN are the removed tail.
+    out.push(0);
 }
 
 /// Frees the pooled compressors and inflaters (the server does so when it
@@ -614,6 +631,16 @@ mod tests {
         let mut b = Vec::new();
         compress(text, 15, &mut b);
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn the_stored_fallback_inflates() {
+        for len in [0, 1, 65535, 65536, 70000] {
+            let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let mut z = Vec::new();
+            stored(&data, &mut z);
+            assert_eq!(inflate_message(&z, 1 << 20).unwrap(), data, "{len}");
+        }
     }
 
     #[test]
