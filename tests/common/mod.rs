@@ -138,7 +138,7 @@ impl Server {
             .split_whitespace()
             .nth(3)
             .and_then(|a| a.trim_end_matches(';').parse().ok())
-            .unwrap_or_else(|| panic!("unexpected banner: {line:?}"));
+            .unwrap_or_else(|| panic!("unexpected banner: {line:?}{}", no_banner_hint(&line)));
         Server {
             child,
             addr,
@@ -246,6 +246,19 @@ fn spawn_failure(e: &std::io::Error) -> String {
         ),
         (_, Some(words)) => format!("cannot start {bin} with WSCHAT_TEST_RUNNER {words:?}: {e}"),
         _ => format!("cannot start {bin}: {e}"),
+    }
+}
+
+/// An empty banner with no runner set is what a foreign binary gives: the
+/// kernel refuses it (ENOEXEC) and the C library's fallback runs it as a
+/// shell script, which prints nothing.
+fn no_banner_hint(line: &str) -> &'static str {
+    if line.is_empty() && runner().is_none() {
+        ". If these tests run under an emulator (qemu-user) without binfmt_misc, \
+         set WSCHAT_TEST_RUNNER (e.g. \"qemu-aarch64 -L /usr/aarch64-linux-gnu\"), \
+         as tests/cross.sh does"
+    } else {
+        ""
     }
 }
 
