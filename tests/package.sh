@@ -106,7 +106,7 @@ elif [ "$INSTALL" = chroot ]; then
         mkdir -p "$chroot_dir/var/lib/wschat"
         chown 65534:65534 "$chroot_dir/var/lib/wschat"
         chroot --userspec=65534:65534 "$chroot_dir" sh -c \
-            "cd /var/lib/wschat && exec /usr/bin/wschat --addr 127.0.0.1:$PORT" \
+            "cd /var/lib/wschat && exec /usr/bin/wschat --addr 127.0.0.1:$PORT --data-dir /var/lib/wschat" \
             >"$ROOT/target/package-run.log" 2>&1 &
         pid=$!
     else
@@ -115,7 +115,7 @@ elif [ "$INSTALL" = chroot ]; then
 else
     xdir=$(mktemp -d)
     dpkg-deb -x "$deb" "$xdir"
-    "$xdir/usr/bin/wschat" --addr "127.0.0.1:$PORT" >"$ROOT/target/package-run.log" 2>&1 &
+    "$xdir/usr/bin/wschat" --addr "127.0.0.1:$PORT" --data-dir "$xdir/data" >"$ROOT/target/package-run.log" 2>&1 &
     pid=$!
 fi
 if [ -n "${pid:-}" ]; then
