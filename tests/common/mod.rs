@@ -220,6 +220,16 @@ fn runner() -> Option<Vec<String>> {
     (!words.is_empty()).then_some(words)
 }
 
+/// The socket safety net: six times longer for a server under an emulator,
+/// where floods of a few hundred thousand frames take longer than 10 s.
+pub fn io_timeout() -> Duration {
+    if runner().is_some() {
+        IO_TIMEOUT * 6
+    } else {
+        IO_TIMEOUT
+    }
+}
+
 /// The command that starts the server binary cargo built, behind the runner
 /// if one is set.
 fn server_command() -> Command {
@@ -272,8 +282,8 @@ impl Drop for Server {
 /// A plain TCP connection with the safety-net timeouts set.
 pub fn connect(addr: SocketAddr) -> TcpStream {
     let s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+    s.set_read_timeout(Some(io_timeout())).unwrap();
+    s.set_write_timeout(Some(io_timeout())).unwrap();
     s.set_nodelay(true).unwrap();
     s
 }
