@@ -11,6 +11,7 @@ mod addr;
 mod config;
 mod files;
 pub mod http;
+mod notify;
 mod queue;
 mod storage;
 mod tls;
@@ -215,6 +216,10 @@ pub struct Server {
     tls: Option<tls::Tls>,
     /// Scratch space for compressing an echo.
     zbuf: Vec<u8>,
+    /// systemd's notification socket, when run as a `Type=notify` service.
+    notifier: Option<notify::Notifier>,
+    /// When the next `WATCHDOG=1` is due (server clock, ms).
+    next_watchdog: u64,
 }
 
 fn ms(d: Duration) -> u64 {
@@ -361,6 +366,8 @@ impl Server {
             storage,
             tls,
             zbuf: Vec::new(),
+            notifier: notify::Notifier::from_env(),
+            next_watchdog: 0,
         })
     }
 
@@ -386,9 +393,14 @@ impl Server {
     /// Runs until a signal asks the server to stop and the connections are closed.
     pub fn run(mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
+        // Bound and registered: connections from here on are served (those
+        // that came since the bind wait in the backlog).
+        if let Some(n) = &self.notifier {
+            n.send(&format!("READY=1\nSTATUS=listening on {}", self.local_addr));
+        }
         loop {
             let timeout = if self.again.is_empty() && self.refill.is_empty() {
-                Duration::from_millis(self.next_sweep.saturating_sub(self.now))
+                Duration::from_millis(self.next_wake().saturating_sub(self.now))
             } else {
                 Duration::ZERO
             };
@@ -432,6 +444,7 @@ impl Server {
             // The turn's messages are committed before any of their copies
             // is queued: an acknowledgement means stored.
             self.commit_turn();
+            self.watchdog();
             self.flush_dirty();
             if let Some(deadline) = self.shutdown_deadline
                 && (self.conns.is_empty() || self.now >= deadline)
@@ -1490,6 +1503,28 @@ impl Server {
         }
     }
 
+    /// When the loop must wake without events: the next sweep, or the next
+    /// watchdog notice if that comes first.
+    fn next_wake(&self) -> u64 {
+        match self.notifier.as_ref().and_then(|n| n.watchdog_every()) {
+            Some(_) => self.next_sweep.min(self.next_watchdog),
+            None => self.next_sweep,
+        }
+    }
+
+    /// `WATCHDOG=1` from the loop's timer, every half of systemd's
+    /// `WatchdogSec`: a loop that stops turning is restarted by systemd.
+    fn watchdog(&mut self) {
+        let Some(n) = &self.notifier else { return };
+        let Some(every) = n.watchdog_every() else {
+            return;
+        };
+        if self.now >= self.next_watchdog {
+            n.send("WATCHDOG=1");
+            self.next_watchdog = self.now + ms(every).max(1);
+        }
+    }
+
     fn on_signal(&mut self) {
         let (hup, signals): (Vec<i32>, Vec<i32>) =
             self.signals.pending().partition(|&s| s == SIGHUP);
@@ -1507,6 +1542,9 @@ impl Server {
             "signal {}: closing connections (up to {:?})",
             signals[0], self.cfg.shutdown_timeout
         );
+        if let Some(n) = &self.notifier {
+            n.send("STOPPING=1\nSTATUS=closing connections");
+        }
         if let Some(mut l) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut l);
         }

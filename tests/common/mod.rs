@@ -56,6 +56,11 @@ impl Server {
     /// `--no-persist`, the server persists (the default) into a fresh
     /// temporary directory of its own.
     pub fn start(args: &[&str]) -> Server {
+        Server::start_env(args, &[])
+    }
+
+    /// `start` with extra environment variables for the server.
+    pub fn start_env(args: &[&str], env: &[(&str, &str)]) -> Server {
         let own = !args
             .iter()
             .any(|a| *a == "--data-dir" || *a == "--no-persist");
@@ -64,9 +69,9 @@ impl Server {
             Some(d) => {
                 let mut all = vec!["--data-dir", d.path().to_str().expect("UTF-8 path")];
                 all.extend_from_slice(args);
-                Server::spawn(&all)
+                Server::spawn(&all, env)
             }
-            None => Server::spawn(args),
+            None => Server::spawn(args, env),
         };
         server.own_dir = dir;
         server
@@ -76,13 +81,13 @@ impl Server {
     pub fn start_in(dir: &Path, args: &[&str]) -> Server {
         let mut all = vec!["--data-dir", dir.to_str().expect("UTF-8 path")];
         all.extend_from_slice(args);
-        Server::spawn(&all)
+        Server::spawn(&all, &[])
     }
 
     /// Runs `wschat --addr 127.0.0.1:0 ARGS…` expecting it to refuse to
     /// start: returns its exit status and what it wrote to stderr.
     pub fn refuse(args: &[&str]) -> (ExitStatus, String) {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wschat"))
+        let mut child = server_command()
             .arg("--addr")
             .arg("127.0.0.1:0")
             .args(args)
@@ -110,11 +115,12 @@ impl Server {
         (status, err)
     }
 
-    fn spawn(args: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wschat"))
+    fn spawn(args: &[&str], env: &[(&str, &str)]) -> Server {
+        let mut child = server_command()
             .arg("--addr")
             .arg("127.0.0.1:0")
             .args(args)
+            .envs(env.iter().copied())
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
@@ -122,7 +128,7 @@ impl Server {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .expect("spawn wschat");
+            .unwrap_or_else(|e| panic!("{}", spawn_failure(&e)));
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
         BufReader::new(stdout)
@@ -132,7 +138,7 @@ impl Server {
             .split_whitespace()
             .nth(3)
             .and_then(|a| a.trim_end_matches(';').parse().ok())
-            .unwrap_or_else(|| panic!("unexpected banner: {line:?}"));
+            .unwrap_or_else(|| panic!("unexpected banner: {line:?}{}", no_banner_hint(&line)));
         Server {
             child,
             addr,
@@ -199,6 +205,73 @@ impl Server {
     }
 }
 
+/// `WSCHAT_TEST_RUNNER`, split into words: the emulator that runs the server
+/// binary when the tests themselves run under one (tests/cross.sh sets it to
+/// `qemu-aarch64 -L /usr/aarch64-linux-gnu` for aarch64). Cargo's
+/// `CARGO_TARGET_<TRIPLE>_RUNNER` runs the test binaries only; the server
+/// they spawn is a foreign binary too, which the kernel runs only if qemu is
+/// registered with binfmt_misc.
+fn runner() -> Option<Vec<String>> {
+    let words: Vec<String> = std::env::var("WSCHAT_TEST_RUNNER")
+        .ok()?
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    (!words.is_empty()).then_some(words)
+}
+
+/// The socket safety net: six times longer for a server under an emulator,
+/// where floods of a few hundred thousand frames take longer than 10 s.
+pub fn io_timeout() -> Duration {
+    if runner().is_some() {
+        IO_TIMEOUT * 6
+    } else {
+        IO_TIMEOUT
+    }
+}
+
+/// The command that starts the server binary cargo built, behind the runner
+/// if one is set.
+fn server_command() -> Command {
+    let bin = env!("CARGO_BIN_EXE_wschat");
+    match runner() {
+        Some(words) => {
+            let mut c = Command::new(&words[0]);
+            c.args(&words[1..]).arg(bin);
+            c
+        }
+        None => Command::new(bin),
+    }
+}
+
+/// Why the server did not start, with the way out when the kernel cannot
+/// execute it (a foreign architecture without binfmt_misc).
+fn spawn_failure(e: &std::io::Error) -> String {
+    let bin = env!("CARGO_BIN_EXE_wschat");
+    match (e.raw_os_error(), runner()) {
+        (Some(libc::ENOEXEC), None) => format!(
+            "cannot execute {bin}: {e}. It is built for another architecture and \
+             qemu is not registered with binfmt_misc: set WSCHAT_TEST_RUNNER \
+             (e.g. \"qemu-aarch64 -L /usr/aarch64-linux-gnu\"), as tests/cross.sh does"
+        ),
+        (_, Some(words)) => format!("cannot start {bin} with WSCHAT_TEST_RUNNER {words:?}: {e}"),
+        _ => format!("cannot start {bin}: {e}"),
+    }
+}
+
+/// An empty banner with no runner set is what a foreign binary gives: the
+/// kernel refuses it (ENOEXEC) and the C library's fallback runs it as a
+/// shell script, which prints nothing.
+fn no_banner_hint(line: &str) -> &'static str {
+    if line.is_empty() && runner().is_none() {
+        ". If these tests run under an emulator (qemu-user) without binfmt_misc, \
+         set WSCHAT_TEST_RUNNER (e.g. \"qemu-aarch64 -L /usr/aarch64-linux-gnu\"), \
+         as tests/cross.sh does"
+    } else {
+        ""
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -209,8 +282,8 @@ impl Drop for Server {
 /// A plain TCP connection with the safety-net timeouts set.
 pub fn connect(addr: SocketAddr) -> TcpStream {
     let s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+    s.set_read_timeout(Some(io_timeout())).unwrap();
+    s.set_write_timeout(Some(io_timeout())).unwrap();
     s.set_nodelay(true).unwrap();
     s
 }
