@@ -1884,3 +1884,22 @@ fn half_closed_client_gets_the_whole_response() {
     assert!(body == big);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `systemctl reload` sends SIGHUP (packaging/wschat.service, ExecReload).
+/// Without TLS there is nothing to reload, and the server must go on: an
+/// open WebSocket keeps working and new requests are answered.
+#[test]
+fn sighup_without_tls_keeps_the_server_running() {
+    let mut server = Server::start(&[]);
+    let mut ws = raw_ws(server.addr, "/echo", "");
+    server.signal("HUP");
+    ws.write_all(&frame(true, 0x1, b"still here")).unwrap();
+    let (_, op, payload) = read_frame(&mut ws).expect("echo after SIGHUP");
+    assert_eq!((op, &payload[..]), (0x1, &b"still here"[..]));
+    assert!(server.wait_exit(Duration::from_millis(300)).is_none());
+    let (status, _) = http_request(
+        server.addr,
+        "GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 200);
+}

@@ -273,11 +273,10 @@ impl Server {
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let tls = tls::Tls::new(&cfg, poll.registry(), local_addr.port())?;
-        // SIGHUP reloads the certificate; without TLS it keeps its default.
-        let mut signals = match tls {
-            Some(_) => Signals::new([SIGINT, SIGTERM, SIGHUP])?,
-            None => Signals::new([SIGINT, SIGTERM])?,
-        };
+        // SIGHUP reloads the certificate. It is caught without TLS too, so
+        // that `systemctl reload` (the unit's ExecReload sends SIGHUP) never
+        // stops a server that has nothing to reload.
+        let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
         let shortest = [
