@@ -592,3 +592,210 @@ fn a_full_disk_refuses_without_acknowledging_and_recovers() {
     drop(s);
     drop(fs);
 }
+
+/// Posts `n` messages at once (all sent, then every acknowledgement read):
+/// message `i` says `text(i)`.
+fn post_batch(ws: &mut Ws, room: &str, n: u64, text: impl Fn(u64) -> String) {
+    for i in 1..=n {
+        send(
+            ws,
+            json!({"type":"message","room":room,"text":text(i),"ref":"b"}),
+        );
+    }
+    for i in 1..=n {
+        let v = recv_type(ws, "message");
+        assert_eq!(v["text"], text(i), "{v}");
+    }
+}
+
+fn page(ws: &mut Ws, req: Value) -> (Vec<u64>, Value) {
+    send(ws, req);
+    let v = recv_type(ws, "history");
+    (ids(&v, "messages"), v)
+}
+
+/// The `history` extensions `after` and `around` (docs/protocol.md) and
+/// `search` with `context`, on 300 messages: with a store the older pages
+/// come from disk (memory holds the newest 100), without one from memory.
+fn pages_forward_and_around(s: &Server) {
+    let mut a = connect_as(s, "a");
+    join(&mut a, "r", json!({}));
+    let text = |i: u64| match i {
+        1 | 150 | 250 | 300 => format!("needle {i}"),
+        _ => format!("m{i}"),
+    };
+    post_batch(&mut a, "r", 300, text);
+    let range = |lo: u64, hi: u64| (lo..=hi).collect::<Vec<_>>();
+
+    // after: the oldest `limit` newer than `after`, oldest first.
+    let (got, v) = page(
+        &mut a,
+        json!({"type":"history","room":"r","after":0,"limit":100,"ref":"f"}),
+    );
+    assert_eq!(got, range(1, 100));
+    assert_eq!(
+        (&v["complete"], &v["latest"], &v["ref"]),
+        (&json!(true), &json!(false), &json!("f"))
+    );
+    assert_eq!(v["messages"][49]["text"], "m50");
+    let (got, v) = page(
+        &mut a,
+        json!({"type":"history","room":"r","after":100,"limit":100}),
+    );
+    assert_eq!(got, range(101, 200));
+    assert_eq!(
+        (&v["complete"], &v["latest"]),
+        (&json!(false), &json!(false))
+    );
+    let (got, v) = page(&mut a, json!({"type":"history","room":"r","after":250}));
+    assert_eq!(got, range(251, 300), "the default limit is 50");
+    assert_eq!(v["latest"], true);
+    let (got, v) = page(&mut a, json!({"type":"history","room":"r","after":300}));
+    assert!(got.is_empty());
+    assert_eq!(v["latest"], true);
+
+    // around: centred, one side making up for the other near the ends;
+    // across the edge of the in-memory window too (200 | 201).
+    for (around, limit, lo, hi, complete, latest) in [
+        (150, 11, 145, 155, false, false),
+        (200, 10, 195, 204, false, false),
+        (2, 10, 1, 10, true, false),
+        (299, 10, 291, 300, false, true),
+        (1, 1, 1, 1, true, false),
+        (5000, 3, 298, 300, false, true),
+    ] {
+        let (got, v) = page(
+            &mut a,
+            json!({"type":"history","room":"r","around":around,"limit":limit}),
+        );
+        assert_eq!(got, range(lo, hi), "around {around} limit {limit}: {v}");
+        assert_eq!(
+            (&v["complete"], &v["latest"]),
+            (&json!(complete), &json!(latest)),
+            "around {around} limit {limit}"
+        );
+    }
+    let (_, v) = page(
+        &mut a,
+        json!({"type":"history","room":"r","around":150,"limit":3}),
+    );
+    assert_eq!(v["messages"][1]["text"], "needle 150");
+
+    // The contract's `before` answers exactly as before: no `latest`.
+    let (got, v) = page(&mut a, json!({"type":"history","room":"r","before":3}));
+    assert_eq!(got, range(1, 2));
+    assert!(v.get("latest").is_none(), "{v}");
+
+    // One of before, after, around; the second one given is refused.
+    for (req, field) in [
+        (
+            json!({"type":"history","room":"r","before":5,"after":1,"ref":"e"}),
+            "after",
+        ),
+        (
+            json!({"type":"history","room":"r","after":1,"around":5,"ref":"e"}),
+            "around",
+        ),
+        (
+            json!({"type":"history","room":"r","before":5,"around":5,"ref":"e"}),
+            "around",
+        ),
+        (
+            json!({"type":"history","room":"r","after":-1,"ref":"e"}),
+            "after",
+        ),
+        (
+            json!({"type":"history","room":"r","after":1.5,"ref":"e"}),
+            "after",
+        ),
+        (
+            json!({"type":"history","room":"r","around":0,"ref":"e"}),
+            "around",
+        ),
+        (
+            json!({"type":"history","room":"r","after":null,"ref":"e"}),
+            "before",
+        ),
+        (
+            json!({"type":"history","room":"r","after":1,"limit":101,"ref":"e"}),
+            "limit",
+        ),
+    ] {
+        send(&mut a, req.clone());
+        let e = recv(&mut a);
+        assert_eq!(
+            (&e["code"], &e["ref"]),
+            (&json!("invalid"), &json!("e")),
+            "{req}: {e}"
+        );
+        assert!(
+            e["message"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("\"{field}\"")),
+            "{req}: {e}"
+        );
+    }
+
+    // search with context: each hit with its kept neighbours, oldest first,
+    // clipped at the room's ends.
+    send(
+        &mut a,
+        json!({"type":"search","room":"r","query":"needle","context":2,"ref":"s"}),
+    );
+    let v = recv_type(&mut a, "search");
+    assert_eq!(ids(&v, "messages"), [300, 250, 150, 1], "{v}");
+    let hits = v["messages"].as_array().unwrap();
+    let ctx = |h: &Value, f: &str| ids(h, f);
+    assert_eq!(ctx(&hits[0], "context_before"), [298, 299]);
+    assert_eq!(ctx(&hits[0], "context_after"), Vec::<u64>::new());
+    assert_eq!(ctx(&hits[1], "context_before"), [248, 249]);
+    assert_eq!(ctx(&hits[1], "context_after"), [251, 252]);
+    assert_eq!(ctx(&hits[2], "context_before"), [148, 149]);
+    assert_eq!(hits[2]["context_after"][0]["text"], "m151");
+    assert_eq!(hits[2]["context_after"][0]["type"], "message");
+    assert_eq!(ctx(&hits[3], "context_before"), Vec::<u64>::new());
+    assert_eq!(ctx(&hits[3], "context_after"), [2, 3]);
+    // Without context, the answer is as it was.
+    send(
+        &mut a,
+        json!({"type":"search","room":"r","query":"needle","limit":1}),
+    );
+    let v = recv_type(&mut a, "search");
+    assert!(v["messages"][0].get("context_before").is_none(), "{v}");
+    for context in [json!(4), json!(-1), json!("2")] {
+        send(
+            &mut a,
+            json!({"type":"search","room":"r","query":"needle","context":context,"ref":"c"}),
+        );
+        let e = recv(&mut a);
+        assert_eq!(e["code"], "invalid", "{e}");
+        assert!(
+            e["message"].as_str().unwrap().contains("\"context\""),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn history_pages_forward_and_around_from_the_store() {
+    let dir = TempDir::new("around");
+    let mut s = start(dir.path(), &[]);
+    pages_forward_and_around(&s);
+    // After a restart everything but the newest 100 is read from disk.
+    stop(&mut s, "KILL");
+    drop(s);
+    let s = start(dir.path(), &[]);
+    let mut b = connect_as(&s, "b");
+    join(&mut b, "r", json!({}));
+    let (got, v) = page(
+        &mut b,
+        json!({"type":"history","room":"r","around":150,"limit":5}),
+    );
+    assert_eq!(got, (148..=152).collect::<Vec<_>>(), "{v}");
+}
+
+#[test]
+fn history_pages_forward_and_around_in_memory() {
+    pages_forward_and_around(&Server::start(&["--rate-burst", "0", "--no-persist"]));
+}

@@ -19,7 +19,7 @@ use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 
 use nick::{Nick, NickIndex};
-use protocol::{ChatError, MsgOut, Out, Parsed, Request, RoomInfo, frame};
+use protocol::{ChatError, HitOut, MsgOut, Out, Page, Parsed, Request, RoomInfo, frame};
 use rate::{Bucket, BucketTable, Verdict};
 use room::{Msg, Order, Room, Span};
 
@@ -659,11 +659,9 @@ impl Chat {
             Request::Message { room, text } => self.message(conn, &room, text, r, now, out),
             Request::Dm { to, text } => self.dm(conn, &to, &text, r, now, out),
             Request::Typing { room, active } => self.typing(conn, &room, active, out),
-            Request::History {
-                room,
-                before,
-                limit,
-            } => self.history(conn, &room, before, limit, r, out),
+            Request::History { room, page, limit } => {
+                self.history(conn, &room, page, limit, r, out)
+            }
             Request::Rooms => {
                 self.list_rooms(conn, r, out);
                 Ok(())
@@ -673,7 +671,8 @@ impl Chat {
                 query,
                 before,
                 limit,
-            } => self.search(conn, &room, &query, before, limit, r, out),
+                context,
+            } => self.search(conn, &room, &query, (before, limit, context), r, out),
         }
     }
 
@@ -1067,7 +1066,7 @@ impl Chat {
         &mut self,
         conn: ConnId,
         name: &str,
-        before: u64,
+        page: Page,
         limit: u64,
         r: Option<&str>,
         out: &mut dyn Outbox,
@@ -1076,7 +1075,20 @@ impl Chat {
         let Some(room) = self.room(idx) else {
             return Ok(());
         };
-        let span = room.before_span(before, usize::try_from(limit).unwrap_or(usize::MAX));
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        // `latest` answers only the extensions, so that a `before` answer
+        // stays exactly the contract's.
+        let (span, latest) = match page {
+            Page::Before(before) => (room.before_span(before, limit), None),
+            Page::After(after) => {
+                let (span, latest) = room.forward_span(after, limit);
+                (span, Some(latest))
+            }
+            Page::Around(id) => {
+                let (span, latest) = room.around_span(id, limit);
+                (span, Some(latest))
+            }
+        };
         let loaded = match room.window(span.lo, span.hi) {
             Some(_) => None,
             None => Some(archive(out, &room.name, span)?),
@@ -1085,6 +1097,7 @@ impl Chat {
             room: &room.name,
             messages: page_out(room, span, loaded.as_deref()),
             complete: span.complete,
+            latest,
             r#ref: r,
         });
         out.send(conn, &f);
@@ -1092,15 +1105,14 @@ impl Chat {
     }
 
     /// `search`: in the store when durable, else in the kept messages
-    /// (every word, ignoring case, as a substring).
-    #[allow(clippy::too_many_arguments)]
+    /// (every word, ignoring case, as a substring). With `context`, each hit
+    /// comes with up to that many kept messages on each side.
     fn search(
         &mut self,
         conn: ConnId,
         name: &str,
         query: &str,
-        before: Option<u64>,
-        limit: u64,
+        (before, limit, context): (Option<u64>, u64, u64),
         r: Option<&str>,
         out: &mut dyn Outbox,
     ) -> Result<(), ChatError> {
@@ -1130,13 +1142,50 @@ impl Chat {
         };
         let complete = found.len() <= limit;
         found.truncate(limit);
+        // Each hit's neighbours: one span of kept ids around it, from the
+        // window or, past it, from the store.
+        let mut around: Vec<(Span, Option<Vec<Msg>>)> = Vec::new();
+        if context > 0 {
+            let (first, next) = (room.first_kept(), room.stored_next());
+            for m in &found {
+                let span = Span {
+                    lo: m.id.saturating_sub(context).max(first),
+                    hi: m.id.saturating_add(context + 1).min(next),
+                    complete: false,
+                };
+                let loaded = match room.window(span.lo, span.hi) {
+                    Some(_) => None,
+                    None => Some(archive(out, &room.name, span)?),
+                };
+                around.push((span, loaded));
+            }
+        }
+        let messages = found
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let (before, after) = match around.get(i) {
+                    Some((span, loaded)) => {
+                        let page = page_out(room, *span, loaded.as_deref());
+                        let (b, a): (Vec<_>, Vec<_>) = page
+                            .into_iter()
+                            .filter(|x| x.id != m.id)
+                            .partition(|x| x.id < m.id);
+                        (Some(b), Some(a))
+                    }
+                    None => (None, None),
+                };
+                HitOut {
+                    msg: MsgOut::new(&room.name, m, None),
+                    context_before: before,
+                    context_after: after,
+                }
+            })
+            .collect();
         let f = frame(&Out::Search {
             room: &room.name,
             query,
-            messages: found
-                .iter()
-                .map(|m| MsgOut::new(&room.name, m, None))
-                .collect(),
+            messages,
             complete,
             r#ref: r,
         });

@@ -44,12 +44,17 @@ pub enum Reason {
     NotString,
     NotBool,
     NotInteger,
-    OutOfRange { min: u64, max: u64 },
+    OutOfRange {
+        min: u64,
+        max: u64,
+    },
     RefTooLong,
     Nick,
     Room,
     Text(TextError),
     Query,
+    /// Given beside another field that excludes it (the one named here).
+    Excludes(&'static str),
 }
 
 impl ChatError {
@@ -110,6 +115,9 @@ impl fmt::Display for ChatError {
                         "must be 1 to {} characters, not all white space, without control characters",
                         validate::MAX_QUERY_CHARS
                     ),
+                    Reason::Excludes(other) => {
+                        write!(f, "cannot be given together with \"{other}\"")
+                    }
                     Reason::Text(TextError::Empty) => f.write_str("must not be empty"),
                     Reason::Text(TextError::TooLong) => f.write_str("is too long"),
                     Reason::Text(TextError::Blank) => {
@@ -173,7 +181,7 @@ pub enum Request {
     },
     History {
         room: String,
-        before: u64,
+        page: Page,
         limit: u64,
     },
     Rooms,
@@ -183,7 +191,21 @@ pub enum Request {
         query: String,
         before: Option<u64>,
         limit: u64,
+        /// Messages on each side of a match sent with it (0: none).
+        context: u64,
     },
+}
+
+/// Which page of a room's history a `history` request asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Page {
+    /// The newest `limit` with `id < before` (the protocol's own).
+    Before(u64),
+    /// Extension: the oldest `limit` with `id > after` (paging forward).
+    After(u64),
+    /// Extension: `limit` messages centred on the id `around` (a search
+    /// hit, a quoted message).
+    Around(u64),
 }
 
 /// A client frame that was refused, with the `ref` its answer carries.
@@ -366,15 +388,25 @@ fn request(
         }
         Kind::History => {
             let room = room(map)?;
-            let before = opt_int(map, "before", 1, validate::MAX_INT)?
-                .ok_or(invalid("before", Reason::Missing))?;
+            // `before` is the protocol's; `after` and `around` extend it.
+            // Exactly one of them: none is the contract's missing `before`.
+            let before = opt_int(map, "before", 1, validate::MAX_INT)?.map(Page::Before);
+            let after = opt_int(map, "after", 0, validate::MAX_INT)?.map(Page::After);
+            let around = opt_int(map, "around", 1, validate::MAX_INT)?.map(Page::Around);
+            let mut page = None;
+            for (field, p) in [("before", before), ("after", after), ("around", around)] {
+                match (page, p) {
+                    (Some((first, _)), Some(_)) => {
+                        return Err(invalid(field, Reason::Excludes(first)));
+                    }
+                    (None, Some(p)) => page = Some((field, p)),
+                    _ => {}
+                }
+            }
+            let (_, page) = page.ok_or(invalid("before", Reason::Missing))?;
             let limit = opt_int(map, "limit", 1, validate::MAX_HISTORY_LIMIT)?
                 .unwrap_or(validate::DEFAULT_HISTORY_LIMIT);
-            Request::History {
-                room,
-                before,
-                limit,
-            }
+            Request::History { room, page, limit }
         }
         Kind::Rooms => Request::Rooms,
         Kind::Search => {
@@ -386,11 +418,13 @@ fn request(
             let before = opt_int(map, "before", 1, validate::MAX_INT)?;
             let limit = opt_int(map, "limit", 1, validate::MAX_HISTORY_LIMIT)?
                 .unwrap_or(validate::DEFAULT_SEARCH_LIMIT);
+            let context = opt_int(map, "context", 0, validate::MAX_SEARCH_CONTEXT)?.unwrap_or(0);
             Request::Search {
                 room,
                 query,
                 before,
                 limit,
+                context,
             }
         }
     })
@@ -410,6 +444,18 @@ pub struct MsgOut<'a> {
     pub ts: u64,
     #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
     pub r#ref: Option<&'a str>,
+}
+
+/// A `search` hit: the message, and with `context` the kept messages just
+/// before and after it (oldest first), present only when asked for.
+#[derive(Serialize)]
+pub struct HitOut<'a> {
+    #[serde(flatten)]
+    pub msg: MsgOut<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub context_before: Option<Vec<MsgOut<'a>>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub context_after: Option<Vec<MsgOut<'a>>>,
 }
 
 impl<'a> MsgOut<'a> {
@@ -484,6 +530,10 @@ pub enum Out<'a> {
         room: &'a str,
         messages: Vec<MsgOut<'a>>,
         complete: bool,
+        /// Extension, only in answers to `after` and `around`: the page
+        /// reaches the room's newest message.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        latest: Option<bool>,
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
         r#ref: Option<&'a str>,
     },
@@ -491,7 +541,7 @@ pub enum Out<'a> {
         room: &'a str,
         query: &'a str,
         /// Newest first.
-        messages: Vec<MsgOut<'a>>,
+        messages: Vec<HitOut<'a>>,
         /// No older match exists.
         complete: bool,
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]

@@ -247,6 +247,42 @@ impl Room {
         }
     }
 
+    /// Ids of the oldest `limit` kept messages with `id > after` (the
+    /// `history` extension `after`); complete when no kept message is older
+    /// than the page. The flag: the page reaches the newest message.
+    pub fn forward_span(&self, after: u64, limit: usize) -> (Span, bool) {
+        let first = self.first_kept();
+        let next = self.stored_next();
+        let lo = after.saturating_add(1).max(first).min(next);
+        let hi = lo.saturating_add(limit as u64).min(next);
+        let span = Span {
+            lo,
+            hi,
+            complete: lo == first,
+        };
+        (span, hi == next)
+    }
+
+    /// Ids of `limit` kept messages centred on `around` (the `history`
+    /// extension `around`): half of them older than it, the rest from it
+    /// on, one side making up for what the other lacks. Complete and the
+    /// flag as for [`Room::forward_span`].
+    pub fn around_span(&self, around: u64, limit: usize) -> (Span, bool) {
+        let first = self.first_kept();
+        let next = self.stored_next();
+        let limit = limit as u64;
+        let pivot = around.clamp(first, next);
+        let (older, newer) = (pivot - first, next - pivot);
+        let from_on = newer.min(limit - older.min(limit / 2));
+        let below = older.min(limit - from_on);
+        let span = Span {
+            lo: pivot - below,
+            hi: pivot + from_on,
+            complete: pivot - below == first,
+        };
+        (span, pivot + from_on == next)
+    }
+
     /// Posts a message: assigns its id and `ts`, keeps at most `keep`
     /// (dropping the oldest).
     pub fn post(&mut self, from: Rc<str>, text: Box<str>, wall_ms: u64, keep: usize) -> Msg {

@@ -21,6 +21,8 @@ pub const JOIN_SINCE_MAX: usize = 100;
 pub const MAX_QUERY_CHARS: usize = 200;
 /// `search`'s default `limit`.
 pub const DEFAULT_SEARCH_LIMIT: u64 = 20;
+/// Most messages of context on each side of a `search` hit.
+pub const MAX_SEARCH_CONTEXT: u64 = 3;
 
 /// Nick rule: 1–32 characters from `A–Z a–z 0–9 _ - .`.
 pub fn valid_nick(s: &str) -> bool {
