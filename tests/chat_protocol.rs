@@ -1066,15 +1066,16 @@ fn history_pages_back_with_before_and_limit() {
 
 #[test]
 fn history_complete_reflects_kept_messages_under_retention() {
-    let server = server(&["--history", "5"]);
+    // 1000 is the lowest --history the protocol allows.
+    let server = server(&["--history", "1000"]);
     let mut a = connect_as(&server, "alice");
     join(&mut a, "r");
-    post_many(&mut a, "r", 10);
-    let h = history(&mut a, "r", 11, Some(3));
-    assert_eq!(ids(&h["messages"]), vec![8, 9, 10]);
+    post_many(&mut a, "r", 1010);
+    let h = history(&mut a, "r", 1011, Some(3));
+    assert_eq!(ids(&h["messages"]), vec![1008, 1009, 1010]);
     assert_eq!(h["complete"], false);
-    let h = history(&mut a, "r", 11, Some(100));
-    assert_eq!(ids(&h["messages"]), (6..=10).collect::<Vec<_>>());
+    let h = history(&mut a, "r", 111, Some(100));
+    assert_eq!(ids(&h["messages"]), (11..=110).collect::<Vec<_>>());
     assert_eq!(h["complete"], true);
 }
 
@@ -1217,21 +1218,32 @@ fn join_with_since_more_than_100_missed_is_incomplete() {
 
 #[test]
 fn join_with_since_is_incomplete_when_retention_dropped_some() {
-    let (_s, _a, mut b, epoch) = with_missed(&["--history", "5"], 2, 8);
+    // 1010 messages, the newest 1000 kept: 3..=10 are gone.
+    let (_s, _a, mut b, epoch) = with_missed(&["--history", "1000"], 2, 1008);
     send(
         &mut b,
         json!({"type":"join","room":"r","since":2,"epoch":epoch,"ref":"j"}),
     );
     let j = recv(&mut b);
-    assert_eq!(ids(&j["history"]), (6..=10).collect::<Vec<_>>());
+    assert_eq!(ids(&j["history"]), (911..=1010).collect::<Vec<_>>());
     assert_eq!(j["complete"], false);
+    // Paging back to fill the gap stops at the oldest kept message.
+    let mut got = ids(&j["history"]);
+    loop {
+        let h = history(&mut b, "r", got[0], Some(100));
+        got.splice(0..0, ids(&h["messages"]));
+        if h["complete"] == true {
+            break;
+        }
+    }
+    assert_eq!(got, (11..=1010).collect::<Vec<_>>());
     // Missed only kept ones: complete.
     send(
         &mut b,
-        json!({"type":"join","room":"r","since":5,"epoch":epoch,"ref":"j"}),
+        json!({"type":"join","room":"r","since":910,"epoch":epoch,"ref":"j"}),
     );
     let j = recv(&mut b);
-    assert_eq!(ids(&j["history"]), (6..=10).collect::<Vec<_>>());
+    assert_eq!(ids(&j["history"]), (911..=1010).collect::<Vec<_>>());
     assert_eq!(j["complete"], true);
 }
 

@@ -799,3 +799,170 @@ fn history_pages_forward_and_around_from_the_store() {
 fn history_pages_forward_and_around_in_memory() {
     pages_forward_and_around(&Server::start(&["--rate-burst", "0", "--no-persist"]));
 }
+
+/// What a client sees of a room of 1005 messages on a server started with
+/// `--history 1000`, in the order asked, without `ts` and `epoch` (they
+/// differ between runs). Each answer is checked against
+/// ../shared/chat-protocol.md on the way.
+fn answers_with_history_1000(s: &Server) -> Vec<Value> {
+    let mut a = connect_as(s, "a");
+    join(&mut a, "r", json!({}));
+    post_batch(&mut a, "r", 1005, |i| format!("m{i}"));
+    let mut b = connect_as(s, "b");
+    let mut seen = Vec::new();
+    let mut ask = |b: &mut Ws, req: Value, ty: &str, list: &str, want: Vec<u64>, complete: bool| {
+        send(b, req.clone());
+        let mut v = recv_type(b, ty);
+        assert_eq!(ids(&v, list), want, "{req}");
+        assert_eq!(v["complete"], complete, "{req}");
+        assert_eq!(v["ref"], "q", "{req}");
+        let epoch = v["epoch"].clone();
+        if let Some(o) = v.as_object_mut() {
+            o.remove("epoch");
+        }
+        for m in v[list].as_array_mut().unwrap() {
+            m.as_object_mut().unwrap().remove("ts");
+        }
+        seen.push(v);
+        epoch
+    };
+    let r = |lo: u64, hi: u64| (lo..=hi).collect::<Vec<u64>>();
+    // joined without since: the newest 50 kept, complete false (older kept).
+    let epoch = ask(
+        &mut b,
+        json!({"type":"join","room":"r","ref":"q"}),
+        "joined",
+        "history",
+        r(956, 1005),
+        false,
+    );
+    let join_since =
+        |since: u64| json!({"type":"join","room":"r","since":since,"epoch":epoch,"ref":"q"});
+    // since in the current epoch: the newest 100 after it; complete when
+    // they are all of the messages after it.
+    ask(
+        &mut b,
+        join_since(5),
+        "joined",
+        "history",
+        r(906, 1005),
+        false,
+    );
+    ask(
+        &mut b,
+        join_since(905),
+        "joined",
+        "history",
+        r(906, 1005),
+        true,
+    );
+    ask(
+        &mut b,
+        join_since(1004),
+        "joined",
+        "history",
+        r(1005, 1005),
+        true,
+    );
+    ask(&mut b, join_since(1005), "joined", "history", vec![], true);
+    ask(&mut b, join_since(9999), "joined", "history", vec![], true);
+    // Another epoch: the newest 50.
+    ask(
+        &mut b,
+        json!({"type":"join","room":"r","since":5,"epoch":"other","ref":"q"}),
+        "joined",
+        "history",
+        r(956, 1005),
+        false,
+    );
+    let hist = |before: u64, limit: Option<u64>| {
+        let mut h = json!({"type":"history","room":"r","before":before,"ref":"q"});
+        if let Some(l) = limit {
+            h["limit"] = json!(l);
+        }
+        h
+    };
+    // history: the newest `limit` (default 50) below `before`; exactly the
+    // 1000 newest are kept, so paging back ends at 6, complete.
+    ask(
+        &mut b,
+        hist(1006, None),
+        "history",
+        "messages",
+        r(956, 1005),
+        false,
+    );
+    ask(
+        &mut b,
+        hist(99_999, Some(100)),
+        "history",
+        "messages",
+        r(906, 1005),
+        false,
+    );
+    ask(
+        &mut b,
+        hist(206, Some(100)),
+        "history",
+        "messages",
+        r(106, 205),
+        false,
+    );
+    ask(
+        &mut b,
+        hist(106, Some(100)),
+        "history",
+        "messages",
+        r(6, 105),
+        true,
+    );
+    ask(
+        &mut b,
+        hist(50, Some(100)),
+        "history",
+        "messages",
+        r(6, 49),
+        true,
+    );
+    // Nothing kept below 6: empty and complete (the contract's `complete`:
+    // no older kept message exists).
+    ask(
+        &mut b,
+        hist(6, Some(100)),
+        "history",
+        "messages",
+        vec![],
+        true,
+    );
+    ask(&mut b, hist(1, None), "history", "messages", vec![], true);
+    seen
+}
+
+/// `--history 1000`, the protocol's floor, answers exactly as the shared
+/// contract says, and the same with the store as in memory.
+#[test]
+fn history_1000_answers_as_the_contract_says() {
+    let dir = TempDir::new("h1000");
+    let stored = answers_with_history_1000(&start(dir.path(), &["--history", "1000"]));
+    let memory = answers_with_history_1000(&Server::start(&[
+        "--rate-burst",
+        "0",
+        "--no-persist",
+        "--history",
+        "1000",
+    ]));
+    assert_eq!(stored, memory);
+}
+
+/// Below the floor, the server refuses to start and says why.
+#[test]
+fn history_below_the_protocols_floor_is_refused() {
+    for low in ["999", "0"] {
+        let (st, err) = Server::refuse(&["--no-persist", "--history", low]);
+        assert!(!st.success());
+        assert!(
+            err.contains("--history") && err.contains("below 1000"),
+            "{err}"
+        );
+    }
+}

@@ -203,8 +203,9 @@ pub struct Config {
     pub motd: String,
 
     /// Messages kept per room. Default: 100000 (on disk) with the store,
-    /// 1000 with --no-persist. The protocol's floor is 1000.
-    #[arg(long, value_name = "N")]
+    /// 1000 with --no-persist. At least 1000: the chat protocol promises
+    /// clients the last 1000 of each room.
+    #[arg(long, value_name = "N", value_parser = parse_history)]
     pub history: Option<usize>,
 
     /// Directory of the store (created when missing): history, rooms and
@@ -276,6 +277,22 @@ pub const PERSISTED_HISTORY: usize = 100_000;
 /// `--history`'s default in memory (the protocol's floor).
 pub const MEMORY_HISTORY: usize = 1000;
 
+/// `--history`: refused below the protocol's floor rather than raised to
+/// it, so that nobody believes a room keeps fewer messages than it does.
+fn parse_history(s: &str) -> Result<usize, String> {
+    let n: usize = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a whole number of messages"))?;
+    if n < MEMORY_HISTORY {
+        return Err(format!(
+            "{n} is below {MEMORY_HISTORY}: the chat protocol promises clients the last \
+             {MEMORY_HISTORY} messages of each room (docs/protocol.md), so a server keeps \
+             at least that many"
+        ));
+    }
+    Ok(n)
+}
+
 impl Config {
     /// Messages kept per room, `--history` or its default.
     pub fn history(&self) -> usize {
@@ -319,6 +336,18 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from("wschat-data"));
         let m = Config::parse_from(["wschat", "--no-persist"]);
         assert_eq!(m.history(), MEMORY_HISTORY);
+    }
+
+    #[test]
+    fn history_has_the_protocols_floor() {
+        let h = |v: &str| Config::try_parse_from(["wschat", "--history", v]).map(|c| c.history());
+        assert_eq!(h("1000").ok(), Some(1000));
+        assert_eq!(h("250000").ok(), Some(250_000));
+        for low in ["999", "5", "0"] {
+            let e = h(low).expect_err(low).to_string();
+            assert!(e.contains("below 1000") && e.contains("--history"), "{e}");
+        }
+        assert!(h("many").is_err());
     }
 
     #[test]
