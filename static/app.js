@@ -281,7 +281,7 @@
     }
     state.outstanding.clear();
     for (const c of state.convs.values()) {
-      c.joined = false; c.joining = false; c.loadingOlder = false;
+      c.joined = false; c.joining = false; c.loadingOlder = false; ctxView.loading = null;
       if (c.typing.size) { c.typing.clear(); }
       for (const p of c.pending) if (p.state === 'sending') { p.state = 'unsure'; p.reason = 'Connection lost before the server confirmed it.'; }
       scheduleRender(c);
@@ -578,6 +578,7 @@
 
   function onHistory(m) {
     const exp = settle(m.ref);
+    if (exp && exp.kind === 'context') return onContextPage(m, exp);
     const conv = roomConv(String(m.room), false);
     if (!conv) return;
     const list = Array.isArray(m.messages) ? m.messages.filter(validMessage) : [];
@@ -655,6 +656,7 @@
     }
     if (exp && exp.kind === 'leave' && code === 'not_in_room') { removeRoom(exp.room); return; }
     if (exp && exp.kind === 'search') { search.loading = false; search.error = human; renderSearch(); return; }
+    if (exp && exp.kind === 'context') { onContextError(human); return; }
     toast(human, 'error');
   }
 
@@ -690,6 +692,7 @@
   }
 
   function sendText(conv, text) {
+    if (ctxView.room === conv.name) closeContext(); // show where the message goes
     const p = { ref: nextRef(conv.kind === 'dm' ? 'd' : 'm'), text, ts: Date.now(), state: 'queued', reason: '' };
     conv.pending.push(p);
     dispatchPending(conv, p);
@@ -735,9 +738,12 @@
   }
 
   // ---------------------------------------------------------------- search
-  // A search box for the open room (the server's `search` extension). A
-  // result, clicked, pages the room's history back until that message is
-  // loaded, then scrolls to it.
+  // A search box for the open room (the server's `search` extension). Each
+  // hit comes with the message before and after it (`context`). A hit,
+  // clicked, scrolls to it when the room's list holds it, else opens the
+  // history around it (`history` with `around`, paged with `before` and
+  // `after`) in place of the live list, with a way back to the latest.
+  const SEARCH_CONTEXT = 1;
   const search = { room: null, query: '', results: [], complete: true, loading: false, error: '' };
   function openSearch() {
     const conv = activeConv();
@@ -760,7 +766,7 @@
       if (!q) return;
       Object.assign(search, { room: conv.name, query: q, results: [], complete: true, error: '' });
     }
-    const frame = { type: 'search', room: search.room, query: search.query, limit: 20, ref: nextRef('s') };
+    const frame = { type: 'search', room: search.room, query: search.query, limit: 20, context: SEARCH_CONTEXT, ref: nextRef('s') };
     if (more && search.results.length) frame.before = search.results[search.results.length - 1].id;
     search.loading = send(frame, { expect: { kind: 'search', room: search.room } });
     if (!search.loading) search.error = 'You are offline; try again once connected.';
@@ -770,12 +776,14 @@
     settle(m.ref);
     if (String(m.room) !== search.room || String(m.query) !== search.query) return;
     const list = Array.isArray(m.messages) ? m.messages.filter(validMessage) : [];
-    search.results.push(...list);
+    const ctx = (v) => (Array.isArray(v) ? v.filter(validMessage) : []);
+    search.results.push(...list.map((h) => ({ ...h, before: ctx(h.context_before), after: ctx(h.context_after) })));
     search.complete = m.complete === true;
     search.loading = false;
     renderSearch();
   }
-  // The text with every occurrence of the query's words marked.
+  // The text with every occurrence of the query's words marked: text nodes
+  // and <mark> elements only, never markup from the message.
   function highlighted(text, query) {
     const words = query.split(/\s+/).filter(Boolean).map((w) => w.replace(/[.*+?^${}()|[\]\\]/g, '\\$&'));
     const span = el('span', { class: 'search-text' });
@@ -790,14 +798,23 @@
     span.append(document.createTextNode(text.slice(last)));
     return span;
   }
+  // A neighbour of a hit: one muted line, nick and text.
+  function contextLine(c) {
+    return el('span', { class: 'search-context', 'data-testid': 'search-context', 'data-id': c.id },
+      el('strong', { text: String(c.from) }), document.createTextNode(' ' + String(c.text)));
+  }
   function renderSearch() {
     const ul = $('search-results');
     ul.replaceChildren(...search.results.map((r) => el('li', { class: 'search-hit', 'data-testid': 'search-result', 'data-id': r.id },
-      el('button', { type: 'button', class: 'search-hit-btn', onclick: () => jumpTo(search.room, r.id) },
-        el('span', { class: 'search-meta' },
-          el('strong', { text: r.from }),
-          el('time', { datetime: new Date(r.ts).toISOString(), text: fullFmt.format(r.ts) })),
-        highlighted(String(r.text), search.query)))));
+      el('button', { type: 'button', class: 'search-hit-btn', onclick: () => jumpTo(search.room, r.id),
+        'aria-label': `${r.from}, ${fullFmt.format(r.ts)}: ${r.text}. Show in the conversation` },
+        ...r.before.map(contextLine),
+        el('span', { class: 'search-match' },
+          el('span', { class: 'search-meta' },
+            el('strong', { text: r.from }),
+            el('time', { datetime: new Date(r.ts).toISOString(), text: fullFmt.format(r.ts) })),
+          highlighted(String(r.text), search.query)),
+        ...r.after.map(contextLine)))));
     const n = search.results.length;
     $('search-status').textContent = search.error || (search.loading ? 'Searching…'
       : !search.room ? '' : n ? `${n}${search.complete ? '' : '+'} ${n === 1 ? 'message' : 'messages'} in #${search.room}`
@@ -808,6 +825,8 @@
     const conv = roomConv(room, false);
     if (!conv) return;
     if (state.active !== conv.key) switchConv(conv.key);
+    if (!conv.msgs.has(id)) { openContext(conv, id); return; }
+    closeContext();
     conv.jumpTo = id;
     continueJump(conv);
   }
@@ -829,6 +848,95 @@
     } else {
       conv.jumpTo = null;
       toast('That message is no longer kept.', 'error');
+    }
+  }
+
+  // The history around one message, shown in place of the live list until
+  // "Back to latest". Its own pages, apart from the room's live messages.
+  const CONTEXT_PAGE = 50;
+  const ctxView = { room: null, epoch: null, target: null, msgs: new Map(), complete: true, latest: true, loading: null };
+  function openContext(conv, id) {
+    Object.assign(ctxView, { room: conv.name, epoch: conv.epoch, target: id, msgs: new Map(), complete: true, latest: true, loading: null });
+    // Laid over the live list, which goes on as before underneath.
+    $('messages').inert = true;
+    $('context-view').hidden = false;
+    $('context-bar').hidden = false;
+    contextLoad('around');
+  }
+  function closeContext() {
+    if (!ctxView.room) return;
+    ctxView.room = null;
+    ctxView.msgs = new Map();
+    $('context-view').replaceChildren();
+    $('context-view').hidden = true;
+    $('context-bar').hidden = true;
+    $('messages').inert = false;
+    scheduleRender(null, { toBottom: true });
+  }
+  function contextLoad(dir) {
+    const conv = ctxView.room && roomConv(ctxView.room, false);
+    if (!conv || !conv.joined || ctxView.loading) return;
+    const ids = [...ctxView.msgs.keys()];
+    const frame = { type: 'history', room: conv.name, limit: CONTEXT_PAGE, ref: nextRef('c') };
+    if (dir === 'around') frame.around = ctxView.target;
+    else if (dir === 'older') { if (ctxView.complete || !ids.length) return; frame.before = Math.min(...ids); }
+    else { if (ctxView.latest || !ids.length) return; frame.after = Math.max(...ids); }
+    if (send(frame, { expect: { kind: 'context', dir, room: conv.name, epoch: conv.epoch } })) ctxView.loading = dir;
+    renderContext();
+  }
+  function onContextPage(m, exp) {
+    if (exp.room !== ctxView.room || exp.epoch !== ctxView.epoch) return;
+    ctxView.loading = null;
+    const list = Array.isArray(m.messages) ? m.messages.filter(validMessage) : [];
+    for (const h of list) ctxView.msgs.set(h.id, { id: h.id, from: String(h.from), text: h.text, ts: Number(h.ts) || Date.now() });
+    ctxView.msgs = new Map([...ctxView.msgs].sort((a, b) => a[0] - b[0]));
+    if (exp.dir !== 'newer') ctxView.complete = m.complete === true;
+    if (exp.dir !== 'older') ctxView.latest = m.latest === true;
+    renderContext(exp.dir);
+  }
+  function onContextError(human) {
+    ctxView.loading = null;
+    toast(`Could not load these messages: ${human}`, 'error');
+    renderContext();
+  }
+  function renderContext(dir) {
+    const view = $('context-view');
+    const conv = ctxView.room && roomConv(ctxView.room, false);
+    if (!conv) return;
+    const first = ctxView.msgs.values().next().value;
+    $('context-text').textContent = first
+      ? `Earlier messages in #${conv.name}, from ${fullFmt.format(first.ts)}`
+      : `Earlier messages in #${conv.name}`;
+    // Keep the reader's place when a page arrives above or below.
+    const anchor = dir === 'older' ? view.scrollHeight - view.scrollTop : null;
+    const loader = (which, label) => el('li', { class: 'loader', 'data-key': which },
+      el('button', { type: 'button', class: 'btn ghost small', 'data-testid': 'context-' + which,
+        disabled: ctxView.loading === which || null, onclick: () => contextLoad(which),
+        text: ctxView.loading === which ? 'Loading…' : label }));
+    const items = [];
+    if (!ctxView.complete) items.push(loader('older', 'Show older messages'));
+    let prev = null;
+    for (const m of ctxView.msgs.values()) {
+      const grouped = prev && lc(prev.from) === lc(m.from) && m.ts - prev.ts < GROUP_GAP && dayKey(prev.ts) === dayKey(m.ts);
+      const li = messageItem(conv, { k: 'c' + m.id, kind: 'msg', m }, grouped);
+      li.dataset.testid = 'context-message'; // not counted with the live list's
+      if (m.id === ctxView.target) li.classList.add('target');
+      items.push(li);
+      prev = m;
+    }
+    if (!ctxView.latest) items.push(loader('newer', 'Show newer messages'));
+    else if (ctxView.msgs.size) items.push(el('li', { class: 'loader', 'data-key': 'live' },
+      el('button', { type: 'button', class: 'btn ghost small', 'data-testid': 'context-live', onclick: closeContext, text: 'These are the latest messages: back to the live chat' })));
+    view.replaceChildren(...items);
+    if (dir === 'around') {
+      const li = view.querySelector(`[data-id="${ctxView.target}"]`);
+      if (li) {
+        li.scrollIntoView({ block: 'center' });
+        li.classList.add('flash');
+        setTimeout(() => li.classList.remove('flash'), 2500);
+      }
+    } else if (anchor !== null) {
+      view.scrollTop = view.scrollHeight - anchor;
     }
   }
 
@@ -1010,6 +1118,7 @@
     $('members-toggle').hidden = conv.kind !== 'room';
     $('search-toggle').hidden = conv.kind !== 'room';
     if (conv.kind !== 'room' || (search.room && search.room !== conv.name)) closeSearch();
+    if (ctxView.room && (conv.kind !== 'room' || ctxView.room !== conv.name)) closeContext();
   }
 
   function renderMembers() {
@@ -1484,6 +1593,13 @@
   $('search-input').addEventListener('keydown', (ev) => { if (ev.key === 'Escape') { ev.stopPropagation(); closeSearch(); $('search-toggle').focus(); } });
   $('retry-now').addEventListener('click', retryNow);
   $('jump').addEventListener('click', () => { list.scrollTop = list.scrollHeight; });
+  $('context-close').addEventListener('click', closeContext);
+  $('context-view').addEventListener('scroll', () => {
+    const v = $('context-view');
+    if (v.scrollTop < 120) contextLoad('older');
+    if (v.scrollHeight - v.scrollTop - v.clientHeight < 120) contextLoad('newer');
+  }, { passive: true });
+  $('context-view').addEventListener('keydown', (ev) => { if (ev.key === 'Escape') { ev.stopPropagation(); closeContext(); } });
 
   $('composer').addEventListener('submit', (ev) => { ev.preventDefault(); submitComposer(); input.focus(); });
   input.addEventListener('keydown', (ev) => {

@@ -339,6 +339,67 @@ async function scenario() {
       await bob.locator('[data-testid="message"].flash').waitFor({ timeout: STEP_TIMEOUT });
     });
     await shot(bob, 'desktop-search', { width: 1280, height: 800, scheme: 'light' });
+    await check('search → click → the history around an old hit, then back to the latest', async () => {
+      // #archive gets 152 messages, the hit among the first, so the live list
+      // (the newest 50) does not hold it. Posted from a page of its own over
+      // 8 connections: each loopback connection has its own 20-message bucket.
+      const url = `${SCHEME === 'https' ? 'wss' : 'ws'}://127.0.0.1:${port}/ws`;
+      await alice.evaluate(async (u) => {
+        for (let c = 0; c < 8; c++) {
+          const ws = new WebSocket(`${u}?nick=seed${c}`);
+          await new Promise((res, rej) => { ws.onopen = res; ws.onerror = rej; });
+          let acks = 0;
+          const done = new Promise((res) => {
+            ws.onmessage = (ev) => { const m = JSON.parse(ev.data); if (m.type === 'message' && m.ref && ++acks === 19) res(); };
+          });
+          ws.send(JSON.stringify({ type: 'join', room: 'archive' }));
+          for (let i = 0; i < 19; i++) {
+            const n = c * 19 + i + 1;
+            const text = n === 2 ? 'the <b>haystack</b> needle is here' : `filler message ${n}`;
+            ws.send(JSON.stringify({ type: 'message', room: 'archive', text, ref: `r${n}` }));
+          }
+          await done;
+          ws.close();
+        }
+      }, url);
+      await joinRoom(bob, 'archive');
+      await tid(bob, 'search-toggle').click();
+      await tid(bob, 'search-input').fill('needle');
+      await tid(bob, 'search-submit').click();
+      const hit = tid(bob, 'search-result').filter({ hasText: 'needle is here' });
+      await hit.waitFor({ timeout: STEP_TIMEOUT });
+      // The match is marked with <mark>, the message's own "<b>" stays text.
+      const marked = await hit.locator('mark').allTextContents();
+      if (marked.join() !== 'needle') throw new Error(`marked: ${marked}`);
+      if (await hit.locator('b').count()) throw new Error('markup from the message was inserted');
+      if (!(await hit.textContent()).includes('<b>haystack</b>')) throw new Error('the text is not shown as text');
+      // With the messages before and after it.
+      const ctx = await hit.locator('[data-testid="search-context"]').allTextContents();
+      if (ctx.length !== 2 || !/filler message 1$/.test(ctx[0]) || !/filler message 3$/.test(ctx[1])) throw new Error(`context: ${ctx}`);
+      const liveHas = await bob.locator('[data-testid="message-list"] [data-testid="message"]', { hasText: 'needle is here' }).count();
+      if (liveHas) throw new Error('the live list already holds the hit: the test proves nothing');
+      await hit.locator('button').click();
+      await tid(bob, 'context-bar').waitFor({ state: 'visible', timeout: STEP_TIMEOUT });
+      const target = bob.locator('[data-testid="context-view"] [data-testid="context-message"].target');
+      await target.waitFor({ state: 'visible', timeout: STEP_TIMEOUT });
+      if (!(await target.textContent()).includes('needle is here')) throw new Error('wrong message targeted');
+      await bob.locator('[data-testid="context-view"] [data-testid="context-message"]', { hasText: 'filler message 1' }).first().waitFor({ timeout: STEP_TIMEOUT });
+      const shown = await bob.locator('[data-testid="context-view"] [data-testid="context-message"]').count();
+      if (shown !== 50) throw new Error(`${shown} messages around the hit, expected a page of 50`);
+      await shot(bob, 'desktop-search-context', { width: 1280, height: 800, scheme: 'light' });
+      // Scrolling down pages forward (`after`) until the newest message.
+      await bob.waitForFunction(() => {
+        const v = document.querySelector('[data-testid="context-view"]');
+        v.scrollTop = v.scrollHeight;
+        return [...v.querySelectorAll('[data-testid="context-message"]')].some((li) => li.textContent.includes('filler message 152'));
+      }, null, { timeout: STEP_TIMEOUT, polling: 250 });
+      await tid(bob, 'context-live').waitFor({ timeout: STEP_TIMEOUT });
+      const ids = await bob.$$eval('[data-testid="context-view"] [data-testid="context-message"]', (els) => els.map((e) => Number(e.dataset.id)));
+      if (ids.length !== 152 || ids.some((id, i) => id !== i + 1)) throw new Error(`ids shown: ${ids.length}, not 1..152 in order`);
+      await tid(bob, 'context-close').click({ timeout: STEP_TIMEOUT });
+      await tid(bob, 'context-view').waitFor({ state: 'hidden', timeout: STEP_TIMEOUT });
+      await bob.locator('[data-testid="message-list"] [data-testid="message"]', { hasText: 'filler message 152' }).waitFor({ state: 'visible', timeout: STEP_TIMEOUT });
+    });
   }
   await check('no request left the machine and no page error', () => {
     if (outside.length) throw new Error(outside.join('; '));
