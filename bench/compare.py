@@ -9,7 +9,7 @@ load generator runs on core 1. Figures are medians of --runs runs. Needs a
 release build (`cargo build --release`) and, for uws, `npm ci` in
 bench/reference. Loopback only.
 """
-import argparse, atexit, json, os, shutil, socket, statistics, subprocess, sys, tempfile, time
+import argparse, atexit, json, os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "target/release/wschat-bench")
@@ -37,7 +37,12 @@ def start(server, port):
         cmd = ["node", os.path.join(ROOT, "bench/reference/uws.mjs"), str(port)]
     if TASKSET:
         cmd = TASKSET + ["0"] + cmd
-    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ, RUST_LOG="warn"))
+    # wschat logs its commit times (count, mean, max) at a clean stop: keep
+    # its log to read them back (see stop()).
+    log = tempfile.TemporaryFile() if server in WSCHAT_FLAGS else subprocess.DEVNULL
+    env = dict(os.environ, RUST_LOG="info" if server in WSCHAT_FLAGS else "warn")
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, env=env)
+    p.log = log
     for _ in range(100):
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
@@ -46,6 +51,26 @@ def start(server, port):
             time.sleep(0.05)
     p.kill()
     sys.exit(f"{server} did not start")
+
+
+STORE_STATS = re.compile(rb"store: (\d+) commits, mean (\d+) us, max (\d+) us, mean CPU (\d+) us")
+
+
+def stop(p):
+    """Stops a server; for wschat, cleanly (SIGINT), returning the store's
+    commit figures of the run ({} in memory or for other servers)."""
+    if p.log == subprocess.DEVNULL:
+        p.kill(); p.wait()
+        return {}
+    p.send_signal(signal.SIGINT)
+    try:
+        p.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        p.kill(); p.wait()
+    p.log.seek(0)
+    m = STORE_STATS.search(p.log.read())
+    p.log.close()
+    return {"commits": int(m[1]), "mean_us": int(m[2]), "max_us": int(m[3]), "cpu_us": int(m[4])} if m else {}
 
 
 def bench(args, pid):
@@ -70,11 +95,15 @@ def scenarios(d):
         ("broadcast max, 1 sender -> 1000 receivers, 64 B", "ws",
          ["broadcast", "--receivers", "1000", "--senders", "1", "--size", "64", "--window", "64", "--duration", d],
          {"deliveries/s": lambda r: r["msgs_per_s"], "deliveries per server cpu-s": lambda r: r["server"]["msgs_per_cpu_s"],
-          "lost": lambda r: r.get("lost", 0), "server cpu": lambda r: r["server"]["cpu_util"]}),
+          "lost": lambda r: r.get("lost", 0), "server cpu": lambda r: r["server"]["cpu_util"],
+          "commits": lambda r: r["store"]["commits"], "commit mean us": lambda r: r["store"]["mean_us"],
+          "commit max us": lambda r: r["store"]["max_us"], "commit cpu us": lambda r: r["store"]["cpu_us"]}),
         ("broadcast 50 msg/s -> 1000 receivers: latency", "ws",
          ["broadcast", "--receivers", "1000", "--senders", "1", "--size", "64", "--rate", "50", "--duration", d],
          {"p50 ms": lambda r: r["latency_us"]["p50"] / 1000, "p99 ms": lambda r: r["latency_us"]["p99"] / 1000,
-          "lost": lambda r: r.get("lost", 0)}),
+          "lost": lambda r: r.get("lost", 0), "msg per server cpu-s": lambda r: r["server"]["msgs_per_cpu_s"],
+          "commit mean us": lambda r: r["store"]["mean_us"], "commit max us": lambda r: r["store"]["max_us"],
+          "commit cpu us": lambda r: r["store"]["cpu_us"]}),
         ("large: 10 conns x 4 in flight, 64 KiB", "echo",
          ["echo", "--connections", "10", "--size", "65536", "--in-flight", "4", "--binary", "--duration", d],
          {"GB/s": lambda r: r["mb_per_s"] / 1000, "GB per server cpu-s": lambda r: r["server"]["bytes_per_cpu_s"] / 1e9}),
@@ -120,7 +149,9 @@ def main():
                 port = free_port()
                 p = start(server, port)
                 r = bench([args[0], "--url", f"ws://127.0.0.1:{port}/{path}"] + args[1:], p.pid)
-                p.kill(); p.wait()
+                store = stop(p)
+                if r is not None and store:
+                    r["store"] = store
                 if r is None or r.get("errors"):
                     print(f"  {server}: {name}: errors {r and r.get('error_detail')}", file=sys.stderr)
                 if r is None:
@@ -134,7 +165,11 @@ def main():
             vals = vals_of[server]
             cells = {c: (statistics.median(v) if v else None) for c, v in vals.items()}
             rows.append((name, server, cells))
-            print(f"{name} | {server} | " + ", ".join(f"{c} {fmt(v)}" for c, v in cells.items()), flush=True)
+            # Every run's figure too: on a shared machine the spread says
+            # how far a difference between medians can be trusted.
+            print(f"{name} | {server} | " + ", ".join(
+                f"{c} {fmt(cells[c])}" + (f" ({'/'.join(fmt(x) for x in v)})" if len(v) > 1 else "")
+                for c, v in vals.items()), flush=True)
     print()
     print("| scenario | server | figures |")
     print("| --- | --- | --- |")

@@ -200,6 +200,8 @@ pub struct Server {
     spare_fd: Option<std::fs::File>,
     shutdown_deadline: Option<u64>,
     memory_trim: Option<fn()>,
+    /// This thread's CPU time in µs (see [`Server::with_cpu_clock`]).
+    cpu_clock: Option<fn() -> u64>,
     next_trim: u64,
     /// Connections the chat's output found dead, or asked to close, still
     /// to be dealt with (see `with_chat`).
@@ -356,6 +358,7 @@ impl Server {
             spare_fd: std::fs::File::open("/dev/null").ok(),
             shutdown_deadline: None,
             memory_trim: None,
+            cpu_clock: None,
             next_trim: 0,
             chat_drops: Vec::new(),
             chat_closes: Vec::new(),
@@ -375,6 +378,14 @@ impl Server {
     /// itself has no unsafe code).
     pub fn with_memory_trim(mut self, f: fn()) -> Server {
         self.memory_trim = Some(f);
+        self
+    }
+
+    /// A clock of this thread's CPU time in µs (the binary passes
+    /// `clock_gettime(CLOCK_THREAD_CPUTIME_ID)`), for the commit CPU time
+    /// the store logs at shutdown.
+    pub fn with_cpu_clock(mut self, f: fn() -> u64) -> Server {
+        self.cpu_clock = Some(f);
         self
     }
 
