@@ -338,8 +338,11 @@ impl Store for SqliteStore {
     }
 
     fn commit(&mut self, ops: &[Op<'_>]) -> Result<Trimmed> {
-        // The caches change only once the transaction has committed.
-        let mut ids = self.ids.clone();
+        // The room ids change in place, each change logged so that a failed
+        // transaction can take it back: a copy of the whole map per commit
+        // cost O(rooms) every loop turn.
+        let ids = &mut self.ids;
+        let mut undo: Vec<(String, Option<i64>)> = Vec::new();
         let mut bytes = self.bytes;
         let limits = self.limits;
         let fault = self.fault_file.as_ref().is_some_and(|f| f.exists());
@@ -360,7 +363,7 @@ impl Store for SqliteStore {
                         next_id,
                         last_active,
                     } => {
-                        if let Some(old) = ids.remove(name) {
+                        if let Some(&old) = ids.get(name) {
                             bytes = bytes.saturating_sub(delete_room(&tx, old)?);
                             touched.remove(&old);
                         }
@@ -368,7 +371,8 @@ impl Store for SqliteStore {
                             "INSERT INTO rooms (name, epoch, next_id, last_active) VALUES (?1, ?2, ?3, ?4)",
                         )?
                         .execute(params![name, epoch, int(next_id), int(last_active)])?;
-                        ids.insert(name.to_string(), tx.last_insert_rowid());
+                        let was = ids.insert(name.to_string(), tx.last_insert_rowid());
+                        undo.push((name.to_string(), was));
                     }
                     Op::PutMessage {
                         room,
@@ -405,6 +409,7 @@ impl Store for SqliteStore {
                     }
                     Op::DeleteRoom { room } => {
                         if let Some(old) = ids.remove(room) {
+                            undo.push((room.to_string(), Some(old)));
                             bytes = bytes.saturating_sub(delete_room(&tx, old)?);
                             touched.remove(&old);
                         }
@@ -430,7 +435,7 @@ impl Store for SqliteStore {
                 }
             }
             if limits.max_bytes > 0 && bytes > limits.max_bytes {
-                let freed = evict_oldest(&tx, bytes - limits.max_bytes, &ids, &mut trimmed)?;
+                let freed = evict_oldest(&tx, bytes - limits.max_bytes, ids, &mut trimmed)?;
                 bytes = bytes.saturating_sub(freed);
             }
             if fault {
@@ -441,12 +446,25 @@ impl Store for SqliteStore {
             }
             Ok(trimmed)
         })();
-        let trimmed = result
-            .and_then(|t| tx.commit().map(|()| t))
-            .map_err(|e| StoreError::Io(format!("{}: commit failed: {e}", path.display())))?;
-        self.ids = ids;
-        self.bytes = bytes;
-        Ok(trimmed)
+        match result.and_then(|t| tx.commit().map(|()| t)) {
+            Ok(trimmed) => {
+                self.bytes = bytes;
+                Ok(trimmed)
+            }
+            Err(e) => {
+                // Rolled back (dropping the transaction): so are the ids.
+                for (name, was) in undo.into_iter().rev() {
+                    match was {
+                        Some(id) => ids.insert(name, id),
+                        None => ids.remove(&name),
+                    };
+                }
+                Err(StoreError::Io(format!(
+                    "{}: commit failed: {e}",
+                    path.display()
+                )))
+            }
+        }
     }
 }
 

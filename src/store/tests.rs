@@ -249,6 +249,9 @@ fn a_failed_commit_changes_nothing() {
         s.commit(&[msg("a", 2, "lost"), room("b", "e"), msg("b", 1, "lost")]),
         Err(StoreError::Io(_))
     ));
+    // A failed deletion or replacement keeps the room readable.
+    assert!(s.commit(&[Op::DeleteRoom { room: "a" }]).is_err());
+    assert!(s.commit(&[room("a", "e2")]).is_err());
     std::fs::remove_file(&fault).unwrap();
     assert_eq!(texts(&mut s, "a"), [(1, "kept".to_string())]);
     assert_eq!(s.rooms().unwrap().len(), 1);
