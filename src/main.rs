@@ -1,5 +1,7 @@
 use clap::Parser;
-use wschat::server::{Config, Server};
+use std::io::{BufRead, IsTerminal, Write};
+use wschat::server::{AccountCommand, Command, Config, Server};
+use wschat::store::{Op, Store, sqlite};
 
 fn main() {
     env_logger::Builder::from_env(
@@ -7,6 +9,18 @@ fn main() {
     )
     .init();
     let cfg = Config::parse();
+    if let Some(Command::Account(cmd)) = &cfg.command {
+        match account(&cfg, cmd) {
+            Ok(msg) => {
+                println!("{msg}");
+                return;
+            }
+            Err(e) => {
+                eprintln!("wschat: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
     let scheme = if cfg.tls_cert.is_some() {
         "https"
     } else {
@@ -102,4 +116,130 @@ mod glibc {
             libc::mallopt(libc::M_MMAP_THRESHOLD, OWN_MAPPING_FROM);
         }
     }
+}
+
+/// `wschat account add|passwd NAME`: works on --data-dir directly (the
+/// server must be stopped; the store's lock says so otherwise).
+fn account(cfg: &Config, cmd: &AccountCommand) -> Result<String, String> {
+    let name = match cmd {
+        AccountCommand::Add { name, .. } | AccountCommand::Passwd { name } => name,
+    };
+    if !wschat::chat::validate::valid_nick(name) {
+        return Err(format!(
+            "{name:?} is not a nick (1 to 32 characters from A-Z a-z 0-9 _ - .)"
+        ));
+    }
+    let mut store = sqlite::SqliteStore::open(&cfg.data_dir, sqlite::Options::default())
+        .map_err(|e| e.to_string())?;
+    let existing = store
+        .accounts()
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .find(|a| a.name.eq_ignore_ascii_case(name));
+    match (cmd, &existing) {
+        (AccountCommand::Add { .. }, Some(a)) => {
+            return Err(format!(
+                "account {} exists; use `wschat account passwd {}`",
+                a.name, a.name
+            ));
+        }
+        (AccountCommand::Passwd { .. }, None) => return Err(format!("no account {name}")),
+        _ => {}
+    }
+    let password = read_password()?;
+    let hash = wschat::server::auth::hash_password(&password)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    match cmd {
+        AccountCommand::Add { op, .. } => {
+            store
+                .commit(&[Op::PutAccount {
+                    name,
+                    hash: &hash,
+                    op: *op,
+                    created: now,
+                }])
+                .map_err(|e| e.to_string())?;
+            Ok(format!(
+                "account {name} created{}",
+                if *op { " (operator)" } else { "" }
+            ))
+        }
+        AccountCommand::Passwd { .. } => {
+            let Some(a) = existing else {
+                return Err(format!("no account {name}"));
+            };
+            store
+                .commit(&[
+                    Op::SetPassword {
+                        name: &a.name,
+                        hash: &hash,
+                    },
+                    Op::DeleteSessions { name: &a.name },
+                ])
+                .map_err(|e| e.to_string())?;
+            Ok(format!(
+                "password of {} changed; its sessions ended",
+                a.name
+            ))
+        }
+    }
+}
+
+/// The password: asked twice without echo on a terminal, else the first
+/// line of standard input (for scripts and tests).
+fn read_password() -> Result<String, String> {
+    let stdin = std::io::stdin();
+    let check = |p: String| -> Result<String, String> {
+        let n = p.chars().count();
+        let (lo, hi) = (
+            wschat::chat::validate::MIN_PASSWORD_CHARS,
+            wschat::chat::validate::MAX_PASSWORD_CHARS,
+        );
+        if (lo..=hi).contains(&n) {
+            Ok(p)
+        } else {
+            Err(format!("a password has {lo} to {hi} characters"))
+        }
+    };
+    if !stdin.is_terminal() {
+        let mut line = String::new();
+        stdin
+            .lock()
+            .read_line(&mut line)
+            .map_err(|e| format!("reading the password from standard input: {e}"))?;
+        return check(line.trim_end_matches(['\r', '\n']).to_string());
+    }
+    let first = prompt_hidden("Password: ")?;
+    let again = prompt_hidden("Again: ")?;
+    if first != again {
+        return Err("the two passwords differ".into());
+    }
+    check(first)
+}
+
+/// One line from the terminal with echo off.
+fn prompt_hidden(prompt: &str) -> Result<String, String> {
+    let fd = libc::STDIN_FILENO;
+    // SAFETY: termios is plain data, filled by tcgetattr before use.
+    let mut term: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: fd is our standard input; term is a valid termios.
+    let saved = (unsafe { libc::tcgetattr(fd, &mut term) } == 0).then_some(term);
+    if let Some(mut t) = saved {
+        t.c_lflag &= !libc::ECHO;
+        t.c_lflag |= libc::ECHONL;
+        // SAFETY: as above.
+        unsafe { libc::tcsetattr(fd, libc::TCSANOW, &t) };
+    }
+    eprint!("{prompt}");
+    let _ = std::io::stderr().flush();
+    let mut line = String::new();
+    let r = std::io::stdin().lock().read_line(&mut line);
+    if let Some(t) = saved {
+        // SAFETY: restores the settings read above.
+        unsafe { libc::tcsetattr(fd, libc::TCSANOW, &t) };
+    }
+    r.map_err(|e| e.to_string())?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_string())
 }

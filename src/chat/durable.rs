@@ -39,13 +39,21 @@ pub enum Record {
     Touch { room: Rc<str>, last_active: u64 },
     /// The room was forgotten: delete it with its messages.
     Forget { room: Rc<str> },
+    /// A change to the accounts (see [`super::accounts`]).
+    Account(super::accounts::AccountRecord),
+    /// A ban or an audit line (see [`super::moderation`]).
+    Moderation(super::moderation::ModRecord),
 }
 
 impl Record {
-    /// A message record: failed ones are refused to their senders, never
-    /// tried again. The others can be retried as they are.
-    pub fn is_message(&self) -> bool {
-        matches!(self, Record::Message { .. })
+    /// A message or account record: failed ones are refused to their
+    /// senders (`storage_failed`), never tried again. The others can be
+    /// retried as they are.
+    pub fn is_answered(&self) -> bool {
+        matches!(
+            self,
+            Record::Message { .. } | Record::Account(_) | Record::Moderation(_)
+        )
     }
 }
 
@@ -149,6 +157,8 @@ impl Chat {
     /// The records taken last were committed: keep the messages and send
     /// their copies (the sender's, with its `ref`, is its acknowledgement).
     pub fn committed(&mut self, out: &mut dyn Outbox) {
+        self.auth_committed(out);
+        self.mod_committed(out);
         let window = self.window();
         for p in std::mem::take(&mut self.pending) {
             let own = match &p.r#ref {
@@ -204,6 +214,8 @@ impl Chat {
     /// again (the room's ids go back to the first refused one: all of the
     /// turn's messages failed together, so they are the newest ids).
     pub fn failed(&mut self, out: &mut dyn Outbox) {
+        self.auth_failed(out);
+        self.mod_failed(out);
         let mut emptied = Vec::new();
         for p in std::mem::take(&mut self.pending) {
             if let Some(room) = self

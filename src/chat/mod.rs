@@ -5,7 +5,9 @@
 //! Every broadcast is serialised and framed once into an `Rc<[u8]>` shared
 //! by all its recipients.
 
+pub mod accounts;
 pub mod durable;
+pub mod moderation;
 pub mod nick;
 pub mod protocol;
 pub mod rate;
@@ -106,6 +108,13 @@ pub struct ChatConfig {
     /// room ([`Chat::window`]) within `max_history_bytes`, and `history`
     /// then counts what the store keeps per room.
     pub durable: bool,
+    /// `--require-account`: only logged-in users may `join` or `dm`.
+    pub require_account: bool,
+    /// `--registration open`: anyone may register their nick (closed:
+    /// only operators register accounts).
+    pub registration_open: bool,
+    /// Password hashing jobs running at once, at most (past it: `busy`).
+    pub max_auth_jobs: usize,
 }
 
 impl Default for ChatConfig {
@@ -122,6 +131,9 @@ impl Default for ChatConfig {
             room_retention_ms: 24 * 60 * 60 * 1000,
             max_history_bytes: 64 << 20,
             durable: false,
+            require_account: false,
+            registration_open: true,
+            max_auth_jobs: 32,
         }
     }
 }
@@ -138,6 +150,9 @@ struct Conn {
     limit: Limit,
     /// A close was requested: ignore whatever still arrives.
     closing: bool,
+    /// An account request (a password being hashed, or its commit) is
+    /// under way: another is answered `busy`.
+    busy: bool,
 }
 
 /// Where a connection's rate-limit bucket lives.
@@ -231,6 +246,10 @@ pub struct Chat {
     /// Durable chats: what to store, and the messages awaiting their commit.
     records: Vec<durable::Record>,
     pending: Vec<durable::Pending>,
+    /// Accounts, sessions, hashing jobs and failed logins.
+    acct: accounts::Accounts,
+    /// Bans and moderation actions awaiting their commit.
+    moder: moderation::Moderation,
 }
 
 /// Stale entries `order` may hold beyond one per kept message before it is
@@ -317,6 +336,8 @@ impl Chat {
             room_owners: HashMap::new(),
             records: Vec::new(),
             pending: Vec::new(),
+            acct: accounts::Accounts::default(),
+            moder: moderation::Moderation::default(),
         }
     }
 
@@ -382,7 +403,14 @@ impl Chat {
             return;
         }
         let nick = match requested_nick.and_then(Nick::new) {
-            Some(n) if validate::valid_nick(&n) && self.holder(&n).is_none() => n,
+            Some(n)
+                if validate::valid_nick(&n)
+                    && self.holder(&n).is_none()
+                    && !self.nick_reserved_from(&n, None)
+                    && !self.nick_banned(&n, now) =>
+            {
+                n
+            }
             _ => self.guest_nick(),
         };
         self.conns.insert(
@@ -397,6 +425,7 @@ impl Chat {
                     None => Limit::Own(Bucket::new(self.cfg.rate_burst, now.mono_ms)),
                 },
                 closing: false,
+                busy: false,
             },
         );
         // After the insert: the index reads nicks back from `conns`.
@@ -407,8 +436,11 @@ impl Chat {
             nick: &nick,
             motd: &self.cfg.motd,
             protocol: protocol::PROTOCOL_VERSION,
+            registration: (!self.cfg.registration_open).then_some("closed"),
+            require_account: self.cfg.require_account,
         });
         out.send(conn, &f);
+        self.enforce_on_connect(conn, now, out);
     }
 
     fn guest_nick(&mut self) -> Nick {
@@ -417,6 +449,7 @@ impl Chat {
             // "guest-" and a u64 fit in MAX_NICK_LEN.
             if let Some(n) = Nick::new(&format!("guest-{}", self.guest_counter))
                 && self.holder(&n).is_none()
+                && !self.nick_reserved_from(&n, None)
             {
                 return n;
             }
@@ -438,6 +471,7 @@ impl Chat {
             return;
         };
         self.nicks.remove(&c.nick, conn as u32);
+        self.forget_jobs_of(conn);
         if let Limit::Shared(slot) = c.limit {
             self.limits.release(slot);
         }
@@ -451,6 +485,8 @@ impl Chat {
     pub fn tick(&mut self, now: Now) {
         self.limits
             .expire(now.mono_ms, self.cfg.rate_burst, self.cfg.rate_per_sec);
+        self.expire_failures(now, false);
+        self.expire_moderation(now);
         let expired: Vec<u32> = self
             .rooms
             .iter()
@@ -651,13 +687,25 @@ impl Chat {
         out: &mut dyn Outbox,
     ) -> Result<(), ChatError> {
         match req {
-            Request::Nick { nick } => self.set_nick(conn, nick, r, out),
+            Request::Nick { nick } => {
+                self.check_banned(conn, "", Some(&nick), now)?;
+                self.set_nick(conn, nick, r, out)
+            }
             Request::Join { room, since, epoch } => {
+                self.require_account(conn)?;
+                self.check_banned(conn, &room, None, now)?;
                 self.join(conn, &room, since, epoch.as_deref(), r, now, out)
             }
             Request::Leave { room } => self.leave(conn, &room, r, now, out),
-            Request::Message { room, text } => self.message(conn, &room, text, r, now, out),
-            Request::Dm { to, text } => self.dm(conn, &to, &text, r, now, out),
+            Request::Message { room, text } => {
+                self.joined_room(conn, &room)?;
+                self.check_post(conn, &room, now)?;
+                self.message(conn, &room, text, r, now, out)
+            }
+            Request::Dm { to, text } => {
+                self.require_account(conn)?;
+                self.dm(conn, &to, &text, r, now, out)
+            }
             Request::Typing { room, active } => self.typing(conn, &room, active, out),
             Request::History { room, page, limit } => {
                 self.history(conn, &room, page, limit, r, out)
@@ -673,6 +721,31 @@ impl Chat {
                 limit,
                 context,
             } => self.search(conn, &room, &query, (before, limit, context), r, out),
+            Request::Register { nick, password } => self.register(conn, nick, password, r),
+            Request::Login(creds) => self.login(conn, creds, r, now, out),
+            Request::Logout { all } => self.logout(conn, all, r),
+            Request::Passwd {
+                password,
+                new_password,
+            } => self.passwd(conn, password, new_password, r, now),
+            Request::Kick { room, nick, reason } => self.kick(conn, &room, &nick, reason, r, now),
+            Request::Ban {
+                room,
+                nick,
+                duration,
+                ip,
+                reason,
+            } => self.ban(conn, room, &nick, duration, ip, reason, r, now),
+            Request::Mute {
+                room,
+                nick,
+                duration,
+                reason,
+            } => self.mute(conn, &room, &nick, duration, reason, r, now, out),
+            Request::Slow { room, interval } => self.slow(conn, &room, interval, r, now, out),
+            Request::Moderator { room, nick, on } => self.appoint(conn, &room, &nick, on, r, now),
+            Request::Topic { room, topic } => self.set_topic(conn, &room, topic, r, now),
+            Request::Delete { room, id } => self.delete_message(conn, &room, id, r, now),
         }
     }
 
@@ -699,6 +772,9 @@ impl Chat {
         {
             return Err(ChatError::NickTaken);
         }
+        if self.nick_reserved_from(&nick, Some(conn)) {
+            return Err(ChatError::NickRegistered);
+        }
         // Parsing checked the nick rule, so this holds; answer as it would.
         let Some(new) = Nick::new(&nick) else {
             return Err(ChatError::Invalid {
@@ -706,8 +782,16 @@ impl Chat {
                 reason: protocol::Reason::Nick,
             });
         };
+        self.rename(conn, new, r, out);
+        Ok(())
+    }
+
+    /// Gives `conn` the nick `new` (free, or a case variant of its own):
+    /// `nick` to it (with `r`) and once to everyone sharing a room with it.
+    fn rename(&mut self, conn: ConnId, new: Nick, r: Option<&str>, out: &mut dyn Outbox) {
+        let nick = new.as_str().to_string();
         let Some(c) = self.conns.get_mut(&conn) else {
-            return Ok(());
+            return;
         };
         let old = c.nick;
         if old == new {
@@ -717,7 +801,7 @@ impl Chat {
                 r#ref: r,
             });
             out.send(conn, &f);
-            return Ok(());
+            return;
         }
         c.nick = new;
         let rooms = c.rooms.clone();
@@ -752,7 +836,6 @@ impl Chat {
         };
         out.send(conn, &own);
         broadcast(out, &others, None, &shared);
-        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -839,6 +922,7 @@ impl Chat {
             members,
             history: page_out(room, span, loaded.as_deref()),
             complete: span.complete,
+            topic: self.topic_of(&room.name),
             r#ref: r,
         });
         out.send(conn, &f);
@@ -1233,6 +1317,7 @@ fn send_error(out: &mut dyn Outbox, conn: ConnId, r: Option<&str>, e: &ChatError
     let f = frame(&Out::Error {
         code: e.code(),
         message: e.to_string(),
+        retry_after: e.retry_after(),
         r#ref: r,
     });
     out.send(conn, &f);

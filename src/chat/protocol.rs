@@ -33,6 +33,45 @@ pub enum ChatError {
     },
     /// The rooms created from this client's address are at their cap.
     TooManyRoomsFromAddress,
+    /// Extension (accounts): the nick is registered to an account this
+    /// connection is not logged in to (code `nick_taken`).
+    NickRegistered,
+    /// A password check is already running for this connection, or the
+    /// server's queue of them is full.
+    Busy,
+    /// Too many failed logins from this address or for this account.
+    LoginLimited {
+        retry_after_s: u64,
+    },
+    /// `logout` or `passwd` without being logged in.
+    NotLoggedIn,
+    /// The connection lacks the right (an operator's).
+    Forbidden,
+    /// `register` while the server's registration is closed.
+    RegistrationClosed,
+    /// `register` of a nick that has an account already.
+    AlreadyRegistered,
+    /// Wrong account, password or token.
+    LoginFailed,
+    /// `--require-account`: `join` and `dm` need a login.
+    AccountRequired,
+    /// A ban holds this user (from the room, or the server).
+    Banned {
+        until: u64,
+        reason: String,
+    },
+    /// `moderator` for a nick that has no account.
+    NoSuchAccount,
+    /// `delete` of an id the room does not keep.
+    NoSuchMessage,
+    /// Muted in this room until `until` (wall-clock ms).
+    Muted {
+        until: u64,
+    },
+    /// Slow mode: the next message may come in this many seconds.
+    SlowMode {
+        retry_after_s: u64,
+    },
     /// The store could not write (or read) what the frame needed.
     StorageFailed,
 }
@@ -55,6 +94,8 @@ pub enum Reason {
     Query,
     /// Given beside another field that excludes it (the one named here).
     Excludes(&'static str),
+    Password,
+    Token,
 }
 
 impl ChatError {
@@ -68,7 +109,31 @@ impl ChatError {
             ChatError::NotInRoom => "not_in_room",
             ChatError::NoSuchUser => "no_such_user",
             ChatError::TooManyRooms { .. } | ChatError::TooManyRoomsFromAddress => "too_many_rooms",
+            ChatError::NickRegistered => "nick_taken",
+            ChatError::Busy => "busy",
+            ChatError::LoginLimited { .. } => "login_limited",
+            ChatError::NotLoggedIn => "not_logged_in",
+            ChatError::Forbidden => "forbidden",
+            ChatError::RegistrationClosed => "registration_closed",
+            ChatError::AlreadyRegistered => "already_registered",
+            ChatError::LoginFailed => "login_failed",
+            ChatError::AccountRequired => "account_required",
+            ChatError::Banned { .. } => "banned",
+            ChatError::Muted { .. } => "muted",
+            ChatError::NoSuchAccount => "no_such_account",
+            ChatError::NoSuchMessage => "no_such_message",
+            ChatError::SlowMode { .. } => "slow_mode",
             ChatError::StorageFailed => "storage_failed",
+        }
+    }
+
+    /// Seconds after which a refused login may be tried again.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            ChatError::LoginLimited { retry_after_s } | ChatError::SlowMode { retry_after_s } => {
+                Some(*retry_after_s)
+            }
+            _ => None,
         }
     }
 }
@@ -81,7 +146,7 @@ impl fmt::Display for ChatError {
                 f.write_str("not a JSON object with a string \"type\" field")
             }
             ChatError::UnknownType => f.write_str(
-                "unknown \"type\": expected nick, join, leave, message, dm, typing, history, rooms or search",
+                "unknown \"type\": expected nick, join, leave, message, dm, typing, history, rooms, search, register, login, logout, passwd, kick, ban, mute, slow, moderator, topic or delete",
             ),
             ChatError::Invalid { field, reason } => {
                 write!(f, "invalid field \"{field}\": ")?;
@@ -118,6 +183,13 @@ impl fmt::Display for ChatError {
                     Reason::Excludes(other) => {
                         write!(f, "cannot be given together with \"{other}\"")
                     }
+                    Reason::Password => write!(
+                        f,
+                        "must be {} to {} characters",
+                        validate::MIN_PASSWORD_CHARS,
+                        validate::MAX_PASSWORD_CHARS
+                    ),
+                    Reason::Token => f.write_str("must be the 64 hex digits of a session token"),
                     Reason::Text(TextError::Empty) => f.write_str("must not be empty"),
                     Reason::Text(TextError::TooLong) => f.write_str("is too long"),
                     Reason::Text(TextError::Blank) => {
@@ -146,6 +218,46 @@ impl fmt::Display for ChatError {
             ChatError::TooManyRoomsFromAddress => f.write_str(
                 "too many rooms were created from your address: join an existing one",
             ),
+            ChatError::NickRegistered => {
+                f.write_str("that nick is registered: log in to its account to use it")
+            }
+            ChatError::Busy => {
+                f.write_str("the server is busy checking passwords: try again in a moment")
+            }
+            ChatError::LoginLimited { retry_after_s } => write!(
+                f,
+                "too many failed logins: try again in {retry_after_s} s"
+            ),
+            ChatError::NotLoggedIn => f.write_str("you are not logged in"),
+            ChatError::Forbidden => f.write_str("you are not allowed to do that"),
+            ChatError::RegistrationClosed => {
+                f.write_str("registration is closed: ask an operator for an account")
+            }
+            ChatError::AlreadyRegistered => f.write_str("that nick is registered already"),
+            ChatError::LoginFailed => f.write_str("wrong account, password or token"),
+            ChatError::AccountRequired => {
+                f.write_str("this server requires an account: log in or register first")
+            }
+            ChatError::NoSuchAccount => f.write_str("no account has that nick"),
+            ChatError::NoSuchMessage => f.write_str("the room keeps no message with that id"),
+            ChatError::Muted { until } => write!(
+                f,
+                "you are muted in this room until {until} (ms since the Unix epoch)"
+            ),
+            ChatError::SlowMode { retry_after_s } => write!(
+                f,
+                "slow mode: your next message may come in {retry_after_s} s"
+            ),
+            ChatError::Banned { until, reason } => {
+                f.write_str("you are banned")?;
+                if *until > 0 {
+                    write!(f, " until {until} (ms since the Unix epoch)")?;
+                }
+                if !reason.is_empty() {
+                    write!(f, ": {reason}")?;
+                }
+                Ok(())
+            }
             ChatError::StorageFailed => f.write_str(
                 "the server could not store or read messages (disk full or failing); nothing was sent: try again",
             ),
@@ -194,6 +306,80 @@ pub enum Request {
         /// Messages on each side of a match sent with it (0: none).
         context: u64,
     },
+    /// Extension (accounts): register `nick` (default: one's own).
+    Register {
+        nick: Option<String>,
+        password: String,
+    },
+    /// Extension: log in with a password, or with a session token.
+    Login(Credentials),
+    /// Extension: end this session, or with `all` every one of the account.
+    Logout {
+        all: bool,
+    },
+    /// Extension: change the password (ends the account's other sessions).
+    Passwd {
+        password: String,
+        new_password: String,
+    },
+    /// Extension (moderation, operators): take `nick` out of `room`.
+    Kick {
+        room: String,
+        nick: String,
+        reason: Option<String>,
+    },
+    /// Extension (moderation, operators): `nick` may not post in `room`
+    /// for `duration` seconds.
+    Mute {
+        room: String,
+        nick: String,
+        duration: u64,
+        reason: Option<String>,
+    },
+    /// Extension (moderation, operators): slow mode, `interval` seconds
+    /// between one user's messages in `room` (0: off).
+    Slow {
+        room: String,
+        interval: u64,
+    },
+    /// Extension (operators): appoint the account `nick` moderator of
+    /// `room` (`on` false: remove it).
+    Moderator {
+        room: String,
+        nick: String,
+        on: bool,
+    },
+    /// Extension (moderators): set the room's topic ("" clears it).
+    Topic {
+        room: String,
+        topic: String,
+    },
+    /// Extension (moderators): delete message `id` of `room` (a tombstone
+    /// stays in the history).
+    Delete {
+        room: String,
+        id: u64,
+    },
+    /// Extension (moderation, operators): ban `nick` (and its account, and
+    /// with `ip` its address) from `room`, or without `room` the server.
+    Ban {
+        room: Option<String>,
+        nick: String,
+        duration: Option<u64>,
+        ip: bool,
+        reason: Option<String>,
+    },
+}
+
+/// How a `login` proves who it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Credentials {
+    Password {
+        account: String,
+        password: String,
+    },
+    /// The 32 bytes of a session token (sent as 64 hex digits).
+    Token([u8; 32]),
 }
 
 /// Which page of a room's history a `history` request asks for.
@@ -233,6 +419,17 @@ enum Kind {
     History,
     Rooms,
     Search,
+    Register,
+    Login,
+    Logout,
+    Passwd,
+    Kick,
+    Ban,
+    Mute,
+    Slow,
+    Moderator,
+    Topic,
+    Delete,
 }
 
 impl Kind {
@@ -247,6 +444,17 @@ impl Kind {
             "history" => Kind::History,
             "rooms" => Kind::Rooms,
             "search" => Kind::Search,
+            "register" => Kind::Register,
+            "login" => Kind::Login,
+            "logout" => Kind::Logout,
+            "passwd" => Kind::Passwd,
+            "kick" => Kind::Kick,
+            "ban" => Kind::Ban,
+            "mute" => Kind::Mute,
+            "slow" => Kind::Slow,
+            "moderator" => Kind::Moderator,
+            "topic" => Kind::Topic,
+            "delete" => Kind::Delete,
             _ => return None,
         })
     }
@@ -286,6 +494,52 @@ fn room(map: &mut Map<String, Value>) -> Result<String, ChatError> {
     } else {
         Err(invalid("room", Reason::Room))
     }
+}
+
+fn password(map: &mut Map<String, Value>, field: &'static str) -> Result<String, ChatError> {
+    let p = string(map, field)?;
+    let n = p.chars().count();
+    if (validate::MIN_PASSWORD_CHARS..=validate::MAX_PASSWORD_CHARS).contains(&n) {
+        Ok(p)
+    } else {
+        Err(invalid(field, Reason::Password))
+    }
+}
+
+fn nick_field(
+    map: &mut Map<String, Value>,
+    field: &'static str,
+) -> Result<Option<String>, ChatError> {
+    match opt_string(map, field)? {
+        Some(n) if !validate::valid_nick(&n) => Err(invalid(field, Reason::Nick)),
+        other => Ok(other),
+    }
+}
+
+/// A moderation reason: optional, a text of at most 200 characters.
+fn reason(map: &mut Map<String, Value>) -> Result<Option<String>, ChatError> {
+    match opt_string(map, "reason")? {
+        Some(t) => {
+            validate::check_text(&t, validate::MAX_QUERY_CHARS)
+                .map_err(|e| invalid("reason", Reason::Text(e)))?;
+            Ok(Some(t))
+        }
+        None => Ok(None),
+    }
+}
+
+/// A session token: 64 hex digits (either case) for 32 bytes.
+pub fn parse_token(s: &str) -> Option<[u8; 32]> {
+    let b = s.as_bytes();
+    if b.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in b.chunks_exact(2).enumerate() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        out[i] = u8::try_from(hex(pair[0])? * 16 + hex(pair[1])?).ok()?;
+    }
+    Some(out)
 }
 
 fn text(map: &mut Map<String, Value>, max_chars: usize) -> Result<String, ChatError> {
@@ -427,6 +681,93 @@ fn request(
                 context,
             }
         }
+        Kind::Register => Request::Register {
+            nick: nick_field(map, "nick")?,
+            password: password(map, "password")?,
+        },
+        Kind::Login => match opt_string(map, "token")? {
+            Some(t) => Request::Login(Credentials::Token(
+                parse_token(&t).ok_or(invalid("token", Reason::Token))?,
+            )),
+            None => {
+                let account =
+                    nick_field(map, "account")?.ok_or(invalid("account", Reason::Missing))?;
+                Request::Login(Credentials::Password {
+                    account,
+                    password: password(map, "password")?,
+                })
+            }
+        },
+        Kind::Logout => Request::Logout {
+            all: match take(map, "all") {
+                None => false,
+                Some(Value::Bool(b)) => b,
+                Some(_) => return Err(invalid("all", Reason::NotBool)),
+            },
+        },
+        Kind::Passwd => Request::Passwd {
+            password: password(map, "password")?,
+            new_password: password(map, "new_password")?,
+        },
+        Kind::Kick => Request::Kick {
+            room: room(map)?,
+            nick: nick_field(map, "nick")?.ok_or(invalid("nick", Reason::Missing))?,
+            reason: reason(map)?,
+        },
+        Kind::Mute => Request::Mute {
+            room: room(map)?,
+            nick: nick_field(map, "nick")?.ok_or(invalid("nick", Reason::Missing))?,
+            duration: opt_int(map, "duration", 1, validate::MAX_INT / 1000)?
+                .ok_or(invalid("duration", Reason::Missing))?,
+            reason: reason(map)?,
+        },
+        Kind::Topic => {
+            let room = room(map)?;
+            let topic = string(map, "topic")?;
+            // Empty clears it; else the text rules, at most 200 characters.
+            if !topic.is_empty() {
+                validate::check_text(&topic, validate::MAX_QUERY_CHARS)
+                    .map_err(|e| invalid("topic", Reason::Text(e)))?;
+            }
+            Request::Topic { room, topic }
+        }
+        Kind::Delete => Request::Delete {
+            room: room(map)?,
+            id: opt_int(map, "id", 1, validate::MAX_INT)?.ok_or(invalid("id", Reason::Missing))?,
+        },
+        Kind::Moderator => Request::Moderator {
+            room: room(map)?,
+            nick: nick_field(map, "nick")?.ok_or(invalid("nick", Reason::Missing))?,
+            on: match take(map, "on") {
+                None => true,
+                Some(Value::Bool(b)) => b,
+                Some(_) => return Err(invalid("on", Reason::NotBool)),
+            },
+        },
+        Kind::Slow => Request::Slow {
+            room: room(map)?,
+            interval: opt_int(map, "interval", 0, 24 * 60 * 60)?
+                .ok_or(invalid("interval", Reason::Missing))?,
+        },
+        Kind::Ban => {
+            let room = match take(map, "room") {
+                None => None,
+                Some(Value::String(r)) if validate::valid_room(&r) => Some(r),
+                Some(Value::String(_)) => return Err(invalid("room", Reason::Room)),
+                Some(_) => return Err(invalid("room", Reason::NotString)),
+            };
+            Request::Ban {
+                room,
+                nick: nick_field(map, "nick")?.ok_or(invalid("nick", Reason::Missing))?,
+                duration: opt_int(map, "duration", 1, validate::MAX_INT / 1000)?,
+                ip: match take(map, "ip") {
+                    None => false,
+                    Some(Value::Bool(b)) => b,
+                    Some(_) => return Err(invalid("ip", Reason::NotBool)),
+                },
+                reason: reason(map)?,
+            }
+        }
     })
 }
 
@@ -442,6 +783,10 @@ pub struct MsgOut<'a> {
     pub from: &'a str,
     pub text: &'a str,
     pub ts: u64,
+    /// Extension (moderation): a deleted message's tombstone (its `text`
+    /// is then empty; a real message never has an empty text).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
     #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
     pub r#ref: Option<&'a str>,
 }
@@ -467,6 +812,7 @@ impl<'a> MsgOut<'a> {
             from: &m.from,
             text: &m.text,
             ts: m.ts,
+            deleted: m.text.is_empty(),
             r#ref,
         }
     }
@@ -487,6 +833,56 @@ pub enum Out<'a> {
         nick: &'a str,
         motd: &'a str,
         protocol: u32,
+        /// Extension (accounts): `closed` when only operators register
+        /// accounts (absent: open).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        registration: Option<&'static str>,
+        /// Extension: `true` when `join` and `dm` need a login (absent: no).
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        require_account: bool,
+    },
+    /// Extension: a login (or registration) succeeded.
+    Session {
+        account: &'a str,
+        op: bool,
+        /// 64 hex digits; log in with it on reconnect.
+        token: &'a str,
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        r#ref: Option<&'a str>,
+    },
+    /// Extension: an operator registered an account for someone else.
+    Registered {
+        account: &'a str,
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        r#ref: Option<&'a str>,
+    },
+    /// Extension: an operator's action, to the room's members (and the
+    /// operator, with `ref`).
+    Moderation {
+        action: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        room: Option<&'a str>,
+        nick: &'a str,
+        by: &'a str,
+        reason: &'a str,
+        /// Bans and mutes: wall-clock ms when it ends; 0: for good.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        until: Option<u64>,
+        /// Slow mode: seconds between one user's messages (0: off).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        interval: Option<u64>,
+        /// `delete`: the id of the message deleted.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        r#ref: Option<&'a str>,
+    },
+    /// Extension: this connection is no longer logged in (`logout`, or its
+    /// session ended elsewhere: `logout` with `all`, a password change).
+    LoggedOut {
+        account: &'a str,
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        r#ref: Option<&'a str>,
     },
     Nick {
         old: &'a str,
@@ -500,6 +896,9 @@ pub enum Out<'a> {
         members: Vec<&'a str>,
         history: Vec<MsgOut<'a>>,
         complete: bool,
+        /// Extension (moderation): the room's topic, when it has one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        topic: Option<&'a str>,
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
         r#ref: Option<&'a str>,
     },
@@ -555,6 +954,9 @@ pub enum Out<'a> {
     Error {
         code: &'static str,
         message: String,
+        /// Extension: `login_limited` says when to try again (seconds).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        retry_after: Option<u64>,
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
         r#ref: Option<&'a str>,
     },

@@ -23,6 +23,10 @@ pub const MAX_QUERY_CHARS: usize = 200;
 pub const DEFAULT_SEARCH_LIMIT: u64 = 20;
 /// Most messages of context on each side of a `search` hit.
 pub const MAX_SEARCH_CONTEXT: u64 = 3;
+/// Passwords, in Unicode scalar values (the upper bound keeps a hash job
+/// small; Argon2 costs the same for any length).
+pub const MIN_PASSWORD_CHARS: usize = 8;
+pub const MAX_PASSWORD_CHARS: usize = 256;
 
 /// Nick rule: 1–32 characters from `A–Z a–z 0–9 _ - .`.
 pub fn valid_nick(s: &str) -> bool {

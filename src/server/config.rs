@@ -210,7 +210,7 @@ pub struct Config {
 
     /// Directory of the store (created when missing): history, rooms and
     /// their epochs survive restarts and crashes. Held by one server at a time.
-    #[arg(long, value_name = "DIR", default_value = "wschat-data")]
+    #[arg(long, value_name = "DIR", default_value = "wschat-data", global = true)]
     pub data_dir: PathBuf,
 
     /// Keep everything in memory only: a restart forgets the chat.
@@ -270,6 +270,54 @@ pub struct Config {
     /// text and nick bytes plus a fixed overhead for its bookkeeping.
     #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = parse_size)]
     pub max_history_bytes: usize,
+
+    /// Only logged-in users may join rooms or send direct messages (guests
+    /// may still connect, register and log in).
+    #[arg(long)]
+    pub require_account: bool,
+
+    /// Who may register a nick: `open` (anyone) or `closed` (operators
+    /// only, in the chat or with `wschat account add`).
+    #[arg(long, value_enum, default_value = "open")]
+    pub registration: Registration,
+
+    /// Password hashes (logins, registrations, password changes) waiting or
+    /// running at once; past it a request is answered `busy`.
+    #[arg(long, value_name = "N", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_auth_jobs: u32,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// `--registration`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Registration {
+    Open,
+    Closed,
+}
+
+/// Subcommands (without one, wschat serves).
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum Command {
+    /// Manage accounts in --data-dir (the server must be stopped: it holds
+    /// the directory). The password is prompted for on a terminal, or read
+    /// as one line from standard input otherwise.
+    #[command(subcommand)]
+    Account(AccountCommand),
+}
+
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum AccountCommand {
+    /// Create an account.
+    Add {
+        name: String,
+        /// A server operator.
+        #[arg(long)]
+        op: bool,
+    },
+    /// Set an account's password (ends all its sessions).
+    Passwd { name: String },
 }
 
 /// `--history`'s default with the store.

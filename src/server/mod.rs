@@ -8,6 +8,7 @@
 //! sleeps in `epoll_wait` until the next timer sweep.
 
 mod addr;
+pub mod auth;
 mod config;
 mod files;
 pub mod http;
@@ -16,7 +17,7 @@ mod queue;
 mod storage;
 mod tls;
 
-pub use config::{Config, parse_size};
+pub use config::{AccountCommand, Command, Config, Registration, parse_size};
 
 use crate::chat::rate::{BucketTable, MAX_IDLE_ENTRIES, Verdict};
 use crate::chat::{Chat, ChatConfig, ConnId, Now, Outbox};
@@ -41,6 +42,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const SIGNALS: Token = Token(usize::MAX - 2);
+/// The password worker has answers (see auth.rs).
+const AUTH_WAKER: Token = Token(usize::MAX - 4);
 /// One read buffer for the whole server: connections hold bytes only while
 /// a message is in progress. Large enough that a 64 KiB message usually
 /// arrives whole and is handled in place, without being assembled.
@@ -222,6 +225,8 @@ pub struct Server {
     notifier: Option<notify::Notifier>,
     /// When the next `WATCHDOG=1` is due (server clock, ms).
     next_watchdog: u64,
+    /// The password-hashing thread.
+    auth: auth::Worker,
 }
 
 fn ms(d: Duration) -> u64 {
@@ -306,6 +311,9 @@ impl Server {
                 room_retention_ms: ms(cfg.room_retention),
                 max_history_bytes: cfg.max_history_bytes,
                 durable: !cfg.no_persist,
+                require_account: cfg.require_account,
+                registration_open: cfg.registration == Registration::Open,
+                max_auth_jobs: cfg.max_auth_jobs as usize,
             },
             SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -313,7 +321,7 @@ impl Server {
                 .unwrap_or(0),
         );
         let storage = if cfg.no_persist {
-            None
+            Some(storage::Storage::memory())
         } else {
             let now = Now {
                 mono_ms: 0,
@@ -331,6 +339,10 @@ impl Server {
             .saturating_add(REJECT_SLACK)
             .min(MAX_RESERVED_CONNS);
         chat.reserve_connections(reserve);
+        let auth = auth::Worker::start(
+            cfg.max_auth_jobs as usize,
+            mio::Waker::new(poll.registry(), AUTH_WAKER)?,
+        )?;
         let files = StaticFiles::new(cfg.static_dir.clone(), cfg.static_cache_size);
         Ok(Server {
             cfg,
@@ -370,6 +382,7 @@ impl Server {
             zbuf: Vec::new(),
             notifier: notify::Notifier::from_env(),
             next_watchdog: 0,
+            auth,
         })
     }
 
@@ -431,6 +444,7 @@ impl Server {
                     LISTENER => self.accept_all(),
                     tls::REDIRECT => self.accept_redirect(),
                     SIGNALS => self.on_signal(),
+                    AUTH_WAKER => self.on_auth_done(),
                     Token(k) => {
                         if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
                             // Read to the end when the peer closed: no later
@@ -451,6 +465,7 @@ impl Server {
                 self.sweep();
                 self.next_sweep = self.now + self.sweep_every;
             }
+            self.submit_auth_jobs();
             // The turn's messages are committed before any of their copies
             // is queued: an acknowledgement means stored.
             self.commit_turn();
@@ -464,6 +479,22 @@ impl Server {
                 }
                 info!("shut down with {} connections left", self.conns.len());
                 return Ok(());
+            }
+        }
+    }
+
+    /// Answers from the password worker.
+    fn on_auth_done(&mut self) {
+        for d in self.auth.ready() {
+            self.with_chat(|chat, now, out| chat.auth_done(d, now, out));
+        }
+    }
+
+    /// The turn's hashing work, to the worker (a full queue answers `busy`).
+    fn submit_auth_jobs(&mut self) {
+        for job in self.chat.take_auth_jobs() {
+            if let Some(d) = self.auth.submit(job) {
+                self.with_chat(|chat, now, out| chat.auth_done(d, now, out));
             }
         }
     }

@@ -9,9 +9,12 @@ use std::time::Instant;
 use log::{info, warn};
 
 use super::{Config, Server};
+use crate::chat::accounts::{AccountRecord, RestoredAccount};
 use crate::chat::durable::{Record, Restored};
+use crate::chat::moderation::{Ban, ModRecord};
 use crate::chat::room::Msg;
 use crate::chat::{ArchiveError, Chat, Now};
+use crate::store::memory::MemoryStore;
 use crate::store::sqlite::{Options, SqliteStore};
 use crate::store::{Limits, Op, Store};
 
@@ -60,7 +63,102 @@ fn op(r: &Record) -> Op<'_> {
             last_active: *last_active,
         },
         Record::Forget { room } => Op::DeleteRoom { room },
+        Record::Account(a) => match a {
+            AccountRecord::Put {
+                name,
+                hash,
+                op,
+                created,
+            } => Op::PutAccount {
+                name,
+                hash,
+                op: *op,
+                created: *created,
+            },
+            AccountRecord::SetPassword { name, hash } => Op::SetPassword { name, hash },
+            AccountRecord::PutSession {
+                token_hash,
+                name,
+                created,
+            } => Op::PutSession {
+                token_hash,
+                name,
+                created: *created,
+            },
+            AccountRecord::DeleteSession { token_hash } => Op::DeleteSession { token_hash },
+            AccountRecord::DeleteSessions { name } => Op::DeleteSessions { name },
+        },
+        Record::Moderation(m) => match m {
+            ModRecord::Ban(b, by, created) => Op::PutBan {
+                room: &b.room,
+                nick: &b.nick,
+                account: &b.account,
+                ip: b.ip_text(),
+                until: b.until,
+                by,
+                reason: &b.reason,
+                created: *created,
+            },
+            ModRecord::Topic { room, topic } => Op::PutTopic { room, topic },
+            ModRecord::Delete { room, id } => Op::DeleteMessage { room, id: *id },
+            ModRecord::Moderator { room, account, on } => Op::PutModerator {
+                room,
+                account,
+                on: *on,
+            },
+            ModRecord::Audit {
+                ts,
+                actor,
+                action,
+                room,
+                target,
+                detail,
+            } => Op::Audit {
+                ts: *ts,
+                actor,
+                action,
+                room,
+                target,
+                detail,
+            },
+        },
     }
+}
+
+/// Loads the store's accounts and sessions into the chat.
+fn load_accounts(store: &mut dyn Store, chat: &mut Chat) -> crate::store::Result<()> {
+    let accounts = store
+        .accounts()?
+        .into_iter()
+        .map(|a| RestoredAccount {
+            name: a.name,
+            hash: a.hash,
+            op: a.op,
+        })
+        .collect();
+    let sessions = store
+        .sessions()?
+        .into_iter()
+        .map(|s| (s.token_hash, s.name))
+        .collect();
+    chat.restore_accounts(accounts, sessions);
+    let bans = store
+        .bans(super::wall_ms())?
+        .into_iter()
+        .map(|b| Ban {
+            ip: b.ip.parse().ok(),
+            ip_shown: b.ip,
+            room: b.room,
+            nick: b.nick,
+            account: b.account,
+            until: b.until,
+            reason: b.reason,
+        })
+        .collect();
+    chat.restore_bans(bans);
+    chat.restore_moderators(store.moderators()?);
+    chat.restore_topics(store.topics()?);
+    Ok(())
 }
 
 impl Storage {
@@ -104,9 +202,11 @@ impl Storage {
         }
         let n = rooms.len();
         chat.restore(rooms, now);
+        load_accounts(&mut store, chat).map_err(fail)?;
         info!(
-            "store {}: {n} rooms, {loaded} recent messages loaded in {} ms",
+            "store {}: {n} rooms, {loaded} recent messages, {} accounts loaded in {} ms",
             store.path().display(),
+            chat.account_count(),
             t0.elapsed().as_millis()
         );
         Ok(Storage {
@@ -118,6 +218,24 @@ impl Storage {
             commit_us_max: 0,
             commit_cpu_us_total: 0,
         })
+    }
+
+    /// With --no-persist: a store in memory, for the accounts only (the
+    /// chat keeps its rooms in memory itself), so that account changes go
+    /// through the same commit-then-answer path.
+    pub fn memory() -> Storage {
+        Storage {
+            store: Box::new(MemoryStore::new(Limits {
+                per_room: 0,
+                max_bytes: 0,
+            })),
+            retry: Vec::new(),
+            failing: false,
+            commits: 0,
+            commit_us_total: 0,
+            commit_us_max: 0,
+            commit_cpu_us_total: 0,
+        }
     }
 
     /// Messages `lo..hi` of `room`, for a page the chat's window lacks.
@@ -209,7 +327,7 @@ impl Server {
                 if !std::mem::replace(&mut st.failing, true) {
                     warn!("store: {e}; refusing messages until a commit succeeds");
                 }
-                records.retain(|r| !r.is_message());
+                records.retain(|r| !r.is_answered());
                 if records.len() > MAX_RETRY {
                     let mut excess = records.len() - MAX_RETRY;
                     records.retain(|r| {

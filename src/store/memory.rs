@@ -3,7 +3,10 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use super::{Limits, MessageRow, Op, Result, RoomRow, Store, StoreError, Trimmed, row_bytes};
+use super::{
+    AccountRow, AuditRow, BanRow, Limits, MessageRow, Op, Result, RoomRow, SessionRow, Store,
+    StoreError, Trimmed, row_bytes,
+};
 
 struct MemRoom {
     row: RoomRow,
@@ -16,6 +19,14 @@ pub struct MemoryStore {
     seq: u64,
     bytes: u64,
     limits: Limits,
+    /// Accounts by lowercase name.
+    accounts: BTreeMap<String, AccountRow>,
+    /// Sessions in creation order.
+    sessions: Vec<SessionRow>,
+    bans: Vec<BanRow>,
+    audit: Vec<AuditRow>,
+    moderators: std::collections::BTreeSet<(String, String)>,
+    topics: BTreeMap<String, String>,
     /// While set, every commit fails (and changes nothing).
     pub fail_commits: bool,
 }
@@ -27,6 +38,12 @@ impl MemoryStore {
             seq: 0,
             bytes: 0,
             limits,
+            accounts: BTreeMap::new(),
+            sessions: Vec::new(),
+            bans: Vec::new(),
+            audit: Vec::new(),
+            moderators: Default::default(),
+            topics: BTreeMap::new(),
             fail_commits: false,
         }
     }
@@ -41,6 +58,35 @@ impl MemoryStore {
 }
 
 impl Store for MemoryStore {
+    fn accounts(&mut self) -> Result<Vec<AccountRow>> {
+        Ok(self.accounts.values().cloned().collect())
+    }
+
+    fn sessions(&mut self) -> Result<Vec<SessionRow>> {
+        Ok(self.sessions.clone())
+    }
+
+    fn topics(&mut self) -> Result<Vec<(String, String)>> {
+        Ok(self.topics.clone().into_iter().collect())
+    }
+
+    fn moderators(&mut self) -> Result<Vec<(String, String)>> {
+        Ok(self.moderators.iter().cloned().collect())
+    }
+
+    fn bans(&mut self, now_ms: u64) -> Result<Vec<BanRow>> {
+        Ok(self
+            .bans
+            .iter()
+            .filter(|b| b.until == 0 || b.until > now_ms)
+            .cloned()
+            .collect())
+    }
+
+    fn audit(&mut self, limit: usize) -> Result<Vec<AuditRow>> {
+        Ok(self.audit.iter().rev().take(limit).cloned().collect())
+    }
+
     fn rooms(&mut self) -> Result<Vec<RoomRow>> {
         Ok(self.rooms.values().map(|r| r.row.clone()).collect())
     }
@@ -101,6 +147,12 @@ impl Store for MemoryStore {
             return Err(StoreError::Io("injected fault: commit refused".into()));
         }
         let mut touched: Vec<String> = Vec::new();
+        // All or nothing: the account tables change only if every op applies.
+        let mut accounts = self.accounts.clone();
+        let mut sessions = self.sessions.clone();
+        let (mut bans, mut audit) = (Vec::new(), Vec::new());
+        let mut moderators = self.moderators.clone();
+        let mut topics = self.topics.clone();
         for op in ops {
             match *op {
                 Op::PutRoom {
@@ -173,8 +225,113 @@ impl Store for MemoryStore {
                             .sum::<u64>();
                     }
                 }
+                Op::PutAccount {
+                    name,
+                    hash,
+                    op,
+                    created,
+                } => {
+                    let key = name.to_ascii_lowercase();
+                    sessions.retain(|s| s.name.to_ascii_lowercase() != key);
+                    accounts.insert(
+                        key,
+                        AccountRow {
+                            name: name.to_string(),
+                            hash: hash.to_string(),
+                            op,
+                            created,
+                        },
+                    );
+                }
+                Op::SetPassword { name, hash } => {
+                    match accounts.get_mut(&name.to_ascii_lowercase()) {
+                        Some(a) => a.hash = hash.to_string(),
+                        None => return Err(StoreError::Io(format!("no account {name}"))),
+                    }
+                }
+                Op::PutSession {
+                    token_hash,
+                    name,
+                    created,
+                } => {
+                    if !accounts.contains_key(&name.to_ascii_lowercase()) {
+                        return Err(StoreError::Io(format!("session for no account {name}")));
+                    }
+                    sessions.push(SessionRow {
+                        token_hash: token_hash.to_vec(),
+                        name: name.to_string(),
+                        created,
+                    });
+                }
+                Op::DeleteSession { token_hash } => {
+                    sessions.retain(|s| s.token_hash != token_hash);
+                }
+                Op::DeleteSessions { name } => {
+                    let key = name.to_ascii_lowercase();
+                    sessions.retain(|s| s.name.to_ascii_lowercase() != key);
+                }
+                Op::PutBan {
+                    room,
+                    nick,
+                    account,
+                    ip,
+                    until,
+                    reason,
+                    ..
+                } => bans.push(BanRow {
+                    room: room.into(),
+                    nick: nick.into(),
+                    account: account.into(),
+                    ip: ip.into(),
+                    until,
+                    reason: reason.into(),
+                }),
+                Op::DeleteMessage { room, id } => {
+                    if let Some(r) = self.rooms.get_mut(room)
+                        && let Some((_, m)) = r.msgs.iter_mut().find(|(_, m)| m.id == id)
+                    {
+                        self.bytes -= m.text.len() as u64;
+                        m.text.clear();
+                    }
+                }
+                Op::PutTopic { room, topic } => {
+                    if topic.is_empty() {
+                        topics.remove(room);
+                    } else {
+                        topics.insert(room.to_string(), topic.to_string());
+                    }
+                }
+                Op::PutModerator { room, account, on } => {
+                    let k = (room.to_string(), account.to_string());
+                    if on {
+                        moderators.insert(k);
+                    } else {
+                        moderators.remove(&k);
+                    }
+                }
+                Op::Audit {
+                    ts,
+                    actor,
+                    action,
+                    room,
+                    target,
+                    detail,
+                } => audit.push(AuditRow {
+                    ts,
+                    actor: actor.into(),
+                    action: action.into(),
+                    room: room.into(),
+                    target: target.into(),
+                    detail: detail.into(),
+                }),
             }
         }
+        self.accounts = accounts;
+        self.sessions = sessions;
+        self.bans.extend(bans);
+        self.moderators = moderators;
+        self.topics = topics;
+        self.audit.extend(audit);
         let mut trimmed: BTreeMap<String, u64> = BTreeMap::new();
         touched.sort();
         touched.dedup();

@@ -62,6 +62,103 @@ pub enum Op<'a> {
     Touch { room: &'a str, last_active: u64 },
     /// The room and all its messages are gone.
     DeleteRoom { room: &'a str },
+    /// An account (its name as registered; unique ignoring ASCII case) with
+    /// its password hash (an Argon2id PHC string); replaces one of that name.
+    PutAccount {
+        name: &'a str,
+        hash: &'a str,
+        op: bool,
+        created: u64,
+    },
+    /// A new password hash for an existing account.
+    SetPassword { name: &'a str, hash: &'a str },
+    /// A session: the BLAKE2b-256 hash of its token (the token itself is
+    /// never stored), for the account `name`.
+    PutSession {
+        token_hash: &'a [u8],
+        name: &'a str,
+        created: u64,
+    },
+    /// One session ends.
+    DeleteSession { token_hash: &'a [u8] },
+    /// Every session of the account ends.
+    DeleteSessions { name: &'a str },
+    /// A ban (moderation): from `room`, or from the server when `room` is
+    /// empty; of `nick` and `account` (lowercase; empty: none) and, when
+    /// not empty, of the address `ip`; until `until` (wall-clock ms; 0:
+    /// for good).
+    PutBan {
+        room: &'a str,
+        nick: &'a str,
+        account: &'a str,
+        ip: &'a str,
+        until: u64,
+        by: &'a str,
+        reason: &'a str,
+        created: u64,
+    },
+    /// `account` (lowercase) moderates `room` (`on`), or no longer does.
+    PutModerator {
+        room: &'a str,
+        account: &'a str,
+        on: bool,
+    },
+    /// Message `id` of `room` keeps its row with an empty text (a
+    /// tombstone), out of the search index; no effect when not stored.
+    DeleteMessage { room: &'a str, id: u64 },
+    /// A room's topic; "" removes it.
+    PutTopic { room: &'a str, topic: &'a str },
+    /// A line of the audit log: who did what, when.
+    Audit {
+        ts: u64,
+        actor: &'a str,
+        action: &'a str,
+        room: &'a str,
+        target: &'a str,
+        detail: &'a str,
+    },
+}
+
+/// A line of the audit log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditRow {
+    pub ts: u64,
+    pub actor: String,
+    pub action: String,
+    pub room: String,
+    pub target: String,
+    pub detail: String,
+}
+
+/// A ban as stored (see [`Op::PutBan`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BanRow {
+    pub room: String,
+    pub nick: String,
+    pub account: String,
+    pub ip: String,
+    pub until: u64,
+    pub reason: String,
+}
+
+/// An account as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccountRow {
+    pub name: String,
+    /// Argon2id PHC string (parameters and salt included).
+    pub hash: String,
+    /// A server operator.
+    pub op: bool,
+    /// Wall-clock ms of its registration.
+    pub created: u64,
+}
+
+/// A session as stored: the hash of its token, never the token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionRow {
+    pub token_hash: Vec<u8>,
+    pub name: String,
+    pub created: u64,
 }
 
 /// Rooms whose oldest stored message changed in a commit (retention: the
@@ -122,6 +219,19 @@ pub trait Store {
     -> Result<Vec<MessageRow>>;
     /// Applies `ops` in one transaction, then retention: all or nothing.
     fn commit(&mut self, ops: &[Op<'_>]) -> Result<Trimmed>;
+    /// Every account.
+    fn accounts(&mut self) -> Result<Vec<AccountRow>>;
+    /// Every session, oldest first.
+    fn sessions(&mut self) -> Result<Vec<SessionRow>>;
+    /// Every room topic, as (room, topic).
+    fn topics(&mut self) -> Result<Vec<(String, String)>>;
+    /// Every room moderator, as (room, account).
+    fn moderators(&mut self) -> Result<Vec<(String, String)>>;
+    /// Every ban still in force at wall-clock `now_ms`.
+    fn bans(&mut self, now_ms: u64) -> Result<Vec<BanRow>>;
+    /// The newest `limit` audit lines, newest first, as
+    /// (ts, actor, action, room, target, detail).
+    fn audit(&mut self, limit: usize) -> Result<Vec<AuditRow>>;
     /// Messages of `room` with `id < before` holding every word of `query`
     /// (as a word prefix, ignoring case), newest first, at most `limit`.
     fn search(

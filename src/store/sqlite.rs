@@ -15,7 +15,10 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{Limits, MessageRow, Op, Result, RoomRow, Store, StoreError, Trimmed, row_bytes};
+use super::{
+    AccountRow, AuditRow, BanRow, Limits, MessageRow, Op, Result, RoomRow, SessionRow, Store,
+    StoreError, Trimmed, row_bytes,
+};
 
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "wschat.db";
@@ -53,6 +56,50 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages BEGIN
         INSERT INTO messages_fts(messages_fts, rowid, text) VALUES ('delete', old.seq, old.text);
     END;",
+    // 2 -> 3: accounts (Argon2id PHC strings) and their sessions (BLAKE2b
+    // hashes of the tokens, never the tokens).
+    "CREATE TABLE accounts (
+        name    TEXT NOT NULL UNIQUE COLLATE NOCASE,
+        hash    TEXT NOT NULL,
+        op      INTEGER NOT NULL DEFAULT 0,
+        created INTEGER NOT NULL
+    );
+    CREATE TABLE sessions (
+        token_hash BLOB PRIMARY KEY,
+        account    TEXT NOT NULL COLLATE NOCASE,
+        created    INTEGER NOT NULL
+    );
+    CREATE INDEX sessions_account ON sessions(account);",
+    // 3 -> 4: moderation: bans (room '' = the whole server; until 0 = for
+    // good) and the audit log.
+    "CREATE TABLE bans (
+        room    TEXT NOT NULL,
+        nick    TEXT NOT NULL,
+        account TEXT NOT NULL,
+        ip      TEXT NOT NULL,
+        until   INTEGER NOT NULL,
+        by      TEXT NOT NULL,
+        reason  TEXT NOT NULL,
+        created INTEGER NOT NULL
+    );
+    CREATE TABLE audit (
+        seq    INTEGER PRIMARY KEY,
+        ts     INTEGER NOT NULL,
+        actor  TEXT NOT NULL,
+        action TEXT NOT NULL,
+        room   TEXT NOT NULL,
+        target TEXT NOT NULL,
+        detail TEXT NOT NULL
+    );
+    CREATE TABLE moderators (
+        room    TEXT NOT NULL,
+        account TEXT NOT NULL,
+        PRIMARY KEY (room, account)
+    );
+    CREATE TABLE topics (
+        room  TEXT PRIMARY KEY,
+        topic TEXT NOT NULL
+    );",
 ];
 
 /// The schema version this build writes.
@@ -260,6 +307,101 @@ struct Touched {
 }
 
 impl Store for SqliteStore {
+    fn accounts(&mut self) -> Result<Vec<AccountRow>> {
+        let run = || -> rusqlite::Result<Vec<AccountRow>> {
+            let mut st = self
+                .conn
+                .prepare("SELECT name, hash, op, created FROM accounts")?;
+            let rows = st.query_map([], |r| {
+                Ok(AccountRow {
+                    name: r.get(0)?,
+                    hash: r.get(1)?,
+                    op: r.get::<_, i64>(2)? != 0,
+                    created: uint(r.get(3)?),
+                })
+            })?;
+            rows.collect()
+        };
+        run().map_err(|e| self.err(e))
+    }
+
+    fn sessions(&mut self) -> Result<Vec<SessionRow>> {
+        let run = || -> rusqlite::Result<Vec<SessionRow>> {
+            let mut st = self.conn.prepare(
+                "SELECT token_hash, account, created FROM sessions ORDER BY created, rowid",
+            )?;
+            let rows = st.query_map([], |r| {
+                Ok(SessionRow {
+                    token_hash: r.get(0)?,
+                    name: r.get(1)?,
+                    created: uint(r.get(2)?),
+                })
+            })?;
+            rows.collect()
+        };
+        run().map_err(|e| self.err(e))
+    }
+
+    fn topics(&mut self) -> Result<Vec<(String, String)>> {
+        let run = || -> rusqlite::Result<Vec<(String, String)>> {
+            let mut st = self.conn.prepare("SELECT room, topic FROM topics")?;
+            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect()
+        };
+        run().map_err(|e| self.err(e))
+    }
+
+    fn moderators(&mut self) -> Result<Vec<(String, String)>> {
+        let run = || -> rusqlite::Result<Vec<(String, String)>> {
+            let mut st = self.conn.prepare("SELECT room, account FROM moderators")?;
+            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect()
+        };
+        run().map_err(|e| self.err(e))
+    }
+
+    fn bans(&mut self, now_ms: u64) -> Result<Vec<BanRow>> {
+        let run = || -> rusqlite::Result<Vec<BanRow>> {
+            let mut st = self.conn.prepare(
+                "SELECT room, nick, account, ip, until, reason FROM bans
+                 WHERE until = 0 OR until > ?1",
+            )?;
+            let rows = st.query_map([int(now_ms)], |r| {
+                Ok(BanRow {
+                    room: r.get(0)?,
+                    nick: r.get(1)?,
+                    account: r.get(2)?,
+                    ip: r.get(3)?,
+                    until: uint(r.get(4)?),
+                    reason: r.get(5)?,
+                })
+            })?;
+            rows.collect()
+        };
+        run().map_err(|e| self.err(e))
+    }
+
+    fn audit(&mut self, limit: usize) -> Result<Vec<AuditRow>> {
+        let run = || -> rusqlite::Result<Vec<AuditRow>> {
+            let mut st = self.conn.prepare(
+                "SELECT ts, actor, action, room, target, detail FROM audit
+                 ORDER BY seq DESC LIMIT ?1",
+            )?;
+            let rows = st.query_map([int(limit as u64)], |r| {
+                Ok(AuditRow {
+                    ts: uint(r.get(0)?),
+                    actor: r.get(1)?,
+                    action: r.get(2)?,
+                    room: r.get(3)?,
+                    target: r.get(4)?,
+                    detail: r.get(5)?,
+                })
+            })?;
+            rows.collect()
+        };
+        run().map_err(|e| self.err(e))
+    }
+
     fn rooms(&mut self) -> Result<Vec<RoomRow>> {
         let run = || -> rusqlite::Result<Vec<RoomRow>> {
             let mut st = self.conn.prepare(
@@ -413,6 +555,136 @@ impl Store for SqliteStore {
                             bytes = bytes.saturating_sub(delete_room(&tx, old)?);
                             touched.remove(&old);
                         }
+                    }
+                    Op::PutAccount {
+                        name,
+                        hash,
+                        op,
+                        created,
+                    } => {
+                        // A replaced account's sessions end with it.
+                        tx.prepare_cached("DELETE FROM sessions WHERE account = ?1")?
+                            .execute([name])?;
+                        tx.prepare_cached(
+                            "INSERT OR REPLACE INTO accounts (name, hash, op, created) VALUES (?1, ?2, ?3, ?4)",
+                        )?
+                        .execute(params![name, hash, i64::from(op), int(created)])?;
+                    }
+                    Op::SetPassword { name, hash } => {
+                        let n = tx
+                            .prepare_cached("UPDATE accounts SET hash = ?2 WHERE name = ?1")?
+                            .execute([name, hash])?;
+                        if n == 0 {
+                            return Err(rusqlite::Error::QueryReturnedNoRows);
+                        }
+                    }
+                    Op::PutSession {
+                        token_hash,
+                        name,
+                        created,
+                    } => {
+                        tx.prepare_cached(
+                            "INSERT INTO sessions (token_hash, account, created) VALUES (?1, ?2, ?3)",
+                        )?
+                        .execute(params![token_hash, name, int(created)])?;
+                    }
+                    Op::DeleteSession { token_hash } => {
+                        tx.prepare_cached("DELETE FROM sessions WHERE token_hash = ?1")?
+                            .execute([token_hash])?;
+                    }
+                    Op::DeleteSessions { name } => {
+                        tx.prepare_cached("DELETE FROM sessions WHERE account = ?1")?
+                            .execute([name])?;
+                    }
+                    Op::PutBan {
+                        room,
+                        nick,
+                        account,
+                        ip,
+                        until,
+                        by,
+                        reason,
+                        created,
+                    } => {
+                        tx.prepare_cached(
+                            "INSERT INTO bans (room, nick, account, ip, until, by, reason, created)
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                        )?
+                        .execute(params![
+                            room,
+                            nick,
+                            account,
+                            ip,
+                            int(until),
+                            by,
+                            reason,
+                            int(created)
+                        ])?;
+                    }
+                    Op::DeleteMessage { room, id } => {
+                        if let Some(&rid) = ids.get(room) {
+                            // Out of the external-content FTS index first
+                            // (it needs the old text), then emptied.
+                            tx.prepare_cached(
+                                "INSERT INTO messages_fts(messages_fts, rowid, text)
+                                 SELECT 'delete', seq, text FROM messages WHERE room = ?1 AND id = ?2",
+                            )?
+                            .execute(params![rid, int(id)])?;
+                            let freed: i64 = tx
+                                .prepare_cached(
+                                    "SELECT coalesce(sum(length(CAST(text AS BLOB))), 0) FROM messages WHERE room = ?1 AND id = ?2",
+                                )?
+                                .query_row(params![rid, int(id)], |r| r.get(0))?;
+                            tx.prepare_cached(
+                                "UPDATE messages SET text = '' WHERE room = ?1 AND id = ?2",
+                            )?
+                            .execute(params![rid, int(id)])?;
+                            tx.prepare_cached(
+                                "UPDATE rooms SET bytes = max(0, bytes - ?2) WHERE id = ?1",
+                            )?
+                            .execute(params![rid, freed])?;
+                            bytes = bytes.saturating_sub(uint(freed));
+                        }
+                    }
+                    Op::PutTopic { room, topic } => {
+                        if topic.is_empty() {
+                            tx.prepare_cached("DELETE FROM topics WHERE room = ?1")?
+                                .execute([room])?;
+                        } else {
+                            tx.prepare_cached(
+                                "INSERT OR REPLACE INTO topics (room, topic) VALUES (?1, ?2)",
+                            )?
+                            .execute([room, topic])?;
+                        }
+                    }
+                    Op::PutModerator { room, account, on } => {
+                        let sql = if on {
+                            "INSERT OR IGNORE INTO moderators (room, account) VALUES (?1, ?2)"
+                        } else {
+                            "DELETE FROM moderators WHERE room = ?1 AND account = ?2"
+                        };
+                        tx.prepare_cached(sql)?.execute([room, account])?;
+                    }
+                    Op::Audit {
+                        ts,
+                        actor,
+                        action,
+                        room,
+                        target,
+                        detail,
+                    } => {
+                        tx.prepare_cached(
+                            "INSERT INTO audit (ts, actor, action, room, target, detail)
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                        )?
+                        .execute(params![
+                            int(ts),
+                            actor,
+                            action,
+                            room,
+                            target,
+                            detail
+                        ])?;
                     }
                 }
             }

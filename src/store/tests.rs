@@ -345,3 +345,89 @@ fn one_store_per_directory() {
     let e = SqliteStore::open(&d.0, Options::default()).err().unwrap();
     assert!(e.to_string().contains("in use"), "{e}");
 }
+
+fn accounts(s: &mut dyn Store) {
+    let acct = |name: &'static str, hash: &'static str| Op::PutAccount {
+        name,
+        hash,
+        op: false,
+        created: 7,
+    };
+    s.commit(&[
+        acct("Alice", "h1"),
+        acct("bob", "h2"),
+        Op::PutSession {
+            token_hash: b"t1",
+            name: "Alice",
+            created: 8,
+        },
+        Op::PutSession {
+            token_hash: b"t2",
+            name: "alice",
+            created: 9,
+        },
+        Op::PutSession {
+            token_hash: b"t3",
+            name: "bob",
+            created: 10,
+        },
+    ])
+    .unwrap();
+    let mut a = s.accounts().unwrap();
+    a.sort_by(|x, y| x.name.cmp(&y.name));
+    assert_eq!(a.len(), 2);
+    assert_eq!((a[0].name.as_str(), a[0].hash.as_str()), ("Alice", "h1"));
+    let tokens = |s: &mut dyn Store| -> Vec<Vec<u8>> {
+        s.sessions()
+            .unwrap()
+            .into_iter()
+            .map(|r| r.token_hash)
+            .collect()
+    };
+    assert_eq!(tokens(s), [b"t1".to_vec(), b"t2".to_vec(), b"t3".to_vec()]);
+    // Names match ignoring case.
+    s.commit(&[
+        Op::SetPassword {
+            name: "ALICE",
+            hash: "h9",
+        },
+        Op::DeleteSession { token_hash: b"t3" },
+    ])
+    .unwrap();
+    let a = s.accounts().unwrap();
+    assert!(
+        a.iter().any(|r| r.name == "Alice" && r.hash == "h9"),
+        "{a:?}"
+    );
+    s.commit(&[Op::DeleteSessions { name: "aLiCe" }]).unwrap();
+    assert!(tokens(s).is_empty());
+    // A password for no account is an error, and the commit changes nothing.
+    assert!(
+        s.commit(&[
+            Op::DeleteSessions { name: "bob" },
+            Op::SetPassword {
+                name: "nobody",
+                hash: "x"
+            }
+        ])
+        .is_err()
+    );
+    assert_eq!(s.accounts().unwrap().len(), 2);
+}
+
+#[test]
+fn memory_store_accounts() {
+    accounts(&mut MemoryStore::new(Limits {
+        per_room: 10,
+        max_bytes: 0,
+    }));
+}
+
+#[test]
+fn sqlite_store_accounts() {
+    let d = Dir::new("accounts");
+    accounts(&mut SqliteStore::open(&d.0, Options::default()).unwrap());
+    // And they are there after reopening.
+    let mut s = SqliteStore::open(&d.0, Options::default()).unwrap();
+    assert_eq!(s.accounts().unwrap().len(), 2);
+}

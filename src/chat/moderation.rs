@@ -1,0 +1,860 @@
+//! Moderation by server operators (accounts with `op`): `kick` from a room
+//! and `ban` from a room or the server (by nick and account, optionally by
+//! address; for a duration or for good). Each action is refused
+//! `forbidden` to anyone else, announced to the room as a `moderation`
+//! event, written to the audit log in the store, and, like account
+//! changes, carried out only once committed.
+
+use std::net::IpAddr;
+
+use super::durable::Record;
+use super::protocol::{ChatError, Out, frame};
+use super::{Chat, ConnId, Now, Outbox, send_error};
+
+/// A ban in force.
+#[derive(Clone, Debug)]
+pub struct Ban {
+    /// Empty: the whole server.
+    pub room: String,
+    /// Lowercase; empty: none.
+    pub nick: String,
+    pub account: String,
+    pub ip: Option<IpAddr>,
+    /// Wall-clock ms; 0: for good.
+    pub until: u64,
+    pub reason: String,
+    /// `ip` as stored (empty: none).
+    pub ip_shown: String,
+}
+
+impl Ban {
+    /// The address as the store keeps it (empty: none).
+    pub fn ip_text(&self) -> &str {
+        &self.ip_shown
+    }
+}
+
+/// A change to store (see [`Chat::take_records`]).
+#[derive(Clone, Debug)]
+pub enum ModRecord {
+    Ban(Ban, Box<str>, u64),
+    Moderator {
+        room: Box<str>,
+        account: Box<str>,
+        on: bool,
+    },
+    /// A room's topic ("" clears it).
+    Topic {
+        room: Box<str>,
+        topic: Box<str>,
+    },
+    /// Message `id` of `room` becomes a tombstone (its text emptied).
+    Delete {
+        room: Box<str>,
+        id: u64,
+    },
+    Audit {
+        ts: u64,
+        actor: Box<str>,
+        action: &'static str,
+        room: Box<str>,
+        target: Box<str>,
+        detail: Box<str>,
+    },
+}
+
+pub(super) enum ModApply {
+    Delete {
+        actor: ConnId,
+        r#ref: Option<Box<str>>,
+        by: String,
+        room: String,
+        id: u64,
+    },
+    Topic {
+        actor: ConnId,
+        r#ref: Option<Box<str>>,
+        by: String,
+        room: String,
+        topic: String,
+    },
+    Moderator {
+        actor: ConnId,
+        r#ref: Option<Box<str>>,
+        by: String,
+        room: String,
+        account: String,
+        on: bool,
+    },
+    Kick {
+        actor: ConnId,
+        r#ref: Option<Box<str>>,
+        by: String,
+        room: String,
+        target: ConnId,
+        nick: String,
+        reason: String,
+    },
+    Ban {
+        actor: ConnId,
+        r#ref: Option<Box<str>>,
+        by: String,
+        ban: Ban,
+        target_nick: String,
+    },
+}
+
+/// A mute in force (in memory: a restart lifts it).
+struct Mute {
+    room: String,
+    nick: String,
+    account: String,
+    until: u64,
+}
+
+#[derive(Default)]
+pub(super) struct Moderation {
+    bans: Vec<Ban>,
+    mutes: Vec<Mute>,
+    /// Room -> topic.
+    topics: std::collections::HashMap<String, String>,
+    /// (room, account key): room moderators.
+    mods: std::collections::HashSet<(String, String)>,
+    /// Room -> slow-mode interval, ms.
+    slow: std::collections::HashMap<String, u64>,
+    /// (room, nick lowercase) -> monotonic ms of the last message posted
+    /// in a slow room.
+    last_post: std::collections::HashMap<(String, String), u64>,
+    pending: Vec<(Now, ModApply)>,
+}
+
+impl Ban {
+    fn live(&self, now: Now) -> bool {
+        self.until == 0 || self.until > now.wall_ms
+    }
+
+    fn matches(&self, nick: &str, account: Option<&str>, ip: Option<IpAddr>) -> bool {
+        (!self.nick.is_empty() && self.nick.eq_ignore_ascii_case(nick))
+            || (!self.account.is_empty() && account.is_some_and(|a| self.account == a))
+            || (self.ip.is_some() && self.ip == ip)
+    }
+}
+
+impl Chat {
+    /// Loads the bans in force (before any connection).
+    pub fn restore_bans(&mut self, bans: Vec<Ban>) {
+        self.moder.bans = bans;
+    }
+
+    /// The ban that keeps `conn` (as `nick`) out of `room` ("" for the
+    /// server: only server bans), if any.
+    fn ban_for(&self, conn: ConnId, nick: &str, room: &str, now: Now) -> Option<&Ban> {
+        let account = self.account_of(conn);
+        let ip = self.ip_of(conn);
+        self.moder.bans.iter().find(|b| {
+            b.live(now)
+                && (b.room.is_empty() || b.room == room)
+                && b.matches(nick, account.as_deref(), ip)
+        })
+    }
+
+    pub(super) fn check_banned(
+        &self,
+        conn: ConnId,
+        room: &str,
+        nick: Option<&str>,
+        now: Now,
+    ) -> Result<(), ChatError> {
+        let own = self.conns.nick(conn).unwrap_or_default();
+        match self.ban_for(conn, nick.unwrap_or(own), room, now) {
+            Some(b) => Err(ChatError::Banned {
+                until: b.until,
+                reason: b.reason.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// A login to the account `key` while a server ban holds it.
+    pub(super) fn check_account_ban(&self, key: &str, now: Now) -> Result<(), ChatError> {
+        match self
+            .moder
+            .bans
+            .iter()
+            .find(|b| b.live(now) && b.room.is_empty() && b.matches(key, Some(key), None))
+        {
+            Some(b) => Err(ChatError::Banned {
+                until: b.until,
+                reason: b.reason.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether a server ban holds the nick `nick` (a guest asking for it
+    /// at connect gets a guest nick).
+    pub(super) fn nick_banned(&self, nick: &str, now: Now) -> bool {
+        self.moder
+            .bans
+            .iter()
+            .any(|b| b.live(now) && b.room.is_empty() && b.matches(nick, None, None))
+    }
+
+    /// A connection just admitted: closed at once when a server ban holds
+    /// its address.
+    pub(super) fn enforce_on_connect(&mut self, conn: ConnId, now: Now, out: &mut dyn Outbox) {
+        if let Err(e) = self.check_banned(conn, "", None, now) {
+            send_error(out, conn, None, &e);
+            if let Some(c) = self.conns.get_mut(&conn) {
+                c.closing = true;
+            }
+            out.close(conn, super::CLOSE_POLICY, "banned");
+        }
+    }
+
+    fn operator_name(&self, conn: ConnId) -> Result<String, ChatError> {
+        if !self.is_op(conn) {
+            return Err(ChatError::Forbidden);
+        }
+        Ok(self.conns.nick(conn).unwrap_or_default().to_string())
+    }
+
+    /// The nick of `conn` when it may moderate `room`: an operator, or a
+    /// moderator of the room (logged in to an appointed account).
+    fn moderator_name(&self, conn: ConnId, room: &str) -> Result<String, ChatError> {
+        let appointed = self
+            .account_of(conn)
+            .is_some_and(|a| self.moder.mods.contains(&(room.to_string(), a)));
+        if !appointed && !self.is_op(conn) {
+            return Err(ChatError::Forbidden);
+        }
+        Ok(self.conns.nick(conn).unwrap_or_default().to_string())
+    }
+
+    /// The topic of `room`, if it has one.
+    pub(super) fn topic_of(&self, room: &str) -> Option<&str> {
+        self.moder.topics.get(room).map(String::as_str)
+    }
+
+    /// Loads the rooms' topics.
+    pub fn restore_topics(&mut self, topics: Vec<(String, String)>) {
+        self.moder.topics = topics.into_iter().collect();
+    }
+
+    /// `topic`: a moderator of the room sets (or clears) it; stored first.
+    pub(super) fn set_topic(
+        &mut self,
+        conn: ConnId,
+        room: &str,
+        topic: String,
+        r: Option<&str>,
+        now: Now,
+    ) -> Result<(), ChatError> {
+        let by = self.moderator_name(conn, room)?;
+        self.records.push(Record::Moderation(ModRecord::Topic {
+            room: room.into(),
+            topic: topic.as_str().into(),
+        }));
+        self.audit(now, &by, "topic", room, "", &topic);
+        self.moder.pending.push((
+            now,
+            ModApply::Topic {
+                actor: conn,
+                r#ref: r.map(Box::from),
+                by,
+                room: room.to_string(),
+                topic,
+            },
+        ));
+        Ok(())
+    }
+
+    /// `delete`: a moderator of the room deletes message `id`; stored
+    /// first, then the tombstone replaces it in memory and every member
+    /// hears it.
+    pub(super) fn delete_message(
+        &mut self,
+        conn: ConnId,
+        room: &str,
+        id: u64,
+        r: Option<&str>,
+        now: Now,
+    ) -> Result<(), ChatError> {
+        let by = self.moderator_name(conn, room)?;
+        let idx = *self.room_names.get(room).ok_or(ChatError::NoSuchMessage)?;
+        let r0 = self.room(idx).ok_or(ChatError::NoSuchMessage)?;
+        if id < r0.first_kept() || id >= r0.stored_next() {
+            return Err(ChatError::NoSuchMessage);
+        }
+        self.records.push(Record::Moderation(ModRecord::Delete {
+            room: room.into(),
+            id,
+        }));
+        self.audit(now, &by, "delete", room, "", &format!("id={id}"));
+        self.moder.pending.push((
+            now,
+            ModApply::Delete {
+                actor: conn,
+                r#ref: r.map(Box::from),
+                by,
+                room: room.to_string(),
+                id,
+            },
+        ));
+        Ok(())
+    }
+
+    /// Loads the room moderators, (room, account) pairs.
+    pub fn restore_moderators(&mut self, mods: Vec<(String, String)>) {
+        self.moder.mods = mods.into_iter().collect();
+    }
+
+    /// `moderator`: an operator appoints (or, with `on` false, removes) the
+    /// account `nick` as a moderator of `room`. Stored before it holds.
+    pub(super) fn appoint(
+        &mut self,
+        conn: ConnId,
+        room: &str,
+        nick: &str,
+        on: bool,
+        r: Option<&str>,
+        now: Now,
+    ) -> Result<(), ChatError> {
+        let by = self.operator_name(conn)?;
+        let account = nick.to_ascii_lowercase();
+        if !self.is_registered(&account) {
+            return Err(ChatError::NoSuchAccount);
+        }
+        self.records.push(Record::Moderation(ModRecord::Moderator {
+            room: room.into(),
+            account: account.as_str().into(),
+            on,
+        }));
+        let action = if on { "moderator" } else { "unmoderator" };
+        self.audit(now, &by, action, room, &account, "");
+        self.moder.pending.push((
+            now,
+            ModApply::Moderator {
+                actor: conn,
+                r#ref: r.map(Box::from),
+                by,
+                room: room.to_string(),
+                account,
+                on,
+            },
+        ));
+        Ok(())
+    }
+
+    fn audit(
+        &mut self,
+        now: Now,
+        actor: &str,
+        action: &'static str,
+        room: &str,
+        target: &str,
+        detail: &str,
+    ) {
+        self.records.push(Record::Moderation(ModRecord::Audit {
+            ts: now.wall_ms,
+            actor: actor.into(),
+            action,
+            room: room.into(),
+            target: target.into(),
+            detail: detail.into(),
+        }));
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn kick(
+        &mut self,
+        conn: ConnId,
+        room: &str,
+        nick: &str,
+        reason: Option<String>,
+        r: Option<&str>,
+        now: Now,
+    ) -> Result<(), ChatError> {
+        let by = self.moderator_name(conn, room)?;
+        let target = self.holder(nick).ok_or(ChatError::NoSuchUser)?;
+        let idx = *self.room_names.get(room).ok_or(ChatError::NotInRoom)?;
+        if !self
+            .conns
+            .get(&target)
+            .is_some_and(|c| c.rooms.contains(&idx))
+        {
+            return Err(ChatError::NotInRoom);
+        }
+        let nick = self.conns.nick(target).unwrap_or_default().to_string();
+        let reason = reason.unwrap_or_default();
+        self.audit(now, &by, "kick", room, &nick, &reason);
+        self.moder.pending.push((
+            now,
+            ModApply::Kick {
+                actor: conn,
+                r#ref: r.map(Box::from),
+                by,
+                room: room.to_string(),
+                target,
+                nick,
+                reason,
+            },
+        ));
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn ban(
+        &mut self,
+        conn: ConnId,
+        room: Option<String>,
+        nick: &str,
+        duration_s: Option<u64>,
+        ip: bool,
+        reason: Option<String>,
+        r: Option<&str>,
+        now: Now,
+    ) -> Result<(), ChatError> {
+        let by = match &room {
+            Some(room) => self.moderator_name(conn, room)?,
+            None => self.operator_name(conn)?,
+        };
+        let target = self.holder(nick);
+        let key = nick.to_ascii_lowercase();
+        // The account: the one the target is logged in to, or the one the
+        // nick is registered to.
+        let account = target
+            .and_then(|t| self.account_of(t))
+            .or_else(|| self.is_registered(&key).then(|| key.clone()))
+            .unwrap_or_default();
+        let ip = if ip {
+            Some(
+                target
+                    .and_then(|t| self.ip_of(t))
+                    .ok_or(ChatError::NoSuchUser)?,
+            )
+        } else {
+            None
+        };
+        let until = match duration_s {
+            Some(d) => now.wall_ms.saturating_add(d.saturating_mul(1000)),
+            None => 0,
+        };
+        let ban = Ban {
+            ip_shown: ip.map(|i| i.to_string()).unwrap_or_default(),
+            room: room.unwrap_or_default(),
+            nick: key,
+            account,
+            ip,
+            until,
+            reason: reason.unwrap_or_default(),
+        };
+        self.records.push(Record::Moderation(ModRecord::Ban(
+            ban.clone(),
+            by.as_str().into(),
+            now.wall_ms,
+        )));
+        let detail = format!(
+            "until={} ip={} reason={}",
+            ban.until,
+            ban.ip.map(|i| i.to_string()).unwrap_or_default(),
+            ban.reason
+        );
+        let room = ban.room.clone();
+        self.audit(now, &by, "ban", &room, nick, &detail);
+        self.moder.pending.push((
+            now,
+            ModApply::Ban {
+                actor: conn,
+                r#ref: r.map(Box::from),
+                by,
+                ban,
+                target_nick: nick.to_string(),
+            },
+        ));
+        Ok(())
+    }
+
+    /// Sends the `moderation` event to a room's members and to the actor
+    /// (its own copy `own`, with its `ref`; once, member or not).
+    fn announce(
+        &self,
+        idx: Option<u32>,
+        actor: ConnId,
+        ev: &Out<'_>,
+        own: &Out<'_>,
+        out: &mut dyn Outbox,
+    ) {
+        let shared = frame(ev);
+        let mine = frame(own);
+        if let Some(room) = idx.and_then(|i| self.room(i)) {
+            for &m in &room.members {
+                if m != actor {
+                    out.send(m, &shared);
+                }
+            }
+        }
+        out.send(actor, &mine);
+    }
+
+    pub(super) fn mod_committed(&mut self, out: &mut dyn Outbox) {
+        for (now, p) in std::mem::take(&mut self.moder.pending) {
+            match p {
+                ModApply::Delete {
+                    actor,
+                    r#ref,
+                    by,
+                    room,
+                    id,
+                } => {
+                    let idx = self.room_names.get(room.as_str()).copied();
+                    if let Some(rm) = idx.and_then(|i| self.room_mut(i)) {
+                        let before = rm.bytes;
+                        if let Some(m) = rm.history.iter_mut().find(|m| m.id == id) {
+                            let freed = m.text.len();
+                            m.text = Box::from("");
+                            rm.bytes -= freed;
+                        }
+                        let after = rm.bytes;
+                        self.history_bytes = self.history_bytes - before + after;
+                    }
+                    let ev = |r| Out::Moderation {
+                        action: "delete",
+                        room: Some(&room),
+                        nick: "",
+                        by: &by,
+                        reason: "",
+                        until: None,
+                        interval: None,
+                        id: Some(id),
+                        r#ref: r,
+                    };
+                    self.announce(idx, actor, &ev(None), &ev(r#ref.as_deref()), out);
+                }
+                ModApply::Topic {
+                    actor,
+                    r#ref,
+                    by,
+                    room,
+                    topic,
+                } => {
+                    let idx = self.room_names.get(room.as_str()).copied();
+                    let ev = |r| Out::Moderation {
+                        action: "topic",
+                        room: Some(&room),
+                        nick: "",
+                        by: &by,
+                        reason: &topic,
+                        until: None,
+                        interval: None,
+                        id: None,
+                        r#ref: r,
+                    };
+                    self.announce(idx, actor, &ev(None), &ev(r#ref.as_deref()), out);
+                    if topic.is_empty() {
+                        self.moder.topics.remove(&room);
+                    } else {
+                        self.moder.topics.insert(room, topic);
+                    }
+                }
+                ModApply::Moderator {
+                    actor,
+                    r#ref,
+                    by,
+                    room,
+                    account,
+                    on,
+                } => {
+                    let k = (room.clone(), account.clone());
+                    if on {
+                        self.moder.mods.insert(k);
+                    } else {
+                        self.moder.mods.remove(&k);
+                    }
+                    let idx = self.room_names.get(room.as_str()).copied();
+                    let ev = |r| Out::Moderation {
+                        action: if on { "moderator" } else { "unmoderator" },
+                        room: Some(&room),
+                        nick: &account,
+                        by: &by,
+                        reason: "",
+                        until: None,
+                        interval: None,
+                        id: None,
+                        r#ref: r,
+                    };
+                    self.announce(idx, actor, &ev(None), &ev(r#ref.as_deref()), out);
+                }
+                ModApply::Kick {
+                    actor,
+                    r#ref,
+                    by,
+                    room,
+                    target,
+                    nick,
+                    reason,
+                } => {
+                    let idx = self.room_names.get(room.as_str()).copied();
+                    let ev = |r| Out::Moderation {
+                        action: "kick",
+                        room: Some(&room),
+                        nick: &nick,
+                        by: &by,
+                        reason: &reason,
+                        until: None,
+                        interval: None,
+                        id: None,
+                        r#ref: r,
+                    };
+                    self.announce(idx, actor, &ev(None), &ev(r#ref.as_deref()), out);
+                    if let Some(i) = idx {
+                        self.expel(target, i, now, out);
+                    }
+                }
+                ModApply::Ban {
+                    actor,
+                    r#ref,
+                    by,
+                    ban,
+                    target_nick,
+                } => {
+                    self.moder.bans.push(ban.clone());
+                    let idx = if ban.room.is_empty() {
+                        None
+                    } else {
+                        self.room_names.get(ban.room.as_str()).copied()
+                    };
+                    let ev = |r| Out::Moderation {
+                        action: "ban",
+                        room: (!ban.room.is_empty()).then_some(ban.room.as_str()),
+                        nick: &target_nick,
+                        by: &by,
+                        reason: &ban.reason,
+                        until: Some(ban.until),
+                        interval: None,
+                        id: None,
+                        r#ref: r,
+                    };
+                    // Everyone the ban holds goes: from the room, or off
+                    // the server.
+                    let hit: Vec<ConnId> = self
+                        .conns
+                        .slots
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(i, c)| c.as_ref().map(|c| (i, c.nick)))
+                        .filter(|(i, n)| {
+                            ban.matches(n.as_str(), self.account_of(*i).as_deref(), self.ip_of(*i))
+                        })
+                        .map(|(i, _)| i)
+                        .collect();
+                    match idx {
+                        Some(i) => {
+                            self.announce(Some(i), actor, &ev(None), &ev(r#ref.as_deref()), out);
+                            for t in hit {
+                                self.expel(t, i, now, out);
+                            }
+                        }
+                        None if ban.room.is_empty() => {
+                            let shared = frame(&ev(None));
+                            for &t in &hit {
+                                let rooms = self
+                                    .conns
+                                    .get(&t)
+                                    .map(|c| c.rooms.clone())
+                                    .unwrap_or_default();
+                                for ri in rooms {
+                                    if let Some(room) = self.room(ri) {
+                                        for &m in &room.members {
+                                            if m != actor {
+                                                out.send(m, &shared);
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                            out.send(actor, &frame(&ev(r#ref.as_deref())));
+                            for t in hit {
+                                if t == actor {
+                                    continue;
+                                }
+                                if let Some(c) = self.conns.get_mut(&t) {
+                                    c.closing = true;
+                                }
+                                out.close(t, super::CLOSE_POLICY, "banned");
+                            }
+                        }
+                        None => out.send(actor, &frame(&ev(r#ref.as_deref()))),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes `conn` out of room `idx` (its copy of the event already sent).
+    fn expel(&mut self, conn: ConnId, idx: u32, now: Now, out: &mut dyn Outbox) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if !c.rooms.contains(&idx) {
+            return;
+        }
+        c.rooms.retain(|i| *i != idx);
+        let nick = c.nick;
+        self.remove_member(idx, conn, &nick, now, out);
+    }
+
+    /// `mute` and `slow` take effect at once (they are not stored; their
+    /// audit line is committed with the turn).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn mute(
+        &mut self,
+        conn: ConnId,
+        room: &str,
+        nick: &str,
+        duration_s: u64,
+        reason: Option<String>,
+        r: Option<&str>,
+        now: Now,
+        out: &mut dyn Outbox,
+    ) -> Result<(), ChatError> {
+        let by = self.moderator_name(conn, room)?;
+        let target = self.holder(nick);
+        let key = nick.to_ascii_lowercase();
+        let account = target.and_then(|t| self.account_of(t)).unwrap_or_default();
+        let until = now.wall_ms.saturating_add(duration_s.saturating_mul(1000));
+        self.moder.mutes.retain(|m| m.until > now.wall_ms);
+        self.moder.mutes.push(Mute {
+            room: room.to_string(),
+            nick: key,
+            account,
+            until,
+        });
+        let reason = reason.unwrap_or_default();
+        self.audit(
+            now,
+            &by,
+            "mute",
+            room,
+            nick,
+            &format!("until={until} reason={reason}"),
+        );
+        let idx = self.room_names.get(room).copied();
+        let ev = |r| Out::Moderation {
+            action: "mute",
+            room: Some(room),
+            nick,
+            by: &by,
+            reason: &reason,
+            until: Some(until),
+            interval: None,
+            id: None,
+            r#ref: r,
+        };
+        self.announce(idx, conn, &ev(None), &ev(r), out);
+        Ok(())
+    }
+
+    pub(super) fn slow(
+        &mut self,
+        conn: ConnId,
+        room: &str,
+        interval_s: u64,
+        r: Option<&str>,
+        now: Now,
+        out: &mut dyn Outbox,
+    ) -> Result<(), ChatError> {
+        let by = self.moderator_name(conn, room)?;
+        if interval_s == 0 {
+            self.moder.slow.remove(room);
+            self.moder.last_post.retain(|(rm, _), _| rm != room);
+        } else {
+            self.moder.slow.insert(room.to_string(), interval_s * 1000);
+        }
+        self.audit(
+            now,
+            &by,
+            "slow",
+            room,
+            "",
+            &format!("interval={interval_s}"),
+        );
+        let idx = self.room_names.get(room).copied();
+        let ev = |r| Out::Moderation {
+            action: "slow",
+            room: Some(room),
+            nick: "",
+            by: &by,
+            reason: "",
+            until: None,
+            interval: Some(interval_s),
+            id: None,
+            r#ref: r,
+        };
+        self.announce(idx, conn, &ev(None), &ev(r), out);
+        Ok(())
+    }
+
+    /// A `message` to `room` (joined): refused while muted, or sooner than
+    /// the room's slow mode allows (operators are exempt from it).
+    pub(super) fn check_post(
+        &mut self,
+        conn: ConnId,
+        room: &str,
+        now: Now,
+    ) -> Result<(), ChatError> {
+        let nick = self
+            .conns
+            .nick(conn)
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        let account = self.account_of(conn);
+        if let Some(m) = self.moder.mutes.iter().find(|m| {
+            m.until > now.wall_ms
+                && m.room == room
+                && (m.nick == nick
+                    || (!m.account.is_empty() && account.as_deref() == Some(&*m.account)))
+        }) {
+            return Err(ChatError::Muted { until: m.until });
+        }
+        let Some(&interval) = self.moder.slow.get(room) else {
+            return Ok(());
+        };
+        if self.moderator_name(conn, room).is_ok() {
+            return Ok(());
+        }
+        let key = (room.to_string(), account.unwrap_or(nick));
+        if let Some(&last) = self.moder.last_post.get(&key)
+            && now.mono_ms < last + interval
+        {
+            return Err(ChatError::SlowMode {
+                retry_after_s: (last + interval - now.mono_ms).div_ceil(1000),
+            });
+        }
+        self.moder.last_post.insert(key, now.mono_ms);
+        Ok(())
+    }
+
+    /// Forgets slow-mode marks that no longer hold anyone back, and mutes
+    /// that ran out.
+    pub(super) fn expire_moderation(&mut self, now: Now) {
+        let slow = &self.moder.slow;
+        self.moder
+            .last_post
+            .retain(|(room, _), last| slow.get(room).is_some_and(|iv| now.mono_ms < *last + iv));
+        self.moder.mutes.retain(|m| m.until > now.wall_ms);
+    }
+
+    pub(super) fn mod_failed(&mut self, out: &mut dyn Outbox) {
+        for (_, p) in std::mem::take(&mut self.moder.pending) {
+            let (actor, r) = match p {
+                ModApply::Kick { actor, r#ref, .. }
+                | ModApply::Ban { actor, r#ref, .. }
+                | ModApply::Moderator { actor, r#ref, .. }
+                | ModApply::Topic { actor, r#ref, .. }
+                | ModApply::Delete { actor, r#ref, .. } => (actor, r#ref),
+            };
+            send_error(out, actor, r.as_deref(), &ChatError::StorageFailed);
+        }
+    }
+}

@@ -1,0 +1,870 @@
+//! End-to-end tests of accounts and sessions (docs/protocol.md,
+//! "Accounts"): real servers on real sockets, restarted and killed on the
+//! same `--data-dir`.
+mod common;
+use common::*;
+
+use serde_json::{Value, json};
+use std::io::Write;
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+use tungstenite::Message;
+
+type Ws = tungstenite::WebSocket<TcpStream>;
+
+const PW: &str = "correct horse battery";
+
+fn start(dir: &Path, extra: &[&str]) -> Server {
+    let mut args = vec!["--rate-burst", "0"];
+    args.extend_from_slice(extra);
+    Server::start_in(dir, &args)
+}
+
+fn connect_as(server: &Server, nick: &str) -> (Ws, String) {
+    let mut ws = client(server, &format!("/ws?nick={nick}"));
+    let w = recv(&mut ws);
+    assert_eq!(w["type"], "welcome", "{w}");
+    let nick = w["nick"].as_str().unwrap().to_string();
+    (ws, nick)
+}
+
+fn send(ws: &mut Ws, v: Value) {
+    ws.send(Message::text(v.to_string())).expect("send");
+}
+
+fn recv(ws: &mut Ws) -> Value {
+    loop {
+        match ws.read().expect("read a frame") {
+            Message::Text(t) => return serde_json::from_str(t.as_str()).expect("JSON"),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+}
+
+/// The next frame of `type`, skipping presence, typing and nick changes.
+fn recv_type(ws: &mut Ws, ty: &str) -> Value {
+    loop {
+        let v = recv(ws);
+        if v["type"] == ty {
+            return v;
+        }
+        assert!(
+            ["presence", "typing", "nick"].contains(&v["type"].as_str().unwrap_or("")),
+            "expected {ty}, got {v}"
+        );
+    }
+}
+
+/// Sends `req` and returns the answer carrying its ref (`session`,
+/// `error`, …), skipping events.
+fn ask(ws: &mut Ws, mut req: Value, r: &str) -> Value {
+    req["ref"] = json!(r);
+    send(ws, req);
+    loop {
+        let v = recv(ws);
+        if v["ref"] == r {
+            return v;
+        }
+    }
+}
+
+fn register(ws: &mut Ws) -> String {
+    let v = ask(ws, json!({"type":"register","password":PW}), "reg");
+    assert_eq!(v["type"], "session", "{v}");
+    v["token"].as_str().unwrap().to_string()
+}
+
+fn login_pw(ws: &mut Ws, account: &str, pw: &str) -> Value {
+    ask(
+        ws,
+        json!({"type":"login","account":account,"password":pw}),
+        "login",
+    )
+}
+
+fn login_token(ws: &mut Ws, token: &str) -> Value {
+    ask(ws, json!({"type":"login","token":token}), "tok")
+}
+
+fn nick_of(ws: &mut Ws) -> String {
+    // A `nick` to one's own current nick answers it, to oneself only.
+    let v = ask(ws, json!({"type":"rooms"}), "probe");
+    assert_eq!(v["type"], "rooms");
+    let w = ask(ws, json!({"type":"nick","nick":"probe-nick-x"}), "n");
+    let old = w["old"].as_str().unwrap_or_default().to_string();
+    let back = ask(ws, json!({"type":"nick","nick":old}), "n2");
+    assert_eq!(back["type"], "nick", "{back}");
+    old
+}
+
+#[test]
+fn a_registered_nick_cannot_be_impersonated() {
+    let dir = TempDir::new("impersonate");
+    let s = start(dir.path(), &[]);
+    let (mut alice, nick) = connect_as(&s, "alice");
+    assert_eq!(nick, "alice");
+    let token = register(&mut alice);
+    assert_eq!(token.len(), 64);
+    drop(alice);
+    std::thread::sleep(Duration::from_millis(100));
+
+    // Asking for it at connect gives a guest nick, as a taken nick does.
+    let (mut mallory, nick) = connect_as(&s, "Alice");
+    assert!(nick.starts_with("guest-"), "{nick}");
+    let v = ask(&mut mallory, json!({"type":"nick","nick":"ALICE"}), "n");
+    assert_eq!(v["code"], "nick_taken", "{v}");
+    let v = login_pw(&mut mallory, "alice", "not the password");
+    assert_eq!(v["code"], "login_failed", "{v}");
+    let v = ask(&mut mallory, json!({"type":"register","password":PW}), "r");
+    assert_eq!(v["type"], "session", "a guest nick can be registered: {v}");
+    let v = ask(
+        &mut mallory,
+        json!({"type":"register","nick":"alice","password":PW}),
+        "r2",
+    );
+    assert_eq!(v["code"], "forbidden", "{v}");
+
+    // Alice, back with her token, gets her nick.
+    let (mut alice, _) = connect_as(&s, "alice");
+    let v = login_token(&mut alice, &token);
+    assert_eq!(v["type"], "session", "{v}");
+    assert_eq!(v["account"], "alice");
+    assert_eq!(nick_of(&mut alice), "alice");
+}
+
+#[test]
+fn a_token_logs_in_across_a_restart_and_logout_ends_it() {
+    let dir = TempDir::new("restart");
+    let mut s = start(dir.path(), &[]);
+    let (mut c, _) = connect_as(&s, "bob");
+    let token = register(&mut c);
+    drop(c);
+    s.signal("TERM");
+    assert!(s.wait_exit(Duration::from_secs(10)).is_some());
+    drop(s);
+
+    let s = start(dir.path(), &[]);
+    let (mut g, nick) = connect_as(&s, "bob");
+    assert!(nick.starts_with("guest-"), "still registered: {nick}");
+    let v = login_token(&mut g, &token);
+    assert_eq!(v["type"], "session", "{v}");
+    assert_eq!(nick_of(&mut g), "bob");
+    let v = ask(&mut g, json!({"type":"logout"}), "out");
+    assert_eq!(v["type"], "logged_out", "{v}");
+    assert!(
+        nick_of(&mut g).starts_with("guest-"),
+        "the nick went with it"
+    );
+    let v = login_token(&mut g, &token);
+    assert_eq!(v["code"], "login_failed", "{v}");
+    let v = ask(&mut g, json!({"type":"logout"}), "out2");
+    assert_eq!(v["code"], "not_logged_in", "{v}");
+}
+
+#[test]
+fn a_password_change_ends_the_other_sessions() {
+    let s = Server::start(&["--no-persist", "--rate-burst", "0"]);
+    let (mut a1, _) = connect_as(&s, "carol");
+    let t1 = register(&mut a1);
+    let (mut a2, _) = connect_as(&s, "x");
+    let v = login_pw(&mut a2, "carol", PW);
+    assert_eq!(v["type"], "session", "{v}");
+    let t2 = v["token"].as_str().unwrap().to_string();
+    assert_ne!(t1, t2);
+
+    let v = ask(
+        &mut a1,
+        json!({"type":"passwd","password":"wrong password","new_password":"new secret 123"}),
+        "p0",
+    );
+    assert_eq!(v["code"], "login_failed", "{v}");
+    let v = ask(
+        &mut a1,
+        json!({"type":"passwd","password":PW,"new_password":"new secret 123"}),
+        "p",
+    );
+    assert_eq!(v["type"], "session", "{v}");
+    let t3 = v["token"].as_str().unwrap().to_string();
+    let out = recv_type(&mut a2, "logged_out");
+    assert_eq!(out["account"], "carol");
+
+    let (mut c, _) = connect_as(&s, "y");
+    for old in [&t1, &t2] {
+        let v = login_token(&mut c, old);
+        assert_eq!(v["code"], "login_failed", "{v}");
+    }
+    assert_eq!(login_pw(&mut c, "carol", PW)["code"], "login_failed");
+    assert_eq!(login_token(&mut c, &t3)["type"], "session");
+    // a1 still holds the nick: c is logged in but keeps its own.
+    assert_eq!(
+        login_pw(&mut c, "carol", "new secret 123")["type"],
+        "session"
+    );
+
+    // Log out everywhere: every connection of the account hears it.
+    let v = ask(&mut c, json!({"type":"logout","all":true}), "all");
+    assert_eq!(v["type"], "logged_out", "{v}");
+    let out = recv_type(&mut a1, "logged_out");
+    assert_eq!(out["account"], "carol");
+    let (mut d, _) = connect_as(&s, "z");
+    assert_eq!(login_token(&mut d, &t3)["code"], "login_failed");
+}
+
+#[test]
+fn failed_logins_are_limited_per_account_and_per_address() {
+    let s = Server::start(&["--no-persist", "--rate-burst", "0", "--limit-loopback"]);
+    let (mut owner, _) = connect_as(&s, "dave");
+    register(&mut owner);
+    let (mut m, _) = connect_as(&s, "m");
+    for i in 0..6 {
+        let v = login_pw(&mut m, "dave", &format!("guess number {i}"));
+        assert_eq!(v["code"], "login_failed", "attempt {i}: {v}");
+    }
+    // Locked now: even the right password waits, and the error says how long.
+    let (mut other, _) = connect_as(&s, "o");
+    let v = login_pw(&mut other, "dave", PW);
+    assert_eq!(v["code"], "login_limited", "{v}");
+    let wait = v["retry_after"].as_u64().expect("retry_after");
+    assert!((1..=900).contains(&wait), "{v}");
+    assert!(v["message"].as_str().unwrap().contains("try again in"));
+    std::thread::sleep(Duration::from_millis(wait * 1000 + 200));
+    // Per address too (this address failed 6 times): the address's lock
+    // was the same length, so both have run out.
+    let v = login_pw(&mut other, "dave", PW);
+    assert_eq!(v["type"], "session", "{v}");
+
+    // Per address: a success resets the account's count, not the
+    // address's, so one more failure, against an account that does not
+    // exist, locks the address again (twice as long) for every account.
+    let v = login_pw(&mut m, "nobody", PW);
+    assert_eq!(v["code"], "login_failed", "{v}");
+    let v = login_pw(&mut m, "dave", PW);
+    assert_eq!(v["code"], "login_limited", "{v}");
+    assert_eq!(v["retry_after"], 2, "{v}");
+}
+
+/// Runs `wschat --data-dir DIR ARGS…` with `pw` on its standard input:
+/// (success, what it printed).
+fn account_cmd(dir: &Path, args: &[&str], pw: &str) -> (bool, String) {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_wschat"))
+        .arg("--data-dir")
+        .arg(dir)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run wschat account");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{pw}\n").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+#[test]
+fn guests_are_refused_with_require_account_and_registration_closed() {
+    let dir = TempDir::new("policy");
+    // The first operator, made on the server's machine (stdin not a terminal).
+    let add = |args: &[&str], pw: &str| account_cmd(dir.path(), args, pw);
+    let (ok, msg) = add(&["account", "add", "boss", "--op"], "first password");
+    assert!(ok, "{msg}");
+    let (ok, msg) = add(&["account", "add", "Boss"], "first password");
+    assert!(!ok && msg.contains("exists"), "{msg}");
+    let (ok, msg) = add(&["account", "passwd", "boss"], PW);
+    assert!(ok, "{msg}");
+    let (ok, msg) = add(&["account", "add", "short"], "2short");
+    assert!(!ok && msg.contains("password"), "{msg}");
+
+    let s = start(
+        dir.path(),
+        &["--require-account", "--registration", "closed"],
+    );
+    let (mut g, _) = connect_as(&s, "guest");
+    let v = ask(&mut g, json!({"type":"join","room":"general"}), "j");
+    assert_eq!(v["code"], "account_required", "{v}");
+    let v = ask(&mut g, json!({"type":"register","password":PW}), "r");
+    assert_eq!(v["code"], "registration_closed", "{v}");
+
+    let (mut op, _) = connect_as(&s, "x");
+    assert_eq!(
+        login_pw(&mut op, "boss", "first password")["code"],
+        "login_failed"
+    );
+    let v = login_pw(&mut op, "boss", PW);
+    assert_eq!(v["type"], "session", "{v}");
+    assert_eq!(v["op"], true);
+    let v = ask(&mut op, json!({"type":"join","room":"general"}), "j");
+    assert_eq!(v["type"], "joined", "{v}");
+    // An operator registers someone else: the guest holding the nick loses it.
+    let v = ask(
+        &mut op,
+        json!({"type":"register","nick":"guest","password":PW}),
+        "r",
+    );
+    assert_eq!(v["type"], "registered", "{v}");
+    let n = recv_type(&mut g, "nick");
+    assert!(n["nick"].as_str().unwrap().starts_with("guest-"), "{n}");
+    assert_eq!(login_pw(&mut g, "guest", PW)["type"], "session");
+    let v = ask(&mut g, json!({"type":"join","room":"general"}), "j2");
+    assert_eq!(v["type"], "joined", "{v}");
+}
+
+/// Registers accounts as fast as the server takes them until SIGKILL:
+/// every registration that was answered can log in after the restart.
+#[test]
+fn sigkill_during_registrations_keeps_every_answered_account() {
+    let dir = TempDir::new("kill-accounts");
+    let mut s = start(dir.path(), &[]);
+    let addr = s.addr;
+    let workers: Vec<_> = (0..3)
+        .map(|w| {
+            let url = s.url("/ws");
+            std::thread::spawn(move || {
+                let mut done: Vec<(String, String)> = Vec::new();
+                for i in 0.. {
+                    let nick = format!("u{w}x{i}");
+                    let Ok(stream) = TcpStream::connect(addr) else {
+                        break;
+                    };
+                    let Ok((mut ws, _)) = tungstenite::client(format!("{url}?nick={nick}"), stream)
+                    else {
+                        break;
+                    };
+                    let ok = (|| -> Option<String> {
+                        ws.read().ok()?;
+                        let req = json!({"type":"register","password":PW,"ref":"r"});
+                        ws.send(Message::text(req.to_string())).ok()?;
+                        loop {
+                            let Message::Text(t) = ws.read().ok()? else {
+                                continue;
+                            };
+                            let v: Value = serde_json::from_str(t.as_str()).ok()?;
+                            if v["ref"] == "r" {
+                                assert_eq!(v["type"], "session", "{v}");
+                                return v["token"].as_str().map(str::to_string);
+                            }
+                        }
+                    })();
+                    match ok {
+                        Some(t) => done.push((nick, t)),
+                        None => break,
+                    }
+                }
+                done
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    s.signal("KILL");
+    assert!(s.wait_exit(Duration::from_secs(10)).is_some());
+    drop(s);
+    let done: Vec<(String, String)> = workers
+        .into_iter()
+        .flat_map(|h| h.join().expect("worker"))
+        .collect();
+    assert!(done.len() >= 3, "too few registrations: {}", done.len());
+
+    let s = start(dir.path(), &[]);
+    let (mut c, _) = connect_as(&s, "checker");
+    for (nick, token) in &done {
+        let v = login_token(&mut c, token);
+        assert_eq!(v["type"], "session", "{nick}: {v}");
+        assert_eq!(v["account"], nick.as_str());
+    }
+    let (nick, _) = &done[0];
+    let v = login_pw(&mut c, nick, PW);
+    assert_eq!(v["type"], "session", "{v}");
+}
+
+#[test]
+fn a_registration_the_store_refuses_is_storage_failed_and_changes_nothing() {
+    let dir = TempDir::new("fault");
+    let fault = dir.path().join("fault");
+    let s = start(dir.path(), &["--fault-file", fault.to_str().unwrap()]);
+    let (mut c, _) = connect_as(&s, "erin");
+    std::fs::write(&fault, b"").unwrap();
+    let v = ask(&mut c, json!({"type":"register","password":PW}), "r");
+    assert_eq!(v["code"], "storage_failed", "{v}");
+    let v = ask(&mut c, json!({"type":"logout"}), "o");
+    assert_eq!(v["code"], "not_logged_in", "not logged in: {v}");
+    let (mut other, nick) = connect_as(&s, "Erin2");
+    assert_eq!(nick, "Erin2");
+    let v = ask(&mut other, json!({"type":"nick","nick":"ERIN"}), "n");
+    assert_eq!(v["code"], "nick_taken", "held by c, not registered: {v}");
+    std::fs::remove_file(&fault).unwrap();
+    assert_eq!(register(&mut c).len(), 64);
+}
+
+/// Hashing runs off the event loop: while six logins wait for the worker,
+/// a room message goes round at once. The last login's connection sees the
+/// message (posted after its login) before its own `session`.
+#[test]
+fn logins_being_hashed_do_not_hold_up_the_chat() {
+    let s = Server::start(&["--no-persist", "--rate-burst", "0"]);
+    let (mut owner, _) = connect_as(&s, "frank");
+    register(&mut owner);
+    let mut waiting: Vec<Ws> = (0..6).map(|i| connect_as(&s, &format!("w{i}")).0).collect();
+    let last = waiting.last_mut().unwrap();
+    assert_eq!(
+        ask(last, json!({"type":"join","room":"r"}), "j")["type"],
+        "joined"
+    );
+    for w in &mut waiting {
+        send(
+            w,
+            json!({"type":"login","account":"frank","password":PW,"ref":"l"}),
+        );
+    }
+    let (mut poster, _) = connect_as(&s, "poster");
+    assert_eq!(
+        ask(&mut poster, json!({"type":"join","room":"r"}), "j")["type"],
+        "joined"
+    );
+    let ack = ask(
+        &mut poster,
+        json!({"type":"message","room":"r","text":"still here"}),
+        "m",
+    );
+    assert_eq!(ack["type"], "message", "{ack}");
+    let last = waiting.last_mut().unwrap();
+    let first = loop {
+        let v = recv(last);
+        if v["type"] == "message" || v["ref"] == "l" {
+            break v;
+        }
+    };
+    assert_eq!(
+        first["type"], "message",
+        "the login was answered first: {first}"
+    );
+    for w in &mut waiting {
+        let v = loop {
+            let v = recv(w);
+            if v["ref"] == "l" {
+                break v;
+            }
+        };
+        assert_eq!(v["type"], "session", "{v}");
+    }
+}
+
+// ---- moderation ----
+
+/// A server on `dir` with the operator `boss` (password PW), logged in.
+fn with_operator(dir: &Path, extra: &[&str]) -> (Server, Ws) {
+    let (ok, msg) = account_cmd(dir, &["account", "add", "boss", "--op"], PW);
+    assert!(ok || msg.contains("exists"), "{msg}");
+    let s = start(dir, extra);
+    let (mut op, _) = connect_as(&s, "x");
+    assert_eq!(login_pw(&mut op, "boss", PW)["type"], "session");
+    (s, op)
+}
+
+fn joined(ws: &mut Ws, room: &str) -> Value {
+    ask(ws, json!({"type":"join","room":room}), "j")
+}
+
+#[test]
+fn an_operator_kicks_and_a_plain_user_cannot() {
+    let dir = TempDir::new("kick");
+    let (s, mut op) = with_operator(dir.path(), &[]);
+    let (mut bob, _) = connect_as(&s, "bob");
+    let (mut carol, _) = connect_as(&s, "carol");
+    assert_eq!(joined(&mut bob, "r")["type"], "joined");
+    assert_eq!(joined(&mut carol, "r")["type"], "joined");
+
+    let v = ask(
+        &mut carol,
+        json!({"type":"kick","room":"r","nick":"bob"}),
+        "k",
+    );
+    assert_eq!(v["code"], "forbidden", "{v}");
+    let m = ask(
+        &mut bob,
+        json!({"type":"message","room":"r","text":"still in"}),
+        "m",
+    );
+    assert_eq!(m["type"], "message", "nothing happened: {m}");
+
+    let v = ask(
+        &mut op,
+        json!({"type":"kick","room":"r","nick":"Bob","reason":"spam"}),
+        "k",
+    );
+    assert_eq!(v["type"], "moderation", "{v}");
+    assert_eq!(
+        (v["action"].as_str(), v["nick"].as_str()),
+        (Some("kick"), Some("bob"))
+    );
+    let e = recv_type(&mut bob, "moderation");
+    assert_eq!(
+        (e["by"].as_str(), e["reason"].as_str()),
+        (Some("boss"), Some("spam"))
+    );
+    let e = loop {
+        let v = recv(&mut carol);
+        if v["type"] == "moderation" {
+            break v;
+        }
+    };
+    assert_eq!(e["room"], "r");
+    let p = recv_type(&mut carol, "presence");
+    assert_eq!(
+        (p["nick"].as_str(), p["event"].as_str()),
+        (Some("bob"), Some("leave"))
+    );
+    let v = ask(
+        &mut bob,
+        json!({"type":"message","room":"r","text":"x"}),
+        "m2",
+    );
+    assert_eq!(v["code"], "not_in_room", "{v}");
+    // A kick is not a ban: bob may come back.
+    assert_eq!(joined(&mut bob, "r")["type"], "joined");
+}
+
+#[test]
+fn a_room_ban_holds_across_reconnects_a_new_nick_and_a_restart() {
+    let dir = TempDir::new("ban");
+    let (mut s, mut op) = with_operator(dir.path(), &["--limit-loopback"]);
+    let (mut bob, _) = connect_as(&s, "bob");
+    let token = register(&mut bob);
+    assert_eq!(joined(&mut bob, "r")["type"], "joined");
+    let (mut plain, _) = connect_as(&s, "plain");
+    let v = ask(
+        &mut plain,
+        json!({"type":"ban","room":"r","nick":"bob"}),
+        "b",
+    );
+    assert_eq!(v["code"], "forbidden", "{v}");
+
+    let v = ask(
+        &mut op,
+        json!({"type":"ban","room":"r","nick":"bob","reason":"trolling"}),
+        "b",
+    );
+    assert_eq!(v["type"], "moderation", "{v}");
+    assert_eq!(v["until"], 0);
+    let e = recv_type(&mut bob, "moderation");
+    assert_eq!(e["action"], "ban");
+    let v = joined(&mut bob, "r");
+    assert_eq!(v["code"], "banned", "{v}");
+    assert!(v["message"].as_str().unwrap().contains("trolling"), "{v}");
+    assert_eq!(
+        joined(&mut bob, "elsewhere")["type"],
+        "joined",
+        "only room r"
+    );
+    drop(bob);
+
+    // Reconnect: logged in, same account.
+    let (mut bob, _) = connect_as(&s, "x");
+    assert_eq!(login_token(&mut bob, &token)["type"], "session");
+    assert_eq!(joined(&mut bob, "r")["code"], "banned");
+    // A new nick, logged out: an IP ban catches that.
+    let v = ask(
+        &mut op,
+        json!({"type":"ban","room":"r","nick":"bob","ip":true}),
+        "b2",
+    );
+    assert_eq!(v["type"], "moderation", "{v}");
+    let (mut other, nick) = connect_as(&s, "robert");
+    assert_eq!(nick, "robert");
+    assert_eq!(joined(&mut other, "r")["code"], "banned");
+    drop((op, bob, other, plain));
+
+    s.signal("TERM");
+    assert!(s.wait_exit(Duration::from_secs(10)).is_some());
+    drop(s);
+    let s = start(dir.path(), &["--limit-loopback"]);
+    let (mut bob, _) = connect_as(&s, "x");
+    assert_eq!(login_token(&mut bob, &token)["type"], "session");
+    assert_eq!(joined(&mut bob, "r")["code"], "banned", "after a restart");
+    drop(bob);
+    drop(s);
+
+    // The audit log says who did what.
+    let db = rusqlite::Connection::open(dir.path().join("wschat.db")).unwrap();
+    let rows: Vec<(String, String, String, String)> = db
+        .prepare("SELECT actor, action, room, target FROM audit ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let want = |a: &str, r: &str, t: &str| ("boss".into(), a.into(), r.into(), t.into());
+    assert_eq!(rows, vec![want("ban", "r", "bob"), want("ban", "r", "bob")]);
+}
+
+#[test]
+fn a_server_ban_closes_the_connection_and_runs_out() {
+    let dir = TempDir::new("server-ban");
+    let (s, mut op) = with_operator(dir.path(), &[]);
+    let (mut troll, _) = connect_as(&s, "troll");
+    assert_eq!(joined(&mut troll, "r")["type"], "joined");
+    let v = ask(
+        &mut op,
+        json!({"type":"ban","nick":"troll","duration":2,"reason":"flood"}),
+        "b",
+    );
+    assert_eq!(v["type"], "moderation", "{v}");
+    assert!(v.get("room").is_none(), "{v}");
+    // The troll hears the ban in its room, then the close.
+    let closed = loop {
+        match troll.read() {
+            Ok(Message::Close(f)) => break f.map(|f| u16::from(f.code)),
+            Ok(_) => continue,
+            Err(_) => break None,
+        }
+    };
+    assert_eq!(closed, Some(1008));
+    let (_, nick) = connect_as(&s, "troll");
+    assert!(nick.starts_with("guest-"), "the nick is banned: {nick}");
+    std::thread::sleep(Duration::from_millis(2300));
+    let (_, nick) = connect_as(&s, "troll");
+    assert_eq!(nick, "troll", "the ban ran out");
+}
+
+#[test]
+fn a_mute_runs_out_and_slow_mode_spaces_messages() {
+    let dir = TempDir::new("mute");
+    let (s, mut op) = with_operator(dir.path(), &[]);
+    let (mut bob, _) = connect_as(&s, "bob");
+    assert_eq!(joined(&mut bob, "r")["type"], "joined");
+    let (mut plain, _) = connect_as(&s, "plain");
+    let v = ask(
+        &mut plain,
+        json!({"type":"mute","room":"r","nick":"bob","duration":60}),
+        "m",
+    );
+    assert_eq!(v["code"], "forbidden", "{v}");
+    let v = ask(
+        &mut plain,
+        json!({"type":"slow","room":"r","interval":60}),
+        "s",
+    );
+    assert_eq!(v["code"], "forbidden", "{v}");
+    let post = |ws: &mut Ws, t: &str| ask(ws, json!({"type":"message","room":"r","text":t}), "p");
+    assert_eq!(
+        post(&mut bob, "one")["type"],
+        "message",
+        "slow mode is not on yet"
+    );
+
+    let v = ask(
+        &mut op,
+        json!({"type":"mute","room":"r","nick":"bob","duration":1}),
+        "m",
+    );
+    assert_eq!(v["type"], "moderation", "{v}");
+    assert_eq!(recv_type(&mut bob, "moderation")["action"], "mute");
+    let v = post(&mut bob, "muted?");
+    assert_eq!(v["code"], "muted", "{v}");
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(post(&mut bob, "back").get("type"), Some(&json!("message")));
+
+    let v = ask(&mut op, json!({"type":"slow","room":"r","interval":2}), "s");
+    assert_eq!(
+        (v["action"].as_str(), v["interval"].as_u64()),
+        (Some("slow"), Some(2))
+    );
+    assert_eq!(recv_type(&mut bob, "moderation")["interval"], 2);
+    assert_eq!(post(&mut bob, "first")["type"], "message");
+    let v = post(&mut bob, "too soon");
+    assert_eq!(v["code"], "slow_mode", "{v}");
+    assert!((1..=2).contains(&v["retry_after"].as_u64().unwrap()), "{v}");
+    std::thread::sleep(Duration::from_millis(2200));
+    assert_eq!(post(&mut bob, "later")["type"], "message");
+    let v = ask(
+        &mut op,
+        json!({"type":"slow","room":"r","interval":0}),
+        "s0",
+    );
+    assert_eq!(v["interval"], 0);
+    assert_eq!(post(&mut bob, "a")["type"], "message");
+    assert_eq!(post(&mut bob, "b")["type"], "message", "slow mode off");
+}
+
+#[test]
+fn a_room_moderator_acts_in_that_room_only_and_stays_one_after_a_restart() {
+    let dir = TempDir::new("moderator");
+    let (mut s, mut op) = with_operator(dir.path(), &[]);
+    let (mut bob, _) = connect_as(&s, "bob");
+    let token = register(&mut bob);
+    let (mut carol, _) = connect_as(&s, "carol");
+    let v = ask(
+        &mut carol,
+        json!({"type":"moderator","room":"r","nick":"bob"}),
+        "a",
+    );
+    assert_eq!(v["code"], "forbidden", "{v}");
+    let v = ask(
+        &mut op,
+        json!({"type":"moderator","room":"r","nick":"nobody"}),
+        "a",
+    );
+    assert_eq!(v["code"], "no_such_account", "{v}");
+    let v = ask(
+        &mut bob,
+        json!({"type":"kick","room":"r","nick":"carol"}),
+        "k",
+    );
+    assert_eq!(v["code"], "forbidden", "not yet a moderator: {v}");
+    let v = ask(
+        &mut op,
+        json!({"type":"moderator","room":"r","nick":"bob"}),
+        "a",
+    );
+    assert_eq!(
+        (v["action"].as_str(), v["nick"].as_str()),
+        (Some("moderator"), Some("bob"))
+    );
+    drop((op, bob, carol));
+    s.signal("TERM");
+    assert!(s.wait_exit(Duration::from_secs(10)).is_some());
+    drop(s);
+
+    let s = start(dir.path(), &[]);
+    let (mut bob, _) = connect_as(&s, "x");
+    assert_eq!(login_token(&mut bob, &token)["type"], "session");
+    let (mut carol, _) = connect_as(&s, "carol");
+    assert_eq!(joined(&mut carol, "r")["type"], "joined");
+    assert_eq!(joined(&mut carol, "other")["type"], "joined");
+    let v = ask(
+        &mut bob,
+        json!({"type":"kick","room":"r","nick":"carol"}),
+        "k",
+    );
+    assert_eq!(v["type"], "moderation", "{v}");
+    let v = ask(
+        &mut bob,
+        json!({"type":"kick","room":"other","nick":"carol"}),
+        "k2",
+    );
+    assert_eq!(v["code"], "forbidden", "another room: {v}");
+    let v = ask(&mut bob, json!({"type":"ban","nick":"carol"}), "b");
+    assert_eq!(
+        v["code"], "forbidden",
+        "server bans are the operators': {v}"
+    );
+    let v = ask(
+        &mut bob,
+        json!({"type":"mute","room":"r","nick":"carol","duration":5}),
+        "m",
+    );
+    assert_eq!(v["type"], "moderation", "{v}");
+}
+
+#[test]
+fn a_topic_set_by_a_moderator_is_in_joined_after_a_restart() {
+    let dir = TempDir::new("topic");
+    let (mut s, mut op) = with_operator(dir.path(), &[]);
+    let (mut carol, _) = connect_as(&s, "carol");
+    assert_eq!(joined(&mut carol, "r")["type"], "joined");
+    assert!(
+        joined(&mut carol, "r").get("topic").is_none(),
+        "no topic yet"
+    );
+    let v = ask(
+        &mut carol,
+        json!({"type":"topic","room":"r","topic":"mine"}),
+        "t",
+    );
+    assert_eq!(v["code"], "forbidden", "{v}");
+    let v = ask(
+        &mut op,
+        json!({"type":"topic","room":"r","topic":"Release on Friday"}),
+        "t",
+    );
+    assert_eq!(
+        (v["action"].as_str(), v["reason"].as_str()),
+        (Some("topic"), Some("Release on Friday"))
+    );
+    assert_eq!(recv_type(&mut carol, "moderation")["action"], "topic");
+    assert_eq!(joined(&mut carol, "r")["topic"], "Release on Friday");
+    drop((op, carol));
+    s.signal("TERM");
+    assert!(s.wait_exit(Duration::from_secs(10)).is_some());
+    drop(s);
+    let s = start(dir.path(), &[]);
+    let (mut c, _) = connect_as(&s, "dan");
+    assert_eq!(joined(&mut c, "r")["topic"], "Release on Friday");
+    let (mut op, _) = connect_as(&s, "x");
+    assert_eq!(login_pw(&mut op, "boss", PW)["type"], "session");
+    let v = ask(&mut op, json!({"type":"topic","room":"r","topic":""}), "t0");
+    assert_eq!(v["type"], "moderation", "{v}");
+    assert!(joined(&mut c, "r").get("topic").is_none(), "cleared");
+}
+
+#[test]
+fn a_deleted_message_leaves_a_tombstone_live_in_history_and_after_a_restart() {
+    let dir = TempDir::new("delete");
+    let (mut s, mut op) = with_operator(dir.path(), &[]);
+    let (mut bob, _) = connect_as(&s, "bob");
+    let (mut carol, _) = connect_as(&s, "carol");
+    assert_eq!(joined(&mut bob, "r")["type"], "joined");
+    assert_eq!(joined(&mut carol, "r")["type"], "joined");
+    for t in ["one", "two secret", "three"] {
+        let v = ask(&mut bob, json!({"type":"message","room":"r","text":t}), "p");
+        assert_eq!(v["type"], "message", "{v}");
+    }
+    let v = ask(&mut carol, json!({"type":"delete","room":"r","id":2}), "d");
+    assert_eq!(v["code"], "forbidden", "{v}");
+    let v = ask(&mut op, json!({"type":"delete","room":"r","id":99}), "d");
+    assert_eq!(v["code"], "no_such_message", "{v}");
+    let v = ask(&mut op, json!({"type":"delete","room":"r","id":2}), "d");
+    assert_eq!(
+        (v["action"].as_str(), v["id"].as_u64()),
+        (Some("delete"), Some(2))
+    );
+    let e = loop {
+        let v = recv(&mut carol);
+        if v["type"] == "moderation" {
+            break v;
+        }
+    };
+    assert_eq!(
+        (e["action"].as_str(), e["id"].as_u64()),
+        (Some("delete"), Some(2))
+    );
+    let tomb = json!({"type":"message","room":"r","id":2,"from":"bob","text":"","deleted":true});
+    let check = |ws: &mut Ws| {
+        let j = joined(ws, "r");
+        let mut m = j["history"][1].clone();
+        m.as_object_mut().unwrap().remove("ts");
+        assert_eq!(m, tomb, "{j}");
+        assert_eq!(j["history"][2]["text"], "three");
+        let h = ask(ws, json!({"type":"history","room":"r","before":3}), "h");
+        let mut m = h["messages"][1].clone();
+        m.as_object_mut().unwrap().remove("ts");
+        assert_eq!(m, tomb, "{h}");
+        let f = ask(
+            ws,
+            json!({"type":"search","room":"r","query":"secret"}),
+            "s",
+        );
+        assert_eq!(
+            f["messages"],
+            json!([]),
+            "the text is gone from the index: {f}"
+        );
+    };
+    check(&mut carol);
+    drop((op, bob, carol));
+    s.signal("KILL");
+    assert!(s.wait_exit(Duration::from_secs(10)).is_some());
+    drop(s);
+    let s = start(dir.path(), &[]);
+    let (mut c, _) = connect_as(&s, "dan");
+    check(&mut c);
+}
