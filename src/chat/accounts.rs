@@ -203,6 +203,16 @@ pub(super) struct Accounts {
     failures: HashMap<FailKey, Failures>,
 }
 
+/// The keys a failed password check of a job counts against.
+fn job_fail_keys(addr: Option<AddrKey>, account: &str) -> Vec<FailKey> {
+    let mut k = Vec::with_capacity(2);
+    if let Some(a) = addr {
+        k.push(FailKey::Addr(a));
+    }
+    k.push(FailKey::Account(account.to_string()));
+    k
+}
+
 /// The BLAKE2b-256 of a session token: what is kept and stored.
 pub fn token_hash(token: &[u8; 32]) -> [u8; 32] {
     Blake2b::<U32>::digest(token).into()
@@ -609,14 +619,7 @@ impl Chat {
                 });
             }
             JobKind::Login { key } => {
-                let keys = {
-                    let mut k = Vec::with_capacity(2);
-                    if let Some(a) = job.addr {
-                        k.push(FailKey::Addr(a));
-                    }
-                    k.push(FailKey::Account(key.clone()));
-                    k
-                };
+                let keys = job_fail_keys(job.addr, &key);
                 let Some(a) = self.acct.by_key.get(&key).filter(|_| done.ok) else {
                     self.fail(&keys, now);
                     send_error(out, conn, r, &ChatError::LoginFailed);
@@ -661,14 +664,7 @@ impl Chat {
                 });
             }
             JobKind::Passwd { key } => {
-                let keys = {
-                    let mut k = Vec::with_capacity(2);
-                    if let Some(a) = job.addr {
-                        k.push(FailKey::Addr(a));
-                    }
-                    k.push(FailKey::Account(key.clone()));
-                    k
-                };
+                let keys = job_fail_keys(job.addr, &key);
                 let (Some(a), Some(hash)) = (
                     self.acct.by_key.get(&key).filter(|_| done.ok),
                     done.hash.filter(|_| done.ok),
