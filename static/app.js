@@ -174,8 +174,20 @@
     if (last < text.length) out.push(document.createTextNode(text.slice(last)));
     return out;
   }
-  // Returns {frag, mentionsMe}.
+  // Returns {frag, mentionsMe}. The list is rebuilt on every change, so each
+  // text is parsed once (per nick of ours) and its nodes cloned after that.
+  const textCache = new Map();
   function renderText(text) {
+    const key = (state.nick || '') + '\u0000' + text;
+    let hit = textCache.get(key);
+    if (!hit) {
+      hit = parseText(text);
+      textCache.set(key, hit);
+      if (textCache.size > 1500) textCache.delete(textCache.keys().next().value);
+    }
+    return { frag: hit.frag.cloneNode(true), mentionsMe: hit.mentionsMe };
+  }
+  function parseText(text) {
     const ctx = { mentionsMe: false };
     const frag = document.createDocumentFragment();
     const lines = text.split('\n');
@@ -745,6 +757,7 @@
     state.roomOrder = state.roomOrder.filter((r) => r !== name);
     save(STORE.rooms, state.roomOrder);
     if (conv) state.convs.delete(conv.key);
+    if (state.read[name]) { delete state.read[name]; save(STORE.read, state.read); }
     if (state.active === 'room:' + name) {
       const next = state.roomOrder[0] ? 'room:' + state.roomOrder[0] : ([...state.convs.keys()][0] || null);
       switchConv(next);
@@ -1875,6 +1888,7 @@
     send({ type: 'nick', nick, ref }, { expect: { kind: 'nick', nick, fromDialog: true } });
   });
   $('nick-cancel').addEventListener('click', () => closeNickDialog());
+  nickDialog.addEventListener('close', () => { const c = activeConv(); if (c && reading(c)) markRead(c); });
   nickDialog.addEventListener('cancel', (ev) => { if (dialogMode === 'first' && !state.everConnected) ev.preventDefault(); });
   nickInput.addEventListener('input', () => showNickError(''));
 
