@@ -8,7 +8,8 @@
   const PROTOCOL = 'wschat.v1';
   const NICK_RE = /^[A-Za-z0-9_.-]{1,32}$/;
   const ROOM_RE = /^[A-Za-z0-9_-]{1,64}$/;
-  const MAX_TEXT = 4000;
+  // The server's limits: the contract's defaults until `welcome` says otherwise.
+  const limits = { text: 4000, bytes: 65536, burst: 20, rate: 2, rooms: 32 };
   const DEFAULT_ROOM = 'general';
   const BACKOFF_MIN = 500;
   const BACKOFF_MAX = 15000;
@@ -17,9 +18,7 @@
   const TYPING_EXPIRE = 6000; // forget others' indicators after this
   const GROUP_GAP = 5 * 60 * 1000; // messages closer than this group together
   const PAGE = 50;
-  const STORE = { nick: 'wschat.nick', rooms: 'wschat.rooms', active: 'wschat.active' };
-  const AVATAR_COLORS = ['#b91c1c', '#c2410c', '#a16207', '#4d7c0f', '#15803d', '#0f766e',
-    '#0369a1', '#1d4ed8', '#6d28d9', '#a21caf', '#be185d', '#475569'];
+  const STORE = { nick: 'wschat.nick', rooms: 'wschat.rooms', active: 'wschat.active', prefs: 'wschat.prefs', read: 'wschat.read' };
   const ERROR_TEXT = {
     rate_limited: 'You are sending too fast. Wait a moment and try again.',
     bad_json: 'The server could not read a message from this client.',
@@ -67,14 +66,33 @@
     for (const ch of lc(s)) { h ^= ch.codePointAt(0); h = Math.imul(h, 16777619); }
     return h >>> 0;
   }
+  // Two letters where they tell people apart: the initials of two parts
+  // (ann-lee, annLee: AL), the digits of a numbered nick (guest-12: 12,
+  // carol2: C2), else the first two letters (anna: An, alice: Al).
   function initials(nick) {
-    const parts = String(nick).split(/[-_.]+/).filter(Boolean);
-    if (parts.length >= 2) return (parts[0][0] + parts[1][0]).toUpperCase();
-    return (parts[0] || String(nick) || '?').slice(0, 1).toUpperCase();
+    const s = String(nick);
+    const parts = s.replace(/([a-z])([A-Z])/g, '$1 $2').split(/[-_. ]+/).filter(Boolean);
+    if (!parts.length) return '?';
+    if (parts.length >= 2) {
+      const last = parts[parts.length - 1];
+      if (/^\d+$/.test(last)) return last.length >= 2 ? last.slice(-2) : (parts[0][0].toUpperCase() + last);
+      return (parts[0][0] + last[0]).toUpperCase();
+    }
+    const p = parts[0];
+    const num = /^([A-Za-z])[A-Za-z]*(\d+)$/.exec(p); // carol2: C2
+    if (num) return num[1].toUpperCase() + num[2].slice(-1);
+    return p.length >= 2 ? p[0].toUpperCase() + p[1].toLowerCase() : p.toUpperCase();
+  }
+  // A colour from the whole nick: any of 360 hues at two lightness and two
+  // chroma steps in OKLCH, whose lightness is perceptual, so white initials
+  // keep a contrast of at least 4.5:1 on every one of them.
+  function avatarColor(nick) {
+    const h = hashString(nick);
+    return `oklch(${(h >>> 9) & 1 ? 0.47 : 0.53} ${(h >>> 10) & 1 ? 0.13 : 0.17} ${h % 360})`;
   }
   function avatar(nick, size) {
     const a = el('span', { class: 'avatar' + (size ? ' ' + size : ''), 'aria-hidden': 'true', text: initials(nick) });
-    a.style.backgroundColor = AVATAR_COLORS[hashString(nick) % AVATAR_COLORS.length];
+    a.style.backgroundColor = avatarColor(nick);
     return a;
   }
 
@@ -91,33 +109,156 @@
     return new Date(ts).getFullYear() === now.getFullYear() ? dayFmt.format(ts) : dayYearFmt.format(ts);
   }
 
-  // Text with http(s) links made clickable, built from text nodes and <a> only.
-  const URL_RE = /\bhttps?:\/\/[^\s<>"']+/gi;
-  function richText(text) {
-    const frag = document.createDocumentFragment();
+  // ---------------------------------------------------------------- formatting
+  // A safe Markdown subset, built from DOM nodes (text nodes and a fixed set
+  // of elements): ```code blocks```, > quotes, `code`, **bold**, *italic*,
+  // _italic_, links (http(s)://, www., [text](https://…)) and @mentions.
+  // Nothing from a message is ever parsed as HTML.
+  const INLINE_RE = new RegExp([
+    '(?<ticks>`+)(?<code>[^`]|[^`][\\s\\S]*?[^`])\\k<ticks>(?!`)',
+    '\\[(?<mtext>[^\\]\\n]{1,300})\\]\\((?<murl>https?:\\/\\/[^\\s()<>]+)\\)',
+    '(?<url>\\b(?:https?:\\/\\/|www\\.(?=[^\\s.]+\\.[^\\s]))[^\\s<>"\']+)',
+    '\\*\\*(?<bold>[^\\s*](?:[\\s\\S]*?[^\\s*])?)\\*\\*',
+    '(?<![\\w])__(?<bold2>[^\\s_](?:[\\s\\S]*?[^\\s_])?)__(?!\\w)',
+    '\\*(?<em>[^\\s*](?:[^*\\n]*?[^\\s*])?)\\*',
+    '(?<![\\w])_(?<em2>[^\\s_](?:[^_\\n]*?[^\\s_])?)_(?!\\w)',
+    '(?<![\\w@])@(?<nick>[A-Za-z0-9_.-]*[A-Za-z0-9_])',
+  ].join('|'), 'g');
+
+  function safeHref(url) {
+    try {
+      const u = new URL(/^www\./i.test(url) ? 'https://' + url : url);
+      if (u.protocol === 'http:' || u.protocol === 'https:') return u;
+    } catch { /* not a URL */ }
+    return null;
+  }
+  function link(text, u, host) {
+    const a = el('a', { href: u.href, rel: 'noopener noreferrer', target: '_blank', title: u.href }, text);
+    // A link whose text is not its address shows where it really goes.
+    if (host) a.append(el('span', { class: 'link-host', text: ' (' + u.host + ')' }));
+    return a;
+  }
+  function inline(text, ctx, depth) {
+    const out = [];
     let last = 0;
-    for (const m of text.matchAll(URL_RE)) {
-      let url = m[0];
-      // Leave trailing punctuation outside the link, as people write "see https://x.org."
-      const trail = /[.,;:!?)\]}]+$/.exec(url);
-      if (trail) url = url.slice(0, -trail[0].length);
-      let href = null;
-      try {
-        const u = new URL(url);
-        if (u.protocol === 'http:' || u.protocol === 'https:') href = u.href;
-      } catch { /* not a URL */ }
-      if (!href) continue;
-      frag.append(document.createTextNode(text.slice(last, m.index)));
-      const a = document.createElement('a');
-      a.textContent = url;
-      a.href = href;
-      a.rel = 'noopener noreferrer';
-      a.target = '_blank';
-      frag.append(a);
-      last = m.index + url.length;
+    const re = new RegExp(INLINE_RE.source, 'g');
+    for (let m; (m = re.exec(text));) {
+      const g = m.groups;
+      let node = null, end = m.index + m[0].length;
+      if (g.code !== undefined) node = el('code', { text: g.code });
+      else if (g.mtext !== undefined) {
+        const u = safeHref(g.murl);
+        if (u) node = link(g.mtext, u, true);
+      } else if (g.url !== undefined) {
+        let url = g.url;
+        // Trailing punctuation stays outside the link, as in "see https://x.org."
+        const trail = /[.,;:!?)\]}]+$/.exec(url);
+        if (trail) url = url.slice(0, -trail[0].length);
+        const u = url && safeHref(url);
+        if (u) { node = link(url, u, false); end = m.index + url.length; }
+      } else if (depth < 4 && (g.bold !== undefined || g.bold2 !== undefined)) {
+        node = el('strong', null, ...inline(g.bold ?? g.bold2, ctx, depth + 1));
+      } else if (depth < 4 && (g.em !== undefined || g.em2 !== undefined)) {
+        node = el('em', null, ...inline(g.em ?? g.em2, ctx, depth + 1));
+      } else if (g.nick !== undefined) {
+        const me = isMe(g.nick);
+        if (me) ctx.mentionsMe = true;
+        node = el('span', { class: 'mention' + (me ? ' is-me' : ''), 'data-testid': 'mention', text: '@' + g.nick });
+      }
+      if (!node) continue;
+      if (m.index > last) out.push(document.createTextNode(text.slice(last, m.index)));
+      out.push(node);
+      last = end;
+      re.lastIndex = end;
     }
-    frag.append(document.createTextNode(text.slice(last)));
-    return frag;
+    if (last < text.length) out.push(document.createTextNode(text.slice(last)));
+    return out;
+  }
+  // Returns {frag, mentionsMe}. The list is rebuilt on every change, so each
+  // text is parsed once (per nick of ours) and its nodes cloned after that.
+  const textCache = new Map();
+  function renderText(text) {
+    const key = (state.nick || '') + '\u0000' + text;
+    let hit = textCache.get(key);
+    if (!hit) {
+      hit = parseText(text);
+      textCache.set(key, hit);
+      if (textCache.size > 1500) textCache.delete(textCache.keys().next().value);
+    }
+    return { frag: hit.frag.cloneNode(true), mentionsMe: hit.mentionsMe };
+  }
+  function parseText(text) {
+    const ctx = { mentionsMe: false };
+    const frag = document.createDocumentFragment();
+    const lines = text.split('\n');
+    let para = [];
+    const flush = () => {
+      if (!para.length) return;
+      frag.append(el('p', { class: 'para' }, ...inline(para.join('\n'), ctx, 0)));
+      para = [];
+    };
+    for (let i = 0; i < lines.length; i++) {
+      const line = lines[i];
+      const fence = /^\s*```\s*([\w+-]*)\s*$/.exec(line);
+      if (fence) {
+        let j = i + 1;
+        while (j < lines.length && !/^\s*```\s*$/.test(lines[j])) j++;
+        flush();
+        const body = lines.slice(i + 1, j).join('\n');
+        frag.append(el('pre', { class: 'code-block' }, el('code', { text: body })));
+        i = j; // past the closing fence (or the end)
+        continue;
+      }
+      if (/^>( |$)/.test(line)) {
+        let j = i;
+        const q = [];
+        while (j < lines.length && /^>( |$)/.test(lines[j])) q.push(lines[j++].replace(/^> ?/, ''));
+        flush();
+        frag.append(el('blockquote', null, ...inline(q.join('\n'), ctx, 0)));
+        i = j - 1;
+        continue;
+      }
+      para.push(line);
+    }
+    flush();
+    return { frag, mentionsMe: ctx.mentionsMe };
+  }
+  // Whether a text @mentions `nick` (outside code), without building nodes.
+  function mentions(text, nick) {
+    if (!nick) return false;
+    const re = new RegExp(INLINE_RE.source, 'g');
+    for (let m; (m = re.exec(text));) {
+      const g = m.groups;
+      if (g.nick !== undefined && lc(g.nick) === lc(nick)) return true;
+      if (g.bold !== undefined || g.bold2 !== undefined || g.em !== undefined || g.em2 !== undefined) {
+        if (mentions(g.bold ?? g.bold2 ?? g.em ?? g.em2, nick)) return true;
+      }
+    }
+    return false;
+  }
+
+  // Emoji shortcodes: converted in the composer (as the closing colon is
+  // typed, and on send), so every client and bot sees the emoji itself.
+  const EMOJI = {
+    smile: '😄', smiley: '😃', grin: '😁', laughing: '😆', joy: '😂', rofl: '🤣', wink: '😉', blush: '😊',
+    slight_smile: '🙂', upside_down: '🙃', heart_eyes: '😍', kissing_heart: '😘', thinking: '🤔', neutral_face: '😐',
+    sweat_smile: '😅', confused: '😕', cry: '😢', sob: '😭', angry: '😠', scream: '😱', sunglasses: '😎',
+    party: '🥳', shrug: '🤷', facepalm: '🤦', skull: '💀', see_no_evil: '🙈', thumbsup: '👍', '+1': '👍',
+    thumbsdown: '👎', '-1': '👎', clap: '👏', wave: '👋', pray: '🙏', muscle: '💪', ok_hand: '👌',
+    raised_hands: '🙌', handshake: '🤝', eyes: '👀', heart: '❤️', broken_heart: '💔', fire: '🔥', star: '⭐',
+    sparkles: '✨', tada: '🎉', '100': '💯', rocket: '🚀', white_check_mark: '✅', check: '✅', x: '❌',
+    warning: '⚠️', question: '❓', bulb: '💡', zap: '⚡', bug: '🐛', lock: '🔒', coffee: '☕', tea: '🍵',
+    beer: '🍺', pizza: '🍕', cake: '🍰', sun: '☀️', rainbow: '🌈', poop: '💩',
+  };
+  const PICKER = ['smile', 'joy', 'rofl', 'wink', 'blush', 'slight_smile', 'heart_eyes', 'thinking', 'sweat_smile',
+    'cry', 'sob', 'angry', 'scream', 'sunglasses', 'party', 'shrug', 'facepalm', 'see_no_evil', 'thumbsup',
+    'thumbsdown', 'clap', 'wave', 'pray', 'muscle', 'ok_hand', 'raised_hands', 'eyes', 'heart', 'fire', 'star',
+    'sparkles', 'tada', '100', 'rocket', 'check', 'x', 'warning', 'bulb', 'bug', 'coffee', 'beer', 'pizza'];
+  const SHORTCODE_RE = /(?<![\w:]):([a-z0-9_+-]{1,32}):(?![\w:])/g;
+  // Replaces known :shortcodes: outside `code`.
+  function emojify(text) {
+    return text.split(/(```[\s\S]*?(?:```|$)|`[^`\n]*`)/).map((part, i) => (i % 2 ? part
+      : part.replace(SHORTCODE_RE, (all, name) => EMOJI[name] || all))).join('');
   }
 
   // ---------------------------------------------------------------- state
@@ -137,9 +278,14 @@
     outstanding: new Map(), // ref -> {kind, ...}: frames that always get an answer, in send order
     refSeq: 0,
     seq: 0,
-    nickRetry: null,
     pendingNickRef: null,
+    // Notifications: off until asked for; muted conversation keys.
+    prefs: Object.assign({ notify: false, sound: false, muted: [] }, load(STORE.prefs, {})),
+    // Per room, the epoch and id of the last message read (this device).
+    read: load(STORE.read, {}),
   };
+  if (!Array.isArray(state.prefs.muted)) state.prefs.muted = [];
+  if (!state.read || typeof state.read !== 'object') state.read = {};
   if (!Array.isArray(state.roomOrder)) state.roomOrder = [DEFAULT_ROOM];
   state.roomOrder = state.roomOrder.filter((r) => typeof r === 'string' && ROOM_RE.test(r));
 
@@ -153,6 +299,9 @@
       notices: [],
       pending: [],
       unread: 0,
+      mentions: 0, // unread messages that @mention us
+      readId: 0, // rooms: id, DMs: seq of the last message read
+      markerId: null, // "New messages" sits after this id while the conversation is open
       members: [],
       typing: new Map(), // lc(nick) -> {nick, until}
       epoch: null,
@@ -179,7 +328,7 @@
   const activeConv = () => state.convs.get(state.active) || null;
 
   function addNotice(conv, text, opts = {}) {
-    const n = { seq: ++state.seq, text, tone: opts.tone || 'info', action: opts.action || null,
+    const n = { seq: ++state.seq, text, tone: opts.tone || 'info', action: opts.action || null, presence: opts.presence || null,
       after: opts.after !== undefined ? opts.after : (conv.kind === 'room' ? conv.lastId : state.seq), ts: Date.now() };
     conv.notices.push(n);
     if (conv.notices.length > 200) conv.notices.shift();
@@ -188,14 +337,17 @@
   }
 
   // ---------------------------------------------------------------- sending
-  // Mirror of the server's token bucket (20 tokens, 2/s), slightly pessimistic,
-  // so the client paces itself instead of being answered rate_limited.
+  // Mirror of the server's token bucket (the sizes `welcome` announced), 10 %
+  // pessimistic, so the client paces itself instead of being answered
+  // rate_limited. A burst of 0 is no limit.
   const bucket = { tokens: 18, at: performance.now() };
   const outQueue = [];
   let drainTimer = null;
+  const bucketMax = () => (limits.burst ? Math.max(1, limits.burst * 0.9) : Infinity);
+  const bucketRate = () => Math.max(0.05, limits.rate * 0.9);
   function refill() {
     const now = performance.now();
-    bucket.tokens = Math.min(18, bucket.tokens + (now - bucket.at) / 1000 * 1.8);
+    bucket.tokens = Math.min(bucketMax(), bucket.tokens + (now - bucket.at) / 1000 * bucketRate());
     bucket.at = now;
   }
   function rawSend(frame) {
@@ -213,7 +365,7 @@
       if (!rawSend(item.frame)) { outQueue.length = 0; return; }
       if (item.onSent) item.onSent();
     }
-    if (outQueue.length) drainTimer = setTimeout(drain, Math.ceil((1 - bucket.tokens) / 1.8 * 1000) + 20);
+    if (outQueue.length) drainTimer = setTimeout(drain, Math.ceil((1 - bucket.tokens) / bucketRate() * 1000) + 20);
   }
   // Sends a frame, or queues it while the bucket is empty. Droppable frames
   // (typing) are never queued: stale typing is worse than none.
@@ -221,7 +373,7 @@
     if (!state.ws || state.ws.readyState !== WebSocket.OPEN) return false;
     refill();
     if (opts.droppable) {
-      if (bucket.tokens < 4 || outQueue.length) return false;
+      if (bucket.tokens < Math.min(4, bucketMax() / 4) || outQueue.length) return false;
       return rawSend(frame);
     }
     if (frame.ref && opts.expect) state.outstanding.set(frame.ref, opts.expect);
@@ -347,17 +499,17 @@
     state.attempt = 0;
     state.nick = String(m.nick);
     state.motd = typeof m.motd === 'string' ? m.motd : '';
+    readLimits(m.limits);
     setConn('online');
     renderMe();
     renderMotd();
     if (state.desiredNick && !isMe(state.desiredNick)) {
-      if (first) {
-        openNickDialog(`The nickname “${state.desiredNick}” is taken. You are “${state.nick}” for now; pick another?`);
-      } else {
-        // Most likely our own previous connection, not yet timed out on the server: try again for a while.
-        toast(`“${state.desiredNick}” is still held by a previous connection; you are “${state.nick}” until it is freed.`, 'info');
-        scheduleNickRetry(8);
-      }
+      // Someone else holds it (whoever connects first gets a name). Say so
+      // and stop: trying again until it is free would take a friend's nick
+      // the moment they drop. A reload asks once more.
+      const wanted = state.desiredNick;
+      state.desiredNick = state.nick;
+      openNickDialog(`The nickname “${wanted}” is taken by someone else on this server, so you are “${state.nick}” for now. Pick another nickname?`);
     } else if (!state.desiredNick) {
       state.desiredNick = state.nick;
     }
@@ -369,19 +521,35 @@
     renderAll();
   }
 
-  function scheduleNickRetry(triesLeft) {
-    clearTimeout(state.nickRetry);
-    if (triesLeft <= 0 || !state.desiredNick || isMe(state.desiredNick)) return;
-    state.nickRetry = setTimeout(() => {
-      if (state.conn !== 'online' || isMe(state.desiredNick)) return;
-      requestNick(state.desiredNick, { silent: true, retries: triesLeft - 1 });
-    }, 10000);
+  // Takes what the server announced; a field missing or absurd keeps the default.
+  function readLimits(l) {
+    if (!l || typeof l !== 'object') return;
+    const pick = (v, min) => (Number.isSafeInteger(v) && v >= min ? v : null);
+    limits.text = pick(l.text_chars, 1) ?? limits.text;
+    limits.bytes = pick(l.message_bytes, 64) ?? limits.bytes;
+    limits.burst = pick(l.rate_burst, 0) ?? limits.burst;
+    limits.rate = pick(l.rate_per_sec, 0) ?? limits.rate;
+    limits.rooms = pick(l.rooms_per_conn, 1) ?? limits.rooms;
+    bucket.tokens = Math.min(bucket.tokens, bucketMax());
   }
 
-  function requestNick(nick, opts = {}) {
+  // Why a nickname cannot be used, in plain words, or null.
+  function nickProblem(nick) {
+    const n = [...nick].length;
+    if (!n) return 'Type a nickname.';
+    if (n > 32) return `Nicknames can be at most 32 characters; “${nick}” has ${n}. Shorten it.`;
+    const bad = [...new Set([...nick].filter((c) => !/[A-Za-z0-9_.-]/.test(c)))];
+    if (bad.length) {
+      const names = bad.slice(0, 5).map((c) => (c === ' ' ? 'spaces' : `“${c}”`));
+      return `Nicknames use only letters A–Z, digits, _ - and . (not ${names.join(', ')}).`;
+    }
+    return null;
+  }
+
+  function requestNick(nick) {
     const ref = nextRef('n');
     state.pendingNickRef = ref;
-    send({ type: 'nick', nick, ref }, { expect: { kind: 'nick', nick, silent: !!opts.silent, retries: opts.retries || 0 } });
+    send({ type: 'nick', nick, ref }, { expect: { kind: 'nick', nick } });
   }
 
   function onNick(m) {
@@ -390,10 +558,14 @@
     const mine = exp ? true : isMe(old);
     if (mine) {
       state.nick = nick;
-      if (exp) { state.desiredNick = nick; save(STORE.nick, nick); clearTimeout(state.nickRetry); }
+      if (exp) { state.desiredNick = nick; save(STORE.nick, nick); }
       if (exp && exp.fromDialog) closeNickDialog();
-      if (lc(old) !== lc(nick) || old !== nick) {
-        for (const c of state.convs.values()) if (c.kind === 'room' && c.joined) addNotice(c, `You are now known as ${nick}.`);
+      for (const c of state.convs.values()) {
+        if (c.kind !== 'room') continue;
+        // Our own entry in the member lists (the server tells the owner once, not per room).
+        const i = c.members.findIndex((x) => lc(x) === lc(old));
+        if (i >= 0) { c.members[i] = nick; c.members.sort(byLower); }
+        if (c.joined && old !== nick) addNotice(c, `You are now known as ${nick}.`);
       }
     } else {
       for (const c of state.convs.values()) {
@@ -458,8 +630,7 @@
     conv.joined = true;
     conv.joining = false;
     conv.members = (Array.isArray(m.members) ? m.members.map(String) : []).sort(byLower);
-    let fresh = 0;
-    for (const h of history) if (addRoomMessage(conv, h)) fresh++;
+    for (const h of history) addRoomMessage(conv, h);
     if (!rejoin) {
       conv.hasOlder = m.complete === false;
     } else if (m.complete === false && history.length) {
@@ -471,16 +642,97 @@
           tone: 'warn', after: lo, action: { label: 'Load missing messages', run: () => loadGap(conv) } });
       }
     }
-    if (rejoin && fresh && state.active !== conv.key) conv.unread += countUnread(history, prevLast);
+    if (!rejoin) {
+      // A page (re)loaded: where this device stopped reading, if the ids still mean the same.
+      const st = state.read[name];
+      conv.readId = st && st.e === epoch && Number.isSafeInteger(st.id) ? Math.min(st.id, conv.lastId) : conv.lastId;
+    }
+    recount(conv);
+    let toMarker = false;
+    if (conv.key === state.active && conv.unread && conv.markerId === null) { conv.markerId = conv.readId; toMarker = true; }
     dedupeUnsure(conv, history);
     flushQueued(conv);
-    scheduleRender(conv);
+    scheduleRender(conv, toMarker ? { toMarker: true } : {});
     renderSidebar();
     if (conv.key === state.active) { renderHeader(); renderMembers(); renderComposer(); }
   }
 
-  function countUnread(list, after) {
-    return list.filter((h) => h.id > after && !isMe(h.from)).length;
+  // Unread and mention counts from the read position.
+  function recount(conv) {
+    let u = 0, men = 0;
+    for (const m of conv.msgs.values()) {
+      if (m.id <= conv.readId || isMe(m.from)) continue;
+      u++;
+      if (conv.kind === 'dm' || mentions(m.text, state.nick)) men++;
+    }
+    conv.unread = u;
+    conv.mentions = men;
+  }
+
+  const isMuted = (conv) => state.prefs.muted.includes(conv.key);
+  const atBottomNow = () => list.scrollHeight - list.scrollTop - list.clientHeight < 40;
+  // The reader sees new messages of `conv` as they arrive.
+  const reading = (conv) => conv.key === state.active && !document.hidden && atBottomNow() && !dialogShown();
+
+  // Everything in `conv` up to its newest message is read.
+  let readSaveTimer = null;
+  function markRead(conv) {
+    if (!conv) return;
+    conv.readId = Math.max(conv.readId, conv.lastId);
+    if (conv.unread || conv.mentions) { conv.unread = 0; conv.mentions = 0; renderSidebar(); }
+    if (conv.kind === 'room' && conv.epoch) {
+      const st = state.read[conv.name];
+      if (!st || st.e !== conv.epoch || st.id !== conv.readId) {
+        state.read[conv.name] = { e: conv.epoch, id: conv.readId };
+        clearTimeout(readSaveTimer);
+        readSaveTimer = setTimeout(() => save(STORE.read, state.read), 400);
+      }
+    }
+    updateJump();
+  }
+
+  // A new message from someone else: counted unless it is being read,
+  // and a mention or DM alerts (unless the conversation is muted).
+  function noteIncoming(conv, m) {
+    const mention = conv.kind === 'dm' || mentions(m.text, state.nick);
+    if (!reading(conv)) {
+      conv.unread++;
+      if (mention) conv.mentions++;
+      if (conv.key === state.active && conv.markerId === null) conv.markerId = conv.readId;
+    }
+    if (mention && !isMuted(conv)) alertUser(conv, m);
+  }
+
+  let audioCtx = null;
+  function ping() {
+    try {
+      audioCtx = audioCtx || new AudioContext();
+      if (audioCtx.state === 'suspended') audioCtx.resume();
+      const t = audioCtx.currentTime;
+      const o = audioCtx.createOscillator();
+      const g = audioCtx.createGain();
+      o.type = 'sine';
+      o.frequency.setValueAtTime(880, t);
+      o.frequency.setValueAtTime(1318.5, t + 0.09);
+      g.gain.setValueAtTime(0.0001, t);
+      g.gain.exponentialRampToValueAtTime(0.12, t + 0.015);
+      g.gain.exponentialRampToValueAtTime(0.0001, t + 0.32);
+      o.connect(g).connect(audioCtx.destination);
+      o.start(t);
+      o.stop(t + 0.34);
+      // Counted where a test (or a curious user) can see it.
+      document.documentElement.dataset.sounds = String(Number(document.documentElement.dataset.sounds || 0) + 1);
+    } catch { /* no audio output */ }
+  }
+  function alertUser(conv, m) {
+    const away = document.hidden;
+    if (state.prefs.sound && (away || conv.key !== state.active)) ping();
+    if (!away || !state.prefs.notify || !('Notification' in window) || Notification.permission !== 'granted') return;
+    const title = conv.kind === 'dm' ? `${m.from} (private message)` : `${m.from} mentioned you in #${conv.name}`;
+    try {
+      const n = new Notification(title, { body: m.text.length > 180 ? m.text.slice(0, 180) + '…' : m.text, tag: conv.key, icon: '/favicon.svg' });
+      n.onclick = () => { window.focus(); switchConv(conv.key); n.close(); };
+    } catch { /* a browser that allows notifications only from a service worker */ }
   }
 
   function validMessage(h) {
@@ -505,6 +757,7 @@
     state.roomOrder = state.roomOrder.filter((r) => r !== name);
     save(STORE.rooms, state.roomOrder);
     if (conv) state.convs.delete(conv.key);
+    if (state.read[name]) { delete state.read[name]; save(STORE.read, state.read); }
     if (state.active === 'room:' + name) {
       const next = state.roomOrder[0] ? 'room:' + state.roomOrder[0] : ([...state.convs.keys()][0] || null);
       switchConv(next);
@@ -519,11 +772,11 @@
     const i = conv.members.findIndex((x) => lc(x) === lc(nick));
     if (m.event === 'join') {
       if (i < 0) { conv.members.push(nick); conv.members.sort(byLower); }
-      addNotice(conv, `${nick} joined #${conv.name}.`, { tone: 'presence' });
+      addNotice(conv, `${nick} joined #${conv.name}.`, { tone: 'presence', presence: { nick, event: 'join' } });
     } else if (m.event === 'leave') {
       if (i >= 0) conv.members.splice(i, 1);
       conv.typing.delete(lc(nick));
-      addNotice(conv, `${nick} left #${conv.name}.`, { tone: 'presence' });
+      addNotice(conv, `${nick} left #${conv.name}.`, { tone: 'presence', presence: { nick, event: 'leave' } });
     }
     if (conv.key === state.active) { renderMembers(); renderHeader(); renderTyping(); }
   }
@@ -538,8 +791,10 @@
     const isNew = addRoomMessage(conv, m);
     if (!isNew) { scheduleRender(conv); return; }
     if (!isMe(m.from)) {
-      if (state.active !== conv.key) conv.unread++;
+      noteIncoming(conv, m);
       announce(`${m.from} in #${conv.name}: ${m.text}`);
+    } else if (exp) {
+      conv.markerId = null; // answering: what was new is now behind us
     }
     scheduleRender(conv);
     renderSidebar();
@@ -557,10 +812,13 @@
     if (exp) removePending(conv, m.ref);
     const seq = ++state.seq;
     conv.msgs.set(seq, { id: seq, from, text: m.text, ts: Number(m.ts) || Date.now() });
+    conv.lastId = seq;
     if (conv.msgs.size > 1000) conv.msgs.delete(conv.msgs.keys().next().value);
     if (!isMe(from)) {
-      if (state.active !== conv.key) conv.unread++;
+      noteIncoming(conv, conv.msgs.get(seq));
       announce(`Private message from ${from}: ${m.text}`);
+    } else if (exp) {
+      conv.markerId = null;
     }
     scheduleRender(conv);
     renderSidebar();
@@ -605,8 +863,11 @@
   }
 
   function onRooms(m) {
-    settle(m.ref);
-    const rooms = Array.isArray(m.rooms) ? m.rooms : [];
+    const exp = settle(m.ref);
+    const rooms = (Array.isArray(m.rooms) ? m.rooms : [])
+      .filter((r) => r && typeof r.name === 'string' && ROOM_RE.test(r.name))
+      .map((r) => ({ name: r.name, members: Number.isSafeInteger(r.members) ? r.members : 0, topic: typeof r.topic === 'string' ? r.topic.slice(0, 300) : '' }));
+    if (exp && exp.directory) { dir.rooms = rooms; dir.loading = false; renderDirectory(); return; }
     const conv = activeConv();
     if (!conv) return;
     const text = rooms.length
@@ -633,10 +894,6 @@
       return;
     }
     if (exp && exp.kind === 'nick') {
-      if (exp.silent) {
-        if (code === 'nick_taken') scheduleNickRetry(exp.retries);
-        return;
-      }
       if (dialogOpen()) { showNickError(code === 'nick_taken' ? `“${exp.nick}” is taken. Try another.` : human); return; }
       toast(code === 'nick_taken' ? `The nickname “${exp.nick}” is taken.` : human, 'error');
       return;
@@ -660,7 +917,25 @@
     toast(human, 'error');
   }
 
+  // The server's `invalid` answers about a message text, in plain words.
+  function plainInvalid(message) {
+    const m = /^invalid field "(\w+)": ([\s\S]*)$/.exec(String(message || ''));
+    if (!m) return null;
+    const [, field, why] = m;
+    if (field === 'text') {
+      if (/too long/.test(why)) return `This message is too long: this server takes at most ${limits.text} characters.`;
+      if (/white space/.test(why)) return 'There is nothing to send: the message is only spaces.';
+      if (/visible/.test(why)) return 'There is nothing visible to send: the message has only invisible characters (such as zero-width spaces).';
+      if (/control/.test(why)) return 'This message holds control characters (other than new lines and tabs), which the server does not accept. Remove them and try again.';
+      if (/bidi/.test(why)) return 'This message holds text-direction override characters (U+202A to U+202E, U+2066 to U+2069), which the server refuses because they can disguise text. Remove them and try again.';
+    }
+    if (field === 'nick') return 'Nicknames are 1–32 letters A–Z, digits, _ - or . (no spaces).';
+    if (field === 'room') return 'Room names are 1–64 letters A–Z, digits, _ or -.';
+    return null;
+  }
+
   function describeError(code, message) {
+    if (code === 'invalid') { const p = plainInvalid(message); if (p) return p; }
     const base = ERROR_TEXT[code] || 'The server refused a request.';
     if (code === 'invalid' && message) return `${base}: ${message}`;
     if (code === 'invalid') return base + '.';
@@ -1033,7 +1308,7 @@
     $('me-nick').textContent = nick || '—';
     const a = $('me-avatar');
     a.textContent = nick ? initials(nick) : '';
-    a.style.backgroundColor = nick ? AVATAR_COLORS[hashString(nick) % AVATAR_COLORS.length] : '';
+    a.style.backgroundColor = nick ? avatarColor(nick) : '';
   }
 
   function renderMotd() {
@@ -1044,9 +1319,10 @@
   function convButton(conv) {
     const activeNow = conv.key === state.active;
     const label = conv.kind === 'room' ? `#${conv.name}` : conv.name;
-    const unread = conv.unread > 0 ? `, ${conv.unread} unread` : '';
+    const muted = isMuted(conv);
+    const unread = (conv.unread > 0 ? `, ${conv.unread} unread` : '') + (conv.mentions > 0 ? `, ${conv.mentions} ${conv.kind === 'dm' ? 'new' : (conv.mentions === 1 ? 'mention' : 'mentions')}` : '') + (muted ? ', muted' : '');
     const btn = el('button', {
-      type: 'button', class: 'conv' + (activeNow ? ' active' : '') + (conv.unread ? ' has-unread' : ''),
+      type: 'button', class: 'conv' + (activeNow ? ' active' : '') + (conv.unread ? ' has-unread' : '') + (muted ? ' muted' : ''),
       'data-testid': conv.kind === 'room' ? 'room-entry' : 'dm-entry',
       'data-room': conv.kind === 'room' ? conv.name : null,
       'data-nick': conv.kind === 'dm' ? conv.name : null,
@@ -1062,9 +1338,27 @@
     }
     btn.append(el('span', { class: 'conv-name', text: conv.kind === 'room' ? conv.name : conv.name }));
     if (conv.kind === 'room' && !conv.joined && state.conn === 'online') btn.append(el('span', { class: 'conv-state', text: '…', 'aria-hidden': 'true' }));
-    if (conv.unread) btn.append(el('span', { class: 'badge', 'data-testid': 'unread', 'aria-hidden': 'true', text: conv.unread > 99 ? '99+' : String(conv.unread) }));
+    if (muted) btn.append(bellIcon(true, 'conv-muted'));
+    // Mentions (and private messages) get a badge of their own beside the unread count.
+    if (conv.mentions && conv.kind === 'room') btn.append(el('span', { class: 'badge mention-badge', 'data-testid': 'mention-badge', 'aria-hidden': 'true', text: '@' + (conv.mentions > 99 ? '99+' : String(conv.mentions)) }));
+    if (conv.unread) btn.append(el('span', { class: 'badge' + (conv.kind === 'dm' ? ' mention-badge' : ''), 'data-testid': 'unread', 'aria-hidden': 'true', text: conv.unread > 99 ? '99+' : String(conv.unread) }));
     return el('li', null, btn);
   }
+
+  function svgIcon(d, cls) {
+    const svg = document.createElementNS('http://www.w3.org/2000/svg', 'svg');
+    svg.setAttribute('viewBox', '0 0 24 24');
+    svg.setAttribute('aria-hidden', 'true');
+    if (cls) svg.setAttribute('class', cls);
+    for (const x of d) {
+      const path = document.createElementNS('http://www.w3.org/2000/svg', 'path');
+      path.setAttribute('d', x);
+      svg.append(path);
+    }
+    return svg;
+  }
+  const BELL = ['M6 16V11a6 6 0 0 1 12 0v5l1.5 2h-15z', 'M10 20.5a2 2 0 0 0 4 0'];
+  function bellIcon(off, cls) { return svgIcon(off ? [...BELL, 'M4 4l16 16'] : BELL, cls); }
 
   function isOnline(nick) {
     for (const c of state.convs.values()) if (c.kind === 'room' && c.members.some((x) => lc(x) === lc(nick))) return true;
@@ -1078,6 +1372,7 @@
     $('dm-list').replaceChildren(...dms.map(convButton));
     $('dm-empty').hidden = dms.length > 0;
     const totalUnread = [...state.convs.values()].reduce((s, c) => s + (c.key === state.active ? 0 : c.unread), 0);
+    $('menu-badge').classList.toggle('mention-badge', [...state.convs.values()].some((c) => c.key !== state.active && c.mentions));
     const mb = $('menu-badge');
     mb.hidden = totalUnread === 0;
     mb.textContent = totalUnread > 99 ? '99+' : String(totalUnread);
@@ -1094,6 +1389,7 @@
       sub.textContent = 'Join a room to start chatting';
       $('leave-btn').hidden = true;
       list.setAttribute('aria-label', 'Messages');
+      renderNotify();
       return;
     }
     if (conv.kind === 'room') {
@@ -1119,6 +1415,7 @@
     $('search-toggle').hidden = conv.kind !== 'room';
     if (conv.kind !== 'room' || (search.room && search.room !== conv.name)) closeSearch();
     if (ctxView.room && (conv.kind !== 'room' || ctxView.room !== conv.name)) closeContext();
+    renderNotify();
   }
 
   function renderMembers() {
@@ -1171,11 +1468,15 @@
     const conv = activeConv();
     const n = [...input.value].length;
     const blank = input.value.trim().length === 0;
-    sendBtn.disabled = !conv || blank || n > MAX_TEXT;
+    const over = n - limits.text;
+    sendBtn.disabled = !conv || blank || over > 0;
     input.disabled = !conv;
     const counter = $('counter');
-    counter.textContent = n > MAX_TEXT - 500 ? ` · ${n}/${MAX_TEXT}` : '';
-    counter.classList.toggle('over', n > MAX_TEXT);
+    // Shown from 80 % of the limit on; past it, how much to cut, in words.
+    counter.textContent = over > 0 ? `${over} ${over === 1 ? 'character' : 'characters'} over this server’s limit of ${limits.text}`
+      : n > Math.min(limits.text - 200, limits.text * 0.8) ? `${n}/${limits.text}` : '';
+    counter.hidden = !counter.textContent;
+    counter.classList.toggle('over', over > 0);
   }
 
   // Builds the list of the active conversation and keeps the reader where they were:
@@ -1195,17 +1496,31 @@
     }
     const items = conv ? buildItems(conv) : [emptyState()];
     list.replaceChildren(...items);
-    if (atBottom || opts.toBottom || !anchorKey) {
+    const marker = opts.toMarker ? list.querySelector('.new-marker') : null;
+    if (marker) {
+      // Open where the unread part begins, with a little of what came before.
+      list.scrollTop = Math.max(0, marker.offsetTop - 80);
+    } else if (atBottom || opts.toBottom || !anchorKey) {
       list.scrollTop = list.scrollHeight;
-      $('jump').hidden = true;
     } else {
       const a = [...list.children].find((li) => li.dataset.key === anchorKey);
       if (a) list.scrollTop = a.offsetTop - anchorOffset;
-      $('jump').hidden = false;
     }
-    if (conv && conv.key === state.active && conv.unread && atBottom) { conv.unread = 0; renderSidebar(); }
+    if (conv && reading(conv)) markRead(conv);
+    updateJump();
     // A short room fills no screen: load older messages until it can scroll.
     if (conv && conv.hasOlder && !conv.loadingOlder && list.scrollHeight <= list.clientHeight + 10) loadOlder(conv);
+  }
+
+  // "Jump to latest", with how many unread messages are below.
+  function updateJump() {
+    const conv = activeConv();
+    const j = $('jump');
+    const show = !!conv && !atBottomNow();
+    j.hidden = !show;
+    if (!show) return;
+    const text = conv.unread ? `Jump to latest (${conv.unread} new)` : 'Jump to latest';
+    if (j.dataset.text !== text) { j.dataset.text = text; j.replaceChildren(document.createTextNode(text + ' '), el('span', { 'aria-hidden': 'true', text: '↓' })); }
   }
 
   function emptyState() {
@@ -1243,7 +1558,9 @@
 
     let prev = null; // previous message-like entry, for grouping
     let prevDay = null;
-    for (const e of entries) {
+    let markerPlaced = conv.markerId === null;
+    for (let i = 0; i < entries.length; i++) {
+      const e = entries[i];
       if (e.kind === 'notice') {
         const ndk = dayKey(e.n.ts);
         if (ndk !== prevDay) {
@@ -1251,11 +1568,23 @@
             el('span', { text: dayLabel(e.n.ts) })));
           prevDay = ndk;
         }
-        out.push(noticeItem(e));
+        // Consecutive joins and leaves of one day make one line.
+        let j = i;
+        if (e.n.presence) {
+          while (j + 1 < entries.length && entries[j + 1].kind === 'notice' && entries[j + 1].n.presence && dayKey(entries[j + 1].n.ts) === ndk) j++;
+        }
+        out.push(j > i ? presenceGroup(conv, entries.slice(i, j + 1)) : noticeItem(e));
+        i = j;
         prev = null;
         continue;
       }
       const m = e.m;
+      if (!markerPlaced && e.kind === 'msg' && m.id > conv.markerId && !isMe(m.from)) {
+        markerPlaced = true;
+        out.push(el('li', { class: 'new-marker', role: 'separator', 'data-key': 'new', 'data-testid': 'new-marker', 'aria-label': 'New messages' },
+          el('span', { text: 'New messages' })));
+        prev = null;
+      }
       const dk = dayKey(m.ts);
       if (dk !== prevDay) {
         out.push(el('li', { class: 'day', role: 'separator', 'data-key': 'd' + dk, 'aria-label': dayLabel(m.ts) },
@@ -1268,6 +1597,32 @@
       prev = m;
     }
     return out;
+  }
+
+  // "alice, bob and carol joined · dave left", or "5 people joined · 2 left";
+  // opens to the full list.
+  const openGroups = new Set();
+  function presenceGroup(conv, run) {
+    const joined = [], left = [];
+    for (const e of run) {
+      const { nick, event } = e.n.presence;
+      const into = event === 'join' ? joined : left;
+      if (!into.some((x) => lc(x) === lc(nick))) into.push(nick);
+    }
+    const names = (l) => (l.length <= 3 ? (l.length === 1 ? l[0] : l.slice(0, -1).join(', ') + ' and ' + l[l.length - 1])
+      : `${l.length} people`);
+    const parts = [];
+    if (joined.length) parts.push(`${names(joined)} joined`);
+    if (left.length) parts.push(`${left.length <= 3 || !joined.length ? names(left) : left.length} left`);
+    const key = run[0].k;
+    const d = el('details', { class: 'presence-group', open: openGroups.has(key) || null },
+      el('summary', { 'data-testid': 'presence-summary', text: parts.join(' · ') }),
+      el('ul', null, ...run.map((e) => el('li', { text: e.n.text }))));
+    d.addEventListener('toggle', () => {
+      if (d.open) openGroups.add(key); else openGroups.delete(key);
+      if (stuckToBottom) list.scrollTop = list.scrollHeight;
+    });
+    return el('li', { class: 'notice presence grouped', 'data-key': key, 'data-testid': 'notice' }, d);
   }
 
   function noticeItem(e) {
@@ -1308,7 +1663,9 @@
     }
     // dir="auto" (and unicode-bidi: isolate in app.css): each message takes
     // its own direction and no bidi control in it reaches what is around it.
-    body.append(el('div', { class: 'text', dir: 'auto', 'data-testid': 'message-text' }, richText(m.text)));
+    const r = renderText(m.text);
+    body.append(el('div', { class: 'text', dir: 'auto', 'data-testid': 'message-text' }, r.frag));
+    if (r.mentionsMe && !own) { li.classList.add('mentions-me'); li.dataset.mention = 'me'; }
     if (p) {
       const status = el('div', { class: 'status', 'data-testid': 'message-status' });
       if (p.state === 'sending') status.append(el('span', { class: 'spinner', 'aria-hidden': 'true' }), el('span', { text: 'Sending…' }));
@@ -1332,9 +1689,11 @@
 
   function updateTitle() {
     const conv = activeConv();
-    const total = [...state.convs.values()].reduce((s, c) => s + c.unread, 0);
+    let total = 0, men = 0;
+    for (const c of state.convs.values()) { total += c.unread; men += c.mentions; }
     const name = conv ? (conv.kind === 'room' ? '#' + conv.name : conv.name) : 'wschat';
-    document.title = (total ? `(${total}) ` : '') + name + ' · wschat';
+    // "(3) #team", or "(3 · @1) #team" when some of them mention you or are private.
+    document.title = (total ? `(${total}${men ? ' · @' + men : ''}) ` : '') + name + ' · wschat';
   }
 
   function toast(text, tone = 'info') {
@@ -1342,6 +1701,8 @@
     const t = el('div', { class: 'toast ' + tone, role: tone === 'error' ? 'alert' : 'status', 'data-testid': 'toast' },
       el('span', { text }),
       el('button', { type: 'button', class: 'icon-btn small', 'aria-label': 'Dismiss', onclick: () => t.remove() }, closeIcon()));
+    // The same words twice make one toast, shown afresh.
+    for (const o of box.children) if (o.firstElementChild && o.firstElementChild.textContent === text) o.remove();
     box.append(t);
     while (box.children.length > 3) box.firstElementChild.remove();
     setTimeout(() => t.remove(), tone === 'error' ? 8000 : 6000);
@@ -1358,18 +1719,20 @@
 
   // ---------------------------------------------------------------- UI: actions
   function switchConv(key) {
-    if (state.active !== key) stopTyping();
+    const prev = activeConv();
+    if (state.active !== key) { stopTyping(); if (prev) prev.markerId = null; }
     state.active = key;
     save(STORE.active, key);
     const conv = activeConv();
-    if (conv) conv.unread = 0;
+    if (conv && state.active !== (prev && prev.key)) conv.markerId = conv.unread ? conv.readId : null;
+    closeCompletion();
     $('typing').dataset.text = '-';
     renderSidebar();
     renderHeader();
     renderMembers();
     renderTyping();
     renderComposer();
-    scheduleRender(null, { toBottom: true });
+    scheduleRender(null, conv && conv.markerId !== null ? { toMarker: true } : { toBottom: true });
     updateTitle();
   }
 
@@ -1412,13 +1775,34 @@
       if (runCommand(conv, raw)) { input.value = ''; autosize(); renderComposer(); }
       return;
     }
-    const text = raw.startsWith('//') ? raw.slice(1) : raw;
-    if ([...text].length > MAX_TEXT) { toast(`Messages can be at most ${MAX_TEXT} characters.`, 'error'); return; }
+    const text = emojify(raw.startsWith('//') ? raw.slice(1) : raw);
+    const problem = textProblem(conv, text);
+    if (problem) { composerError(problem); return; }
     stopTyping();
     sendText(conv, text);
     input.value = '';
     autosize();
     renderComposer();
+  }
+
+  // Why `text` cannot be sent to `conv`, in plain words, or null.
+  function textProblem(conv, text) {
+    const n = [...text].length;
+    if (n > limits.text) return `This message is ${n} characters long; this server takes at most ${limits.text}. Shorten it by ${n - limits.text}.`;
+    // The whole frame must fit the server's message size, or it closes the connection (1009).
+    const frame = conv.kind === 'dm' ? { type: 'dm', to: conv.name, text, ref: 'd000000' } : { type: 'message', room: conv.name, text, ref: 'm000000' };
+    const bytes = new TextEncoder().encode(JSON.stringify(frame)).length;
+    if (bytes > limits.bytes) return `This message takes ${Math.ceil(bytes / 1024)} KiB to send; this server takes at most ${Math.floor(limits.bytes / 1024)} KiB. Shorten it.`;
+    return null;
+  }
+  // An error about what is in the composer: shown under it, never over the Send button.
+  let composerErrorTimer = null;
+  function composerError(text) {
+    const e = $('composer-error');
+    e.textContent = text;
+    e.hidden = !text;
+    clearTimeout(composerErrorTimer);
+    if (text) composerErrorTimer = setTimeout(() => { e.hidden = true; e.textContent = ''; }, 10000);
   }
 
   function runCommand(conv, raw) {
@@ -1427,20 +1811,21 @@
     switch (cmd.toLowerCase()) {
       case '/join': {
         const room = arg.replace(/^#/, '');
-        if (!ROOM_RE.test(room)) { toast('Room names are 1–64 letters, digits, _ or -.', 'error'); return false; }
+        if (!ROOM_RE.test(room)) { composerError('Room names are 1–64 letters A–Z, digits, _ or - (no spaces).'); return false; }
         joinRoom(room, true);
         return true;
       }
       case '/leave': case '/part': leaveActive(); return true;
       case '/nick': {
-        if (!NICK_RE.test(arg)) { toast('Nicknames are 1–32 letters, digits, _ - or .', 'error'); return false; }
-        if (state.conn !== 'online') { toast('You are offline; try again once connected.', 'error'); return false; }
+        const why = nickProblem(arg);
+        if (why) { composerError(why); return false; }
+        if (state.conn !== 'online') { composerError('You are offline; try again once connected.'); return false; }
         requestNick(arg);
         return true;
       }
       case '/msg': case '/dm': {
         const m = /^\/\S+\s+(\S+)\s+([\s\S]+)$/.exec(raw.trim());
-        if (!m) { toast('Usage: /msg nick text', 'error'); return false; }
+        if (!m) { composerError('Usage: /msg nick text'); return false; }
         const dc = dmConv(m[1], true);
         sendText(dc, m[2]);
         switchConv(dc.key);
@@ -1453,7 +1838,7 @@
         addNotice(conv, 'Commands: ' + HELP.join(' · ') + '. Start a message with // to send a leading slash.');
         return true;
       default:
-        toast(`Unknown command ${cmd}. Type /help for the list.`, 'error');
+        composerError(`Unknown command ${cmd}. Type /help for the list.`);
         return false;
     }
   }
@@ -1466,6 +1851,7 @@
   // ---------------------------------------------------------------- nick dialog
   let dialogMode = 'first';
   function dialogOpen() { return nickDialog.open; }
+  function dialogShown() { return nickDialog.open; }
   function openNickDialog(errorText) {
     dialogMode = state.everConnected ? 'change' : 'first';
     $('nick-title').textContent = dialogMode === 'first' ? 'Welcome to wschat' : 'Change your nickname';
@@ -1485,7 +1871,8 @@
   $('nick-form').addEventListener('submit', (ev) => {
     ev.preventDefault();
     const nick = nickInput.value.trim();
-    if (!NICK_RE.test(nick)) { showNickError('Use 1–32 letters, digits, _ - or . (no spaces).'); return; }
+    const why = nickProblem(nick);
+    if (why) { showNickError(why); return; }
     if (!state.everConnected && !state.ws) {
       state.desiredNick = nick;
       save(STORE.nick, nick);
@@ -1501,6 +1888,7 @@
     send({ type: 'nick', nick, ref }, { expect: { kind: 'nick', nick, fromDialog: true } });
   });
   $('nick-cancel').addEventListener('click', () => closeNickDialog());
+  nickDialog.addEventListener('close', () => { const c = activeConv(); if (c && reading(c)) markRead(c); });
   nickDialog.addEventListener('cancel', (ev) => { if (dialogMode === 'first' && !state.everConnected) ev.preventDefault(); });
   nickInput.addEventListener('input', () => showNickError(''));
 
@@ -1561,6 +1949,209 @@
     }
   });
 
+  // ---------------------------------------------------------------- completion (@nick, :emoji:)
+  // As you type "@al" or ":sm", a list of the room's members or of emoji
+  // opens above the composer: arrows move, Tab or Enter takes, Escape closes.
+  const completion = { items: [], index: 0, start: 0, end: 0, kind: null };
+  const completeBox = $('complete');
+  function closeCompletion() {
+    completion.items = [];
+    completion.kind = null;
+    completeBox.hidden = true;
+    input.setAttribute('aria-expanded', 'false');
+    input.removeAttribute('aria-activedescendant');
+  }
+  function updateCompletion() {
+    const conv = activeConv();
+    const caret = input.selectionStart;
+    if (!conv || caret !== input.selectionEnd) { closeCompletion(); return; }
+    const before = input.value.slice(0, caret);
+    let m = /(?:^|[^\w@])@([A-Za-z0-9_.-]{0,32})$/.exec(before);
+    let items = [];
+    let kind = null;
+    if (m) {
+      const q = lc(m[1]);
+      const pool = conv.kind === 'room' ? conv.members : [conv.name];
+      items = pool.filter((n) => !isMe(n) && lc(n).startsWith(q)).slice(0, 8).map((n) => ({ label: n, insert: '@' + n + ' ', nick: n }));
+      kind = 'nick';
+    } else if ((m = /(?:^|[\s(])(:([a-z0-9_+-]{2,32}))$/.exec(before))) {
+      const q = m[2];
+      const names = Object.keys(EMOJI);
+      items = [...names.filter((n) => n.startsWith(q)), ...names.filter((n) => !n.startsWith(q) && n.includes(q))]
+        .slice(0, 8).map((n) => ({ label: ':' + n + ':', insert: EMOJI[n], emoji: EMOJI[n] }));
+      kind = 'emoji';
+      m = [m[1], m[1]];
+    }
+    if (!items.length) { closeCompletion(); return; }
+    Object.assign(completion, { items, kind, index: Math.min(completion.kind === kind ? completion.index : 0, items.length - 1), start: caret - m[0].length + (m[0].length - (kind === 'nick' ? m[1].length + 1 : m[1].length)), end: caret });
+    renderCompletion();
+  }
+  function renderCompletion() {
+    completeBox.setAttribute('aria-label', completion.kind === 'nick' ? 'Members' : 'Emoji');
+    completeBox.replaceChildren(...completion.items.map((it, i) => el('li', {
+      id: 'complete-' + i, role: 'option', class: 'complete-item', 'aria-selected': String(i === completion.index),
+      'data-testid': 'completion-item',
+      onmousedown: (ev) => { ev.preventDefault(); acceptCompletion(i); },
+    }, it.nick ? avatar(it.nick, 'xs') : el('span', { class: 'complete-emoji', 'aria-hidden': 'true', text: it.emoji }),
+    el('span', { text: it.label }))));
+    completeBox.hidden = false;
+    input.setAttribute('aria-expanded', 'true');
+    input.setAttribute('aria-activedescendant', 'complete-' + completion.index);
+  }
+  function acceptCompletion(i) {
+    const it = completion.items[i];
+    if (!it) return;
+    const v = input.value;
+    input.value = v.slice(0, completion.start) + it.insert + v.slice(completion.end);
+    const caret = completion.start + it.insert.length;
+    input.setSelectionRange(caret, caret);
+    closeCompletion();
+    autosize();
+    renderComposer();
+  }
+  // A :shortcode: closed by its colon becomes its emoji at once.
+  function replaceShortcodeAtCaret() {
+    const caret = input.selectionStart;
+    if (caret !== input.selectionEnd) return;
+    const before = input.value.slice(0, caret);
+    const m = /(?:^|[^\w:]):([a-z0-9_+-]{1,32}):$/.exec(before);
+    if (!m || !EMOJI[m[1]] || (before.split('`').length % 2 === 0)) return;
+    const start = caret - m[1].length - 2;
+    input.value = input.value.slice(0, start) + EMOJI[m[1]] + input.value.slice(caret);
+    const c = start + EMOJI[m[1]].length;
+    input.setSelectionRange(c, c);
+  }
+  function insertAtCaret(text) {
+    const a = input.selectionStart ?? input.value.length, b = input.selectionEnd ?? a;
+    input.value = input.value.slice(0, a) + text + input.value.slice(b);
+    input.setSelectionRange(a + text.length, a + text.length);
+    autosize();
+    renderComposer();
+  }
+
+  // ---------------------------------------------------------------- emoji picker
+  const picker = $('emoji-picker');
+  function togglePicker(open) {
+    const show = open ?? picker.hidden;
+    if (show && !picker.childElementCount) {
+      picker.append(...PICKER.map((n) => el('button', {
+        type: 'button', class: 'emoji-cell', title: ':' + n + ':', 'aria-label': n.replace(/_/g, ' '), 'data-testid': 'emoji', text: EMOJI[n],
+        onclick: () => { insertAtCaret(EMOJI[n]); togglePicker(false); input.focus(); },
+      })));
+    }
+    picker.hidden = !show;
+    $('emoji-toggle').setAttribute('aria-expanded', String(show));
+    if (show) picker.querySelector('button').focus();
+  }
+  $('emoji-toggle').addEventListener('click', () => togglePicker());
+  picker.addEventListener('keydown', (ev) => {
+    if (ev.key === 'Escape') { ev.stopPropagation(); togglePicker(false); $('emoji-toggle').focus(); return; }
+    const cells = [...picker.querySelectorAll('button')];
+    const i = cells.indexOf(document.activeElement);
+    const cols = Math.max(1, Math.round(picker.clientWidth / (cells[0]?.offsetWidth || 36)));
+    const step = { ArrowRight: 1, ArrowLeft: -1, ArrowDown: cols, ArrowUp: -cols }[ev.key];
+    if (step && i >= 0) { ev.preventDefault(); cells[Math.max(0, Math.min(cells.length - 1, i + step))].focus(); }
+  });
+
+  // ---------------------------------------------------------------- notifications panel
+  const notifyPanel = $('notify-panel');
+  function renderNotify() {
+    const conv = activeConv();
+    const muted = !!conv && isMuted(conv);
+    const btn = $('notify-toggle');
+    btn.replaceChildren(bellIcon(muted));
+    btn.hidden = !conv;
+    btn.classList.toggle('is-muted', muted);
+    btn.setAttribute('aria-label', conv ? `Notifications${muted ? ' (muted)' : ''}` : 'Notifications');
+    $('mute-conv').checked = muted;
+    $('mute-label').textContent = conv ? (conv.kind === 'room' ? `Mute #${conv.name}` : `Mute ${conv.name}`) : 'Mute';
+    const can = 'Notification' in window;
+    $('pref-notify').checked = state.prefs.notify && can && Notification.permission === 'granted';
+    $('pref-notify').disabled = !can;
+    $('pref-sound').checked = state.prefs.sound;
+    $('notify-hint').textContent = !can ? 'This browser has no desktop notifications.'
+      : Notification.permission === 'denied' ? 'Notifications are blocked for this site: allow them in the browser’s site settings.'
+        : 'For mentions and private messages while this tab is hidden.';
+  }
+  function savePrefs() { save(STORE.prefs, state.prefs); renderNotify(); renderSidebar(); }
+  function toggleNotifyPanel(open) {
+    const show = open ?? notifyPanel.hidden;
+    notifyPanel.hidden = !show;
+    $('notify-toggle').setAttribute('aria-expanded', String(show));
+    if (show) { renderNotify(); $('mute-conv').focus(); }
+  }
+  $('notify-toggle').addEventListener('click', () => toggleNotifyPanel());
+  notifyPanel.addEventListener('keydown', (ev) => { if (ev.key === 'Escape') { ev.stopPropagation(); toggleNotifyPanel(false); $('notify-toggle').focus(); } });
+  $('mute-conv').addEventListener('change', (ev) => {
+    const conv = activeConv();
+    if (!conv) return;
+    state.prefs.muted = state.prefs.muted.filter((k) => k !== conv.key);
+    if (ev.target.checked) state.prefs.muted.push(conv.key);
+    savePrefs();
+  });
+  $('pref-notify').addEventListener('change', async (ev) => {
+    if (!ev.target.checked) { state.prefs.notify = false; savePrefs(); return; }
+    let perm = Notification.permission;
+    if (perm === 'default') { try { perm = await Notification.requestPermission(); } catch { perm = 'denied'; } }
+    state.prefs.notify = perm === 'granted';
+    savePrefs();
+  });
+  $('pref-sound').addEventListener('change', (ev) => {
+    state.prefs.sound = ev.target.checked;
+    // Made and unlocked here, inside the click: browsers start audio only after a gesture.
+    if (state.prefs.sound) ping();
+    savePrefs();
+  });
+  document.addEventListener('pointerdown', (ev) => {
+    if (!notifyPanel.hidden && !notifyPanel.contains(ev.target) && !$('notify-toggle').contains(ev.target)) toggleNotifyPanel(false);
+    if (!picker.hidden && !picker.contains(ev.target) && !$('emoji-toggle').contains(ev.target)) togglePicker(false);
+  });
+
+  // ---------------------------------------------------------------- room directory
+  // The server's `rooms` list (rooms with members, and a topic if the server
+  // sends one), filtered here; a room is joined from its row.
+  const dir = { rooms: null, loading: false };
+  const dirDialog = $('dir-dialog');
+  const DIR_SHOWN = 200;
+  function openDirectory() {
+    $('dir-filter').value = '';
+    if (!dirDialog.open) dirDialog.showModal();
+    $('dir-filter').focus();
+    refreshDirectory();
+  }
+  function refreshDirectory() {
+    dir.loading = send({ type: 'rooms', ref: nextRef('r') }, { expect: { kind: 'rooms', directory: true } });
+    renderDirectory();
+  }
+  function renderDirectory() {
+    const q = lc($('dir-filter').value.trim().replace(/^#/, ''));
+    const all = dir.rooms || [];
+    const hits = q ? all.filter((r) => lc(r.name).includes(q) || (r.topic && lc(r.topic).includes(q))) : all;
+    $('dir-list').replaceChildren(...hits.slice(0, DIR_SHOWN).map((r) => {
+      const mine = roomConv(r.name, false)?.joined;
+      return el('li', { class: 'dir-room', 'data-testid': 'dir-room', 'data-room': r.name },
+        el('span', { class: 'conv-icon', 'aria-hidden': 'true', text: '#' }),
+        el('div', { class: 'dir-text' },
+          el('span', { class: 'dir-name', text: r.name }),
+          el('span', { class: 'dir-sub', text: `${r.members} ${r.members === 1 ? 'member' : 'members'}` + (r.topic ? ' · ' + r.topic : '') })),
+        el('button', { type: 'button', class: 'btn small' + (mine ? ' ghost' : ' primary'), 'data-testid': 'dir-join',
+          'aria-label': (mine ? 'Open #' : 'Join #') + r.name, text: mine ? 'Open' : 'Join',
+          onclick: () => { dirDialog.close(); joinRoom(r.name, true); closeDrawers(); input.focus(); } }));
+    }));
+    const st = !state.ws ? 'You are offline; the list shows once connected.'
+      : dir.loading && !dir.rooms ? 'Loading rooms…'
+        : !all.length ? 'No room has anyone in it. Create one with the + button.'
+          : !hits.length ? `No room matches “${q}”.`
+            : hits.length > DIR_SHOWN ? `${hits.length} rooms; the first ${DIR_SHOWN} shown: type to narrow them down.`
+              : `${hits.length} ${hits.length === 1 ? 'room' : 'rooms'} with people in them`;
+    $('dir-status').textContent = st;
+  }
+  $('browse-rooms').addEventListener('click', openDirectory);
+  $('dir-close').addEventListener('click', () => dirDialog.close());
+  $('dir-refresh').addEventListener('click', refreshDirectory);
+  $('dir-filter').addEventListener('input', renderDirectory);
+  dirDialog.addEventListener('click', (ev) => { if (ev.target === dirDialog) dirDialog.close(); });
+
   // ---------------------------------------------------------------- wiring
   $('join-toggle').addEventListener('click', () => {
     const f = $('join-form');
@@ -1572,7 +2163,7 @@
     ev.preventDefault();
     const room = $('join-input').value.trim().replace(/^#/, '');
     if (!ROOM_RE.test(room)) { $('join-error').textContent = 'Use 1–64 letters, digits, _ or - (case-sensitive).'; return; }
-    if (state.roomOrder.length >= 32 && !state.roomOrder.includes(room)) { $('join-error').textContent = 'You can be in at most 32 rooms.'; return; }
+    if (state.roomOrder.length >= limits.rooms && !state.roomOrder.includes(room)) { $('join-error').textContent = `This server lets you be in at most ${limits.rooms} rooms; leave one first.`; return; }
     $('join-error').textContent = '';
     $('join-input').value = '';
     $('join-form').hidden = true;
@@ -1592,7 +2183,7 @@
   $('search-more').addEventListener('click', () => runSearch(true));
   $('search-input').addEventListener('keydown', (ev) => { if (ev.key === 'Escape') { ev.stopPropagation(); closeSearch(); $('search-toggle').focus(); } });
   $('retry-now').addEventListener('click', retryNow);
-  $('jump').addEventListener('click', () => { list.scrollTop = list.scrollHeight; });
+  $('jump').addEventListener('click', () => { list.scrollTop = list.scrollHeight; const c = activeConv(); if (c && reading(c)) markRead(c); updateJump(); });
   $('context-close').addEventListener('click', closeContext);
   $('context-view').addEventListener('scroll', () => {
     const v = $('context-view');
@@ -1603,26 +2194,54 @@
 
   $('composer').addEventListener('submit', (ev) => { ev.preventDefault(); submitComposer(); input.focus(); });
   input.addEventListener('keydown', (ev) => {
+    if (!completeBox.hidden && completion.items.length) {
+      const n = completion.items.length;
+      if (ev.key === 'ArrowDown' || ev.key === 'ArrowUp') {
+        ev.preventDefault();
+        completion.index = (completion.index + (ev.key === 'ArrowDown' ? 1 : n - 1)) % n;
+        renderCompletion();
+        return;
+      }
+      if ((ev.key === 'Tab' || ev.key === 'Enter') && !ev.shiftKey && !ev.isComposing) {
+        ev.preventDefault();
+        acceptCompletion(completion.index);
+        return;
+      }
+      if (ev.key === 'Escape') { ev.preventDefault(); ev.stopPropagation(); closeCompletion(); return; }
+    }
     if (ev.key === 'Enter' && !ev.shiftKey && !ev.isComposing && ev.keyCode !== 229) {
       ev.preventDefault();
       submitComposer();
     }
   });
-  input.addEventListener('input', () => { autosize(); renderComposer(); noteTyping(); });
+  input.addEventListener('input', (ev) => {
+    if (ev.data === ':') replaceShortcodeAtCaret();
+    autosize(); renderComposer(); noteTyping(); updateCompletion();
+    if ($('composer-error').textContent && !textProblem(activeConv() || { kind: 'room', name: '' }, input.value)) composerError('');
+  });
+  input.addEventListener('blur', () => setTimeout(closeCompletion, 150));
+  input.addEventListener('click', updateCompletion);
 
   list.addEventListener('scroll', () => {
     const conv = activeConv();
     if (!conv) return;
     if (list.scrollTop < 120) loadOlder(conv);
     const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
-    if (atBottom) {
-      $('jump').hidden = true;
-      if (conv.unread) { conv.unread = 0; renderSidebar(); }
-    }
+    if (atBottom && reading(conv)) markRead(conv);
+    updateJump();
   }, { passive: true });
 
+  // A resize (a phone's keyboard, a rotated screen) keeps a reader who was at the end there.
+  let stuckToBottom = true;
+  list.addEventListener('scroll', () => { stuckToBottom = atBottomNow(); }, { passive: true });
+  new ResizeObserver(() => { if (stuckToBottom && !atBottomNow()) list.scrollTop = list.scrollHeight; }).observe(list);
   window.addEventListener('online', retryNow);
-  document.addEventListener('visibilitychange', () => { if (!document.hidden) updateTitle(); });
+  document.addEventListener('visibilitychange', () => {
+    if (document.hidden) return;
+    const conv = activeConv();
+    if (conv && reading(conv)) { markRead(conv); scheduleRender(conv); }
+    updateTitle();
+  });
 
   // One clock for countdowns and for expiring stale typing indicators.
   setInterval(() => {

@@ -29,11 +29,20 @@ fn server(extra: &[&str]) -> Server {
     Server::start(&args)
 }
 
+/// The `limits` of `welcome` from a [`server`]: the defaults, rate limit off.
+fn limits() -> Value {
+    json!({"text_chars":4000,"message_bytes":65536,"rate_burst":0,"rate_per_sec":2,"rooms_per_conn":32})
+}
+
 /// Connects to `/ws?nick=NICK` and returns the client with its welcome,
 /// which must be the first frame.
 fn connect_as(server: &Server, nick: &str) -> Ws {
     let mut ws = client(server, &format!("/ws?nick={nick}"));
-    let w = recv(&mut ws);
+    let mut w = recv(&mut ws);
+    // The limits depend on the server's flags (checked in
+    // welcome_carries_the_servers_limits); here only that they are there.
+    let l = w.as_object_mut().and_then(|o| o.remove("limits"));
+    assert!(l.is_some_and(|l| l.is_object()), "no limits in {w}");
     assert_eq!(
         w,
         json!({"type":"welcome","nick":nick,"motd":"Be nice.","protocol":1})
@@ -302,7 +311,7 @@ fn no_subprotocol_offered_is_served_without_one() {
     assert!(resp.headers().get("Sec-WebSocket-Protocol").is_none());
     assert_eq!(
         recv(&mut ws),
-        json!({"type":"welcome","nick":"alice","motd":"Be nice.","protocol":1})
+        json!({"type":"welcome","nick":"alice","motd":"Be nice.","protocol":1,"limits":limits()})
     );
 }
 
@@ -396,9 +405,50 @@ fn type_is_case_sensitive_and_unknown_fields_are_ignored() {
 fn welcome_is_first_with_nick_motd_and_protocol() {
     let server = Server::start(&["--motd", "Hello, «friends» \u{1F600}"]);
     let mut ws = client(&server, "/ws?nick=alice");
+    let limits = json!({"text_chars":4000,"message_bytes":65536,"rate_burst":20,"rate_per_sec":2,"rooms_per_conn":32});
     assert_eq!(
         recv(&mut ws),
-        json!({"type":"welcome","nick":"alice","motd":"Hello, «friends» \u{1F600}","protocol":1})
+        json!({"type":"welcome","nick":"alice","motd":"Hello, «friends» \u{1F600}","protocol":1,"limits":limits})
+    );
+}
+
+/// The `limits` extension of `welcome` tells a client the limits the
+/// server was started with (docs/protocol.md, "Limits in `welcome`").
+#[test]
+fn welcome_carries_the_servers_limits() {
+    let server = Server::start(&[
+        "--max-text-chars",
+        "100",
+        "--max-ws-message-size",
+        "2KiB",
+        "--rate-burst",
+        "5",
+        "--rate-per-sec",
+        "1",
+        "--max-rooms-per-conn",
+        "3",
+    ]);
+    let mut ws = client(&server, "/ws?nick=alice");
+    assert_eq!(
+        recv(&mut ws)["limits"],
+        json!({"text_chars":100,"message_bytes":2048,"rate_burst":5,"rate_per_sec":1,"rooms_per_conn":3})
+    );
+    // And the server holds to what it announced: 100 characters pass, 101 do not.
+    send(&mut ws, json!({"type":"join","room":"r","ref":"j"}));
+    assert_eq!(recv(&mut ws)["type"], "joined");
+    send(
+        &mut ws,
+        json!({"type":"message","room":"r","text":"é".repeat(100),"ref":"ok"}),
+    );
+    assert_eq!(recv(&mut ws)["ref"], "ok");
+    send(
+        &mut ws,
+        json!({"type":"message","room":"r","text":"é".repeat(101),"ref":"long"}),
+    );
+    let e = recv(&mut ws);
+    assert_eq!(
+        (e["code"].as_str(), e["ref"].as_str()),
+        (Some("invalid"), Some("long"))
     );
 }
 
@@ -437,7 +487,7 @@ fn absent_invalid_or_taken_nick_gets_a_guest_nick() {
         let n = w["nick"].as_str().unwrap().to_string();
         assert_eq!(
             w,
-            json!({"type":"welcome","nick":n,"motd":"Be nice.","protocol":1})
+            json!({"type":"welcome","nick":n,"motd":"Be nice.","protocol":1,"limits":limits()})
         );
         assert!(n.starts_with("guest-"), "{p}: {n}");
         assert!(nick_ok(&n), "{p}: generated nick breaks the rules: {n}");

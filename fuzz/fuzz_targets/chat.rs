@@ -402,6 +402,7 @@ fuzz_target!(|data: &[u8]| {
         max_rooms: 1 + usize::from(cfgb[2] % 6),
         max_rooms_per_addr: 1 + usize::from((cfgb[2] >> 4) % 4),
         max_text_chars: [4000, 1, 2, 5, 16][usize::from(cfgb[3] % 5)],
+        max_message_bytes: 64 << 10,
         rate_burst: u32::from(cfgb[4] % 4),
         rate_per_sec: u32::from((cfgb[4] >> 2) % 3),
         room_retention_ms: [60_000, 0, 1, 1000][usize::from(cfgb[5] % 4)],

@@ -94,6 +94,9 @@ pub struct ChatConfig {
     pub max_rooms_per_addr: usize,
     /// Longest `text`, in Unicode scalar values.
     pub max_text_chars: usize,
+    /// Longest client message on /ws in bytes: the server enforces it, the
+    /// chat only announces it in `welcome`.
+    pub max_message_bytes: usize,
     /// Token bucket size; 0 turns the rate limit off.
     pub rate_burst: u32,
     /// Tokens refilled per second.
@@ -126,6 +129,7 @@ impl Default for ChatConfig {
             max_rooms: 10_000,
             max_rooms_per_addr: 64,
             max_text_chars: 4000,
+            max_message_bytes: 64 << 10,
             rate_burst: 20,
             rate_per_sec: 2,
             room_retention_ms: 24 * 60 * 60 * 1000,
@@ -438,6 +442,13 @@ impl Chat {
             protocol: protocol::PROTOCOL_VERSION,
             registration: (!self.cfg.registration_open).then_some("closed"),
             require_account: self.cfg.require_account,
+            limits: protocol::Limits {
+                text_chars: self.cfg.max_text_chars,
+                message_bytes: self.cfg.max_message_bytes,
+                rate_burst: self.cfg.rate_burst,
+                rate_per_sec: self.cfg.rate_per_sec,
+                rooms_per_conn: self.cfg.max_rooms_per_conn,
+            },
         });
         out.send(conn, &f);
         self.enforce_on_connect(conn, now, out);

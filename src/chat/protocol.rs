@@ -818,6 +818,22 @@ impl<'a> MsgOut<'a> {
     }
 }
 
+/// The limits announced in `welcome` (see docs/protocol.md, "Limits in
+/// `welcome`").
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Limits {
+    /// Longest `text`, in Unicode scalar values.
+    pub text_chars: usize,
+    /// Longest client message in bytes (all fragments); larger closes 1009.
+    pub message_bytes: usize,
+    /// Token bucket size; 0: no rate limit.
+    pub rate_burst: u32,
+    /// Tokens refilled per second.
+    pub rate_per_sec: u32,
+    /// Rooms one connection may be in.
+    pub rooms_per_conn: usize,
+}
+
 /// An entry of `rooms`.
 #[derive(Serialize)]
 pub struct RoomInfo<'a> {
@@ -840,6 +856,9 @@ pub enum Out<'a> {
         /// Extension: `true` when `join` and `dm` need a login (absent: no).
         #[serde(skip_serializing_if = "std::ops::Not::not")]
         require_account: bool,
+        /// The server's limits, so that a client checks what it sends
+        /// before sending it (an extension: new field only).
+        limits: Limits,
     },
     /// Extension: a login (or registration) succeeded.
     Session {

@@ -175,7 +175,9 @@ fn chat_welcome_is_first_frame() {
     let w = h.connect(1, Some("alice"));
     assert_eq!(
         w,
-        json!({"type": "welcome", "nick": "alice", "motd": "hello", "protocol": 1})
+        json!({"type": "welcome", "nick": "alice", "motd": "hello", "protocol": 1,
+            "limits": {"text_chars": 4000, "message_bytes": 65536, "rate_burst": 0,
+                       "rate_per_sec": 2, "rooms_per_conn": 32}})
     );
     assert_eq!(h.chat.connections(), 1);
 }
@@ -1914,7 +1916,9 @@ fn chat_reused_connection_id_starts_fresh() {
     )));
     assert!(f.contains(&(
         1,
-        json!({"type": "welcome", "nick": "alice", "motd": "hello", "protocol": 1})
+        json!({"type": "welcome", "nick": "alice", "motd": "hello", "protocol": 1,
+            "limits": {"text_chars": 4000, "message_bytes": 65536, "rate_burst": 0,
+                       "rate_per_sec": 2, "rooms_per_conn": 32}})
     )));
     assert_eq!(h.chat.connections(), 2);
     assert_eq!(h.join(2, "r")["members"], json!(["bob"]));

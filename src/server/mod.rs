@@ -306,6 +306,7 @@ impl Server {
                 max_rooms: cfg.max_rooms,
                 max_rooms_per_addr: cfg.max_rooms_per_addr,
                 max_text_chars: cfg.max_text_chars,
+                max_message_bytes: cfg.max_ws_message_size,
                 rate_burst: cfg.rate_burst,
                 rate_per_sec: cfg.rate_per_sec,
                 room_retention_ms: ms(cfg.room_retention),

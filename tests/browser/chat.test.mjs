@@ -17,6 +17,10 @@ const here = path.dirname(fileURLToPath(import.meta.url));
 const root = path.resolve(here, '..', '..');
 const BIN = path.resolve(root, process.env.WSCHAT_BIN || 'target/release/wschat');
 const CMD = process.env.WSCHAT_CMD || '';
+// Extra server flags (e.g. `--static-dir static` to serve the client from disk with a debug build).
+const EXTRA = (process.env.WSCHAT_ARGS || '').split(' ').filter(Boolean);
+// The text limit the server is started with: the client must learn it from `welcome`.
+const TEXT_LIMIT = 1000;
 // With WSCHAT_TLS_CERT and WSCHAT_TLS_KEY the server speaks only TLS: the
 // page is https, the chat wss (run.sh --tls makes a self-signed pair).
 const TLS_ARGS = process.env.WSCHAT_TLS_CERT
@@ -46,7 +50,8 @@ async function check(name, fn) {
   } catch (e) {
     failed++;
     log(`FAIL ${name}: ${String(e && e.message || e).split('\n')[0]}`);
-    throw new StopTest(name);
+    // KEEP_GOING=1: go on after a failure (to see which checks an older client fails).
+    if (!process.env.KEEP_GOING) throw new StopTest(name);
   }
 }
 class StopTest extends Error {}
@@ -63,7 +68,7 @@ function startServer(port) {
   const addr = `127.0.0.1:${port}`;
   const child = CMD
     ? spawn('bash', ['-c', `exec ${CMD} --addr ${addr} ${TLS_ARGS.join(' ')}`], { cwd: root, stdio: ['ignore', 'pipe', 'pipe'] })
-    : spawn(BIN, ['--addr', addr, '--data-dir', DATA, ...TLS_ARGS], { cwd: root, stdio: ['ignore', 'pipe', 'pipe'] });
+    : spawn(BIN, ['--addr', addr, '--data-dir', DATA, '--max-text-chars', String(TEXT_LIMIT), ...EXTRA, ...TLS_ARGS], { cwd: root, stdio: ['ignore', 'pipe', 'pipe'] });
   child.stdout.on('data', (d) => serverLog.write(d));
   child.stderr.on('data', (d) => serverLog.write(d));
   child.on('exit', (code, sig) => serverLog.write(`[server exited code=${code} signal=${sig}]\n`));
@@ -152,6 +157,296 @@ async function shot(page, name, { width, height, scheme }) {
   return file;
 }
 
+// Every feature at desktop and phone width, light and dark; the page is
+// left at desktop width, light.
+async function shotAll(page, name) {
+  for (const scheme of ['light', 'dark']) {
+    await shot(page, `${name}-desktop-${scheme}`, { width: 1280, height: 800, scheme });
+    await shot(page, `${name}-phone-${scheme}`, { width: 390, height: 780, scheme });
+  }
+  await page.setViewportSize({ width: 1280, height: 800 });
+  await page.emulateMedia({ colorScheme: 'light' });
+}
+
+// Runs in bob's pages before the client: records every Notification made
+// and lets the test hide the tab (headless Chromium is always "visible").
+function pageHooks() {
+  window.__hidden = false;
+  Object.defineProperty(Document.prototype, 'hidden', { configurable: true, get() { return window.__hidden; } });
+  Object.defineProperty(Document.prototype, 'visibilityState', { configurable: true, get() { return window.__hidden ? 'hidden' : 'visible'; } });
+  window.__setHidden = (h) => { window.__hidden = h; document.dispatchEvent(new Event('visibilitychange')); };
+  window.__notes = [];
+  const N = window.Notification;
+  if (N) {
+    window.Notification = class extends N {
+      constructor(title, opts) { window.__notes.push({ title, body: opts && opts.body }); super(title, opts); }
+    };
+  }
+}
+
+const lastText = (page) => page.evaluate(() => {
+  const all = document.querySelectorAll('[data-testid="message-list"] [data-testid="message"]');
+  return all.length ? all[all.length - 1].querySelector('[data-testid="message-text"]').textContent : '';
+});
+async function openRoom(page, room) {
+  await page.locator(`[data-testid="room-entry"][data-room="${room}"]`).click();
+  await page.locator(`[data-testid="room-entry"][data-room="${room}"][aria-current="page"]`).waitFor({ timeout: STEP_TIMEOUT });
+}
+// Scrolls the message list to the end, which reads what is there.
+async function toBottom(page) {
+  await page.evaluate(() => { const l = document.querySelector('[data-testid="message-list"]'); l.scrollTop = l.scrollHeight; });
+  await page.waitForFunction(() => document.getElementById('jump').hidden, null, { timeout: STEP_TIMEOUT });
+}
+const overlaps = (a, b) => a && b && a.x < b.x + b.width && b.x < a.x + a.width && a.y < b.y + b.height && b.y < a.y + a.height;
+
+async function features({ base, alice, bob, carol, dave }) {
+  await openRoom(alice, 'team');
+  await openRoom(bob, 'team');
+
+  // ---- limits from welcome, errors in plain words
+  await check('the composer uses the server’s text limit from welcome (not 4000)', async () => {
+    await tid(alice, 'composer').fill('x'.repeat(TEXT_LIMIT + 1));
+    const c = await tid(alice, 'counter').textContent();
+    if (!new RegExp(`1 character over this server’s limit of ${TEXT_LIMIT}`).test(c)) throw new Error(`counter: ${c}`);
+    if (!(await tid(alice, 'send').isDisabled())) throw new Error('send is enabled over the limit');
+    await tid(alice, 'composer').press('Enter');
+    const e = await tid(alice, 'composer-error').textContent();
+    if (!/1001 characters long; this server takes at most 1000/.test(e)) throw new Error(`error: ${e}`);
+  });
+  await shotAll(alice, 'limits');
+  await check('exactly the limit is sent', async () => {
+    await say(alice, 'y'.repeat(TEXT_LIMIT));
+    await seesOnce(bob, 'y'.repeat(TEXT_LIMIT));
+  });
+  await check('a refusal by the server is explained in plain words', async () => {
+    await say(alice, 'abc\u202edef');
+    const st = alice.locator('[data-testid="message"][data-state="failed"] [data-testid="message-status"]');
+    await st.waitFor({ timeout: STEP_TIMEOUT });
+    const t = await st.textContent();
+    if (!/text-direction override/.test(t) || /invalid field/.test(t)) throw new Error(`status: ${t}`);
+    await st.getByText('Discard').click();
+  });
+  await check('toasts do not cover the Send button (desktop and phone)', async () => {
+    for (const width of [1280, 390]) {
+      await alice.setViewportSize({ width, height: width > 500 ? 800 : 780 });
+      await say(alice, '/nick bob');
+      const t = tid(alice, 'toast').last();
+      await t.waitFor({ timeout: STEP_TIMEOUT });
+      if (!/“bob” is taken/.test(await t.textContent())) throw new Error(await t.textContent());
+      if (overlaps(await t.boundingBox(), await tid(alice, 'send').boundingBox())) throw new Error(`toast over Send at ${width}px`);
+      if (overlaps(await t.boundingBox(), await tid(alice, 'composer').boundingBox())) throw new Error(`toast over the composer at ${width}px`);
+    }
+    await shotAll(alice, 'toast');
+    for (const b of await alice.locator('[data-testid="toast"] button').all()) await b.click().catch(() => {});
+  });
+
+  // ---- avatars and links
+  await check('avatars: two letters, colour from the whole nick', async () => {
+    const av = await alice.evaluate(() => Object.fromEntries(['alice', 'bob'].map((n) => {
+      const a = document.querySelector(`[data-testid="member"][data-nick="${n}"] .avatar`);
+      return [n, { text: a.textContent, bg: getComputedStyle(a).backgroundColor }];
+    })));
+    if (av.alice.text !== 'Al' || av.bob.text !== 'Bo') throw new Error(JSON.stringify(av));
+    if (av.alice.bg === av.bob.bg) throw new Error(`same colour ${av.alice.bg}`);
+  });
+  await check('www. addresses are links (https)', async () => {
+    await say(bob, 'mirror at www.example.org/wschat.');
+    const a = alice.locator('[data-testid="message-text"] a[href="https://www.example.org/wschat"]');
+    await a.waitFor({ timeout: STEP_TIMEOUT });
+    if ((await a.textContent()) !== 'www.example.org/wschat') throw new Error(await a.textContent());
+  });
+
+  // ---- presence collapsed
+  await check('consecutive joins and leaves collapse into one line', async () => {
+    await joinRoom(carol, 'team');
+    await joinRoom(dave, 'team');
+    await carol.locator('[data-testid="leave"]').click();
+    await memberPresent(alice, 'carol2', false);
+    const sum = tid(alice, 'presence-summary').last();
+    await alice.waitForFunction(() => /carol2 and carol joined · carol2 left/.test([...document.querySelectorAll('[data-testid="presence-summary"]')].pop()?.textContent || ''), null, { timeout: STEP_TIMEOUT });
+    await sum.click();
+    const lines = await alice.locator('.presence-group[open] li').allTextContents();
+    if (lines.length !== 3) throw new Error(JSON.stringify(lines));
+  });
+  await shotAll(alice, 'presence');
+
+  // ---- mentions
+  await check('@ completes from the room’s members', async () => {
+    await tid(alice, 'composer').click();
+    await tid(alice, 'composer').fill('');
+    await alice.keyboard.type('thanks @bo', { delay: 20 });
+    await tid(alice, 'completion-item').first().waitFor({ timeout: STEP_TIMEOUT });
+    const items = await alice.locator('[data-testid="completion-item"] > span:last-child').allTextContents();
+    if (JSON.stringify(items) !== '["bob"]') throw new Error(JSON.stringify(items));
+  });
+  await shotAll(alice, 'mention-complete');
+  await check('a mention is highlighted for everyone and marked for the person mentioned', async () => {
+    await alice.keyboard.press('Tab');
+    const v = await tid(alice, 'composer').inputValue();
+    if (v !== 'thanks @bob ') throw new Error(`composer: ${JSON.stringify(v)}`);
+    await alice.keyboard.type('for the review');
+    await alice.keyboard.press('Enter');
+    await seesOnce(bob, 'thanks @bob for the review');
+    await bob.locator('[data-testid="message"][data-mention="me"] [data-testid="mention"].is-me').waitFor({ timeout: STEP_TIMEOUT });
+    const own = alice.locator('[data-testid="message"]').filter({ hasText: 'thanks @bob for the review' });
+    await own.locator('[data-testid="mention"]').waitFor({ timeout: STEP_TIMEOUT });
+    if (await own.getAttribute('data-mention')) throw new Error('marked for alice too');
+    const dm = await dave.locator('[data-testid="message"]').filter({ hasText: 'thanks @bob' }).locator('[data-testid="mention"]:not(.is-me)').count();
+    if (dm !== 1) throw new Error(`dave sees ${dm} highlighted mentions`);
+  });
+  await check('a mention in another room shows a mention badge there', async () => {
+    await openRoom(bob, 'general');
+    await say(alice, 'ping @Bob, the build is green');
+    const badge = bob.locator('[data-testid="room-entry"][data-room="team"] [data-testid="mention-badge"]');
+    await badge.waitFor({ timeout: STEP_TIMEOUT });
+    if ((await badge.textContent()) !== '@1') throw new Error(await badge.textContent());
+  });
+  await shotAll(bob, 'mention-badge');
+
+  // ---- notifications, mute, sound, title
+  await check('notifications: opt-in from the panel (permission granted)', async () => {
+    await tid(bob, 'notify-toggle').click();
+    await tid(bob, 'pref-notify').check();
+    await tid(bob, 'pref-sound').check();
+    await bob.waitForFunction(() => document.querySelector('[data-testid="pref-notify"]').checked, null, { timeout: STEP_TIMEOUT });
+  });
+  await shotAll(bob, 'notify-panel');
+  await check('a mention notifies while the tab is hidden, and the title counts unread', async () => {
+    await tid(bob, 'notify-toggle').click(); // close
+    await openRoom(bob, 'team');
+    await toBottom(bob);
+    await bob.evaluate(() => window.__setHidden(true));
+    const sounds0 = Number(await bob.evaluate(() => document.documentElement.dataset.sounds || 0));
+    await say(alice, '@bob are you around?');
+    await bob.waitForFunction(() => window.__notes.length === 1, null, { timeout: STEP_TIMEOUT });
+    const n = await bob.evaluate(() => window.__notes[0]);
+    if (n.title !== 'alice mentioned you in #team' || n.body !== '@bob are you around?') throw new Error(JSON.stringify(n));
+    const title = await bob.title();
+    if (!/^\(1 · @1\) #team/.test(title)) throw new Error(`title: ${title}`);
+    const sounds = Number(await bob.evaluate(() => document.documentElement.dataset.sounds || 0));
+    if (sounds !== sounds0 + 1) throw new Error(`sounds ${sounds0} -> ${sounds}`);
+  });
+  await check('a plain message does not notify; a muted room does not notify', async () => {
+    await say(alice, 'no mention here');
+    await seesOnce(bob, 'no mention here');
+    await bob.evaluate(() => window.__setHidden(false));
+    await tid(bob, 'notify-toggle').click();
+    await tid(bob, 'mute-conv').check();
+    await tid(bob, 'notify-toggle').click();
+    await bob.evaluate(() => window.__setHidden(true));
+    await say(alice, '@bob muted now?');
+    await seesOnce(bob, '@bob muted now?');
+    if ((await bob.evaluate(() => window.__notes.length)) !== 1) throw new Error(JSON.stringify(await bob.evaluate(() => window.__notes)));
+    await bob.locator('[data-testid="room-entry"][data-room="team"].muted').waitFor({ timeout: STEP_TIMEOUT });
+  });
+  await check('a private message notifies while hidden', async () => {
+    await alice.locator('[data-testid="member"][data-nick="bob"]').click();
+    await say(alice, 'a private word');
+    await bob.waitForFunction(() => window.__notes.length === 2, null, { timeout: STEP_TIMEOUT });
+    const n = await bob.evaluate(() => window.__notes[1]);
+    if (n.title !== 'alice (private message)') throw new Error(JSON.stringify(n));
+    await bob.evaluate(() => window.__setHidden(false));
+    await openRoom(alice, 'team');
+    await tid(bob, 'notify-toggle').click();
+    await tid(bob, 'mute-conv').uncheck();
+    await tid(bob, 'notify-toggle').click();
+  });
+
+  // ---- new-messages marker and jump button
+  await check('"New messages" sits where the unread part begins', async () => {
+    await openRoom(bob, 'general');
+    for (const t of ['first unread', 'second unread', 'third unread']) await say(alice, t);
+    await seesOnce(alice, 'third unread');
+    await openRoom(bob, 'team');
+    const next = await bob.evaluate(() => {
+      const m = document.querySelector('[data-testid="new-marker"]');
+      return m && m.nextElementSibling?.querySelector('[data-testid="message-text"]')?.textContent;
+    });
+    if (next !== 'first unread') throw new Error(`after the marker: ${next}`);
+  });
+  await shotAll(bob, 'new-marker');
+  await check('scrolled up: "Jump to latest (N new)" counts what arrives', async () => {
+    // A little way up: the marker still in view, the end not.
+    await bob.evaluate(() => { const l = document.querySelector('[data-testid="message-list"]'); l.scrollTop = l.scrollHeight - l.clientHeight - 220; });
+    await say(alice, 'fourth');
+    await say(alice, 'fifth');
+    await bob.waitForFunction(() => document.getElementById('jump').textContent.startsWith('Jump to latest (2 new)'), null, { timeout: STEP_TIMEOUT });
+  });
+  await shotAll(bob, 'jump-latest');
+  await check('jumping to the latest reads them', async () => {
+    await bob.locator('#jump').click();
+    await bob.waitForFunction(() => document.getElementById('jump').hidden, null, { timeout: STEP_TIMEOUT });
+  });
+  await check('after a reload the marker is where this device stopped reading', async () => {
+    await openRoom(bob, 'general');
+    await say(alice, 'while you reloaded');
+    await say(alice, 'and one more');
+    await seesOnce(alice, 'and one more');
+    await bob.reload();
+    await waitState(bob, 'online');
+    await bob.locator('[data-testid="room-entry"][data-room="team"] [data-testid="unread"]').waitFor({ timeout: STEP_TIMEOUT });
+    const n = await bob.locator('[data-testid="room-entry"][data-room="team"] [data-testid="unread"]').textContent();
+    if (n !== '2') throw new Error(`unread after reload: ${n}`);
+    await openRoom(bob, 'team');
+    await bob.waitForFunction(() => document.querySelector('[data-testid="new-marker"]')?.nextElementSibling?.querySelector('[data-testid="message-text"]')?.textContent === 'while you reloaded', null, { timeout: STEP_TIMEOUT });
+  });
+
+  // ---- formatting and emoji
+  await check('Markdown subset rendered as elements, never as HTML', async () => {
+    const src = '**bold** and *it* and `x<b>y</b>` and a [doc](https://example.org/doc)\n> quoted **<img src=x onerror=window.__pwned=1>**\n```\nfn main() {}\n```';
+    await tid(alice, 'composer').fill(src);
+    await tid(alice, 'composer').press('Enter');
+    const msg = bob.locator('[data-testid="message"]').filter({ hasText: 'quoted' }).last();
+    await msg.waitFor({ timeout: STEP_TIMEOUT });
+    const r = await msg.evaluate((li) => ({
+      strong: li.querySelector('.text > p strong')?.textContent,
+      em: li.querySelector('em')?.textContent,
+      code: li.querySelector('p code')?.textContent,
+      link: li.querySelector('a')?.getAttribute('href'),
+      host: li.querySelector('a .link-host')?.textContent,
+      quote: li.querySelector('blockquote')?.textContent,
+      pre: li.querySelector('pre code')?.textContent,
+      img: !!li.querySelector('img') || window.__pwned === 1,
+    }));
+    const want = { strong: 'bold', em: 'it', code: 'x<b>y</b>', link: 'https://example.org/doc', host: ' (example.org)', quote: 'quoted <img src=x onerror=window.__pwned=1>', pre: 'fn main() {}', img: false };
+    if (JSON.stringify(r) !== JSON.stringify(want)) throw new Error(JSON.stringify(r));
+  });
+  await check('emoji: :shortcode: becomes the emoji as you type, and the picker inserts one', async () => {
+    await tid(alice, 'composer').click();
+    await tid(alice, 'composer').fill('');
+    await alice.keyboard.type('shipped :tada:', { delay: 15 });
+    let v = await tid(alice, 'composer').inputValue();
+    if (v !== 'shipped 🎉') throw new Error(JSON.stringify(v));
+    await tid(alice, 'emoji-toggle').click();
+    await tid(alice, 'emoji-picker').waitFor({ timeout: STEP_TIMEOUT });
+  });
+  await shotAll(alice, 'emoji-picker');
+  await check('an emoji from the picker is sent', async () => {
+    await alice.locator('[data-testid="emoji"][aria-label="rocket"]').click();
+    const v = await tid(alice, 'composer').inputValue();
+    if (v !== 'shipped 🎉🚀') throw new Error(JSON.stringify(v));
+    await tid(alice, 'composer').press('Enter');
+    await seesOnce(bob, 'shipped 🎉🚀');
+  });
+  await shotAll(bob, 'formatting');
+
+  // ---- room directory
+  await check('room directory: rooms with member counts, filtered, joined from the list', async () => {
+    await joinRoom(dave, 'lobby');
+    await tid(carol, 'browse-rooms').click();
+    const row = (r) => carol.locator(`[data-testid="dir-room"][data-room="${r}"]`);
+    await row('lobby').waitFor({ timeout: STEP_TIMEOUT });
+    const sub = await row('team').locator('.dir-sub').textContent();
+    if (sub !== '3 members') throw new Error(`team: ${sub}`);
+    await shotAll(carol, 'directory');
+    await tid(carol, 'dir-filter').fill('lob');
+    await carol.waitForFunction(() => document.querySelectorAll('[data-testid="dir-room"]').length === 1, null, { timeout: STEP_TIMEOUT });
+    await row('lobby').locator('[data-testid="dir-join"]').click();
+    await carol.locator('[data-testid="room-entry"][data-room="lobby"][aria-current="page"]').waitFor({ timeout: STEP_TIMEOUT });
+    await memberPresent(carol, 'carol'); // dave's page holds the nick carol
+  });
+}
+
 // ------------------------------------------------------------------ scenario
 async function scenario() {
   const port = process.env.PORT ? Number(process.env.PORT) : await freePort();
@@ -169,13 +464,18 @@ async function scenario() {
   });
   const ctxOpts = { viewport: { width: 1280, height: 800 }, colorScheme: 'light', locale: 'en-GB', timezoneId: 'UTC' };
   const ctxA = await browser.newContext(ctxOpts);
-  const ctxB = await browser.newContext(ctxOpts);
+  // Bob allows notifications; his pages record them and can be "hidden" (see pageHooks).
+  const ctxB = await browser.newContext({ ...ctxOpts, permissions: ['notifications'] });
+  await ctxB.addInitScript(pageHooks);
+  const ctxC = await browser.newContext(ctxOpts);
   const alice = await ctxA.newPage();
   const bob = await ctxB.newPage();
+  const carol = await ctxC.newPage();
   pages.alice = alice;
   pages.bob = bob;
+  pages.carol = carol;
   const outside = [];
-  for (const [who, page] of [['alice', alice], ['bob', bob]]) {
+  for (const [who, page] of [['alice', alice], ['bob', bob], ['carol', carol]]) {
     page.on('pageerror', (e) => { log(`${who} page error: ${e.message}`); outside.push(`${who}: page error ${e.message}`); });
     page.on('console', (m) => { if (m.type() === 'error') log(`${who} console: ${m.text()}`); });
     page.on('request', (r) => {
@@ -193,6 +493,7 @@ async function scenario() {
 
   await check('alice picks a nickname and goes online', () => signIn(alice, base, 'alice'));
   await check('bob picks a nickname and goes online', () => signIn(bob, base, 'bob'));
+  await check('carol picks a nickname and goes online', () => signIn(carol, base, 'carol'));
   await check('the default room #general is joined', async () => {
     await alice.locator('[data-testid="room-entry"][data-room="general"]').waitFor({ timeout: STEP_TIMEOUT });
     await memberPresent(alice, 'bob');
@@ -292,6 +593,8 @@ async function scenario() {
   });
 
   await check('server killed: both pages show the reconnecting state', async () => {
+    // Carol stays offline across the restart, so that someone else can take her nick first.
+    await ctxC.setOffline(true);
     await killServer('SIGKILL');
     await waitState(alice, 'reconnecting');
     await waitState(bob, 'reconnecting');
@@ -302,6 +605,31 @@ async function scenario() {
   await check('server restarted on the same port', async () => {
     server = startServer(port);
     await waitHealthy(port);
+  });
+  let dave = null;
+  await check('nick taken while away: the client says so and stops (no retry loop)', async () => {
+    const ctxD = await browser.newContext(ctxOpts);
+    dave = await ctxD.newPage();
+    pages.dave = dave;
+    dave.on('pageerror', (e) => outside.push(`dave: page error ${e.message}`));
+    await signIn(dave, base, 'carol');
+    await ctxC.setOffline(false);
+    await waitState(carol, 'online', 25_000);
+    await tid(carol, 'nick-input').waitFor({ state: 'visible', timeout: STEP_TIMEOUT });
+    const err = await carol.locator('#nick-error').textContent();
+    if (!/“carol” is taken by someone else/.test(err) || !/guest-/.test(err)) throw new Error(`dialog says: ${err}`);
+    if (await tid(carol, 'toast').count()) throw new Error(`a toast too: ${await tid(carol, 'toast').first().textContent()}`);
+  });
+  await shotAll(carol, 'nick-taken');
+  await check('a 40-character nick is refused with the reason, not cut to 32', async () => {
+    await tid(carol, 'nick-input').fill('c'.repeat(40));
+    await tid(carol, 'nick-submit').click();
+    const err = await carol.locator('#nick-error').textContent();
+    if (!/at most 32 characters/.test(err) || !/has 40/.test(err)) throw new Error(`error: ${err}`);
+    if ((await tid(carol, 'nick-input').inputValue()).length !== 40) throw new Error('the input was cut');
+    await tid(carol, 'nick-input').fill('carol2');
+    await tid(carol, 'nick-submit').click();
+    await carol.waitForFunction(() => document.querySelector('[data-testid="my-nick"]')?.textContent === 'carol2', null, { timeout: STEP_TIMEOUT });
   });
   await check('both pages reconnect by themselves', async () => {
     await waitState(alice, 'online', 25_000);
@@ -401,6 +729,7 @@ async function scenario() {
       await bob.locator('[data-testid="message-list"] [data-testid="message"]', { hasText: 'filler message 152' }).waitFor({ state: 'visible', timeout: STEP_TIMEOUT });
     });
   }
+  await features({ base, alice, bob, carol, dave });
   await check('no request left the machine and no page error', () => {
     if (outside.length) throw new Error(outside.join('; '));
   });
@@ -417,12 +746,12 @@ process.on('exit', cleanup);
 for (const s of ['SIGINT', 'SIGTERM']) process.on(s, () => { cleanup(); process.exit(1); });
 
 const hardTimeout = setTimeout(() => {
-  log('FAIL the whole test took longer than 180 s');
+  log('FAIL the whole test took longer than 360 s');
   log(`${passed} passed, ${failed + 1} failed`);
   console.log(`browser: ${passed} passed, ${failed + 1} failed`);
   cleanup();
   process.exit(1);
-}, 180_000);
+}, process.env.KEEP_GOING ? 900_000 : 360_000);
 
 let crashed = null;
 try {

@@ -7,6 +7,8 @@
 # made by openssl for the run (Chromium runs with --ignore-certificate-errors).
 #
 # Env: WSCHAT_BIN  server binary (default target/release/wschat)
+#      WSCHAT_ARGS extra server flags (e.g. --static-dir static with a debug build)
+#      KEEP_GOING  set: carry on after a failed check
 #      WSCHAT_CMD  a whole server command instead of WSCHAT_BIN (`--addr 127.0.0.1:PORT` is appended)
 #      CHROMIUM    browser (default /usr/bin/chromium)
 #      ARTIFACTS   screenshots and server log (default ci-logs/browser)
