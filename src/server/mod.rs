@@ -1978,6 +1978,27 @@ mod tests {
         assert_eq!(&super::text_frame(b"z", true)[..], b"\xc1\x01z");
     }
 
+    /// A run is its messages' frames back to back, built once per variant;
+    /// with deflate only the payloads at or over the threshold are
+    /// compressed, each into a frame of its own (RFC 7692 §6: RSV1 on it).
+    #[test]
+    fn a_run_is_its_frames_back_to_back() {
+        use std::rc::Rc;
+        let a: Rc<[u8]> = Rc::from(&b"{\"t\":1}"[..]);
+        let b: Rc<[u8]> = Rc::from(vec![b'x'; 200]);
+        let run = [a.clone(), b.clone()];
+        let mut runs = super::RunFrames::default();
+        let plain = runs.get(&run, None, 0);
+        let (fa, fb) = (super::text_frame(&a, false), super::text_frame(&b, false));
+        assert_eq!(&plain[..], &[&fa[..], &fb[..]].concat()[..]);
+        assert!(Rc::ptr_eq(&plain, &runs.get(&run, None, 0)));
+        let z = runs.get(&run, Some(15), 100);
+        assert_eq!(&z[..fa.len()], &fa[..]);
+        assert_eq!(z[fa.len()], 0xc1);
+        assert!(z.len() < plain.len());
+        assert!(Rc::ptr_eq(&z, &runs.get(&run, Some(15), 100)));
+    }
+
     /// One plain and one compressed frame per payload, whoever asks.
     #[test]
     fn frames_are_built_once_per_payload() {
