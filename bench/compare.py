@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """Run wschat-bench's scenarios against wschat and, side by side, against
-the uWebSockets.js reference server (bench/reference), and print a table.
+the uWebSockets.js reference server (bench/reference) and, given its
+binary, the uWebSockets C++ reference (docs/benchmarks.md says what it is
+and why it is not shipped), and print a table.
 
-    bench/compare.py [--servers wschat,uws] [--runs 2] [--quick]
+    bench/compare.py [--servers wschat,uws,uws-cpp] [--uws-cpp PATH] [--runs 2] [--quick]
 
 Each scenario gets a fresh server pinned to core 0 (`taskset -c 0`); the
 load generator runs on core 1. Figures are medians of --runs runs. Needs a
@@ -27,12 +29,19 @@ def free_port():
 WSCHAT_FLAGS = {"wschat": [], "wschat-nopersist": ["--no-persist"], "wschat-fsync": ["--fsync"]}
 
 
+UWS_CPP = os.environ.get("UWS_CPP", "")
+
+
 def start(server, port):
     if server in WSCHAT_FLAGS:
         data = tempfile.mkdtemp(prefix="wschat-bench-")
         atexit.register(shutil.rmtree, data, True)
         cmd = [os.path.join(ROOT, "target/release/wschat"), "--addr", f"127.0.0.1:{port}", "--rate-burst", "0",
                "--data-dir", data] + WSCHAT_FLAGS[server]
+    elif server == "uws-cpp":
+        if not UWS_CPP or not os.access(UWS_CPP, os.X_OK):
+            sys.exit("uws-cpp: pass the reference's binary with --uws-cpp PATH (docs/benchmarks.md)")
+        cmd = [UWS_CPP, str(port)]
     else:
         cmd = ["node", os.path.join(ROOT, "bench/reference/uws.mjs"), str(port)]
     if TASKSET:
@@ -88,16 +97,23 @@ def bench(args, pid):
 def scenarios(d):
     """(name, path, bench args, {column: extractor})"""
     return [
+        ("echo ping-pong 64 B, 100 conns x 1 in flight", "echo",
+         ["echo", "--connections", "100", "--size", "64", "--in-flight", "1", "--duration", d],
+         {"msg per server cpu-s": lambda r: r["server"]["msgs_per_cpu_s"], "msg/s": lambda r: r["msgs_per_s"],
+          "server cpu": lambda r: r["server"]["cpu_util"]}),
         ("echo 64 B, 100 conns x 16 in flight", "echo",
          ["echo", "--connections", "100", "--size", "64", "--in-flight", "16", "--duration", d],
          {"msg/s": lambda r: r["msgs_per_s"], "msg per server cpu-s": lambda r: r["server"]["msgs_per_cpu_s"],
           "server cpu": lambda r: r["server"]["cpu_util"]}),
-        ("broadcast max, 1 sender -> 1000 receivers, 64 B", "ws",
-         ["broadcast", "--receivers", "1000", "--senders", "1", "--size", "64", "--window", "64", "--duration", d],
-         {"deliveries/s": lambda r: r["msgs_per_s"], "deliveries per server cpu-s": lambda r: r["server"]["msgs_per_cpu_s"],
-          "lost": lambda r: r.get("lost", 0), "server cpu": lambda r: r["server"]["cpu_util"],
-          "commits": lambda r: r["store"]["commits"], "commit mean us": lambda r: r["store"]["mean_us"],
-          "commit max us": lambda r: r["store"]["max_us"], "commit cpu us": lambda r: r["store"]["cpu_us"]}),
+        *[(f"broadcast 1 -> 1000 receivers, 64 B, window {w}", "ws",
+           ["broadcast", "--receivers", "1000", "--senders", "1", "--size", "64", "--window", str(w), "--duration", d],
+           {"deliveries per server cpu-s": lambda r: r["server"]["msgs_per_cpu_s"],
+            "p50 ms": lambda r: r["latency_us"]["p50"] / 1000, "p99 ms": lambda r: r["latency_us"]["p99"] / 1000,
+            "deliveries/s": lambda r: r["msgs_per_s"], "lost": lambda r: r.get("lost", 0),
+            "server cpu": lambda r: r["server"]["cpu_util"],
+            "commits": lambda r: r["store"]["commits"], "commit mean us": lambda r: r["store"]["mean_us"],
+            "commit max us": lambda r: r["store"]["max_us"], "commit cpu us": lambda r: r["store"]["cpu_us"]})
+          for w in (32, 1, 8, 64)],
         ("broadcast 50 msg/s -> 1000 receivers: latency", "ws",
          ["broadcast", "--receivers", "1000", "--senders", "1", "--size", "64", "--rate", "50", "--duration", d],
          {"p50 ms": lambda r: r["latency_us"]["p50"] / 1000, "p99 ms": lambda r: r["latency_us"]["p99"] / 1000,
@@ -112,6 +128,9 @@ def scenarios(d):
          {"handshakes/s": lambda r: r["handshakes_per_s"], "RSS per conn B": lambda r: r["server"]["rss_per_conn_bytes"]}),
         ("idle: 10,000 /ws connections, each joined one room", "ws",
          ["idle", "--connections", "10000", "--hold", "12s", "--join", "idle"],
+         {"RSS per conn B": lambda r: r["server"]["rss_per_conn_bytes"]}),
+        ("idle: 10,000 /ws connections, each in a room of its own", "ws",
+         ["idle", "--connections", "10000", "--hold", "12s", "--join", "own", "--room-each"],
          {"RSS per conn B": lambda r: r["server"]["rss_per_conn_bytes"]}),
     ]
 
@@ -129,12 +148,15 @@ def fmt(v):
 
 
 def main():
+    global UWS_CPP
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--servers", default="wschat,uws")
     ap.add_argument("--runs", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="3 s runs instead of 10 s")
     ap.add_argument("--only", default="", help="run scenarios whose name contains this")
+    ap.add_argument("--uws-cpp", default=os.environ.get("UWS_CPP", ""), help="the uWebSockets C++ reference binary (server uws-cpp)")
     a = ap.parse_args()
+    UWS_CPP = a.uws_cpp
     servers = [s for s in a.servers.split(",") if s]
     rows = []
     for name, path, args, cols in scenarios("3s" if a.quick else "10s"):

@@ -1,17 +1,31 @@
 // A uWebSockets.js server that speaks just enough of wschat's protocol for
 // wschat-bench to run every scenario against it side by side with wschat:
-// /echo echoes; /ws answers `join` with `joined` and broadcasts `message`
-// to the room (serialised once, published by uWS), the sender's copy
-// carrying its `ref` as wschat's does. Usage: node uws.mjs PORT
+// /echo echoes; /ws answers `join` with `joined` (and subscribes), and
+// publishes every other message, the bytes as received, to every
+// subscriber of its room, the sender included, with `app.publish`: one
+// call per message, no JavaScript per delivery. The sender's copy carries
+// its `ref` ("b"), which is how wschat-bench recognises its own messages.
+// This mirrors the uWebSockets C++ reference of docs/benchmarks.md.
+// Usage: node uws.mjs PORT
 import { createRequire } from 'node:module';
 const require = createRequire(import.meta.url);
 const uWS = require('@trufflesuite/uws-js-unofficial');
 
 const port = Number(process.argv[2] || 9002);
-const rooms = new Map(); // room -> next id
-let guest = 0;
+const ROOM = Buffer.from('"room":"');
+const JOIN = Buffer.from('{"type":"join"');
 
-uWS.App()
+// The room named in a message, found without parsing the JSON.
+function roomOf(buf) {
+  const i = buf.indexOf(ROOM);
+  if (i < 0) return null;
+  const start = i + ROOM.length;
+  const end = buf.indexOf(0x22, start);
+  return end < 0 ? null : buf.toString('latin1', start, end);
+}
+
+const app = uWS.App();
+app
   .ws('/echo', {
     compression: uWS.DISABLED,
     maxPayloadLength: 16 << 20,
@@ -24,27 +38,17 @@ uWS.App()
     maxPayloadLength: 64 << 10,
     maxBackpressure: 1 << 20,
     idleTimeout: 0,
-    upgrade: (res, req, ctx) => {
-      const nick = new URLSearchParams(req.getQuery() || '').get('nick') || `guest-${++guest}`;
-      res.upgrade({ nick }, req.getHeader('sec-websocket-key'), req.getHeader('sec-websocket-protocol'),
-        req.getHeader('sec-websocket-extensions'), ctx);
-    },
-    open: (ws) => { ws.send(JSON.stringify({ type: 'welcome', nick: ws.nick, motd: '', protocol: 1 })); },
+    open: (ws) => { ws.send('{"type":"welcome","nick":"guest","motd":"","protocol":1}'); },
     message: (ws, msg) => {
-      let m;
-      try { m = JSON.parse(Buffer.from(msg).toString()); } catch { return; }
-      if (m.type === 'join') {
-        ws.subscribe(m.room);
-        if (!rooms.has(m.room)) rooms.set(m.room, 1);
-        ws.send(JSON.stringify({ type: 'joined', room: m.room, epoch: 'e', members: [], history: [], complete: true, ref: m.ref }));
-      } else if (m.type === 'message') {
-        const id = rooms.get(m.room) || 1;
-        rooms.set(m.room, id + 1);
-        const out = { type: 'message', room: m.room, id, from: ws.nick, text: m.text, ts: Date.now() };
-        ws.publish(m.room, JSON.stringify(out)); // everyone but the sender
-        if (m.ref !== undefined) out.ref = m.ref;
-        ws.send(JSON.stringify(out));
+      const buf = Buffer.from(msg);
+      const room = roomOf(buf);
+      if (room === null) return;
+      if (buf.subarray(0, JOIN.length).equals(JOIN)) {
+        ws.subscribe(room);
+        ws.send(`{"type":"joined","room":"${room}","epoch":"e","members":[],"history":[],"complete":true}`);
+        return;
       }
+      app.publish(room, msg, false);
     },
   })
   .listen('127.0.0.1', port, (ok) => {

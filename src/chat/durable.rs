@@ -82,6 +82,11 @@ pub(super) struct Pending {
     pub r#ref: Option<Box<str>>,
 }
 
+/// Most messages sent as one run (see [`Chat::committed`]): the bound on how
+/// far one run can take a queue past the output limit, which is checked
+/// before each run.
+pub const MAX_RUN: usize = 64;
+
 /// How long a room with members goes between two `Touch` records, at most:
 /// after a crash its retention starts at most this long before it.
 const TOUCH_EVERY_MS: u64 = 60 * 60 * 1000;
@@ -156,57 +161,103 @@ impl Chat {
 
     /// The records taken last were committed: keep the messages and send
     /// their copies (the sender's, with its `ref`, is its acknowledgement).
+    ///
+    /// Consecutive messages of one room go out as a run (at most
+    /// [`MAX_RUN`]): a member that sent none of them gets the run's shared
+    /// copies in one [`Outbox::send_run`], so that the server frames them
+    /// once for everyone; a sender gets each message separately, its own
+    /// ones with their `ref`. Every connection still receives the messages
+    /// in commit order.
     pub fn committed(&mut self, out: &mut dyn Outbox) {
         self.auth_committed(out);
         self.mod_committed(out);
         let window = self.window();
-        for p in std::mem::take(&mut self.pending) {
-            let own = match &p.r#ref {
-                Some(r) => Some(frame(&MsgOut::new(&p.room, &p.msg, Some(r)))),
-                None => None,
-            };
-            let shared = frame(&MsgOut::new(&p.room, &p.msg, None));
-            let own = own.unwrap_or_else(|| shared.clone());
-            let room = self
-                .rooms
-                .get_mut(p.slot as usize)
-                .and_then(Option::as_mut)
-                .filter(|r| r.serial == p.serial);
-            let Some(room) = room else {
-                // Forgotten in the same turn: the sender still hears that
-                // its message was stored.
-                out.send(p.sender, &own);
-                continue;
-            };
-            if let Some(d) = room.durable.as_mut() {
-                d.pending = d.pending.saturating_sub(1);
+        let mut pending = std::mem::take(&mut self.pending).into_iter().peekable();
+        let mut run: Vec<Pending> = Vec::new();
+        while let Some(first) = pending.next() {
+            let (slot, serial) = (first.slot, first.serial);
+            run.push(first);
+            while run.len() < MAX_RUN
+                && let Some(p) = pending.next_if(|p| p.slot == slot && p.serial == serial)
+            {
+                run.push(p);
             }
-            let (bytes_before, kept_before) = (room.bytes, room.history.len());
-            let id = p.msg.id;
-            room.keep(p.msg, window);
-            let mut sender_is_member = false;
-            for &m in &room.members {
-                if m == p.sender {
-                    sender_is_member = true;
-                    out.send(m, &own);
-                } else {
-                    out.send(m, &shared);
-                }
-            }
-            if !sender_is_member {
-                out.send(p.sender, &own);
-            }
-            self.history_bytes = self.history_bytes - bytes_before + room.bytes;
-            self.kept = self.kept - kept_before + room.history.len();
-            if window > 0 {
-                self.order.push_back(Order {
-                    slot: p.slot,
-                    serial: p.serial,
-                    id,
-                });
-            }
+            self.deliver_run(&mut run, window, out);
         }
         self.enforce_budget();
+    }
+
+    /// Keeps and sends a run of committed messages of one room (see
+    /// [`Chat::committed`]); leaves `run` empty.
+    fn deliver_run(&mut self, run: &mut Vec<Pending>, window: usize, out: &mut dyn Outbox) {
+        let shared: Vec<Rc<[u8]>> = run
+            .iter()
+            .map(|p| frame(&MsgOut::new(&p.room, &p.msg, None)))
+            .collect();
+        let own: Vec<Rc<[u8]>> = run
+            .iter()
+            .zip(&shared)
+            .map(|(p, s)| match &p.r#ref {
+                Some(r) => frame(&MsgOut::new(&p.room, &p.msg, Some(r))),
+                None => s.clone(),
+            })
+            .collect();
+        // The run's distinct senders (a few people talking).
+        let mut senders: Vec<ConnId> = Vec::new();
+        for p in run.iter() {
+            if !senders.contains(&p.sender) {
+                senders.push(p.sender);
+            }
+        }
+        let (slot, serial) = (run[0].slot, run[0].serial);
+        let room = self
+            .rooms
+            .get_mut(slot as usize)
+            .and_then(Option::as_mut)
+            .filter(|r| r.serial == serial);
+        let Some(room) = room else {
+            // Forgotten in the same turn: the senders still hear that
+            // their messages were stored.
+            for (p, f) in run.iter().zip(&own) {
+                out.send(p.sender, f);
+            }
+            run.clear();
+            return;
+        };
+        let mut senders_in = vec![false; senders.len()];
+        for &m in &room.members {
+            match senders.iter().position(|&s| s == m) {
+                None => out.send_run(m, &shared),
+                Some(i) => {
+                    senders_in[i] = true;
+                    for (j, p) in run.iter().enumerate() {
+                        out.send(m, if p.sender == m { &own[j] } else { &shared[j] });
+                    }
+                }
+            }
+        }
+        for (p, f) in run.iter().zip(&own) {
+            let member = senders
+                .iter()
+                .position(|&s| s == p.sender)
+                .is_some_and(|i| senders_in[i]);
+            if !member {
+                out.send(p.sender, f);
+            }
+        }
+        if let Some(d) = room.durable.as_mut() {
+            d.pending = d.pending.saturating_sub(run.len() as u64);
+        }
+        let (bytes_before, kept_before) = (room.bytes, room.history.len());
+        for p in run.drain(..) {
+            let id = p.msg.id;
+            room.keep(p.msg, window);
+            if window > 0 {
+                self.order.push_back(Order { slot, serial, id });
+            }
+        }
+        self.history_bytes = self.history_bytes - bytes_before + room.bytes;
+        self.kept = self.kept - kept_before + room.history.len();
     }
 
     /// The records taken last could not be stored: every pending message is
@@ -462,6 +513,77 @@ mod tests {
             [
                 (1, &Value::from(1), &Value::from("y")),
                 (2, &Value::from(1), &Value::Null)
+            ]
+        );
+    }
+
+    /// Records each `send_run` apart from single sends.
+    #[derive(Default)]
+    struct Runs {
+        /// (to, ids of the messages, run or not)
+        got: Vec<(ConnId, Vec<u64>, bool)>,
+    }
+
+    impl Outbox for Runs {
+        fn send(&mut self, to: ConnId, payload: &Rc<[u8]>) {
+            let v: Value = serde_json::from_slice(payload).unwrap();
+            let id = v["id"].as_u64().unwrap_or(0);
+            assert_eq!(v["ref"].is_string(), id % 2 == 1 && to == 1, "{v}");
+            self.got.push((to, vec![id], false));
+        }
+        fn send_run(&mut self, to: ConnId, payloads: &[Rc<[u8]>]) {
+            let ids = payloads
+                .iter()
+                .map(|p| {
+                    let v: Value = serde_json::from_slice(p).unwrap();
+                    assert!(v["ref"].is_null(), "a run holds shared copies only");
+                    v["id"].as_u64().unwrap()
+                })
+                .collect();
+            self.got.push((to, ids, true));
+        }
+        fn close(&mut self, _: ConnId, _: u16, _: &str) {}
+    }
+
+    /// A turn's messages to one room reach each member that sent none of
+    /// them as one run, in order, and a sender message by message with its
+    /// own `ref`s; a second room's message ends the run (commit order).
+    #[test]
+    fn a_turns_messages_to_a_room_go_out_as_one_run() {
+        let mut c = chat();
+        let mut out = Out::default();
+        for (k, nick) in [(1, "al"), (2, "bo"), (3, "cy")] {
+            c.connect(k, Some(nick), NOW, &mut out);
+            text(&mut c, k, r#"{"type":"join","room":"r"}"#, &mut out);
+        }
+        text(&mut c, 2, r#"{"type":"join","room":"s"}"#, &mut out);
+        c.take_records();
+        for m in [
+            r#"{"type":"message","room":"r","text":"a","ref":"x"}"#,
+            r#"{"type":"message","room":"r","text":"b"}"#,
+            r#"{"type":"message","room":"r","text":"c","ref":"y"}"#,
+        ] {
+            text(&mut c, 1, m, &mut out);
+        }
+        text(
+            &mut c,
+            2,
+            r#"{"type":"message","room":"s","text":"d"}"#,
+            &mut out,
+        );
+        c.take_records();
+        let mut runs = Runs::default();
+        c.committed(&mut runs);
+        // Members by nick: al (the sender), bo, cy.
+        assert_eq!(
+            runs.got,
+            [
+                (1, vec![1], false),
+                (1, vec![2], false),
+                (1, vec![3], false),
+                (2, vec![1, 2, 3], true),
+                (3, vec![1, 2, 3], true),
+                (2, vec![1], false),
             ]
         );
     }

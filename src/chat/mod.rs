@@ -51,6 +51,16 @@ pub trait Outbox {
     /// `payload` is the JSON of one text message, built once per logical
     /// message and shared by every recipient; the server frames it.
     fn send(&mut self, to: ConnId, payload: &Rc<[u8]>);
+    /// `payloads`, in order, to one connection: a run of a room's
+    /// broadcasts that every member but their senders receives alike (see
+    /// [`Chat::committed`]). The server frames the run once and shares the
+    /// bytes between the members' queues: one queue entry and one slice of
+    /// a write per member and turn, not one per message.
+    fn send_run(&mut self, to: ConnId, payloads: &[Rc<[u8]>]) {
+        for p in payloads {
+            self.send(to, p);
+        }
+    }
     /// Ask the server to close this connection with a WebSocket close code
     /// and reason. The server will later call [`Chat::disconnect`] for it.
     fn close(&mut self, to: ConnId, code: u16, reason: &str);

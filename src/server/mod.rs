@@ -1348,6 +1348,7 @@ impl Server {
             closes: &mut closes,
             storage: self.storage.as_mut(),
             frames: Frames::default(),
+            runs: RunFrames::default(),
             deflate_threshold: self.cfg.deflate_threshold,
         };
         f(&mut self.chat, now, &mut out);
@@ -1710,6 +1711,7 @@ struct ServerOutbox<'a> {
     closes: &'a mut Vec<(usize, u16, String)>,
     storage: Option<&'a mut storage::Storage>,
     frames: Frames,
+    runs: RunFrames,
     deflate_threshold: usize,
 }
 
@@ -1756,6 +1758,75 @@ impl Frames {
     }
 }
 
+/// The frames of the run of payloads being sent (`Outbox::send_run`): the
+/// run's text frames back to back in one shared buffer, plain and at most
+/// one compressed variant, each built when a first member needs it. A
+/// member's queue then holds one entry for the run, and its write is one
+/// slice, whatever the number of messages.
+#[derive(Default)]
+struct RunFrames {
+    /// The run's first payload (held, so its address is not reused) and
+    /// its length: a run is sent to all its members before the next.
+    first: Option<Rc<[u8]>>,
+    len: usize,
+    plain: Option<Rc<[u8]>>,
+    compressed: Option<(u8, Rc<[u8]>)>,
+}
+
+impl RunFrames {
+    fn get(&mut self, run: &[Rc<[u8]>], deflate: Option<u8>, threshold: usize) -> Rc<[u8]> {
+        let same = run.len() == self.len
+            && match (&self.first, run.first()) {
+                (Some(a), Some(b)) => Rc::ptr_eq(a, b),
+                _ => false,
+            };
+        if !same {
+            *self = RunFrames {
+                first: run.first().cloned(),
+                len: run.len(),
+                ..RunFrames::default()
+            };
+        }
+        match deflate {
+            None => Rc::clone(self.plain.get_or_insert_with(|| run_frames(run, None, 0))),
+            Some(bits) => match &self.compressed {
+                Some((b, f)) if *b == bits => Rc::clone(f),
+                _ => {
+                    let f = run_frames(run, Some(bits), threshold);
+                    self.compressed = Some((bits, Rc::clone(&f)));
+                    f
+                }
+            },
+        }
+    }
+}
+
+/// The text frames of `run` back to back; with `deflate`, each payload of
+/// at least `threshold` bytes compressed (RFC 7692 §7.2.1: each message
+/// its own compressed frame, as `Frames::get` makes them one by one).
+fn run_frames(run: &[Rc<[u8]>], deflate: Option<u8>, threshold: usize) -> Rc<[u8]> {
+    let mut out = Vec::with_capacity(run.iter().map(|p| p.len() + MAX_HEADER_LEN).sum());
+    let mut z = Vec::new();
+    let mut hdr = [0u8; MAX_HEADER_LEN];
+    for p in run {
+        let (body, compressed): (&[u8], bool) = match deflate {
+            Some(bits) if p.len() >= threshold => {
+                z.clear();
+                deflate::compress(p, bits, &mut z);
+                (&z, true)
+            }
+            _ => (p, false),
+        };
+        let n = encode_header(&mut hdr, true, OpCode::Text, body.len() as u64, None);
+        if compressed {
+            hdr[0] |= 0x40;
+        }
+        out.extend_from_slice(&hdr[..n]);
+        out.extend_from_slice(body);
+    }
+    Rc::from(out)
+}
+
 /// One complete text frame of `payload`, in one exact allocation.
 fn text_frame(payload: &[u8], compressed: bool) -> Rc<[u8]> {
     let mut hdr = [0u8; MAX_HEADER_LEN];
@@ -1767,8 +1838,15 @@ fn text_frame(payload: &[u8], compressed: bool) -> Rc<[u8]> {
     hdr[..n].iter().chain(payload).copied().collect()
 }
 
-impl Outbox for ServerOutbox<'_> {
-    fn send(&mut self, to: ConnId, payload: &Rc<[u8]>) {
+impl ServerOutbox<'_> {
+    /// Queues the shared frame (or run of frames) that `frame` makes (from
+    /// the frame caches, the deflate threshold and the connection's
+    /// permessage-deflate window) for one connection.
+    fn queue(
+        &mut self,
+        to: ConnId,
+        frame: impl FnOnce(&mut Frames, &mut RunFrames, usize, Option<u8>) -> Rc<[u8]>,
+    ) {
         let Some(c) = self.conns.get_mut(to) else {
             return;
         };
@@ -1778,15 +1856,18 @@ impl Outbox for ServerOutbox<'_> {
         }
         // Checked before queueing, so one large answer (a `joined` with long
         // history) never trips the limit on its own: the bound is the limit
-        // plus one frame.
+        // plus one frame (or one run of at most `durable::MAX_RUN` frames).
         if c.out.pending() > self.max_pending {
             self.closes.push((to, 1008, SLOW_CONSUMER.to_string()));
             return;
         }
-        let deflate = ws
-            .deflate
-            .filter(|_| payload.len() >= self.deflate_threshold);
-        c.out.push(Chunk::Shared(self.frames.get(payload, deflate)));
+        let f = frame(
+            &mut self.frames,
+            &mut self.runs,
+            self.deflate_threshold,
+            ws.deflate,
+        );
+        c.out.push(Chunk::Shared(f));
         if c.out.batch_just_filled() {
             // A burst (say presence for a thousand joins in one turn) would
             // otherwise pile up queue entries for every member until the end
@@ -1803,6 +1884,24 @@ impl Outbox for ServerOutbox<'_> {
         if !c.dirty {
             c.dirty = true;
             self.dirty.push(to);
+        }
+    }
+}
+
+impl Outbox for ServerOutbox<'_> {
+    fn send(&mut self, to: ConnId, payload: &Rc<[u8]>) {
+        self.queue(to, |frames, _, threshold, deflate| {
+            frames.get(payload, deflate.filter(|_| payload.len() >= threshold))
+        });
+    }
+
+    fn send_run(&mut self, to: ConnId, payloads: &[Rc<[u8]>]) {
+        match payloads {
+            [] => {}
+            [p] => self.send(to, p),
+            run => self.queue(to, |_, runs, threshold, deflate| {
+                runs.get(run, deflate, threshold)
+            }),
         }
     }
 
@@ -1878,6 +1977,27 @@ mod tests {
             assert_eq!(f[0], 0x81);
         }
         assert_eq!(&super::text_frame(b"z", true)[..], b"\xc1\x01z");
+    }
+
+    /// A run is its messages' frames back to back, built once per variant;
+    /// with deflate only the payloads at or over the threshold are
+    /// compressed, each into a frame of its own (RFC 7692 §6: RSV1 on it).
+    #[test]
+    fn a_run_is_its_frames_back_to_back() {
+        use std::rc::Rc;
+        let a: Rc<[u8]> = Rc::from(&b"{\"t\":1}"[..]);
+        let b: Rc<[u8]> = Rc::from(vec![b'x'; 200]);
+        let run = [a.clone(), b.clone()];
+        let mut runs = super::RunFrames::default();
+        let plain = runs.get(&run, None, 0);
+        let (fa, fb) = (super::text_frame(&a, false), super::text_frame(&b, false));
+        assert_eq!(&plain[..], &[&fa[..], &fb[..]].concat()[..]);
+        assert!(Rc::ptr_eq(&plain, &runs.get(&run, None, 0)));
+        let z = runs.get(&run, Some(15), 100);
+        assert_eq!(&z[..fa.len()], &fa[..]);
+        assert_eq!(z[fa.len()], 0xc1);
+        assert!(z.len() < plain.len());
+        assert!(Rc::ptr_eq(&z, &runs.get(&run, Some(15), 100)));
     }
 
     /// One plain and one compressed frame per payload, whoever asks.

@@ -14,6 +14,8 @@ struct Idle {
     stats: Stats,
     settled: usize,
     join: Option<Vec<u8>>,
+    /// Each connection joins a room of its own: the room's name plus `-ID`.
+    room_each: bool,
 }
 
 impl Idle {
@@ -29,6 +31,12 @@ impl Handler for Idle {
     fn event(&mut self, c: &mut Conn, ev: Event<'_>, now: u64) {
         match ev {
             Event::Open => match &self.join {
+                Some(j) if self.room_each => {
+                    // `{"type":"join","room":"R` + `-ID"}`
+                    let mut own = j[..j.len() - 2].to_vec();
+                    own.extend_from_slice(format!("-{}\"}}", c.id).as_bytes());
+                    c.send(OpCode::Text, &own);
+                }
                 Some(j) => c.send(OpCode::Text, j),
                 None => self.ready(c, now),
             },
@@ -71,7 +79,8 @@ fn worker(
     t: &Target,
     spread: bool,
     paths: &[(usize, String)],
-    join: Option<&str>,
+    // The room to join, and whether each connection gets one of its own.
+    join: Option<(&str, bool)>,
     hold: Duration,
     common: &Common,
     shared: &Shared,
@@ -82,7 +91,8 @@ fn worker(
     let mut m = Idle {
         stats: Stats::default(),
         settled: 0,
-        join: join.map(|r| format!(r#"{{"type":"join","room":"{r}"}}"#).into_bytes()),
+        join: join.map(|(r, _)| format!(r#"{{"type":"join","room":"{r}"}}"#).into_bytes()),
+        room_each: join.is_some_and(|(_, each)| each),
     };
     if let Some(start) = crate::setup(&mut net, &mut m, paths, common, shared) {
         let end = start + hold.as_nanos() as u64;
@@ -108,6 +118,7 @@ pub fn run(
     n: usize,
     hold: Duration,
     join: Option<&str>,
+    room_each: bool,
     spread: bool,
     common: &Common,
 ) -> Report {
@@ -138,7 +149,15 @@ pub fn run(
                             (id, p)
                         })
                         .collect();
-                    worker(t, spread, &paths, join, hold, common, shared)
+                    worker(
+                        t,
+                        spread,
+                        &paths,
+                        join.map(|r| (r, room_each)),
+                        hold,
+                        common,
+                        shared,
+                    )
                 })
             })
             .collect();
@@ -182,6 +201,7 @@ pub fn run(
         _ => None,
     };
     let what = match join {
+        Some(r) if room_each => format!(", each joined to a room of its own ({r}-N)"),
         Some(r) => format!(", joined to {r}"),
         None => String::new(),
     };
