@@ -14,7 +14,7 @@
 set -uo pipefail
 
 SECONDS_EACH="${FUZZ_SECONDS:-60}"
-ALL_TARGETS=(handshake frames utf8 chat)
+ALL_TARGETS=(handshake frames utf8 chat deflate)
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 FUZZ_DIR="$ROOT/fuzz"
 

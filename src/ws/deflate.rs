@@ -10,6 +10,7 @@
 //! Both come from a small per-thread pool while a message is being
 //! compressed or inflated.
 
+use super::deflate_short;
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 use std::cell::RefCell;
 
@@ -305,6 +306,20 @@ thread_local! {
 /// receives them.
 pub fn compress(payload: &[u8], window_bits: u8, out: &mut Vec<u8>) {
     let bits = window_bits.clamp(MIN_SERVER_WINDOW_BITS, 15);
+    if payload.len() <= SHORT_MAX {
+        deflate_short::compress(payload, bits, out);
+        return;
+    }
+    zlib_compress(payload, bits, out);
+}
+
+/// Messages up to this size are compressed by our own encoder
+/// ([`deflate_short`]), whose fresh state costs nothing; longer ones by
+/// zlib, whose dynamic codes and longer chains pay there.
+pub const SHORT_MAX: usize = 4096;
+
+/// [`compress`] through zlib (flate2), for any size.
+pub fn zlib_compress(payload: &[u8], bits: u8, out: &mut Vec<u8>) {
     let mut c = COMPRESSORS
         .with_borrow_mut(|pool| {
             let i = pool.iter().position(|(b, _)| *b == bits)?;
@@ -346,7 +361,7 @@ pub fn compress(payload: &[u8], window_bits: u8, out: &mut Vec<u8>) {
 
 /// `payload` as DEFLATE stored blocks (RFC 1951 §3.2.4), ending as a sync
 /// flush does once its tail is removed (§7.2.1): valid for any window.
-fn stored(payload: &[u8], out: &mut Vec<u8>) {
+pub(super) fn stored(payload: &[u8], out: &mut Vec<u8>) {
     for chunk in payload.chunks(usize::from(u16::MAX)) {
         let len = chunk.len() as u16;
         // BFINAL 0, BTYPE 00, padding; then LEN and NLEN, little-endian.

@@ -158,7 +158,15 @@ struct Held {
     control: Vec<u8>,
     /// The inflater of a compressed message in progress (RFC 7692 §7.2.2).
     inflater: Option<Inflater>,
+    /// Compressed bytes of that message not yet given to the inflater:
+    /// less than [`INFLATE_STEP`] of them.
+    compressed: Vec<u8>,
 }
+
+/// The inflater takes a compressed message in pieces of this many bytes,
+/// counted from the message's first compressed byte (see
+/// `Receiver::inflate_frame`).
+pub const INFLATE_STEP: usize = 1024;
 
 /// Frame decoder and message assembler for the server side of a connection.
 #[derive(Debug)]
@@ -208,9 +216,9 @@ impl Receiver {
 
     /// Whether a message is partly received (for the server's buffer accounting).
     pub fn buffered(&self) -> usize {
-        self.held
-            .as_ref()
-            .map_or(0, |h| h.message.capacity() + h.control.capacity())
+        self.held.as_ref().map_or(0, |h| {
+            h.message.capacity() + h.control.capacity() + h.compressed.capacity()
+        })
     }
 
     /// Whether a frame (its header included) or a fragmented message has
@@ -353,18 +361,49 @@ impl Receiver {
     /// inflated bytes count against the message limit as they appear (1009
     /// before they are buffered) and text is checked on them (§8.1). `last`:
     /// these end the message, so the tail goes in behind them (§7.2.2).
-    fn inflate_frame(&mut self, data: &[u8], last: bool) -> Result<Option<Vec<u8>>, ProtocolError> {
+    ///
+    /// The inflater is fed the message's compressed bytes in pieces that
+    /// start at fixed offsets ([`INFLATE_STEP`] apart), not as the reads
+    /// split them: how far zlib gets into corrupt input before it notices
+    /// depends on the pieces it is given, so only thus is the fault
+    /// reported (and the event it ends) the same however the bytes arrived.
+    fn inflate_frame(
+        &mut self,
+        mut data: &[u8],
+        last: bool,
+    ) -> Result<Option<Vec<u8>>, ProtocolError> {
         let limit = usize::try_from(self.max_message_size).unwrap_or(usize::MAX);
         let held = self.held.get_or_insert_with(Box::default);
         let inf = held.inflater.get_or_insert_with(Inflater::take);
         let before = held.message.len();
-        let inflated = inf.inflate(data, &mut held.message, limit).and_then(|()| {
-            if last {
-                inf.inflate(&TAIL, &mut held.message, limit)
-            } else {
-                Ok(())
+        let out = &mut held.message;
+        let pending = &mut held.compressed;
+        let mut inflated = Ok(());
+        // Complete the piece begun by earlier reads.
+        if !pending.is_empty() {
+            let take = (INFLATE_STEP - pending.len()).min(data.len());
+            pending.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if pending.len() == INFLATE_STEP || last {
+                inflated = inf.inflate(pending, out, limit);
+                *pending = Vec::new();
             }
-        });
+        }
+        while inflated.is_ok() && data.len() >= INFLATE_STEP {
+            inflated = inf.inflate(&data[..INFLATE_STEP], out, limit);
+            data = &data[INFLATE_STEP..];
+        }
+        if inflated.is_ok() && !data.is_empty() {
+            if last {
+                inflated = inf.inflate(data, out, limit);
+            } else {
+                pending.reserve_exact(INFLATE_STEP);
+                pending.extend_from_slice(data);
+            }
+        }
+        if inflated.is_ok() && last {
+            inflated = inf.inflate(&TAIL, out, limit);
+        }
         // The text inflated before a failure is checked first, up to the
         // limit: the first fault in the stream is the one reported, however
         // the frame's bytes were split across reads (the frames fuzz target
@@ -402,11 +441,14 @@ impl Receiver {
 
     /// Frees the held buffers once nothing is in progress.
     fn release_if_empty(&mut self) {
-        if self
-            .held
-            .as_ref()
-            .is_some_and(|h| h.message.is_empty() && h.control.is_empty())
-        {
+        if self.held.as_ref().is_some_and(|h| {
+            // A compressed message in progress keeps its inflater and
+            // its pending bytes across a control frame.
+            h.message.is_empty()
+                && h.control.is_empty()
+                && h.inflater.is_none()
+                && h.compressed.is_empty()
+        }) {
             self.held = None;
         }
     }
@@ -901,6 +943,25 @@ mod tests {
                 Outcome::Ping(b"p".to_vec()),
                 Outcome::Text(text.into_bytes()),
                 Outcome::Binary(b"plain".to_vec()),
+            ]
+        );
+    }
+
+    /// A compressed message whose first fragment is a single byte (too
+    /// little to inflate anything, so it waits) keeps its inflater and that
+    /// byte across a ping.
+    #[test]
+    fn a_ping_after_one_compressed_byte_loses_nothing() {
+        let text = "hello hello, compressed hello".repeat(4);
+        let z = deflated(text.as_bytes());
+        let mut input = rsv1(client_frame(false, 1, &z[..1], K));
+        input.extend(client_frame(true, 9, b"p", K));
+        input.extend(client_frame(true, 0, &z[1..], K));
+        assert_eq!(
+            with_deflate(&input),
+            vec![
+                Outcome::Ping(b"p".to_vec()),
+                Outcome::Text(text.into_bytes())
             ]
         );
     }

@@ -1,0 +1,130 @@
+//! Compressed sizes and times of our short-message DEFLATE encoder beside
+//! zlib's (level 6, as the server uses above `SHORT_MAX`), on chat frames
+//! and on slices of the Autobahn compression payloads (groups 12 and 13).
+//!
+//! cargo run --release --example deflate_sizes -- \
+//!     /opt/autobahn/site-packages/autobahntestsuite/testdata/*
+use std::time::Instant;
+use wschat::ws::deflate::{inflate_message, zlib_compress};
+use wschat::ws::deflate_short;
+
+fn chat_frames() -> Vec<(String, Vec<u8>)> {
+    let words = "the quick brown fox jumps over the lazy dog while alice and bob \
+        talk about the release notes of the chat server and whether the new \
+        encoder makes short messages cheaper to compress than zlib does with \
+        its large hash table that it clears for every single message sent";
+    let words: Vec<&str> = words.split_whitespace().collect();
+    let text = |len: usize, seed: usize| {
+        let mut s = String::new();
+        let mut i = seed;
+        while s.len() < len {
+            s.push_str(words[(i * 7 + 3) % words.len()]);
+            s.push(' ');
+            i += 1;
+        }
+        s.truncate(len);
+        s
+    };
+    let msg = |id: usize, from: &str, t: &str| {
+        format!(
+            r#"{{"type":"message","room":"general","id":{id},"from":"{from}","text":"{t}","ts":{}}}"#,
+            1763780000000u64 + id as u64 * 1234
+        )
+    };
+    let mut v: Vec<(String, Vec<u8>)> = vec![
+        ("presence".into(), br#"{"type":"presence","room":"general","nick":"Bob","event":"join"}"#.to_vec()),
+        ("typing".into(), br#"{"type":"typing","room":"general","nick":"alice","active":true}"#.to_vec()),
+        ("welcome".into(), br#"{"type":"welcome","nick":"alice","motd":"Be nice.","protocol":1}"#.to_vec()),
+        ("error".into(), br#"{"type":"error","code":"storage_failed","message":"the server could not store or read messages (disk full or failing); nothing was sent: try again","ref":"c7"}"#.to_vec()),
+    ];
+    for len in [6, 20, 67, 150, 440, 1000] {
+        v.push((
+            format!("message text {len}"),
+            msg(42, "alice", &text(len, len)).into_bytes(),
+        ));
+    }
+    for n in [5, 20, 100] {
+        let hist: Vec<String> = (0..n)
+            .map(|i| {
+                msg(
+                    100 + i,
+                    ["alice", "Bob", "carol"][i % 3],
+                    &text(20 + (i * 37) % 120, i),
+                )
+            })
+            .collect();
+        let f = format!(
+            r#"{{"type":"joined","room":"general","epoch":"k3f9q2","members":["alice","Bob","carol"],"history":[{}],"complete":true,"ref":"j1"}}"#,
+            hist.join(",")
+        );
+        v.push((format!("joined, {n} in history"), f.into_bytes()));
+    }
+    v
+}
+
+fn time(f: impl Fn(&mut Vec<u8>)) -> f64 {
+    let mut out = Vec::new();
+    let reps = 2000;
+    let t = Instant::now();
+    for _ in 0..reps {
+        out.clear();
+        f(&mut out);
+    }
+    t.elapsed().as_secs_f64() * 1e6 / f64::from(reps)
+}
+
+fn row(name: &str, p: &[u8]) -> (usize, usize) {
+    let mut ours = Vec::new();
+    let block = deflate_short::compress(p, 15, &mut ours);
+    let mut z = Vec::new();
+    zlib_compress(p, 15, &mut z);
+    assert_eq!(inflate_message(&ours, 1 << 24).unwrap(), p);
+    let t_ours = time(|o| {
+        deflate_short::compress(p, 15, o);
+    });
+    let t_z = time(|o| zlib_compress(p, 15, o));
+    println!(
+        "| {name} | {} | {} ({block:?}) | {} | {:+.1}% | {t_ours:.2} | {t_z:.2} |",
+        p.len(),
+        ours.len(),
+        z.len(),
+        100.0 * (ours.len() as f64 / z.len() as f64 - 1.0)
+    );
+    (ours.len(), z.len())
+}
+
+fn main() {
+    println!("| payload | bytes | ours | zlib 6 | ours vs zlib | µs ours | µs zlib |");
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    for (name, p) in chat_frames() {
+        row(&name, &p);
+    }
+    for path in std::env::args().skip(1) {
+        let data = std::fs::read(&path).expect("read");
+        let name = path.rsplit('/').next().unwrap_or(&path).to_string();
+        for size in [16, 64, 256, 1024, 2048, 4096, 8192, 16384] {
+            // As Autobahn sends them: consecutive slices; ten of each here.
+            let (mut a, mut b) = (0, 0);
+            for k in 0..10 {
+                let at = (k * size) % data.len().saturating_sub(size).max(1);
+                let p = &data[at..(at + size).min(data.len())];
+                let mut ours = Vec::new();
+                deflate_short::compress(p, 15, &mut ours);
+                assert_eq!(inflate_message(&ours, 1 << 24).unwrap(), p);
+                let mut z = Vec::new();
+                zlib_compress(p, 15, &mut z);
+                a += ours.len();
+                b += z.len();
+            }
+            let p = &data[..size.min(data.len())];
+            let t_ours = time(|o| {
+                deflate_short::compress(p, 15, o);
+            });
+            let t_z = time(|o| zlib_compress(p, 15, o));
+            println!(
+                "| {name} ×10 | {size} | {a} | {b} | {:+.1}% | {t_ours:.2} | {t_z:.2} |",
+                100.0 * (a as f64 / b as f64 - 1.0)
+            );
+        }
+    }
+}
