@@ -10,14 +10,17 @@
 mod addr;
 pub mod auth;
 mod config;
+pub mod config_file;
 mod files;
 pub mod http;
+pub mod json_log;
+mod metrics;
 mod notify;
 mod queue;
 mod storage;
 mod tls;
 
-pub use config::{AccountCommand, Command, Config, Registration, parse_size};
+pub use config::{AccountCommand, Command, Config, LogFormat, Registration, parse_size};
 
 use crate::chat::rate::{BucketTable, MAX_IDLE_ENTRIES, Verdict};
 use crate::chat::{Chat, ChatConfig, ConnId, Now, Outbox};
@@ -146,6 +149,8 @@ struct Conn {
     refused: bool,
     /// Set on the TLS port (see tls.rs).
     tls: Option<Box<tls::TlsConn>>,
+    /// Accepted on --metrics-addr: only /metrics is served.
+    metrics: bool,
 }
 
 /// An answer after which the connection may stay open.
@@ -227,6 +232,11 @@ pub struct Server {
     next_watchdog: u64,
     /// The password-hashing thread.
     auth: auth::Worker,
+    /// Where the configuration came from, read again on SIGHUP.
+    config_source: Option<config_file::Source>,
+    /// Counters for /metrics, and its listener (--metrics-addr).
+    metrics: metrics::Metrics,
+    metrics_listener: Option<TcpListener>,
 }
 
 fn ms(d: Duration) -> u64 {
@@ -251,6 +261,22 @@ fn listen(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
     socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
     socket.set_nonblocking(true)?;
     Ok(TcpListener::from_std(socket.into()))
+}
+
+/// How often the timers are swept: a quarter of the shortest timeout.
+fn sweep_every(cfg: &Config) -> u64 {
+    let shortest = [
+        cfg.handshake_timeout,
+        cfg.keepalive_timeout,
+        cfg.ping_interval,
+        cfg.idle_timeout,
+        cfg.message_timeout,
+        cfg.close_timeout,
+    ]
+    .into_iter()
+    .min()
+    .unwrap_or(Duration::from_secs(1));
+    (ms(shortest) / 4).clamp(5, 1000)
 }
 
 /// Raises the open-file limit to its hard limit; returns the soft limit in force.
@@ -280,24 +306,14 @@ impl Server {
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let tls = tls::Tls::new(&cfg, poll.registry(), local_addr.port())?;
+        let metrics_listener = metrics::bind(cfg.metrics_addr, poll.registry())?;
         // SIGHUP reloads the certificate. It is caught without TLS too, so
         // that `systemctl reload` (the unit's ExecReload sends SIGHUP) never
         // stops a server that has nothing to reload.
         let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
-        let shortest = [
-            cfg.handshake_timeout,
-            cfg.keepalive_timeout,
-            cfg.ping_interval,
-            cfg.idle_timeout,
-            cfg.message_timeout,
-            cfg.close_timeout,
-        ]
-        .into_iter()
-        .min()
-        .unwrap_or(Duration::from_secs(1));
-        let sweep_every = (ms(shortest) / 4).clamp(5, 1000);
+        let sweep_every = sweep_every(&cfg);
         let mut chat = Chat::new(
             ChatConfig {
                 motd: cfg.motd.clone(),
@@ -383,6 +399,9 @@ impl Server {
             notifier: notify::Notifier::from_env(),
             next_watchdog: 0,
             auth,
+            config_source: None,
+            metrics: metrics::Metrics::default(),
+            metrics_listener,
         })
     }
 
@@ -409,6 +428,13 @@ impl Server {
         self
     }
 
+    /// The command line, environment and file the configuration came from:
+    /// SIGHUP reads them again (see `config_file::Source::reload`).
+    pub fn with_config_source(mut self, source: config_file::Source) -> Server {
+        self.config_source = Some(source);
+        self
+    }
+
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }
@@ -432,6 +458,7 @@ impl Server {
             {
                 return Err(e);
             }
+            self.turn_begins();
             // The clocks are read once per turn, not per message.
             self.now = ms(self.start.elapsed());
             self.wall = wall_ms();
@@ -443,6 +470,7 @@ impl Server {
                 match ev.token() {
                     LISTENER => self.accept_all(),
                     tls::REDIRECT => self.accept_redirect(),
+                    metrics::METRICS => self.accept_metrics(),
                     SIGNALS => self.on_signal(),
                     AUTH_WAKER => self.on_auth_done(),
                     Token(k) => {
@@ -471,6 +499,7 @@ impl Server {
             self.commit_turn();
             self.watchdog();
             self.flush_dirty();
+            self.turn_ends();
             if let Some(deadline) = self.shutdown_deadline
                 && (self.conns.is_empty() || self.now >= deadline)
             {
@@ -677,6 +706,7 @@ impl Server {
         // On a dual-stack listener IPv4 clients appear as ::ffff:a.b.c.d;
         // count them (and recognise loopback) by their IPv4 address.
         let peer = addr.ip().to_canonical();
+        self.metrics.accepted += 1;
         let limited = self.ip_is_limited(peer);
         let ip = addr::key(peer, self.cfg.ipv6_prefix_len);
         // A trusted proxy carries many clients: they are counted by their
@@ -726,6 +756,7 @@ impl Server {
             paused: false,
             shutdown_when_flushed: false,
             refused: refusal.is_some(),
+            metrics: false,
             tls: match &self.tls {
                 // Never plain on the TLS port: without its state, no connection.
                 Some(t) if secure => match t.accept() {
@@ -770,6 +801,7 @@ impl Server {
                 Ok(n) => {
                     // Only bytes received keep a connection alive (--idle-timeout).
                     c.last_rx = self.now;
+                    self.metrics.bytes_in += n as u64;
                     if c.tls.is_some() {
                         self.on_tls_bytes(k, &mut rbuf[..n]);
                     } else {
@@ -842,7 +874,9 @@ impl Server {
             }
         };
         let mut bytes = std::mem::take(head);
-        let route = if self.is_redirect(k) {
+        let route = if self.conns.get(k).is_some_and(|c| c.metrics) {
+            self.metrics_route(&bytes[..end])
+        } else if self.is_redirect(k) {
             self.redirect_route(&bytes[..end])
         } else {
             self.route(k, &bytes[..end])
@@ -1128,6 +1162,7 @@ impl Server {
         });
         c.deadline = u64::MAX;
         c.last_ping = self.now;
+        self.metrics.handshake(endpoint);
         // A fence: a pong for a ping sent right behind the head must follow it.
         c.out.push(Chunk::Fence(response));
         self.mark_dirty(k);
@@ -1186,6 +1221,9 @@ impl Server {
             return;
         };
         let Phase::Ws(ws) = &mut c.phase else { return };
+        if matches!(ev, Event::Text(_) | Event::Binary(_)) {
+            self.metrics.message_in(endpoint);
+        }
         match ev {
             // §7.1.3: after our close frame, data is read but discarded.
             Event::Text(_) | Event::Binary(_) if ws.close_sent => {}
@@ -1208,9 +1246,11 @@ impl Server {
             }
             Event::Pong(_) => {}
             Event::Close(code) => {
+                self.metrics.close_received(code);
                 // §5.5.1: answer a close with a close, echoing its status code;
                 // §7.1.1: then the server closes the TCP connection first.
                 if !ws.close_sent {
+                    self.metrics.close_sent(code.unwrap_or(1005));
                     ws.close_sent = true;
                     let payload = code.map(|c| c.to_be_bytes().to_vec()).unwrap_or_default();
                     let mut frame = Vec::with_capacity(4);
@@ -1268,6 +1308,7 @@ impl Server {
         if c.out.pending() > max_pending {
             c.paused = true;
         }
+        self.metrics.message_out(Endpoint::Echo, 1);
         self.mark_dirty(k);
     }
 
@@ -1300,6 +1341,7 @@ impl Server {
         c.deadline = self.now + close_timeout;
         // Nothing more is read from a paused peer, but its close must get through.
         c.paused = false;
+        self.metrics.close_sent(code);
         self.mark_dirty(k);
         self.leave_chat(k);
     }
@@ -1348,8 +1390,10 @@ impl Server {
             storage: self.storage.as_mut(),
             frames: Frames::default(),
             deflate_threshold: self.cfg.deflate_threshold,
+            delivered: 0,
         };
         f(&mut self.chat, now, &mut out);
+        self.metrics.message_out(Endpoint::Chat, out.delivered);
         self.chat_drops.extend(dead);
         self.chat_closes.extend(closes);
         // Each drop or close calls back into the chat (its members leave
@@ -1369,6 +1413,7 @@ impl Server {
                 {
                     // Its backlog is dropped; the client recovers it with `since`.
                     c.out.discard_unsent_data();
+                    self.metrics.slow_consumer_drops += 1;
                 }
                 self.start_close(k, code, &reason);
             } else {
@@ -1570,6 +1615,7 @@ impl Server {
         let (hup, signals): (Vec<i32>, Vec<i32>) =
             self.signals.pending().partition(|&s| s == SIGHUP);
         if !hup.is_empty() {
+            self.reload_config();
             self.reload_tls();
         }
         if signals.is_empty() {
@@ -1589,6 +1635,7 @@ impl Server {
         if let Some(mut l) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut l);
         }
+        self.metrics_listener = None;
         let now = self.chat_now();
         self.chat.shutdown(now);
         if let Some(t) = self.tls.as_mut() {
@@ -1614,6 +1661,44 @@ impl Server {
             }
         }
         self.shutdown_deadline = Some(self.now + ms(self.cfg.shutdown_timeout));
+    }
+}
+
+impl Server {
+    /// SIGHUP: reads the configuration again. A file with a fault changes
+    /// nothing; otherwise what can change while running is applied and what
+    /// cannot is named.
+    fn reload_config(&mut self) {
+        let Some(src) = self.config_source.as_mut() else {
+            return;
+        };
+        let Some(path) = src.path.clone() else {
+            info!("SIGHUP: no --config file to read again");
+            return;
+        };
+        match src.reload(&mut self.cfg) {
+            Ok(r) => {
+                self.sweep_every = sweep_every(&self.cfg);
+                if r.applied.is_empty() && r.need_restart.is_empty() {
+                    info!("SIGHUP: {} read again: nothing changed", path.display());
+                }
+                if !r.applied.is_empty() {
+                    info!(
+                        "SIGHUP: {} read again: applied {}",
+                        path.display(),
+                        r.applied.join(", ")
+                    );
+                }
+                if !r.need_restart.is_empty() {
+                    warn!(
+                        "SIGHUP: {}: {} changed but take effect only at a restart; running with the old values",
+                        path.display(),
+                        r.need_restart.join(", ")
+                    );
+                }
+            }
+            Err(e) => warn!("SIGHUP: configuration not reloaded, the running one stays: {e}"),
+        }
     }
 }
 
@@ -1710,6 +1795,8 @@ struct ServerOutbox<'a> {
     storage: Option<&'a mut storage::Storage>,
     frames: Frames,
     deflate_threshold: usize,
+    /// Frames queued (`/metrics`).
+    delivered: u64,
 }
 
 /// The frames of the payload being sent. The chat sends a broadcast's one
@@ -1786,6 +1873,7 @@ impl Outbox for ServerOutbox<'_> {
             .deflate
             .filter(|_| payload.len() >= self.deflate_threshold);
         c.out.push(Chunk::Shared(self.frames.get(payload, deflate)));
+        self.delivered += 1;
         if c.out.batch_just_filled() {
             // A burst (say presence for a thousand joins in one turn) would
             // otherwise pile up queue entries for every member until the end
