@@ -13,9 +13,11 @@
 //! so that they win (lists too: `--allowed-host` on the command line
 //! replaces the file's list rather than adding to it).
 
+use super::Server;
 use super::config::Config;
 use clap::parser::ValueSource;
 use clap::{Arg, ArgAction, ArgMatches, Command, CommandFactory, FromArgMatches};
+use log::{info, warn};
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fmt;
@@ -236,6 +238,44 @@ impl Source {
         }
         apply_live(cur, &new);
         Ok(out)
+    }
+}
+
+impl Server {
+    /// SIGHUP: reads the configuration again. A file with a fault changes
+    /// nothing; otherwise what can change while running is applied and what
+    /// cannot is named.
+    pub(super) fn reload_config(&mut self) {
+        let Some(src) = self.config_source.as_mut() else {
+            return;
+        };
+        let Some(path) = src.path.clone() else {
+            info!("SIGHUP: no --config file to read again");
+            return;
+        };
+        match src.reload(&mut self.cfg) {
+            Ok(r) => {
+                self.sweep_every = super::sweep_every(&self.cfg);
+                if r.applied.is_empty() && r.need_restart.is_empty() {
+                    info!("SIGHUP: {} read again: nothing changed", path.display());
+                }
+                if !r.applied.is_empty() {
+                    info!(
+                        "SIGHUP: {} read again: applied {}",
+                        path.display(),
+                        r.applied.join(", ")
+                    );
+                }
+                if !r.need_restart.is_empty() {
+                    warn!(
+                        "SIGHUP: {}: {} changed but take effect only at a restart; running with the old values",
+                        path.display(),
+                        r.need_restart.join(", ")
+                    );
+                }
+            }
+            Err(e) => warn!("SIGHUP: configuration not reloaded, the running one stays: {e}"),
+        }
     }
 }
 

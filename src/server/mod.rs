@@ -1664,44 +1664,6 @@ impl Server {
     }
 }
 
-impl Server {
-    /// SIGHUP: reads the configuration again. A file with a fault changes
-    /// nothing; otherwise what can change while running is applied and what
-    /// cannot is named.
-    fn reload_config(&mut self) {
-        let Some(src) = self.config_source.as_mut() else {
-            return;
-        };
-        let Some(path) = src.path.clone() else {
-            info!("SIGHUP: no --config file to read again");
-            return;
-        };
-        match src.reload(&mut self.cfg) {
-            Ok(r) => {
-                self.sweep_every = sweep_every(&self.cfg);
-                if r.applied.is_empty() && r.need_restart.is_empty() {
-                    info!("SIGHUP: {} read again: nothing changed", path.display());
-                }
-                if !r.applied.is_empty() {
-                    info!(
-                        "SIGHUP: {} read again: applied {}",
-                        path.display(),
-                        r.applied.join(", ")
-                    );
-                }
-                if !r.need_restart.is_empty() {
-                    warn!(
-                        "SIGHUP: {}: {} changed but take effect only at a restart; running with the old values",
-                        path.display(),
-                        r.need_restart.join(", ")
-                    );
-                }
-            }
-            Err(e) => warn!("SIGHUP: configuration not reloaded, the running one stays: {e}"),
-        }
-    }
-}
-
 /// `/healthz`: 200 while the server runs.
 fn route_healthz(req: &Request<'_>, head: &[u8]) -> Route {
     let body = match req.method {
