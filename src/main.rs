@@ -1,14 +1,24 @@
-use clap::Parser;
 use std::io::{BufRead, IsTerminal, Write};
-use wschat::server::{AccountCommand, Command, Config, Server};
+use wschat::server::{AccountCommand, Command, Config, LogFormat, Server, config_file};
 use wschat::store::{Op, Store, sqlite};
 
 fn main() {
-    env_logger::Builder::from_env(
+    // Flags > WSCHAT_* variables > the --config file > defaults.
+    let (cfg, source) = match config_file::load(std::env::args_os().collect()) {
+        Ok(c) => c,
+        Err(config_file::ConfigError::Clap(e)) => e.exit(),
+        Err(e) => {
+            eprintln!("wschat: cannot start: {e}");
+            std::process::exit(2);
+        }
+    };
+    let mut logger = env_logger::Builder::from_env(
         env_logger::Env::default().default_filter_or("info,rustls=error"),
-    )
-    .init();
-    let cfg = Config::parse();
+    );
+    if cfg.log_format == LogFormat::Json {
+        logger.format(wschat::server::json_log::format);
+    }
+    logger.init();
     if let Some(Command::Account(cmd)) = &cfg.command {
         match account(&cfg, cmd) {
             Ok(msg) => {
@@ -39,7 +49,8 @@ fn main() {
     let server = server.with_memory_trim(glibc::trim);
     let server = server
         .with_hostname(&hostname())
-        .with_cpu_clock(thread_cpu_us);
+        .with_cpu_clock(thread_cpu_us)
+        .with_config_source(source);
     let addr = server.local_addr();
     let shown = if addr.ip().is_unspecified() {
         format!("{scheme}://localhost:{}/", addr.port())

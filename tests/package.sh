@@ -89,12 +89,14 @@ fi
 # 3. The contents.
 for arch in "${!DEBS[@]}"; do
     list=$(dpkg-deb -c "${DEBS[$arch]}")
-    for f in ./usr/bin/wschat ./usr/share/doc/wschat/README.Debian ./usr/share/doc/wschat/README.md; do
+    for f in ./usr/bin/wschat ./usr/share/doc/wschat/README.Debian ./usr/share/doc/wschat/README.md ./etc/wschat/wschat.toml; do
         grep -q " $f\$" <<<"$list" || { echo "$list"; fail "$arch: $f not in the package"; }
     done
     # cargo-deb 3 installs units under /usr/lib (merged /usr), older ones /lib.
     grep -qE " \./(usr/)?lib/systemd/system/wschat\.service\$" <<<"$list" ||
         { echo "$list"; fail "$arch: wschat.service not in the package"; }
+    dpkg-deb --ctrl-tarfile "${DEBS[$arch]}" | tar -xO ./conffiles 2>/dev/null | grep -qx /etc/wschat/wschat.toml ||
+        fail "$arch: /etc/wschat/wschat.toml is not a conffile"
     want_arch=$(dpkg-deb -f "${DEBS[$arch]}" Architecture)
     [ "$want_arch" = "$arch" ] || fail "$arch: the package says Architecture: $want_arch"
 done
@@ -120,7 +122,7 @@ elif [ "$INSTALL" = chroot ]; then
         mkdir -p "$chroot_dir/var/lib/wschat"
         chown 65534:65534 "$chroot_dir/var/lib/wschat"
         chroot --userspec=65534:65534 "$chroot_dir" sh -c \
-            "cd /var/lib/wschat && exec /usr/bin/wschat --addr 127.0.0.1:$PORT --data-dir /var/lib/wschat" \
+            "cd /var/lib/wschat && exec /usr/bin/wschat --config /etc/wschat/wschat.toml --addr 127.0.0.1:$PORT" \
             >"$ROOT/target/package-run.log" 2>&1 &
         pid=$!
     else
@@ -129,7 +131,7 @@ elif [ "$INSTALL" = chroot ]; then
 else
     xdir=$(mktemp -d)
     dpkg-deb -x "$deb" "$xdir"
-    "$xdir/usr/bin/wschat" --addr "127.0.0.1:$PORT" --data-dir "$xdir/data" >"$ROOT/target/package-run.log" 2>&1 &
+    "$xdir/usr/bin/wschat" --config "$xdir/etc/wschat/wschat.toml" --addr "127.0.0.1:$PORT" --data-dir "$xdir/data" >"$ROOT/target/package-run.log" 2>&1 &
     pid=$!
 fi
 if [ -n "${pid:-}" ]; then

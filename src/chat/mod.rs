@@ -264,6 +264,8 @@ pub struct Chat {
     acct: accounts::Accounts,
     /// Bans and moderation actions awaiting their commit.
     moder: moderation::Moderation,
+    /// Messages refused by the rate limit since start (`/metrics`).
+    rate_limited: u64,
 }
 
 /// Stale entries `order` may hold beyond one per kept message before it is
@@ -352,6 +354,7 @@ impl Chat {
             pending: Vec::new(),
             acct: accounts::Accounts::default(),
             moder: moderation::Moderation::default(),
+            rate_limited: 0,
         }
     }
 
@@ -379,6 +382,17 @@ impl Chat {
     /// `max_history_bytes` ([`room::Msg::cost`]).
     pub fn history_bytes(&self) -> usize {
         self.history_bytes
+    }
+
+    /// Messages of room history kept server-wide.
+    pub fn history_messages(&self) -> usize {
+        self.kept
+    }
+
+    /// Chat messages refused by the rate limit (answered `rate_limited` or
+    /// closed) since start.
+    pub fn rate_limited(&self) -> u64 {
+        self.rate_limited
     }
 
     /// A /ws connection opened; `requested_nick` is the percent-decoded
@@ -674,6 +688,9 @@ impl Chat {
                 .bucket_mut(*slot)
                 .map_or(Verdict::Pass, |b| b.take(now.mono_ms, burst, per_sec)),
         };
+        if verdict != Verdict::Pass {
+            self.rate_limited += 1;
+        }
         match verdict {
             Verdict::Pass => {}
             Verdict::Refuse => {

@@ -36,9 +36,35 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 /// Serves the web client over HTTP and WebSocket on one port: `/` (the web
 /// client), `/ws` (chat), `/echo` (plain echo), `/healthz`.
 /// Durations take units (500ms, 10s, 2m, 24h); sizes take B, KiB, MiB, GiB.
+///
+/// Every flag is also a key of the --config file (its name without the
+/// dashes: `max-message-size = "1MiB"`) and an environment variable
+/// (WSCHAT_MAX_MESSAGE_SIZE; lists separated by commas). Flags win over the
+/// environment, which wins over the file.
 #[derive(Parser, Debug, Clone)]
 #[command(name = "wschat", version, about, long_about = None)]
 pub struct Config {
+    /// Read settings from this TOML file, one key per flag
+    /// (/etc/wschat/wschat.toml in the Debian package). SIGHUP reads it
+    /// again and applies what can change while running; the log names the
+    /// settings that need a restart. An unknown key or a bad value is an
+    /// error naming the line, at start and on SIGHUP (which then keeps the
+    /// running configuration).
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// Log format on stderr: `text` (env_logger's) or `json` (one object
+    /// per line: ts, level, target, message; for journald and log
+    /// shippers). The level is set by RUST_LOG (default info).
+    #[arg(long, value_name = "FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// Serve Prometheus metrics at /metrics on this address (e.g.
+    /// 127.0.0.1:9090): a listener of its own, never the public port.
+    /// Off by default.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+
     /// Address and port to listen on.
     #[arg(long, default_value = "0.0.0.0:8080")]
     pub addr: SocketAddr,
@@ -318,6 +344,13 @@ pub enum AccountCommand {
     },
     /// Set an account's password (ends all its sessions).
     Passwd { name: String },
+}
+
+/// `--log-format`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// `--history`'s default with the store.

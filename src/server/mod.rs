@@ -10,14 +10,17 @@
 mod addr;
 pub mod auth;
 mod config;
+pub mod config_file;
 mod files;
 pub mod http;
+pub mod json_log;
+mod metrics;
 mod notify;
 mod queue;
 mod storage;
 mod tls;
 
-pub use config::{AccountCommand, Command, Config, Registration, parse_size};
+pub use config::{AccountCommand, Command, Config, LogFormat, Registration, parse_size};
 
 use crate::chat::rate::{BucketTable, MAX_IDLE_ENTRIES, Verdict};
 use crate::chat::{Chat, ChatConfig, ConnId, Now, Outbox};
@@ -146,6 +149,8 @@ struct Conn {
     refused: bool,
     /// Set on the TLS port (see tls.rs).
     tls: Option<Box<tls::TlsConn>>,
+    /// Accepted on --metrics-addr: only /metrics is served.
+    metrics: bool,
 }
 
 /// An answer after which the connection may stay open.
@@ -227,6 +232,11 @@ pub struct Server {
     next_watchdog: u64,
     /// The password-hashing thread.
     auth: auth::Worker,
+    /// Where the configuration came from, read again on SIGHUP.
+    config_source: Option<config_file::Source>,
+    /// Counters for /metrics, and its listener (--metrics-addr).
+    metrics: metrics::Metrics,
+    metrics_listener: Option<TcpListener>,
 }
 
 fn ms(d: Duration) -> u64 {
@@ -251,6 +261,22 @@ fn listen(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
     socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
     socket.set_nonblocking(true)?;
     Ok(TcpListener::from_std(socket.into()))
+}
+
+/// How often the timers are swept: a quarter of the shortest timeout.
+fn sweep_every(cfg: &Config) -> u64 {
+    let shortest = [
+        cfg.handshake_timeout,
+        cfg.keepalive_timeout,
+        cfg.ping_interval,
+        cfg.idle_timeout,
+        cfg.message_timeout,
+        cfg.close_timeout,
+    ]
+    .into_iter()
+    .min()
+    .unwrap_or(Duration::from_secs(1));
+    (ms(shortest) / 4).clamp(5, 1000)
 }
 
 /// Raises the open-file limit to its hard limit; returns the soft limit in force.
@@ -280,24 +306,14 @@ impl Server {
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let tls = tls::Tls::new(&cfg, poll.registry(), local_addr.port())?;
+        let metrics_listener = metrics::bind(cfg.metrics_addr, poll.registry())?;
         // SIGHUP reloads the certificate. It is caught without TLS too, so
         // that `systemctl reload` (the unit's ExecReload sends SIGHUP) never
         // stops a server that has nothing to reload.
         let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
-        let shortest = [
-            cfg.handshake_timeout,
-            cfg.keepalive_timeout,
-            cfg.ping_interval,
-            cfg.idle_timeout,
-            cfg.message_timeout,
-            cfg.close_timeout,
-        ]
-        .into_iter()
-        .min()
-        .unwrap_or(Duration::from_secs(1));
-        let sweep_every = (ms(shortest) / 4).clamp(5, 1000);
+        let sweep_every = sweep_every(&cfg);
         let mut chat = Chat::new(
             ChatConfig {
                 motd: cfg.motd.clone(),
@@ -384,6 +400,9 @@ impl Server {
             notifier: notify::Notifier::from_env(),
             next_watchdog: 0,
             auth,
+            config_source: None,
+            metrics: metrics::Metrics::default(),
+            metrics_listener,
         })
     }
 
@@ -410,6 +429,13 @@ impl Server {
         self
     }
 
+    /// The command line, environment and file the configuration came from:
+    /// SIGHUP reads them again (see `config_file::Source::reload`).
+    pub fn with_config_source(mut self, source: config_file::Source) -> Server {
+        self.config_source = Some(source);
+        self
+    }
+
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }
@@ -433,6 +459,7 @@ impl Server {
             {
                 return Err(e);
             }
+            self.turn_begins();
             // The clocks are read once per turn, not per message.
             self.now = ms(self.start.elapsed());
             self.wall = wall_ms();
@@ -444,6 +471,7 @@ impl Server {
                 match ev.token() {
                     LISTENER => self.accept_all(),
                     tls::REDIRECT => self.accept_redirect(),
+                    metrics::METRICS => self.accept_metrics(),
                     SIGNALS => self.on_signal(),
                     AUTH_WAKER => self.on_auth_done(),
                     Token(k) => {
@@ -472,6 +500,7 @@ impl Server {
             self.commit_turn();
             self.watchdog();
             self.flush_dirty();
+            self.turn_ends();
             if let Some(deadline) = self.shutdown_deadline
                 && (self.conns.is_empty() || self.now >= deadline)
             {
@@ -678,6 +707,7 @@ impl Server {
         // On a dual-stack listener IPv4 clients appear as ::ffff:a.b.c.d;
         // count them (and recognise loopback) by their IPv4 address.
         let peer = addr.ip().to_canonical();
+        self.metrics.accepted += 1;
         let limited = self.ip_is_limited(peer);
         let ip = addr::key(peer, self.cfg.ipv6_prefix_len);
         // A trusted proxy carries many clients: they are counted by their
@@ -727,6 +757,7 @@ impl Server {
             paused: false,
             shutdown_when_flushed: false,
             refused: refusal.is_some(),
+            metrics: false,
             tls: match &self.tls {
                 // Never plain on the TLS port: without its state, no connection.
                 Some(t) if secure => match t.accept() {
@@ -771,6 +802,7 @@ impl Server {
                 Ok(n) => {
                     // Only bytes received keep a connection alive (--idle-timeout).
                     c.last_rx = self.now;
+                    self.metrics.bytes_in += n as u64;
                     if c.tls.is_some() {
                         self.on_tls_bytes(k, &mut rbuf[..n]);
                     } else {
@@ -843,7 +875,9 @@ impl Server {
             }
         };
         let mut bytes = std::mem::take(head);
-        let route = if self.is_redirect(k) {
+        let route = if self.conns.get(k).is_some_and(|c| c.metrics) {
+            self.metrics_route(&bytes[..end])
+        } else if self.is_redirect(k) {
             self.redirect_route(&bytes[..end])
         } else {
             self.route(k, &bytes[..end])
@@ -1129,6 +1163,7 @@ impl Server {
         });
         c.deadline = u64::MAX;
         c.last_ping = self.now;
+        self.metrics.handshake(endpoint);
         // A fence: a pong for a ping sent right behind the head must follow it.
         c.out.push(Chunk::Fence(response));
         self.mark_dirty(k);
@@ -1187,6 +1222,9 @@ impl Server {
             return;
         };
         let Phase::Ws(ws) = &mut c.phase else { return };
+        if matches!(ev, Event::Text(_) | Event::Binary(_)) {
+            self.metrics.message_in(endpoint);
+        }
         match ev {
             // §7.1.3: after our close frame, data is read but discarded.
             Event::Text(_) | Event::Binary(_) if ws.close_sent => {}
@@ -1209,9 +1247,11 @@ impl Server {
             }
             Event::Pong(_) => {}
             Event::Close(code) => {
+                self.metrics.close_received(code);
                 // §5.5.1: answer a close with a close, echoing its status code;
                 // §7.1.1: then the server closes the TCP connection first.
                 if !ws.close_sent {
+                    self.metrics.close_sent(code.unwrap_or(1005));
                     ws.close_sent = true;
                     let payload = code.map(|c| c.to_be_bytes().to_vec()).unwrap_or_default();
                     let mut frame = Vec::with_capacity(4);
@@ -1269,6 +1309,7 @@ impl Server {
         if c.out.pending() > max_pending {
             c.paused = true;
         }
+        self.metrics.message_out(Endpoint::Echo, 1);
         self.mark_dirty(k);
     }
 
@@ -1301,6 +1342,7 @@ impl Server {
         c.deadline = self.now + close_timeout;
         // Nothing more is read from a paused peer, but its close must get through.
         c.paused = false;
+        self.metrics.close_sent(code);
         self.mark_dirty(k);
         self.leave_chat(k);
     }
@@ -1350,8 +1392,10 @@ impl Server {
             frames: Frames::default(),
             runs: RunFrames::default(),
             deflate_threshold: self.cfg.deflate_threshold,
+            delivered: 0,
         };
         f(&mut self.chat, now, &mut out);
+        self.metrics.message_out(Endpoint::Chat, out.delivered);
         self.chat_drops.extend(dead);
         self.chat_closes.extend(closes);
         // Each drop or close calls back into the chat (its members leave
@@ -1371,6 +1415,7 @@ impl Server {
                 {
                     // Its backlog is dropped; the client recovers it with `since`.
                     c.out.discard_unsent_data();
+                    self.metrics.slow_consumer_drops += 1;
                 }
                 self.start_close(k, code, &reason);
             } else {
@@ -1572,6 +1617,7 @@ impl Server {
         let (hup, signals): (Vec<i32>, Vec<i32>) =
             self.signals.pending().partition(|&s| s == SIGHUP);
         if !hup.is_empty() {
+            self.reload_config();
             self.reload_tls();
         }
         if signals.is_empty() {
@@ -1591,6 +1637,7 @@ impl Server {
         if let Some(mut l) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut l);
         }
+        self.metrics_listener = None;
         let now = self.chat_now();
         self.chat.shutdown(now);
         if let Some(t) = self.tls.as_mut() {
@@ -1713,6 +1760,8 @@ struct ServerOutbox<'a> {
     frames: Frames,
     runs: RunFrames,
     deflate_threshold: usize,
+    /// Frames queued (`/metrics`).
+    delivered: u64,
 }
 
 /// The frames of the payload being sent. The chat sends a broadcast's one
@@ -1841,10 +1890,12 @@ fn text_frame(payload: &[u8], compressed: bool) -> Rc<[u8]> {
 impl ServerOutbox<'_> {
     /// Queues the shared frame (or run of frames) that `frame` makes (from
     /// the frame caches, the deflate threshold and the connection's
-    /// permessage-deflate window) for one connection.
+    /// permessage-deflate window) for one connection: `n` messages, counted
+    /// as deliveries.
     fn queue(
         &mut self,
         to: ConnId,
+        n: u64,
         frame: impl FnOnce(&mut Frames, &mut RunFrames, usize, Option<u8>) -> Rc<[u8]>,
     ) {
         let Some(c) = self.conns.get_mut(to) else {
@@ -1868,6 +1919,7 @@ impl ServerOutbox<'_> {
             ws.deflate,
         );
         c.out.push(Chunk::Shared(f));
+        self.delivered += n;
         if c.out.batch_just_filled() {
             // A burst (say presence for a thousand joins in one turn) would
             // otherwise pile up queue entries for every member until the end
@@ -1890,7 +1942,7 @@ impl ServerOutbox<'_> {
 
 impl Outbox for ServerOutbox<'_> {
     fn send(&mut self, to: ConnId, payload: &Rc<[u8]>) {
-        self.queue(to, |frames, _, threshold, deflate| {
+        self.queue(to, 1, |frames, _, threshold, deflate| {
             frames.get(payload, deflate.filter(|_| payload.len() >= threshold))
         });
     }
@@ -1899,7 +1951,7 @@ impl Outbox for ServerOutbox<'_> {
         match payloads {
             [] => {}
             [p] => self.send(to, p),
-            run => self.queue(to, |_, runs, threshold, deflate| {
+            run => self.queue(to, run.len() as u64, |_, runs, threshold, deflate| {
                 runs.get(run, deflate, threshold)
             }),
         }

@@ -346,6 +346,7 @@ impl Queue {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
                 Err(e) => return Err(e),
             };
+            super::metrics::wrote(written);
             self.consume(written);
         }
         Ok(true)

@@ -313,6 +313,7 @@ impl Server {
         st.commits += 1;
         st.commit_us_total += us;
         st.commit_us_max = st.commit_us_max.max(us);
+        self.metrics.commit.observe(us);
         match result {
             Ok(trimmed) => {
                 if std::mem::replace(&mut st.failing, false) {
@@ -324,6 +325,7 @@ impl Server {
                 }
             }
             Err(e) => {
+                self.metrics.commit_failures += 1;
                 if !std::mem::replace(&mut st.failing, true) {
                     warn!("store: {e}; refusing messages until a commit succeeds");
                 }

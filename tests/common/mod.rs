@@ -115,18 +115,43 @@ impl Server {
         (status, err)
     }
 
+    /// `start_env` with the server's stderr (its log) handed over line by
+    /// line, each line also copied to the test's stderr. RUST_LOG is the
+    /// caller's to set in `env` (the default here is `warn`).
+    pub fn start_logged(
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> (Server, std::sync::mpsc::Receiver<String>) {
+        let dir = TempDir::new("data");
+        let mut all = vec!["--data-dir", dir.path().to_str().expect("UTF-8 path")];
+        all.extend_from_slice(args);
+        let mut server = Server::spawn_with(&all, env, Stdio::piped());
+        server.own_dir = Some(dir);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let err = server.child.stderr.take().expect("stderr");
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                eprintln!("{line}");
+                let _ = tx.send(line);
+            }
+        });
+        (server, rx)
+    }
+
     fn spawn(args: &[&str], env: &[(&str, &str)]) -> Server {
-        let mut child = server_command()
-            .arg("--addr")
-            .arg("127.0.0.1:0")
-            .args(args)
+        Server::spawn_with(args, env, Stdio::inherit())
+    }
+
+    fn spawn_with(args: &[&str], env: &[(&str, &str)], stderr: Stdio) -> Server {
+        let mut cmd = server_command();
+        cmd.arg("--addr").arg("127.0.0.1:0").args(args).env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        );
+        let mut child = cmd
             .envs(env.iter().copied())
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .unwrap_or_else(|e| panic!("{}", spawn_failure(&e)));
         let stdout = child.stdout.take().expect("stdout");
@@ -232,7 +257,7 @@ pub fn io_timeout() -> Duration {
 
 /// The command that starts the server binary cargo built, behind the runner
 /// if one is set.
-fn server_command() -> Command {
+pub fn server_command() -> Command {
     let bin = env!("CARGO_BIN_EXE_wschat");
     match runner() {
         Some(words) => {

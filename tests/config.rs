@@ -1,0 +1,165 @@
+//! The configuration file (`--config`), `WSCHAT_*` variables and their
+//! precedence, SIGHUP re-reading the file, and `--log-format json`: each
+//! against the real binary.
+
+mod common;
+
+use common::{Server, TempDir, http_request};
+use std::sync::mpsc::Receiver;
+use std::time::Instant;
+
+/// A GET whose head is about 2 KiB: 431 under `max-head-size = "1KiB"`,
+/// 200 under the default 8 KiB.
+fn big_head_status(s: &Server) -> u16 {
+    let pad = "x".repeat(2000);
+    let req = format!(
+        "GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Pad: {pad}\r\nConnection: close\r\n\r\n"
+    );
+    http_request(s.addr, &req).0
+}
+
+fn write(dir: &TempDir, text: &str) -> String {
+    let p = dir.path().join("wschat.toml");
+    std::fs::write(&p, text).expect("write config");
+    p.to_str().expect("UTF-8 path").to_owned()
+}
+
+/// Waits for a log line containing `what`; returns it.
+fn wait_log(log: &Receiver<String>, what: &str) -> String {
+    let end = Instant::now() + common::io_timeout();
+    while let Some(left) = end.checked_duration_since(Instant::now()) {
+        match log.recv_timeout(left) {
+            Ok(l) if l.contains(what) => return l,
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    panic!("no log line with {what:?}");
+}
+
+#[test]
+fn file_then_environment_then_flags() {
+    let dir = TempDir::new("cfg");
+    let path = write(&dir, "# a limit from the file\nmax-head-size = \"1KiB\"\n");
+    let s = Server::start(&["--config", &path]);
+    assert_eq!(big_head_status(&s), 431, "the file's max-head-size applies");
+    drop(s);
+    let s = Server::start_env(&["--config", &path], &[("WSCHAT_MAX_HEAD_SIZE", "4KiB")]);
+    assert_eq!(
+        big_head_status(&s),
+        200,
+        "the environment wins over the file"
+    );
+    drop(s);
+    let s = Server::start_env(
+        &["--config", &path, "--max-head-size", "1KiB"],
+        &[("WSCHAT_MAX_HEAD_SIZE", "4KiB")],
+    );
+    assert_eq!(big_head_status(&s), 431, "a flag wins over the environment");
+    drop(s);
+    // WSCHAT_CONFIG names the file too.
+    let s = Server::start_env(&[], &[("WSCHAT_CONFIG", &path)]);
+    assert_eq!(big_head_status(&s), 431);
+}
+
+#[test]
+fn a_bad_file_stops_the_start_naming_its_line() {
+    let dir = TempDir::new("cfg");
+    let path = write(&dir, "motd = \"hi\"\n\nmax-head-size = \"lots\"\n");
+    let (st, err) = Server::refuse(&["--config", &path, "--no-persist"]);
+    assert!(!st.success());
+    assert!(
+        err.contains(&format!("{path}:3: max-head-size: invalid value 'lots'")),
+        "{err}"
+    );
+    let path = write(&dir, "motd = \"hi\"\nmax-head-sise = 100\n");
+    let (st, err) = Server::refuse(&["--config", &path, "--no-persist"]);
+    assert!(!st.success());
+    assert!(
+        err.contains(&format!("{path}:2: unknown key \"max-head-sise\"")),
+        "{err}"
+    );
+    let (st, err) = Server::refuse(&["--config", "/nonexistent/wschat.toml", "--no-persist"]);
+    assert!(!st.success());
+    assert!(
+        err.contains("/nonexistent/wschat.toml: cannot read"),
+        "{err}"
+    );
+}
+
+#[test]
+fn sighup_applies_the_file_or_keeps_the_running_one() {
+    let dir = TempDir::new("cfg");
+    let path = write(&dir, "max-head-size = \"8KiB\"\nbacklog = 100\n");
+    let (s, log) = Server::start_logged(&["--config", &path], &[("RUST_LOG", "info")]);
+    assert_eq!(big_head_status(&s), 200);
+
+    write(&dir, "max-head-size = \"1KiB\"\nbacklog = 200\n");
+    s.signal("HUP");
+    let applied = wait_log(&log, "applied");
+    assert!(applied.contains("max-head-size"), "{applied}");
+    let restart = wait_log(&log, "only at a restart");
+    assert!(restart.contains("backlog"), "{restart}");
+    assert_eq!(big_head_status(&s), 431, "the new limit is in force");
+
+    // A fault: logged with its line, the running configuration stays.
+    write(&dir, "max-head-size = \"8KiB\"\nno-deflate = 1\n");
+    s.signal("HUP");
+    let refused = wait_log(&log, "not reloaded");
+    assert!(
+        refused.contains(&format!("{path}:2: no-deflate: expects true or false")),
+        "{refused}"
+    );
+    assert_eq!(big_head_status(&s), 431, "still the last good file's limit");
+}
+
+#[test]
+fn the_packaged_config_file_starts_the_server() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/packaging/wschat.toml");
+    // Its data-dir (/var/lib/wschat) is overridden by the harness's flag.
+    let s = Server::start(&["--config", path]);
+    let (status, _) = http_request(
+        s.addr,
+        "GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 200);
+}
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let (s, log) = Server::start_logged(&["--log-format", "json"], &[("RUST_LOG", "info")]);
+    let line = wait_log(&log, "max connections");
+    let v: serde_json::Value = serde_json::from_str(&line).expect("a JSON object");
+    assert_eq!(v["level"], "INFO");
+    assert!(
+        v["target"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("wschat")),
+        "{line}"
+    );
+    assert!(
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("max connections")),
+        "{line}"
+    );
+    assert!(v["ts"].as_str().is_some_and(|t| t.ends_with('Z')), "{line}");
+    drop(s);
+}
+
+#[test]
+fn help_names_every_variable() {
+    let out = common::server_command()
+        .arg("--help")
+        .output()
+        .expect("run wschat --help");
+    let help = String::from_utf8_lossy(&out.stdout);
+    for v in [
+        "WSCHAT_CONFIG",
+        "WSCHAT_ADDR",
+        "WSCHAT_MAX_MESSAGE_SIZE",
+        "WSCHAT_LOG_FORMAT",
+    ] {
+        assert!(help.contains(&format!("[env: {v}")), "{v} not in --help");
+    }
+}
