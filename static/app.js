@@ -18,7 +18,7 @@
   const TYPING_EXPIRE = 6000; // forget others' indicators after this
   const GROUP_GAP = 5 * 60 * 1000; // messages closer than this group together
   const PAGE = 50;
-  const STORE = { nick: 'wschat.nick', rooms: 'wschat.rooms', active: 'wschat.active', prefs: 'wschat.prefs', read: 'wschat.read' };
+  const STORE = { nick: 'wschat.nick', rooms: 'wschat.rooms', active: 'wschat.active', prefs: 'wschat.prefs', read: 'wschat.read', session: 'wschat.session' };
   const ERROR_TEXT = {
     rate_limited: 'You are sending too fast. Wait a moment and try again.',
     bad_json: 'The server could not read a message from this client.',
@@ -29,6 +29,19 @@
     no_such_user: 'That user is not connected.',
     too_many_rooms: 'You cannot join more rooms.',
     storage_failed: 'The server could not store this (its disk is full or failing); nothing was sent. Try again later.',
+    login_failed: 'Wrong nickname or password.',
+    login_limited: 'Too many failed logins. Wait a little and try again.',
+    registration_closed: 'This server does not let anyone register: ask its operator for an account.',
+    already_registered: 'That nickname is already registered. Log in with its password instead.',
+    busy: 'The server is busy checking passwords. Try again in a moment.',
+    forbidden: 'You are not allowed to do that.',
+    not_logged_in: 'You are not logged in.',
+    account_required: 'This server lets only registered users join rooms and send private messages. Log in or register first.',
+    banned: 'You are banned.',
+    muted: 'You are muted in this room for now.',
+    slow_mode: 'This room is in slow mode: wait a little before your next message.',
+    no_such_message: 'That message is no longer kept.',
+    no_such_account: 'That nickname has no account.',
   };
 
   // ---------------------------------------------------------------- helpers
@@ -279,11 +292,17 @@
     refSeq: 0,
     seq: 0,
     pendingNickRef: null,
+    // Accounts: the session kept on this device ({account, token}; never the password).
+    session: load(STORE.session, null),
+    account: null, // the account this connection is logged in to
+    op: false,
+    pendingAuth: null, // a login or register typed before the connection was up
     // Notifications: off until asked for; muted conversation keys.
     prefs: Object.assign({ notify: false, sound: false, muted: [] }, load(STORE.prefs, {})),
     // Per room, the epoch and id of the last message read (this device).
     read: load(STORE.read, {}),
   };
+  if (!state.session || typeof state.session.token !== 'string' || typeof state.session.account !== 'string') state.session = null;
   if (!Array.isArray(state.prefs.muted)) state.prefs.muted = [];
   if (!state.read || typeof state.read !== 'object') state.read = {};
   if (!Array.isArray(state.roomOrder)) state.roomOrder = [DEFAULT_ROOM];
@@ -482,6 +501,10 @@
       case 'rooms': return onRooms(m);
       case 'search': return onSearch(m);
       case 'error': return onError(m);
+      case 'session': return onSession(m);
+      case 'registered': settle(m.ref); toast(`Account “${m.account}” registered.`); return undefined;
+      case 'logged_out': return onLoggedOut(m);
+      case 'moderation': return onModeration(m);
       default: return undefined; // forward compatibility
     }
   }
@@ -503,7 +526,11 @@
     setConn('online');
     renderMe();
     renderMotd();
-    if (state.desiredNick && !isMe(state.desiredNick)) {
+    state.account = null; state.op = false;
+    const authNick = authAfterWelcome();
+    if (authNick && state.desiredNick && lc(state.desiredNick) === lc(authNick)) {
+      // The account's nick: the token login that just went out gives it back.
+    } else if (state.desiredNick && !isMe(state.desiredNick)) {
       // Someone else holds it (whoever connects first gets a name). Say so
       // and stop: trying again until it is free would take a friend's nick
       // the moment they drop. A reload asks once more.
@@ -559,7 +586,8 @@
     if (mine) {
       state.nick = nick;
       if (exp) { state.desiredNick = nick; save(STORE.nick, nick); }
-      if (exp && exp.fromDialog) closeNickDialog();
+      if (exp && exp.then) exp.then();
+      else if (exp && exp.fromDialog) closeNickDialog();
       for (const c of state.convs.values()) {
         if (c.kind !== 'room') continue;
         // Our own entry in the member lists (the server tells the owner once, not per room).
@@ -630,6 +658,7 @@
     conv.joined = true;
     conv.joining = false;
     conv.members = (Array.isArray(m.members) ? m.members.map(String) : []).sort(byLower);
+    conv.topic = typeof m.topic === 'string' ? m.topic : '';
     for (const h of history) addRoomMessage(conv, h);
     if (!rejoin) {
       conv.hasOlder = m.complete === false;
@@ -741,6 +770,8 @@
 
   // Returns true when the message was new to us.
   function addRoomMessage(conv, h) {
+    if (h.id > conv.lastId) conv.lastId = h.id;
+    if (h.deleted === true) { conv.msgs.delete(h.id); return false; } // a tombstone: nothing to show
     if (conv.msgs.has(h.id)) return false;
     conv.msgs.set(h.id, { id: h.id, from: String(h.from), text: h.text, ts: Number(h.ts) || Date.now() });
     if (h.id > conv.lastId) conv.lastId = h.id;
@@ -893,6 +924,8 @@
       if (code === 'rate_limited') toast(human, 'error');
       return;
     }
+    if (exp && exp.kind === 'auth') return onAuthError(exp, code, m, human);
+    if (exp && exp.kind === 'mod') { toast(human, 'error'); return; }
     if (exp && exp.kind === 'nick') {
       if (dialogOpen()) { showNickError(code === 'nick_taken' ? `“${exp.nick}” is taken. Try another.` : human); return; }
       toast(code === 'nick_taken' ? `The nickname “${exp.nick}” is taken.` : human, 'error');
@@ -941,6 +974,153 @@
     if (code === 'invalid') return base + '.';
     if (!ERROR_TEXT[code] && message) return String(message);
     return base;
+  }
+
+  // ---------------------------------------------------------------- accounts
+  // Right after `welcome`: the login typed before the connection was up, or
+  // the kept token. Returns the nick that login will give us, if any.
+  function authAfterWelcome() {
+    if (state.pendingAuth) {
+      const a = state.pendingAuth;
+      state.pendingAuth = null;
+      if (a.register && !isMe(a.nick)) return null; // the nick was taken: onWelcome says so
+      sendAuth(a);
+      return a.register ? null : a.nick;
+    }
+    if (state.session) { loginWithToken(); return state.session.account; }
+    return null;
+  }
+  function loginWithToken() {
+    send({ type: 'login', token: state.session.token, ref: nextRef('l') }, { expect: { kind: 'auth', via: 'token' } });
+  }
+  function sendAuth(a) {
+    if (a.register) send({ type: 'register', password: a.password, ref: nextRef('r') }, { expect: { kind: 'auth', via: 'register', nick: a.nick } });
+    else send({ type: 'login', account: a.nick, password: a.password, ref: nextRef('l') }, { expect: { kind: 'auth', via: 'password', nick: a.nick } });
+  }
+  function forgetSession() {
+    state.session = null;
+    save(STORE.session, null);
+  }
+  function onSession(m) {
+    const exp = settle(m.ref);
+    state.account = String(m.account);
+    state.op = m.op === true;
+    if (typeof m.token === 'string' && /^[0-9a-f]{64}$/i.test(m.token)) {
+      state.session = { account: state.account, token: m.token };
+      save(STORE.session, state.session);
+    }
+    state.desiredNick = state.account;
+    save(STORE.nick, state.account);
+    $('password-input').value = '';
+    if (exp && exp.via !== 'token') {
+      closeNickDialog();
+      toast(exp.via === 'register' ? `Registered: “${state.account}” is yours now.` : `Logged in as ${state.account}.`);
+    }
+    renderAll();
+  }
+  function onLoggedOut(m) {
+    settle(m.ref);
+    state.account = null;
+    state.op = false;
+    forgetSession();
+    for (const c of state.convs.values()) c.mod = false;
+    if (!m.ref) toast('You were logged out: your session was ended elsewhere.', 'error');
+    renderAll();
+  }
+  function onAuthError(exp, code, m, human) {
+    if (exp.via === 'token') {
+      if (code === 'busy' || code === 'login_limited') {
+        const wait = Number.isFinite(m.retry_after) ? m.retry_after * 1000 : 1000;
+        setTimeout(() => { if (state.conn === 'online' && !state.account && state.session) loginWithToken(); }, Math.min(wait, 60000));
+        return;
+      }
+      if (code === 'login_failed') { forgetSession(); toast('Your saved login has ended. Log in again from “Change”.', 'error'); return; }
+      toast(human, 'error');
+      return;
+    }
+    if (exp.via === 'logout') return; // already forgotten here
+    let text = human;
+    if (code === 'login_limited' && Number.isFinite(m.retry_after)) text = `Too many failed logins. Try again in ${Math.max(1, Math.ceil(m.retry_after))} s.`;
+    if (dialogOpen()) showNickError(text); else toast(text, 'error');
+  }
+  function startAuth(register) {
+    const nick = nickInput.value.trim();
+    const password = $('password-input').value;
+    const why = nickProblem(nick);
+    if (why) { showNickError(why); return; }
+    const n = [...password].length;
+    if (register && (n < 8 || n > 256)) { showNickError('Passwords are 8 to 256 characters.'); return; }
+    if (!register && !n) { showNickError('Type your password to log in.'); return; }
+    showNickError('');
+    const a = { nick, password, register };
+    if (!state.everConnected && !state.ws) {
+      state.desiredNick = nick;
+      save(STORE.nick, nick);
+      state.pendingAuth = a;
+      renderMe();
+      connect();
+      return;
+    }
+    if (state.conn !== 'online') { showNickError('You are offline; try again once connected.'); return; }
+    if (register && !isMe(nick)) {
+      // Take the nick first, then register it.
+      send({ type: 'nick', nick, ref: nextRef('n') }, { expect: { kind: 'nick', nick, fromDialog: true, then: () => sendAuth(a) } });
+      return;
+    }
+    sendAuth(a);
+  }
+  function logout() {
+    const had = state.session || state.account;
+    forgetSession();
+    if (had && state.conn === 'online') send({ type: 'logout', ref: nextRef('o') }, { expect: { kind: 'auth', via: 'logout' } });
+    state.account = null;
+    state.op = false;
+    closeNickDialog();
+    renderAll();
+  }
+  function accountBadge() {
+    return el('span', { class: 'acct-badge', 'data-testid': 'account-badge', title: state.op ? 'Logged in (server operator)' : 'Logged in to a registered account', 'aria-label': state.op ? 'logged in, operator' : 'logged in', text: state.op ? '★' : '✓' });
+  }
+
+  // ---------------------------------------------------------------- moderation
+  const canModerate = (conv) => !!conv && conv.kind === 'room' && (state.op || conv.mod === true);
+  function modSend(frame) {
+    frame.ref = nextRef('x');
+    send(frame, { expect: { kind: 'mod' } });
+  }
+  function whenText(until) {
+    return Number.isFinite(until) && until > 0 ? 'until ' + fullFmt.format(until) : 'for good';
+  }
+  function onModeration(m) {
+    settle(m.ref);
+    const action = String(m.action || ''), by = String(m.by || 'a moderator'), nick = String(m.nick || '');
+    const reason = typeof m.reason === 'string' ? m.reason : '';
+    const conv = typeof m.room === 'string' ? roomConv(m.room, false) : null;
+    if (action === 'delete') {
+      if (conv && Number.isSafeInteger(m.id)) { conv.msgs.delete(m.id); scheduleRender(conv); }
+      return;
+    }
+    const why = reason && action !== 'topic' ? ` (${reason})` : '';
+    let text;
+    switch (action) {
+      case 'kick': text = `${nick} was removed from the room by ${by}${why}.`; break;
+      case 'ban': text = `${nick} was banned from ${conv ? 'the room' : 'the server'} by ${by} ${whenText(m.until)}${why}.`; break;
+      case 'mute': text = `${nick} was muted by ${by} ${whenText(m.until)}${why}.`; break;
+      case 'slow': text = Number(m.interval) > 0 ? `${by} turned on slow mode: one message every ${Number(m.interval)} s.` : `${by} turned slow mode off.`; break;
+      case 'topic': text = reason ? `${by} set the topic: ${reason}` : `${by} cleared the topic.`; break;
+      case 'moderator': text = `${nick} is now a moderator here (appointed by ${by}).`; break;
+      case 'unmoderator': text = `${nick} is no longer a moderator here.`; break;
+      default: text = `${by}: ${action} ${nick}${why}`.trim();
+    }
+    if (conv) {
+      if (action === 'topic') conv.topic = reason;
+      if ((action === 'moderator' || action === 'unmoderator') && isMe(nick)) conv.mod = action === 'moderator';
+      addNotice(conv, text);
+      if (conv.key === state.active) { renderHeader(); renderMembers(); }
+    } else {
+      const c = activeConv();
+      if (c) addNotice(c, text);
+    }
   }
 
   // ---------------------------------------------------------------- outgoing messages
@@ -1306,6 +1486,7 @@
   function renderMe() {
     const nick = state.nick || state.desiredNick || '';
     $('me-nick').textContent = nick || '—';
+    $('me-nick').nextElementSibling.replaceChildren(state.account ? (state.op ? 'Logged in · operator ' : 'Logged in ') : 'Signed in as', ...(state.account ? [accountBadge()] : []));
     const a = $('me-avatar');
     a.textContent = nick ? initials(nick) : '';
     a.style.backgroundColor = nick ? avatarColor(nick) : '';
@@ -1384,6 +1565,10 @@
     const title = $('conv-title');
     const sub = $('conv-sub');
     title.replaceChildren();
+    const topicEl = $('conv-topic');
+    topicEl.hidden = !(conv && conv.kind === 'room' && conv.topic);
+    topicEl.textContent = topicEl.hidden ? '' : conv.topic;
+    topicEl.title = topicEl.textContent;
     if (!conv) {
       title.textContent = 'No conversation';
       sub.textContent = 'Join a room to start chatting';
@@ -1433,9 +1618,15 @@
       },
       el('span', { class: 'member-avatar' }, avatar(nick, 'sm'), el('span', { class: 'presence-dot', 'aria-hidden': 'true' })),
       el('span', { class: 'member-name', text: nick }),
+      me && state.account ? accountBadge() : null,
       me ? el('span', { class: 'you-tag', text: 'you' }) : null);
       if (me) btn.setAttribute('aria-disabled', 'true');
-      return el('li', null, btn);
+      if (me || !canModerate(conv)) return el('li', null, btn);
+      const act = (label, frame) => el('button', { type: 'button', class: 'link-btn', 'data-testid': 'member-' + frame.type, 'aria-label': `${label} ${nick}`, text: label, onclick: () => modSend(frame) });
+      return el('li', { class: 'member-row' }, btn, el('span', { class: 'mod-actions', role: 'group', 'aria-label': `Moderate ${nick}` },
+        act('Kick', { type: 'kick', room: conv.name, nick }),
+        act('Mute 10 min', { type: 'mute', room: conv.name, nick, duration: 600 }),
+        act('Ban', { type: 'ban', room: conv.name, nick })));
     }));
   }
 
@@ -1678,6 +1869,11 @@
       }
       body.append(status);
     }
+    if (!p && e.kind === 'msg' && canModerate(conv)) {
+      body.append(el('span', { class: 'mod-actions', role: 'group', 'aria-label': 'Moderate this message' },
+        el('button', { type: 'button', class: 'link-btn', 'data-testid': 'msg-delete', 'aria-label': `Delete this message from ${m.from}`, text: 'Delete',
+          onclick: () => modSend({ type: 'delete', room: conv.name, id: m.id }) })));
+    }
     li.append(body);
     return li;
   }
@@ -1765,6 +1961,8 @@
     '/nick name — change your nickname',
     '/msg nick text — send a private message',
     '/rooms — list rooms with people in them',
+    '/topic text — set the room’s topic (moderators)',
+    '/slow seconds — slow mode, 0 for off (moderators)',
   ];
 
   function submitComposer() {
@@ -1834,6 +2032,19 @@
       case '/rooms':
         if (state.conn === 'online') send({ type: 'rooms', ref: nextRef('r') }, { expect: { kind: 'rooms' } });
         return true;
+      case '/topic': case '/slow': {
+        if (!conv || conv.kind !== 'room') { composerError(`${cmd} works in a room.`); return false; }
+        if (state.conn !== 'online') { composerError('You are offline; try again once connected.'); return false; }
+        if (cmd.toLowerCase() === '/topic') {
+          if ([...arg].length > 200) { composerError('A topic is at most 200 characters.'); return false; }
+          modSend({ type: 'topic', room: conv.name, topic: arg });
+        } else {
+          const n = Number(arg || '0');
+          if (!Number.isInteger(n) || n < 0 || n > 86400) { composerError('Usage: /slow seconds (0 turns slow mode off)'); return false; }
+          modSend({ type: 'slow', room: conv.name, interval: n });
+        }
+        return true;
+      }
       case '/help':
         addNotice(conv, 'Commands: ' + HELP.join(' · ') + '. Start a message with // to send a leading slash.');
         return true;
@@ -1859,6 +2070,7 @@
     $('nick-cancel').hidden = dialogMode === 'first';
     nickInput.value = dialogMode === 'first' ? (state.desiredNick || '') : (state.nick || '');
     showNickError(errorText || '');
+    $('logout-btn').hidden = !(state.account || state.session);
     if (!nickDialog.open) nickDialog.showModal();
     nickInput.focus();
     nickInput.select();
@@ -1873,6 +2085,7 @@
     const nick = nickInput.value.trim();
     const why = nickProblem(nick);
     if (why) { showNickError(why); return; }
+    if ($('password-input').value) { startAuth(false); return; } // Enter in the password field: log in
     if (!state.everConnected && !state.ws) {
       state.desiredNick = nick;
       save(STORE.nick, nick);
@@ -1888,6 +2101,10 @@
     send({ type: 'nick', nick, ref }, { expect: { kind: 'nick', nick, fromDialog: true } });
   });
   $('nick-cancel').addEventListener('click', () => closeNickDialog());
+  $('login-btn').addEventListener('click', () => startAuth(false));
+  $('register-btn').addEventListener('click', () => startAuth(true));
+  $('logout-btn').addEventListener('click', () => logout());
+  $('password-input').addEventListener('input', () => showNickError(''));
   nickDialog.addEventListener('close', () => { const c = activeConv(); if (c && reading(c)) markRead(c); });
   nickDialog.addEventListener('cancel', (ev) => { if (dialogMode === 'first' && !state.everConnected) ev.preventDefault(); });
   nickInput.addEventListener('input', () => showNickError(''));

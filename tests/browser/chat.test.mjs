@@ -5,7 +5,7 @@
 //      WSCHAT_CMD (a whole command line instead, e.g. for a mock; `--addr` is appended),
 //      CHROMIUM (default /usr/bin/chromium), ARTIFACTS (default ci-logs/browser),
 //      PORT (default: a free one).
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -198,6 +198,90 @@ async function toBottom(page) {
   await page.waitForFunction(() => document.getElementById('jump').hidden, null, { timeout: STEP_TIMEOUT });
 }
 const overlaps = (a, b) => a && b && a.x < b.x + b.width && b.x < a.x + a.width && a.y < b.y + b.height && b.y < a.y + a.height;
+
+// Accounts and moderation: the operator logs in from the nick dialog, a
+// guest registers, the operator deletes the guest's message and both drop it.
+const OP_PASSWORD = 'boss password 1';
+async function accounts({ base, ctxOpts, outside }) {
+  const boss = await (await browser.newContext(ctxOpts)).newPage();
+  const eve = await (await browser.newContext(ctxOpts)).newPage();
+  pages.boss = boss;
+  pages.eve = eve;
+  for (const [who, page] of [['boss', boss], ['eve', eve]]) {
+    page.on('pageerror', (e) => { log(`${who} page error: ${e.message}`); outside.push(`${who}: page error ${e.message}`); });
+  }
+  const badge = (page) => page.locator('.me [data-testid="account-badge"]');
+  await check('accounts: a wrong password is refused in plain words', async () => {
+    await boss.goto(base);
+    await tid(boss, 'nick-input').waitFor({ state: 'visible', timeout: STEP_TIMEOUT });
+    await tid(boss, 'nick-input').fill('boss');
+    await tid(boss, 'password-input').fill('not the password');
+    await tid(boss, 'login').click();
+    await boss.waitForFunction(() => /Wrong nickname or password/.test(document.querySelector('[data-testid="nick-error"]')?.textContent || ''), null, { timeout: STEP_TIMEOUT });
+  });
+  await check('accounts: the operator logs in from the nick dialog; token kept, password not', async () => {
+    await tid(boss, 'password-input').fill(OP_PASSWORD);
+    await tid(boss, 'login').click();
+    await boss.waitForFunction(() => document.querySelector('[data-testid="my-nick"]')?.textContent === 'boss', null, { timeout: STEP_TIMEOUT });
+    await badge(boss).waitFor({ timeout: STEP_TIMEOUT });
+    const stored = await boss.evaluate(() => Object.keys(localStorage).map((k) => [k, localStorage.getItem(k)]));
+    const sess = JSON.parse(stored.find(([k]) => k === 'wschat.session')?.[1] || 'null');
+    if (!sess || !/^[0-9a-f]{64}$/.test(sess.token) || sess.account !== 'boss') throw new Error(`session kept: ${JSON.stringify(sess)}`);
+    if (stored.some(([, v]) => String(v).includes(OP_PASSWORD))) throw new Error('the password is in localStorage');
+  });
+  await check('accounts: a guest registers from the nick dialog and gets the badge', async () => {
+    await signIn(eve, base, 'eve');
+    if (await badge(eve).count()) throw new Error('a guest has the badge');
+    await tid(eve, 'nick-change').click();
+    await tid(eve, 'password-input').fill('eve password 1');
+    await tid(eve, 'register').click();
+    await badge(eve).waitFor({ timeout: STEP_TIMEOUT });
+    await tid(eve, 'nick-input').waitFor({ state: 'hidden', timeout: STEP_TIMEOUT });
+  });
+  await check('moderation: only the operator gets the controls; deleting drops the message on both pages', async () => {
+    await joinRoom(boss, 'modroom');
+    await joinRoom(eve, 'modroom');
+    await memberPresent(boss, 'eve');
+    await say(eve, 'delete me please');
+    await seesOnce(boss, 'delete me please');
+    await say(eve, 'this one stays');
+    await seesOnce(boss, 'this one stays');
+    if (await tid(eve, 'msg-delete').count()) throw new Error('a plain user has a Delete button');
+    if (await tid(eve, 'member-kick').count()) throw new Error('a plain user has a Kick button');
+    await boss.locator('[data-testid="member-list"] [data-testid="member-kick"]').first().waitFor({ timeout: STEP_TIMEOUT });
+    const msg = boss.locator('[data-testid="message-list"] [data-testid="message"]', { hasText: 'delete me please' });
+    await msg.hover();
+    await msg.locator('[data-testid="msg-delete"]').click();
+    for (const page of [boss, eve]) {
+      await page.locator('[data-testid="message-list"] [data-testid="message"]', { hasText: 'delete me please' }).waitFor({ state: 'detached', timeout: STEP_TIMEOUT });
+    }
+    await seesOnce(eve, 'this one stays');
+  });
+  await check('moderation: the topic shows in the header; the event is a quiet line', async () => {
+    await say(boss, '/topic Be kind here');
+    await eve.waitForFunction(() => document.querySelector('[data-testid="room-topic"]')?.textContent === 'Be kind here', null, { timeout: STEP_TIMEOUT });
+    await eve.locator('[data-testid="notice"]', { hasText: 'boss set the topic: Be kind here' }).waitFor({ timeout: STEP_TIMEOUT });
+  });
+  await check('accounts: a reload logs in again with the token; the tombstone stays hidden', async () => {
+    await boss.reload();
+    await waitState(boss, 'online');
+    await badge(boss).waitFor({ timeout: STEP_TIMEOUT });
+    await boss.waitForFunction(() => document.querySelector('[data-testid="my-nick"]')?.textContent === 'boss', null, { timeout: STEP_TIMEOUT });
+    await openRoom(boss, 'modroom');
+    await seesOnce(boss, 'this one stays');
+    const texts = await boss.locator('[data-testid="message-list"] [data-testid="message-text"]').allTextContents();
+    if (texts.some((t) => t === '' || t.includes('delete me please'))) throw new Error(`shown: ${JSON.stringify(texts)}`);
+    if ((await boss.locator('[data-testid="room-topic"]').textContent()) !== 'Be kind here') throw new Error('no topic from joined');
+    await tid(boss, 'msg-delete').first().waitFor({ state: 'attached', timeout: STEP_TIMEOUT });
+  });
+  await check('accounts: log out forgets the token and drops the controls', async () => {
+    await tid(boss, 'nick-change').click();
+    await tid(boss, 'logout').click();
+    await badge(boss).waitFor({ state: 'detached', timeout: STEP_TIMEOUT });
+    if (await boss.evaluate(() => JSON.parse(localStorage.getItem('wschat.session') || 'null'))) throw new Error('token still kept');
+    await tid(boss, 'msg-delete').first().waitFor({ state: 'detached', timeout: STEP_TIMEOUT });
+  });
+}
 
 async function features({ base, alice, bob, carol, dave }) {
   await openRoom(alice, 'team');
@@ -452,6 +536,13 @@ async function scenario() {
   const port = process.env.PORT ? Number(process.env.PORT) : await freePort();
   const base = `${SCHEME}://127.0.0.1:${port}/`;
   log(`server: ${CMD ? CMD : BIN} --addr 127.0.0.1:${port}`);
+  if (!CMD) {
+    // The operator, made on the data directory before the server holds it.
+    await check('wschat account add boss --op (password from stdin)', () => {
+      const r = spawnSync(BIN, ['--data-dir', DATA, 'account', 'add', 'boss', '--op'], { input: OP_PASSWORD + '\n', encoding: 'utf8' });
+      if (r.status !== 0) throw new Error(`exit ${r.status}: ${r.stderr}`);
+    });
+  }
   server = startServer(port);
   await check('server answers GET /healthz with 200', () => waitHealthy(port));
 
@@ -730,6 +821,7 @@ async function scenario() {
     });
   }
   await features({ base, alice, bob, carol, dave });
+  if (!CMD) await accounts({ base, ctxOpts, outside });
   await check('no request left the machine and no page error', () => {
     if (outside.length) throw new Error(outside.join('; '));
   });
