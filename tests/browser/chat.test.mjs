@@ -210,7 +210,7 @@ async function accounts({ base, ctxOpts, outside }) {
   for (const [who, page] of [['boss', boss], ['eve', eve]]) {
     page.on('pageerror', (e) => { log(`${who} page error: ${e.message}`); outside.push(`${who}: page error ${e.message}`); });
   }
-  const badge = (page) => page.locator('.me [data-testid="account-badge"]');
+  const badge = (page) => page.locator('.me-text [data-testid="account-badge"]');
   await check('accounts: a wrong password is refused in plain words', async () => {
     await boss.goto(base);
     await tid(boss, 'nick-input').waitFor({ state: 'visible', timeout: STEP_TIMEOUT });
