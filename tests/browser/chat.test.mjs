@@ -234,6 +234,7 @@ async function accounts({ base, ctxOpts, outside }) {
     if (await badge(eve).count()) throw new Error('a guest has the badge');
     await tid(eve, 'nick-change').click();
     await tid(eve, 'password-input').fill('eve password 1');
+    await shot(eve, 'desktop-nick-dialog-account', { width: 1280, height: 800, scheme: 'light' });
     await tid(eve, 'register').click();
     await badge(eve).waitFor({ timeout: STEP_TIMEOUT });
     await tid(eve, 'nick-input').waitFor({ state: 'hidden', timeout: STEP_TIMEOUT });
@@ -273,6 +274,8 @@ async function accounts({ base, ctxOpts, outside }) {
     if (texts.some((t) => t === '' || t.includes('delete me please'))) throw new Error(`shown: ${JSON.stringify(texts)}`);
     if ((await boss.locator('[data-testid="room-topic"]').textContent()) !== 'Be kind here') throw new Error('no topic from joined');
     await tid(boss, 'msg-delete').first().waitFor({ state: 'attached', timeout: STEP_TIMEOUT });
+    await boss.locator('[data-testid="member-list"] [data-testid="member"][data-nick="eve"]').hover();
+    await shot(boss, 'desktop-operator', { width: 1280, height: 800, scheme: 'light' });
   });
   await check('accounts: log out forgets the token and drops the controls', async () => {
     await tid(boss, 'nick-change').click();
