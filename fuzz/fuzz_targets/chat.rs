@@ -409,6 +409,11 @@ fuzz_target!(|data: &[u8]| {
         // From "keeps nothing" to roomy, so global eviction is exercised.
         max_history_bytes: [64 << 20, 0, 400, 2000][usize::from((cfgb[5] >> 2) % 4)],
         durable: false,
+        // Accounts need the server's hashing worker: none here, so the
+        // requests exercise their field checks and refusals only.
+        require_account: false,
+        registration_open: true,
+        max_auth_jobs: 32,
     };
     let mut h = Harness {
         chat: Chat::new(cfg.clone(), 42),
