@@ -246,6 +246,46 @@ fn failed_logins_are_limited_per_account_and_per_address() {
     assert_eq!(v["retry_after"], 2, "{v}");
 }
 
+/// Guesses sent together are not all hashed before the first one's failure
+/// sets the lock: past the free failures, one guess at a time.
+#[test]
+fn guesses_sent_together_do_not_escape_the_lock() {
+    let s = Server::start(&["--no-persist", "--rate-burst", "0", "--limit-loopback"]);
+    let (mut owner, _) = connect_as(&s, "gina");
+    register(&mut owner);
+    let (mut m, _) = connect_as(&s, "m");
+    for i in 0..5 {
+        let v = login_pw(&mut m, "gina", &format!("guess number {i}"));
+        assert_eq!(v["code"], "login_failed", "attempt {i}: {v}");
+    }
+    let mut many: Vec<Ws> = (0..4).map(|i| connect_as(&s, &format!("g{i}")).0).collect();
+    for (i, w) in many.iter_mut().enumerate() {
+        send(
+            w,
+            json!({"type":"login","account":"gina","password":format!("together {i}"),"ref":"l"}),
+        );
+    }
+    let codes: Vec<String> = many
+        .iter_mut()
+        .map(|w| {
+            loop {
+                let v = recv(w);
+                if v["ref"] == "l" {
+                    break v["code"].as_str().unwrap_or("").to_string();
+                }
+            }
+        })
+        .collect();
+    let hashed = codes.iter().filter(|c| *c == "login_failed").count();
+    assert_eq!(hashed, 1, "only one guess is checked: {codes:?}");
+    assert!(
+        codes
+            .iter()
+            .all(|c| c == "login_failed" || c == "busy" || c == "login_limited"),
+        "{codes:?}"
+    );
+}
+
 /// Runs `wschat --data-dir DIR ARGS…` with `pw` on its standard input:
 /// (success, what it printed).
 fn account_cmd(dir: &Path, args: &[&str], pw: &str) -> (bool, String) {

@@ -396,6 +396,36 @@ impl Chat {
         (f.locked_until > now.mono_ms).then(|| f.locked_until - now.mono_ms)
     }
 
+    /// A password guess may start beside others still being hashed only
+    /// while every key's failures plus those guesses stay within the free
+    /// ones (any of them may fail); alone, the lock decides. A
+    /// lock is set when a check fails, so guesses hashed together would all
+    /// escape it (32 connections, 32 guesses per lock). Past the free
+    /// failures this is one guess at a time, each behind the lock of the
+    /// last. Scans at most `max_auth_jobs` jobs.
+    fn check_guesses_in_flight(&self, keys: &[FailKey]) -> Result<(), ChatError> {
+        for key in keys {
+            let failed = self.acct.failures.get(key).map_or(0, |f| f.count);
+            let in_flight = self
+                .acct
+                .jobs
+                .values()
+                .filter(|j| match (&j.kind, key) {
+                    (JobKind::Register { .. }, _) => false,
+                    (_, FailKey::Addr(a)) => j.addr.as_ref() == Some(a),
+                    (
+                        JobKind::Login { key: k } | JobKind::Passwd { key: k },
+                        FailKey::Account(acc),
+                    ) => k == acc,
+                })
+                .count();
+            if in_flight > 0 && failed as usize + in_flight > FREE_FAILURES as usize {
+                return Err(ChatError::Busy);
+            }
+        }
+        Ok(())
+    }
+
     fn check_locks(&self, keys: &[FailKey], now: Now) -> Result<(), ChatError> {
         let wait = keys.iter().filter_map(|k| self.locked_for(k, now)).max();
         match wait {
@@ -486,6 +516,7 @@ impl Chat {
                     return Err(ChatError::LoginFailed);
                 };
                 self.check_account_ban(&key, now)?;
+                self.check_guesses_in_flight(&keys)?;
                 let hash = a.hash.clone();
                 self.start_job(
                     conn,
@@ -551,6 +582,7 @@ impl Chat {
         };
         let keys = self.fail_keys(conn, Some(&key));
         self.check_locks(&keys, now)?;
+        self.check_guesses_in_flight(&keys)?;
         let Some(a) = self.acct.by_key.get(&key) else {
             return Err(ChatError::NotLoggedIn);
         };
