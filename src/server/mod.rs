@@ -1774,8 +1774,18 @@ struct ServerOutbox<'a> {
 struct Frames {
     payload: Option<Rc<[u8]>>,
     plain: Option<Rc<[u8]>>,
-    /// The window it was compressed with, and the frame.
-    compressed: Option<(u8, Rc<[u8]>)>,
+    /// The compressed frame per window (RFC 7692 §7.1.2.1: 8 to 15 bits),
+    /// so peers that negotiated different windows, in any order, cost one
+    /// compression per window, never one per recipient.
+    compressed: PerWindow,
+}
+
+/// One compressed frame per server window size, 8 to 15 bits.
+type PerWindow = [Option<Rc<[u8]>>; 8];
+
+/// The slot of window `bits` in a [`PerWindow`].
+fn window_slot(bits: u8) -> usize {
+    usize::from(bits.clamp(8, 15) - 8)
 }
 
 impl Frames {
@@ -1793,23 +1803,18 @@ impl Frames {
         }
         match deflate {
             None => Rc::clone(self.plain.get_or_insert_with(|| text_frame(payload, false))),
-            Some(bits) => match &self.compressed {
-                Some((b, f)) if *b == bits => Rc::clone(f),
-                _ => {
-                    let mut z = Vec::with_capacity(payload.len() / 2 + 16);
-                    deflate::compress(payload, bits, &mut z);
-                    let f = text_frame(&z, true);
-                    self.compressed = Some((bits, Rc::clone(&f)));
-                    f
-                }
-            },
+            Some(bits) => Rc::clone(self.compressed[window_slot(bits)].get_or_insert_with(|| {
+                let mut z = Vec::with_capacity(payload.len() / 2 + 16);
+                deflate::compress(payload, bits, &mut z);
+                text_frame(&z, true)
+            })),
         }
     }
 }
 
 /// The frames of the run of payloads being sent (`Outbox::send_run`): the
 /// run's text frames back to back in one shared buffer, plain and at most
-/// one compressed variant, each built when a first member needs it. A
+/// one compressed variant per window, each built when a first member needs it. A
 /// member's queue then holds one entry for the run, and its write is one
 /// slice, whatever the number of messages.
 #[derive(Default)]
@@ -1819,7 +1824,7 @@ struct RunFrames {
     first: Option<Rc<[u8]>>,
     len: usize,
     plain: Option<Rc<[u8]>>,
-    compressed: Option<(u8, Rc<[u8]>)>,
+    compressed: PerWindow,
 }
 
 impl RunFrames {
@@ -1838,14 +1843,10 @@ impl RunFrames {
         }
         match deflate {
             None => Rc::clone(self.plain.get_or_insert_with(|| run_frames(run, None, 0))),
-            Some(bits) => match &self.compressed {
-                Some((b, f)) if *b == bits => Rc::clone(f),
-                _ => {
-                    let f = run_frames(run, Some(bits), threshold);
-                    self.compressed = Some((bits, Rc::clone(&f)));
-                    f
-                }
-            },
+            Some(bits) => Rc::clone(
+                self.compressed[window_slot(bits)]
+                    .get_or_insert_with(|| run_frames(run, Some(bits), threshold)),
+            ),
         }
     }
 }
@@ -2050,6 +2051,23 @@ mod tests {
         assert_eq!(z[fa.len()], 0xc1);
         assert!(z.len() < plain.len());
         assert!(Rc::ptr_eq(&z, &runs.get(&run, Some(15), 100)));
+    }
+
+    /// Recipients that negotiated different server windows, interleaved in
+    /// the member list: one compression per window, not per recipient.
+    #[test]
+    fn interleaved_windows_compress_once_each() {
+        use std::rc::Rc;
+        let p: Rc<[u8]> = Rc::from(&b"{\"type\":\"message\",\"text\":\"hello hello hello\"}"[..]);
+        let mut frames = super::Frames::default();
+        let (a15, a9) = (frames.get(&p, Some(15)), frames.get(&p, Some(9)));
+        assert!(Rc::ptr_eq(&a15, &frames.get(&p, Some(15))));
+        assert!(Rc::ptr_eq(&a9, &frames.get(&p, Some(9))));
+        let run = [Rc::clone(&p), Rc::clone(&p)];
+        let mut runs = super::RunFrames::default();
+        let (r15, r9) = (runs.get(&run, Some(15), 0), runs.get(&run, Some(9), 0));
+        assert!(Rc::ptr_eq(&r15, &runs.get(&run, Some(15), 0)));
+        assert!(Rc::ptr_eq(&r9, &runs.get(&run, Some(9), 0)));
     }
 
     /// One plain and one compressed frame per payload, whoever asks.
