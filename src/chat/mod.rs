@@ -674,6 +674,7 @@ impl Chat {
             nick,
             event: "leave",
             registered: false,
+            role: None,
         });
         broadcast(out, &r.members, None, &f);
     }
@@ -969,10 +970,18 @@ impl Chat {
             .iter()
             .filter_map(|&m| self.conns.nick(m))
             .collect();
+        // Only logged-in members can hold either: a room of guests costs a
+        // lookup per member in an empty map.
         let registered: Vec<&str> = room
             .members
             .iter()
             .filter(|&&m| self.verified(m))
+            .filter_map(|&m| self.conns.nick(m))
+            .collect();
+        let moderators: Vec<&str> = room
+            .members
+            .iter()
+            .filter(|&&m| self.is_logged_in(m) && self.role_in(m, &room.name).is_some())
             .filter_map(|&m| self.conns.nick(m))
             .collect();
         let f = frame(&Out::Joined {
@@ -980,6 +989,7 @@ impl Chat {
             epoch: &room.epoch,
             members,
             registered,
+            moderators,
             history: page_out(room, span, loaded.as_deref()),
             complete: span.complete,
             topic: self.topic_of(&room.name),
@@ -993,6 +1003,7 @@ impl Chat {
                 nick: &nick,
                 event: "join",
                 registered: self.verified(conn),
+                role: self.role_in(conn, &room.name),
             });
             broadcast(out, &room.members, Some(conn), &f);
         }

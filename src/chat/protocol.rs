@@ -952,6 +952,11 @@ pub enum Out<'a> {
         /// in the order of `members` (absent when none).
         #[serde(skip_serializing_if = "Vec::is_empty")]
         registered: Vec<&'a str>,
+        /// Extension (moderation): the members who may moderate the room
+        /// (operators, its owner, its moderators), in the order of
+        /// `members` (absent when none).
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        moderators: Vec<&'a str>,
         history: Vec<MsgOut<'a>>,
         complete: bool,
         /// Extension (moderation): the room's topic, when it has one.
@@ -977,6 +982,10 @@ pub enum Out<'a> {
         /// nick.
         #[serde(skip_serializing_if = "std::ops::Not::not")]
         registered: bool,
+        /// Extension (moderation): a joining member's role in the room,
+        /// when it has one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        role: Option<&'static str>,
     },
     Dm {
         from: &'a str,
