@@ -1228,6 +1228,10 @@ fn each_moderation_action_by_an_operator_and_a_moderator_and_refused_to_a_plain_
         assert_eq!(joined(ws, "r")["type"], "joined");
     }
     assert_eq!(joined(&mut m, "r")["role"], "moderator");
+    // Everyone is told who moderates: the operator and the moderator.
+    let j = joined(&mut plain, "r");
+    assert_eq!(j["moderators"], json!(["boss", "mod"]), "{j}");
+    assert!(j.get("role").is_none(), "{j}");
     // The actions, each with its target (a fresh member per actor).
     let actions = |t: &str, id: u64| {
         vec![
