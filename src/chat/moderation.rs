@@ -12,6 +12,37 @@ use super::durable::Record;
 use super::protocol::{ChatError, Out, frame};
 use super::{Chat, ConnId, Now, Outbox, send_error};
 
+/// A `moderation` event's fields; `until`, `interval` and `id` only for
+/// the actions that have them.
+#[derive(Default)]
+struct Event<'a> {
+    action: &'static str,
+    room: Option<&'a str>,
+    nick: &'a str,
+    by: &'a str,
+    reason: &'a str,
+    until: Option<u64>,
+    interval: Option<u64>,
+    id: Option<u64>,
+}
+
+impl<'a> Event<'a> {
+    /// The event, with `r` for the actor's own copy.
+    fn out(&self, r: Option<&'a str>) -> Out<'a> {
+        Out::Moderation {
+            action: self.action,
+            room: self.room,
+            nick: self.nick,
+            by: self.by,
+            reason: self.reason,
+            until: self.until,
+            interval: self.interval,
+            id: self.id,
+            r#ref: r,
+        }
+    }
+}
+
 /// A connection's role in each room it has joined (see [`Chat::role_in`]).
 pub(super) type Roles = Vec<(u32, Option<&'static str>)>;
 
@@ -610,12 +641,12 @@ impl Chat {
         &self,
         idx: Option<u32>,
         actor: ConnId,
-        ev: &Out<'_>,
-        own: &Out<'_>,
+        ev: &Event<'_>,
+        r: Option<&str>,
         out: &mut dyn Outbox,
     ) {
-        let shared = frame(ev);
-        let mine = frame(own);
+        let shared = frame(&ev.out(None));
+        let mine = frame(&ev.out(r));
         if let Some(room) = idx.and_then(|i| self.room(i)) {
             for &m in &room.members {
                 if m != actor {
@@ -647,18 +678,14 @@ impl Chat {
                         let after = rm.bytes;
                         self.history_bytes = self.history_bytes - before + after;
                     }
-                    let ev = |r| Out::Moderation {
+                    let ev = Event {
                         action: "delete",
                         room: Some(&room),
-                        nick: "",
                         by: &by,
-                        reason: "",
-                        until: None,
-                        interval: None,
                         id: Some(id),
-                        r#ref: r,
+                        ..Event::default()
                     };
-                    self.announce(idx, actor, &ev(None), &ev(r#ref.as_deref()), out);
+                    self.announce(idx, actor, &ev, r#ref.as_deref(), out);
                 }
                 ModApply::Topic {
                     actor,
@@ -668,18 +695,14 @@ impl Chat {
                     topic,
                 } => {
                     let idx = self.room_names.get(room.as_str()).copied();
-                    let ev = |r| Out::Moderation {
+                    let ev = Event {
                         action: "topic",
                         room: Some(&room),
-                        nick: "",
                         by: &by,
                         reason: &topic,
-                        until: None,
-                        interval: None,
-                        id: None,
-                        r#ref: r,
+                        ..Event::default()
                     };
-                    self.announce(idx, actor, &ev(None), &ev(r#ref.as_deref()), out);
+                    self.announce(idx, actor, &ev, r#ref.as_deref(), out);
                     if topic.is_empty() {
                         self.moder.topics.remove(&room);
                     } else {
@@ -711,18 +734,14 @@ impl Chat {
                         self.send_role_changes(*c, before, out);
                     }
                     let idx = self.room_names.get(room.as_str()).copied();
-                    let ev = |r| Out::Moderation {
+                    let ev = Event {
                         action: if on { "moderator" } else { "unmoderator" },
                         room: Some(&room),
                         nick: &account,
                         by: &by,
-                        reason: "",
-                        until: None,
-                        interval: None,
-                        id: None,
-                        r#ref: r,
+                        ..Event::default()
                     };
-                    self.announce(idx, actor, &ev(None), &ev(r#ref.as_deref()), out);
+                    self.announce(idx, actor, &ev, r#ref.as_deref(), out);
                 }
                 ModApply::Kick {
                     actor,
@@ -734,18 +753,15 @@ impl Chat {
                     reason,
                 } => {
                     let idx = self.room_names.get(room.as_str()).copied();
-                    let ev = |r| Out::Moderation {
+                    let ev = Event {
                         action: "kick",
                         room: Some(&room),
                         nick: &nick,
                         by: &by,
                         reason: &reason,
-                        until: None,
-                        interval: None,
-                        id: None,
-                        r#ref: r,
+                        ..Event::default()
                     };
-                    self.announce(idx, actor, &ev(None), &ev(r#ref.as_deref()), out);
+                    self.announce(idx, actor, &ev, r#ref.as_deref(), out);
                     if let Some(i) = idx {
                         self.expel(target, i, now, out);
                     }
@@ -766,18 +782,16 @@ impl Chat {
                                 && m.account == mute.account)
                     });
                     let idx = self.room_names.get(mute.room.as_str()).copied();
-                    let ev = |r| Out::Moderation {
+                    let ev = Event {
                         action: "mute",
                         room: Some(&mute.room),
                         nick: &target_nick,
                         by: &by,
                         reason: &reason,
                         until: Some(mute.until),
-                        interval: None,
-                        id: None,
-                        r#ref: r,
+                        ..Event::default()
                     };
-                    self.announce(idx, actor, &ev(None), &ev(r#ref.as_deref()), out);
+                    self.announce(idx, actor, &ev, r#ref.as_deref(), out);
                     self.moder.mutes.push(mute);
                 }
                 ModApply::Slow {
@@ -794,18 +808,14 @@ impl Chat {
                         self.moder.slow.insert(room.clone(), interval_s * 1000);
                     }
                     let idx = self.room_names.get(room.as_str()).copied();
-                    let ev = |r| Out::Moderation {
+                    let ev = Event {
                         action: "slow",
                         room: Some(&room),
-                        nick: "",
                         by: &by,
-                        reason: "",
-                        until: None,
                         interval: Some(interval_s),
-                        id: None,
-                        r#ref: r,
+                        ..Event::default()
                     };
-                    self.announce(idx, actor, &ev(None), &ev(r#ref.as_deref()), out);
+                    self.announce(idx, actor, &ev, r#ref.as_deref(), out);
                 }
                 ModApply::Ban {
                     actor,
@@ -820,16 +830,14 @@ impl Chat {
                     } else {
                         self.room_names.get(ban.room.as_str()).copied()
                     };
-                    let ev = |r| Out::Moderation {
+                    let ev = Event {
                         action: "ban",
                         room: (!ban.room.is_empty()).then_some(ban.room.as_str()),
                         nick: &target_nick,
                         by: &by,
                         reason: &ban.reason,
                         until: Some(ban.until),
-                        interval: None,
-                        id: None,
-                        r#ref: r,
+                        ..Event::default()
                     };
                     // Everyone the ban holds goes: from the room, or off
                     // the server.
@@ -846,13 +854,13 @@ impl Chat {
                         .collect();
                     match idx {
                         Some(i) => {
-                            self.announce(Some(i), actor, &ev(None), &ev(r#ref.as_deref()), out);
+                            self.announce(Some(i), actor, &ev, r#ref.as_deref(), out);
                             for t in hit {
                                 self.expel(t, i, now, out);
                             }
                         }
                         None if ban.room.is_empty() => {
-                            let shared = frame(&ev(None));
+                            let shared = frame(&ev.out(None));
                             for &t in &hit {
                                 let rooms = self
                                     .conns
@@ -869,7 +877,7 @@ impl Chat {
                                     }
                                 }
                             }
-                            out.send(actor, &frame(&ev(r#ref.as_deref())));
+                            out.send(actor, &frame(&ev.out(r#ref.as_deref())));
                             for t in hit {
                                 if t == actor {
                                     continue;
@@ -880,7 +888,7 @@ impl Chat {
                                 out.close(t, super::CLOSE_POLICY, "banned");
                             }
                         }
-                        None => out.send(actor, &frame(&ev(r#ref.as_deref()))),
+                        None => out.send(actor, &frame(&ev.out(r#ref.as_deref()))),
                     }
                 }
             }
