@@ -287,6 +287,12 @@ impl Chat {
             .is_none_or(|a| *a.key != *key)
     }
 
+    /// Whether any connection is logged in (else nobody is registered or
+    /// moderates, and the per-member checks can be skipped).
+    pub(super) fn anyone_logged_in(&self) -> bool {
+        !self.acct.auth.is_empty()
+    }
+
     pub(super) fn is_logged_in(&self, conn: ConnId) -> bool {
         self.acct.auth.contains_key(&conn)
     }
@@ -305,9 +311,6 @@ impl Chat {
     /// a registered (verified) nick. A logged-in connection using another
     /// nick is not: that nick is nobody's account.
     pub(super) fn verified(&self, conn: ConnId) -> bool {
-        if self.acct.auth.is_empty() {
-            return false;
-        }
         match (self.account_key(conn), self.conns.nick(conn)) {
             (Some(key), Some(nick)) => nick.eq_ignore_ascii_case(key),
             _ => false,

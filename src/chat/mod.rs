@@ -970,20 +970,23 @@ impl Chat {
             .iter()
             .filter_map(|&m| self.conns.nick(m))
             .collect();
-        // Only logged-in members can hold either: a room of guests costs a
-        // lookup per member in an empty map.
-        let registered: Vec<&str> = room
-            .members
-            .iter()
-            .filter(|&&m| self.verified(m))
-            .filter_map(|&m| self.conns.nick(m))
-            .collect();
-        let moderators: Vec<&str> = room
-            .members
-            .iter()
-            .filter(|&&m| self.is_logged_in(m) && self.role_in(m, &room.name).is_some())
-            .filter_map(|&m| self.conns.nick(m))
-            .collect();
+        // Only logged-in members can be either: with nobody logged in on the
+        // server, neither list costs a pass over the members.
+        let (registered, moderators): (Vec<&str>, Vec<&str>) = if self.anyone_logged_in() {
+            let nicks = |f: &dyn Fn(ConnId) -> bool| -> Vec<&str> {
+                room.members
+                    .iter()
+                    .filter(|&&m| f(m))
+                    .filter_map(|&m| self.conns.nick(m))
+                    .collect()
+            };
+            (
+                nicks(&|m| self.verified(m)),
+                nicks(&|m| self.is_logged_in(m) && self.role_in(m, &room.name).is_some()),
+            )
+        } else {
+            (Vec::new(), Vec::new())
+        };
         let f = frame(&Out::Joined {
             room: &room.name,
             epoch: &room.epoch,
