@@ -322,6 +322,11 @@
       readId: 0, // rooms: id, DMs: seq of the last message read
       markerId: null, // "New messages" sits after this id while the conversation is open
       members: [],
+      // Accounts and moderation (rooms): lc(nick) of the members holding
+      // their account's nick, of those who may moderate, and our own role.
+      registered: new Set(),
+      mods: new Set(),
+      role: null,
       typing: new Map(), // lc(nick) -> {nick, until}
       epoch: null,
       lastId: 0, // largest id seen in this epoch
@@ -505,6 +510,8 @@
       case 'registered': settle(m.ref); toast(`Account “${m.account}” registered.`); return undefined;
       case 'logged_out': return onLoggedOut(m);
       case 'moderation': return onModeration(m);
+      case 'member': return onMember(m);
+      case 'role': return onRole(m);
       default: return undefined; // forward compatibility
     }
   }
@@ -593,6 +600,7 @@
         // Our own entry in the member lists (the server tells the owner once, not per room).
         const i = c.members.findIndex((x) => lc(x) === lc(old));
         if (i >= 0) { c.members[i] = nick; c.members.sort(byLower); }
+        renameMarks(c, old, nick, m.registered === true);
         if (c.joined && old !== nick) addNotice(c, `You are now known as ${nick}.`);
       }
     } else {
@@ -602,6 +610,7 @@
         if (i >= 0) {
           c.members[i] = nick;
           c.members.sort(byLower);
+          renameMarks(c, old, nick, m.registered === true);
           if (old !== nick) addNotice(c, `${old} is now known as ${nick}.`);
         }
         const t = c.typing.get(lc(old));
@@ -659,6 +668,9 @@
     conv.joining = false;
     conv.members = (Array.isArray(m.members) ? m.members.map(String) : []).sort(byLower);
     conv.topic = typeof m.topic === 'string' ? m.topic : '';
+    conv.registered = new Set(Array.isArray(m.registered) ? m.registered.map(lc) : []);
+    conv.mods = new Set(Array.isArray(m.moderators) ? m.moderators.map(lc) : []);
+    conv.role = typeof m.role === 'string' && m.role !== 'member' ? m.role : null;
     for (const h of history) addRoomMessage(conv, h);
     if (!rejoin) {
       conv.hasOlder = m.complete === false;
@@ -773,7 +785,7 @@
     if (h.id > conv.lastId) conv.lastId = h.id;
     if (h.deleted === true) { conv.msgs.delete(h.id); return false; } // a tombstone: nothing to show
     if (conv.msgs.has(h.id)) return false;
-    conv.msgs.set(h.id, { id: h.id, from: String(h.from), text: h.text, ts: Number(h.ts) || Date.now() });
+    conv.msgs.set(h.id, { id: h.id, from: String(h.from), text: h.text, ts: Number(h.ts) || Date.now(), registered: h.registered === true });
     if (h.id > conv.lastId) conv.lastId = h.id;
     return true;
   }
@@ -803,9 +815,12 @@
     const i = conv.members.findIndex((x) => lc(x) === lc(nick));
     if (m.event === 'join') {
       if (i < 0) { conv.members.push(nick); conv.members.sort(byLower); }
+      if (m.registered === true) conv.registered.add(lc(nick));
+      if (typeof m.role === 'string' && m.role !== 'member') conv.mods.add(lc(nick));
       addNotice(conv, `${nick} joined #${conv.name}.`, { tone: 'presence', presence: { nick, event: 'join' } });
     } else if (m.event === 'leave') {
       if (i >= 0) conv.members.splice(i, 1);
+      conv.registered.delete(lc(nick)); conv.mods.delete(lc(nick));
       conv.typing.delete(lc(nick));
       addNotice(conv, `${nick} left #${conv.name}.`, { tone: 'presence', presence: { nick, event: 'leave' } });
     }
@@ -1083,7 +1098,44 @@
   }
 
   // ---------------------------------------------------------------- moderation
-  const canModerate = (conv) => !!conv && conv.kind === 'room' && (state.op || conv.mod === true);
+  // Operators moderate every room; a room's owner and its moderators theirs
+  // (`role` in `joined` and `role` events). Appointing is the operators' and
+  // the owner's.
+  const canModerate = (conv) => !!conv && conv.kind === 'room' && (state.op || !!conv.role || conv.mod === true);
+  const canAppoint = (conv) => !!conv && conv.kind === 'room' && (state.op || conv.role === 'operator' || conv.role === 'owner');
+  // A nick changed: its marks follow (registered as the event says; a role
+  // follows the account, which a rename keeps).
+  function renameMarks(conv, old, nick, registered) {
+    conv.registered.delete(lc(old));
+    if (registered) conv.registered.add(lc(nick));
+    if (conv.mods.delete(lc(old))) conv.mods.add(lc(nick));
+  }
+  function onMember(m) {
+    const nick = lc(String(m.nick || ''));
+    for (const c of state.convs.values()) {
+      if (c.kind !== 'room' || !c.members.some((x) => lc(x) === nick)) continue;
+      if (m.registered === true) c.registered.add(nick); else c.registered.delete(nick);
+    }
+    const c = activeConv();
+    if (c && c.kind === 'room') { renderMembers(); scheduleRender(c); }
+  }
+  function onRole(m) {
+    const conv = roomConv(String(m.room || ''), false);
+    if (!conv) return;
+    const role = typeof m.role === 'string' && m.role !== 'member' ? m.role : null;
+    if (role === conv.role) return;
+    conv.role = role;
+    if (state.nick) { if (role) conv.mods.add(lc(state.nick)); else conv.mods.delete(lc(state.nick)); }
+    const words = { operator: 'You moderate this room as a server operator.', owner: 'You own this room: you moderate it and appoint its moderators.', moderator: 'You are now a moderator of this room.' };
+    addNotice(conv, role ? (words[role] || `Your role here: ${role}.`) : 'You no longer moderate this room.');
+    if (conv.key === state.active) { renderHeader(); renderMembers(); scheduleRender(conv); }
+  }
+  function registeredBadge(nick) {
+    return el('span', { class: 'reg-badge', 'data-testid': 'registered-badge', title: `${nick} is logged in to this registered nick`, 'aria-label': 'registered', text: '🔒' });
+  }
+  function modTag() {
+    return el('span', { class: 'mod-tag', 'data-testid': 'mod-tag', title: 'Moderates this room', text: 'mod' });
+  }
   function modSend(frame) {
     frame.ref = nextRef('x');
     send(frame, { expect: { kind: 'mod' } });
@@ -1115,6 +1167,8 @@
     if (conv) {
       if (action === 'topic') conv.topic = reason;
       if ((action === 'moderator' || action === 'unmoderator') && isMe(nick)) conv.mod = action === 'moderator';
+      if (action === 'moderator') conv.mods.add(lc(nick));
+      if (action === 'unmoderator') conv.mods.delete(lc(nick));
       addNotice(conv, text);
       if (conv.key === state.active) { renderHeader(); renderMembers(); }
     } else {
@@ -1618,15 +1672,21 @@
       },
       el('span', { class: 'member-avatar' }, avatar(nick, 'sm'), el('span', { class: 'presence-dot', 'aria-hidden': 'true' })),
       el('span', { class: 'member-name', text: nick }),
-      me && state.account ? accountBadge() : null,
+      me && state.account ? accountBadge() : (conv.registered.has(lc(nick)) ? registeredBadge(nick) : null),
+      conv.mods.has(lc(nick)) ? modTag() : null,
       me ? el('span', { class: 'you-tag', text: 'you' }) : null);
       if (me) btn.setAttribute('aria-disabled', 'true');
       if (me || !canModerate(conv)) return el('li', null, btn);
-      const act = (label, frame) => el('button', { type: 'button', class: 'link-btn', 'data-testid': 'member-' + frame.type, 'aria-label': `${label} ${nick}`, text: label, onclick: () => modSend(frame) });
+      const act = (label, frame, id) => el('button', { type: 'button', class: 'link-btn', 'data-testid': 'member-' + (id || frame.type), 'aria-label': `${label} ${nick}`, text: label, onclick: () => modSend(frame) });
+      const isMod = conv.mods.has(lc(nick));
       return el('li', { class: 'member-row' }, btn, el('span', { class: 'mod-actions', role: 'group', 'aria-label': `Moderate ${nick}` },
         act('Kick', { type: 'kick', room: conv.name, nick }),
         act('Mute 10 min', { type: 'mute', room: conv.name, nick, duration: 600 }),
-        act('Ban', { type: 'ban', room: conv.name, nick })));
+        act('Ban', { type: 'ban', room: conv.name, nick }),
+        // Only an account can be appointed: a guest's nick is nobody's.
+        canAppoint(conv) && (isMod || conv.registered.has(lc(nick)))
+          ? act(isMod ? 'Remove moderator' : 'Make moderator', { type: 'moderator', room: conv.name, nick, on: !isMod }, isMod ? 'unmoderator' : 'moderator') : null,
+        state.op ? act('Ban from server', { type: 'ban', nick }, 'server-ban') : null));
     }));
   }
 
@@ -1847,6 +1907,7 @@
     if (!grouped) {
       body.append(el('div', { class: 'meta' },
         el('span', { class: 'from', text: m.from }),
+        m.registered ? registeredBadge(m.from) : null,
         own ? el('span', { class: 'you-tag', text: 'you' }) : null,
         time));
     } else {

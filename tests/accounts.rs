@@ -52,7 +52,8 @@ fn recv_type(ws: &mut Ws, ty: &str) -> Value {
             return v;
         }
         assert!(
-            ["presence", "typing", "nick"].contains(&v["type"].as_str().unwrap_or("")),
+            ["presence", "typing", "nick", "member", "role"]
+                .contains(&v["type"].as_str().unwrap_or("")),
             "expected {ty}, got {v}"
         );
     }
@@ -907,4 +908,389 @@ fn a_deleted_message_leaves_a_tombstone_live_in_history_and_after_a_restart() {
     let s = start(dir.path(), &[]);
     let (mut c, _) = connect_as(&s, "dan");
     check(&mut c);
+}
+
+// ---- the remaining gaps of issue 12: who is registered, room owners and
+// roles, mutes and slow mode kept, registration budgets ----
+
+/// The next frame satisfying `pred`, skipping the others.
+fn recv_until(ws: &mut Ws, pred: impl Fn(&Value) -> bool) -> Value {
+    loop {
+        let v = recv(ws);
+        if pred(&v) {
+            return v;
+        }
+    }
+}
+
+fn post(ws: &mut Ws, room: &str, text: &str) -> Value {
+    ask(
+        ws,
+        json!({"type":"message","room":room,"text":text}),
+        "post",
+    )
+}
+
+fn restart(mut s: Server, dir: &Path, sig: &str, extra: &[&str]) -> Server {
+    s.signal(sig);
+    assert!(s.wait_exit(Duration::from_secs(10)).is_some());
+    drop(s);
+    start(dir, extra)
+}
+
+#[test]
+fn other_members_see_who_is_registered() {
+    let dir = TempDir::new("badge");
+    let s = start(dir.path(), &[]);
+    let (mut bob, _) = connect_as(&s, "bob");
+    assert!(
+        joined(&mut bob, "r").get("registered").is_none(),
+        "none yet"
+    );
+    let (mut alice, _) = connect_as(&s, "alice");
+    assert_eq!(joined(&mut alice, "r")["type"], "joined");
+    let p = recv_type(&mut bob, "presence");
+    assert!(p.get("registered").is_none(), "a guest: {p}");
+    // Registering one's own nick keeps it: the room hears `member`.
+    let token = register(&mut alice);
+    let m = recv_until(&mut bob, |v| v["type"] == "member");
+    assert_eq!(m, json!({"type":"member","nick":"alice","registered":true}));
+    let v = post(&mut alice, "r", "it is me");
+    assert_eq!(v["registered"], true, "{v}");
+    let v = recv_until(&mut bob, |v| v["type"] == "message");
+    assert_eq!(
+        (v["text"].as_str(), v["registered"].as_bool()),
+        (Some("it is me"), Some(true))
+    );
+    let v = post(&mut bob, "r", "a guest");
+    assert!(v.get("registered").is_none(), "{v}");
+
+    // A newcomer sees it in `joined`, and a login that takes the nick says
+    // it in `nick`.
+    let (mut carol, _) = connect_as(&s, "carol");
+    let j = joined(&mut carol, "r");
+    assert_eq!(j["registered"], json!(["alice"]), "{j}");
+    drop(alice);
+    let p = recv_until(&mut carol, |v| v["type"] == "presence");
+    assert_eq!(p["event"], "leave");
+    let (mut again, _) = connect_as(&s, "x");
+    assert_eq!(joined(&mut again, "r")["type"], "joined");
+    let p = recv_until(&mut carol, |v| v["type"] == "presence");
+    assert!(p.get("registered").is_none(), "not logged in yet: {p}");
+    assert_eq!(login_token(&mut again, &token)["type"], "session");
+    let n = recv_until(&mut carol, |v| v["type"] == "nick");
+    assert_eq!(
+        n,
+        json!({"type":"nick","old":"x","nick":"alice","registered":true})
+    );
+    assert_eq!(joined(&mut carol, "r")["registered"], json!(["alice"]));
+    // Logging out gives the nick up: the guest nick is nobody's account.
+    let v = ask(&mut again, json!({"type":"logout"}), "o");
+    assert_eq!(v["type"], "logged_out", "{v}");
+    let n = recv_until(&mut carol, |v| v["type"] == "nick");
+    assert_eq!(n["old"], "alice");
+    assert!(n.get("registered").is_none(), "{n}");
+    assert!(joined(&mut carol, "r").get("registered").is_none());
+}
+
+#[test]
+fn a_rooms_owner_appoints_moderators_who_hear_their_role_across_a_restart() {
+    let dir = TempDir::new("owner");
+    let (ok, msg) = account_cmd(dir.path(), &["account", "add", "carol"], PW);
+    assert!(ok, "{msg}");
+    let s = start(dir.path(), &[]);
+    let (mut bob, _) = connect_as(&s, "bob");
+    let bob_token = register(&mut bob);
+    let j = joined(&mut bob, "club");
+    assert_eq!(j["role"], "owner", "its creator owns it: {j}");
+    let (mut carol, _) = connect_as(&s, "x");
+    assert_eq!(login_pw(&mut carol, "carol", PW)["type"], "session");
+    let j = joined(&mut carol, "club");
+    assert!(j.get("role").is_none(), "a plain member: {j}");
+    let (mut dan, _) = connect_as(&s, "dan");
+    assert_eq!(joined(&mut dan, "club")["type"], "joined");
+
+    // Only the owner (or an operator) appoints.
+    let v = ask(
+        &mut carol,
+        json!({"type":"moderator","room":"club","nick":"carol"}),
+        "a",
+    );
+    assert_eq!(v["code"], "forbidden", "{v}");
+    let v = ask(
+        &mut dan,
+        json!({"type":"kick","room":"club","nick":"carol"}),
+        "k",
+    );
+    assert_eq!(v["code"], "forbidden", "{v}");
+    let v = ask(
+        &mut bob,
+        json!({"type":"moderator","room":"club","nick":"carol"}),
+        "a",
+    );
+    assert_eq!(
+        (v["action"].as_str(), v["nick"].as_str()),
+        (Some("moderator"), Some("carol"))
+    );
+    let r = recv_until(&mut carol, |v| v["type"] == "role");
+    assert_eq!(r, json!({"type":"role","room":"club","role":"moderator"}));
+    // A moderator moderates but does not appoint.
+    let v = ask(
+        &mut carol,
+        json!({"type":"mute","room":"club","nick":"dan","duration":60}),
+        "m",
+    );
+    assert_eq!(v["type"], "moderation", "{v}");
+    let v = ask(
+        &mut carol,
+        json!({"type":"moderator","room":"club","nick":"bob","on":false}),
+        "a",
+    );
+    assert_eq!(v["code"], "forbidden", "{v}");
+    // The owner's room is the owner's only.
+    let v = ask(
+        &mut bob,
+        json!({"type":"moderator","room":"elsewhere","nick":"carol"}),
+        "a",
+    );
+    assert_eq!(v["code"], "forbidden", "{v}");
+    drop((bob, carol, dan));
+
+    let s = restart(s, dir.path(), "KILL", &[]);
+    let (mut bob, _) = connect_as(&s, "x");
+    assert_eq!(joined(&mut bob, "club").get("role"), None, "a guest now");
+    // Logging in tells the role in the rooms already joined.
+    assert_eq!(login_token(&mut bob, &bob_token)["type"], "session");
+    let r = recv_until(&mut bob, |v| v["type"] == "role");
+    assert_eq!(r, json!({"type":"role","room":"club","role":"owner"}));
+    let (mut carol, _) = connect_as(&s, "x");
+    assert_eq!(login_pw(&mut carol, "carol", PW)["type"], "session");
+    assert_eq!(joined(&mut carol, "club")["role"], "moderator");
+    let v = ask(
+        &mut bob,
+        json!({"type":"moderator","room":"club","nick":"carol","on":false}),
+        "a",
+    );
+    assert_eq!(v["action"], "unmoderator", "{v}");
+    let r = recv_until(&mut carol, |v| v["type"] == "role");
+    assert_eq!(r["role"], "member");
+    let (mut dan, _) = connect_as(&s, "dan");
+    assert_eq!(joined(&mut dan, "club")["type"], "joined");
+    let v = ask(
+        &mut carol,
+        json!({"type":"kick","room":"club","nick":"dan"}),
+        "k",
+    );
+    assert_eq!(v["code"], "forbidden", "no longer a moderator: {v}");
+    // A logout drops the role.
+    let v = ask(&mut bob, json!({"type":"logout"}), "o");
+    assert_eq!(v["type"], "logged_out");
+    let r = recv_until(&mut bob, |v| v["type"] == "role");
+    assert_eq!(r["role"], "member");
+
+    // A room a guest created has no owner: only operators appoint there.
+    let (mut g, _) = connect_as(&s, "guesty");
+    assert_eq!(joined(&mut g, "open")["type"], "joined");
+    assert_eq!(login_pw(&mut carol, "carol", PW)["type"], "session");
+    let j = joined(&mut carol, "open");
+    assert!(j.get("role").is_none(), "{j}");
+    let v = ask(
+        &mut carol,
+        json!({"type":"moderator","room":"open","nick":"carol"}),
+        "a",
+    );
+    assert_eq!(v["code"], "forbidden", "{v}");
+}
+
+#[test]
+fn mutes_and_slow_mode_hold_across_a_restart_and_a_sigkill() {
+    let dir = TempDir::new("mute-kept");
+    let (s, mut op) = with_operator(dir.path(), &[]);
+    assert_eq!(joined(&mut op, "r")["type"], "joined");
+    // Mutes acknowledged one after another, the server killed right after
+    // the last: every acknowledged one is there after the restart.
+    let nicks: Vec<String> = (0..20).map(|i| format!("m{i}")).collect();
+    for n in &nicks {
+        let v = ask(
+            &mut op,
+            json!({"type":"mute","room":"r","nick":n,"duration":3600}),
+            "m",
+        );
+        assert_eq!(v["type"], "moderation", "{v}");
+    }
+    let v = ask(
+        &mut op,
+        json!({"type":"mute","room":"r","nick":"brief","duration":1}),
+        "m",
+    );
+    assert_eq!(v["type"], "moderation", "{v}");
+    let v = ask(
+        &mut op,
+        json!({"type":"slow","room":"r","interval":600}),
+        "s",
+    );
+    assert_eq!(v["interval"], 600, "{v}");
+    drop(op);
+    let s = restart(s, dir.path(), "KILL", &[]);
+    for n in ["m0", "m19"] {
+        let (mut c, nick) = connect_as(&s, n);
+        assert_eq!(nick, n);
+        assert_eq!(joined(&mut c, "r")["type"], "joined");
+        let v = post(&mut c, "r", "after the kill");
+        assert_eq!(v["code"], "muted", "{n}: {v}");
+    }
+    let (mut dan, _) = connect_as(&s, "dan");
+    assert_eq!(joined(&mut dan, "r")["type"], "joined");
+    assert_eq!(post(&mut dan, "r", "one")["type"], "message");
+    let v = post(&mut dan, "r", "two");
+    assert_eq!(v["code"], "slow_mode", "slow mode survived: {v}");
+    drop(dan);
+
+    // A clean restart too, and the mute that ended is gone from the store.
+    std::thread::sleep(Duration::from_millis(1100));
+    let s = restart(s, dir.path(), "TERM", &[]);
+    let (mut c, _) = connect_as(&s, "m7");
+    assert_eq!(joined(&mut c, "r")["type"], "joined");
+    assert_eq!(post(&mut c, "r", "still?")["code"], "muted");
+    let (mut b, _) = connect_as(&s, "brief");
+    assert_eq!(joined(&mut b, "r")["type"], "joined");
+    assert_eq!(
+        post(&mut b, "r", "free")["type"],
+        "message",
+        "the mute ended"
+    );
+    let (mut op, _) = connect_as(&s, "x");
+    assert_eq!(login_pw(&mut op, "boss", PW)["type"], "session");
+    let v = ask(&mut op, json!({"type":"slow","room":"r","interval":0}), "s");
+    assert_eq!(v["interval"], 0);
+    drop((c, b, op));
+    drop(s);
+    let db = rusqlite::Connection::open(dir.path().join("wschat.db")).unwrap();
+    let (muted, brief, slow): (i64, i64, i64) = db
+        .query_row(
+            "SELECT (SELECT count(*) FROM mutes), (SELECT count(*) FROM mutes WHERE nick = 'brief'),
+                    (SELECT count(*) FROM slow_mode)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert_eq!((muted, brief, slow), (20, 0, 0));
+}
+
+#[test]
+fn registrations_are_limited_per_address_and_by_max_accounts() {
+    let dir = TempDir::new("reg-budget");
+    let s = start(
+        dir.path(),
+        &["--limit-loopback", "--registrations-per-hour", "2"],
+    );
+    for n in ["a1", "a2"] {
+        let (mut c, _) = connect_as(&s, n);
+        register(&mut c);
+    }
+    let (mut c, _) = connect_as(&s, "a3");
+    let v = ask(&mut c, json!({"type":"register","password":PW}), "r");
+    assert_eq!(v["code"], "registration_limited", "{v}");
+    let wait = v["retry_after"].as_u64().unwrap();
+    assert!((3500..=3600).contains(&wait), "{v}");
+    drop((c, s));
+
+    let dir = TempDir::new("max-accounts");
+    let (s, mut op) = with_operator(dir.path(), &["--max-accounts", "2"]);
+    let (mut c, _) = connect_as(&s, "a1");
+    register(&mut c);
+    let (mut c, _) = connect_as(&s, "a2");
+    let v = ask(&mut c, json!({"type":"register","password":PW}), "r");
+    assert_eq!(v["code"], "too_many_accounts", "{v}");
+    // Operators are not held to it.
+    let v = ask(
+        &mut op,
+        json!({"type":"register","nick":"a2","password":PW}),
+        "r",
+    );
+    assert_eq!(v["type"], "registered", "{v}");
+}
+
+#[test]
+fn each_moderation_action_by_an_operator_and_a_moderator_and_refused_to_a_plain_user() {
+    let dir = TempDir::new("each-action");
+    let (s, mut op) = with_operator(dir.path(), &[]);
+    let (mut m, _) = connect_as(&s, "mod");
+    register(&mut m);
+    let v = ask(
+        &mut op,
+        json!({"type":"moderator","room":"r","nick":"mod"}),
+        "a",
+    );
+    assert_eq!(v["type"], "moderation", "{v}");
+    let (mut plain, _) = connect_as(&s, "plain");
+    for ws in [&mut op, &mut m, &mut plain] {
+        assert_eq!(joined(ws, "r")["type"], "joined");
+    }
+    assert_eq!(joined(&mut m, "r")["role"], "moderator");
+    // Everyone is told who moderates: the operator and the moderator.
+    let j = joined(&mut plain, "r");
+    assert_eq!(j["moderators"], json!(["boss", "mod"]), "{j}");
+    assert!(j.get("role").is_none(), "{j}");
+    // The actions, each with its target (a fresh member per actor).
+    let actions = |t: &str, id: u64| {
+        vec![
+            json!({"type":"topic","room":"r","topic":format!("set for {t}")}),
+            json!({"type":"slow","room":"r","interval":0}),
+            json!({"type":"delete","room":"r","id":id}),
+            json!({"type":"mute","room":"r","nick":t,"duration":60}),
+            json!({"type":"kick","room":"r","nick":t}),
+            json!({"type":"ban","room":"r","nick":t,"duration":60}),
+        ]
+    };
+    for (who, allowed) in [("op", true), ("mod", true), ("plain", false)] {
+        let target = format!("t-{who}");
+        let (mut t, _) = connect_as(&s, &target);
+        assert_eq!(joined(&mut t, "r")["type"], "joined");
+        let id = post(&mut t, "r", "to be deleted")["id"].as_u64().unwrap();
+        let actor = match who {
+            "op" => &mut op,
+            "mod" => &mut m,
+            _ => &mut plain,
+        };
+        for a in actions(&target, id) {
+            let ty = a["type"].as_str().unwrap().to_string();
+            let v = ask(actor, a, "act");
+            if allowed {
+                assert_eq!(v["type"], "moderation", "{who} {ty}: {v}");
+            } else {
+                assert_eq!(v["code"], "forbidden", "{who} {ty}: {v}");
+            }
+        }
+        // Nothing happened for the plain user's attempts: still in, not
+        // muted, the message kept; for the others, banned.
+        let j = joined(&mut t, "r");
+        if allowed {
+            assert_eq!(j["code"], "banned", "{who}: {j}");
+        } else {
+            assert_eq!(j["type"], "joined", "{j}");
+            assert_eq!(post(&mut t, "r", "not muted")["type"], "message");
+            let h = j["history"].as_array().unwrap();
+            assert!(
+                h.iter()
+                    .any(|m| m["id"] == id && m["text"] == "to be deleted"),
+                "{j}"
+            );
+            assert_eq!(j["topic"], "set for t-mod", "{j}");
+        }
+    }
+    // A server ban and an appointment are the operators' (and owner's).
+    for a in [
+        json!({"type":"ban","nick":"plain"}),
+        json!({"type":"moderator","room":"r","nick":"mod","on":false}),
+    ] {
+        let v = ask(&mut m, a, "x");
+        assert_eq!(v["code"], "forbidden", "{v}");
+    }
+    let v = ask(
+        &mut op,
+        json!({"type":"ban","nick":"plain","duration":60}),
+        "b",
+    );
+    assert_eq!(v["type"], "moderation", "{v}");
 }

@@ -414,6 +414,8 @@ fuzz_target!(|data: &[u8]| {
         require_account: false,
         registration_open: true,
         max_auth_jobs: 32,
+        max_accounts: 10_000,
+        registrations_per_hour: 5,
     };
     let mut h = Harness {
         chat: Chat::new(cfg.clone(), 42),

@@ -38,6 +38,8 @@ const FORGET_FAILURES_MS: u64 = 60 * 60 * 1000;
 const MAX_FAILURE_KEYS: usize = 100_000;
 /// Sessions per account; a new login past it ends the oldest.
 pub const MAX_SESSIONS: usize = 32;
+/// The window of `--registrations-per-hour`.
+pub const REGISTRATION_WINDOW_MS: u64 = 60 * 60 * 1000;
 
 /// A change to store.
 #[derive(Clone, Debug)]
@@ -201,6 +203,10 @@ pub(super) struct Accounts {
     queued: Vec<AuthJob>,
     pending: Vec<Apply>,
     failures: HashMap<FailKey, Failures>,
+    /// Address -> (registrations started, monotonic ms the window began).
+    /// An entry needs a registration started, and those are capped by
+    /// `max_accounts` (and the window forgets them), so this stays small.
+    registrations: HashMap<AddrKey, (u32, u64)>,
 }
 
 /// The keys a failed password check of a job counts against.
@@ -281,6 +287,12 @@ impl Chat {
             .is_none_or(|a| *a.key != *key)
     }
 
+    /// Whether any connection is logged in (else nobody is registered or
+    /// moderates, and the per-member checks can be skipped).
+    pub(super) fn anyone_logged_in(&self) -> bool {
+        !self.acct.auth.is_empty()
+    }
+
     pub(super) fn is_logged_in(&self, conn: ConnId) -> bool {
         self.acct.auth.contains_key(&conn)
     }
@@ -288,6 +300,21 @@ impl Chat {
     /// The account key `conn` is logged in to.
     pub(super) fn account_of(&self, conn: ConnId) -> Option<String> {
         self.acct.auth.get(&conn).map(|a| a.key.to_string())
+    }
+
+    /// The account key `conn` is logged in to, borrowed.
+    pub(super) fn account_key(&self, conn: ConnId) -> Option<&str> {
+        self.acct.auth.get(&conn).map(|a| &*a.key)
+    }
+
+    /// Whether `conn` holds its account's own nick: what a client shows as
+    /// a registered (verified) nick. A logged-in connection using another
+    /// nick is not: that nick is nobody's account.
+    pub(super) fn verified(&self, conn: ConnId) -> bool {
+        match (self.account_key(conn), self.conns.nick(conn)) {
+            (Some(key), Some(nick)) => nick.eq_ignore_ascii_case(key),
+            _ => false,
+        }
     }
 
     /// The address key of `conn` (None: exempt from per-address rules).
@@ -359,6 +386,7 @@ impl Chat {
         nick: Option<String>,
         password: String,
         r: Option<&str>,
+        now: Now,
     ) -> Result<(), ChatError> {
         self.check_busy(conn)?;
         let Some(own) = self.conns.nick(conn).map(str::to_string) else {
@@ -377,6 +405,15 @@ impl Chat {
         if self.acct.by_key.contains_key(&key) || self.acct.reserved.contains(&key) {
             return Err(ChatError::AlreadyRegistered);
         }
+        // Operators are trusted with both budgets (they make accounts for
+        // others, as `wschat account add` does).
+        let addr = if op { None } else { self.addr_of(conn) };
+        if !op {
+            if self.acct.by_key.len() + self.acct.reserved.len() >= self.cfg.max_accounts {
+                return Err(ChatError::TooManyAccounts);
+            }
+            self.check_registration_budget(addr, now)?;
+        }
         self.start_job(
             conn,
             r,
@@ -387,6 +424,41 @@ impl Chat {
             Work::Hash { password },
         )?;
         self.acct.reserved.insert(key);
+        if let Some(a) = addr
+            && self.cfg.registrations_per_hour > 0
+        {
+            // Counted when started: a registration the store then refuses
+            // still spent it, so failures cannot be used to probe for free.
+            let e = self.acct.registrations.entry(a).or_insert((0, now.mono_ms));
+            e.0 += 1;
+        }
+        Ok(())
+    }
+
+    /// `--registrations-per-hour`: one address starts at most that many
+    /// registrations in an hour (a fixed window from its first one).
+    fn check_registration_budget(
+        &mut self,
+        addr: Option<AddrKey>,
+        now: Now,
+    ) -> Result<(), ChatError> {
+        let limit = self.cfg.registrations_per_hour;
+        let Some(a) = addr.filter(|_| limit > 0) else {
+            return Ok(());
+        };
+        let Some(e) = self.acct.registrations.get_mut(&a) else {
+            return Ok(());
+        };
+        let ends = e.1.saturating_add(REGISTRATION_WINDOW_MS);
+        if now.mono_ms >= ends {
+            *e = (0, now.mono_ms);
+            return Ok(());
+        }
+        if e.0 >= limit {
+            return Err(ChatError::RegistrationLimited {
+                retry_after_s: (ends - now.mono_ms).div_ceil(1000),
+            });
+        }
         Ok(())
     }
 
@@ -460,6 +532,9 @@ impl Chat {
     /// table is full, the older half of them too).
     pub(super) fn expire_failures(&mut self, now: Now, full: bool) {
         let t = now.mono_ms;
+        self.acct
+            .registrations
+            .retain(|_, (_, start)| t < start.saturating_add(REGISTRATION_WINDOW_MS));
         self.acct
             .failures
             .retain(|_, f| f.locked_until > t || t.saturating_sub(f.last_ms) < FORGET_FAILURES_MS);
@@ -775,6 +850,8 @@ impl Chat {
         if !self.conns.contains_key(&conn) {
             return;
         }
+        let roles = self.roles_of(conn);
+        let kept_nick = self.conns.nick(conn) == Some(&*name);
         self.acct.auth.insert(
             conn,
             Auth {
@@ -793,6 +870,35 @@ impl Chat {
             }),
         );
         self.claim_nick(&name, Some(conn), out);
+        // A nick that changed told its room-mates in its `nick` event; one
+        // that stayed (a registration of one's own nick) tells them here.
+        if kept_nick && self.verified(conn) {
+            let f = frame(&Out::Member {
+                nick: &name,
+                registered: true,
+            });
+            for m in self.roommates(conn) {
+                out.send(m, &f);
+            }
+        }
+        self.send_role_changes(conn, &roles, out);
+    }
+
+    /// Everyone sharing at least one room with `conn`, once each.
+    fn roommates(&self, conn: ConnId) -> Vec<ConnId> {
+        let Some(c) = self.conns.get(&conn) else {
+            return Vec::new();
+        };
+        let mut v: Vec<ConnId> = c
+            .rooms
+            .iter()
+            .filter_map(|&i| self.room(i))
+            .flat_map(|r| r.members.iter().copied())
+            .filter(|&m| m != conn)
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
     }
 
     /// Gives the registered `name` to `conn` (if it is free or held by
@@ -824,8 +930,9 @@ impl Chat {
         let Some(c) = self.conns.get(&conn) else {
             return;
         };
-        self.acct.auth.remove(&conn);
         let had = c.nick.as_str().eq_ignore_ascii_case(name);
+        let roles = self.roles_of(conn);
+        self.acct.auth.remove(&conn);
         out.send(
             conn,
             &frame(&Out::LoggedOut {
@@ -837,10 +944,11 @@ impl Chat {
             let guest = self.guest_nick();
             self.rename(conn, guest, None, out);
         }
+        self.send_role_changes(conn, &roles, out);
     }
 
     /// Connections logged in to `key`, but `except`.
-    fn account_conns(&self, key: &str, except: ConnId) -> Vec<ConnId> {
+    pub(super) fn account_conns(&self, key: &str, except: ConnId) -> Vec<ConnId> {
         let mut v: Vec<ConnId> = self
             .acct
             .auth

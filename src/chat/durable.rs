@@ -53,6 +53,10 @@ impl Record {
         matches!(
             self,
             Record::Message { .. } | Record::Account(_) | Record::Moderation(_)
+        ) && !matches!(
+            self,
+            // Who created a room answers no one: kept to try again.
+            Record::Moderation(super::moderation::ModRecord::Creator { .. })
         )
     }
 }
@@ -80,6 +84,8 @@ pub(super) struct Pending {
     pub msg: Msg,
     pub sender: ConnId,
     pub r#ref: Option<Box<str>>,
+    /// The sender held its account's nick when it posted (`registered`).
+    pub registered: bool,
 }
 
 /// Most messages sent as one run (see [`Chat::committed`]): the bound on how
@@ -192,13 +198,15 @@ impl Chat {
     fn deliver_run(&mut self, run: &mut Vec<Pending>, window: usize, out: &mut dyn Outbox) {
         let shared: Vec<Rc<[u8]>> = run
             .iter()
-            .map(|p| frame(&MsgOut::new(&p.room, &p.msg, None)))
+            .map(|p| frame(&MsgOut::new(&p.room, &p.msg, None).sent_registered(p.registered)))
             .collect();
         let own: Vec<Rc<[u8]>> = run
             .iter()
             .zip(&shared)
             .map(|(p, s)| match &p.r#ref {
-                Some(r) => frame(&MsgOut::new(&p.room, &p.msg, Some(r))),
+                Some(r) => {
+                    frame(&MsgOut::new(&p.room, &p.msg, Some(r)).sent_registered(p.registered))
+                }
                 None => s.clone(),
             })
             .collect();
@@ -365,6 +373,7 @@ impl Chat {
         r: Option<&str>,
         now: Now,
     ) {
+        let registered = self.verified(conn);
         let Some(room) = self.rooms.get_mut(idx as usize).and_then(Option::as_mut) else {
             return;
         };
@@ -393,6 +402,7 @@ impl Chat {
             msg,
             sender: conn,
             r#ref: r.map(Box::from),
+            registered,
         });
     }
 

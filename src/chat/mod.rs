@@ -128,6 +128,10 @@ pub struct ChatConfig {
     pub registration_open: bool,
     /// Password hashing jobs running at once, at most (past it: `busy`).
     pub max_auth_jobs: usize,
+    /// Accounts a non-operator `register` may bring the server to.
+    pub max_accounts: usize,
+    /// Registrations one address may start per hour; 0: no limit.
+    pub registrations_per_hour: u32,
 }
 
 impl Default for ChatConfig {
@@ -148,6 +152,8 @@ impl Default for ChatConfig {
             require_account: false,
             registration_open: true,
             max_auth_jobs: 32,
+            max_accounts: 10_000,
+            registrations_per_hour: 5,
         }
     }
 }
@@ -667,6 +673,8 @@ impl Chat {
             room: &r.name,
             nick,
             event: "leave",
+            registered: false,
+            role: None,
         });
         broadcast(out, &r.members, None, &f);
     }
@@ -759,7 +767,7 @@ impl Chat {
                 limit,
                 context,
             } => self.search(conn, &room, &query, (before, limit, context), r, out),
-            Request::Register { nick, password } => self.register(conn, nick, password, r),
+            Request::Register { nick, password } => self.register(conn, nick, password, r, now),
             Request::Login(creds) => self.login(conn, creds, r, now, out),
             Request::Logout { all } => self.logout(conn, all, r),
             Request::Passwd {
@@ -779,8 +787,8 @@ impl Chat {
                 nick,
                 duration,
                 reason,
-            } => self.mute(conn, &room, &nick, duration, reason, r, now, out),
-            Request::Slow { room, interval } => self.slow(conn, &room, interval, r, now, out),
+            } => self.mute(conn, &room, &nick, duration, reason, r, now),
+            Request::Slow { room, interval } => self.slow(conn, &room, interval, r, now),
             Request::Moderator { room, nick, on } => self.appoint(conn, &room, &nick, on, r, now),
             Request::Topic { room, topic } => self.set_topic(conn, &room, topic, r, now),
             Request::Delete { room, id } => self.delete_message(conn, &room, id, r, now),
@@ -836,6 +844,7 @@ impl Chat {
             let f = frame(&Out::Nick {
                 old: &old,
                 nick: &nick,
+                registered: self.verified(conn),
                 r#ref: r,
             });
             out.send(conn, &f);
@@ -859,15 +868,18 @@ impl Chat {
         self.nicks
             .insert(&new, conn as u32, |id| conns.nick(id as ConnId));
 
+        let registered = self.verified(conn);
         let shared = frame(&Out::Nick {
             old: &old,
             nick: &new,
+            registered,
             r#ref: None,
         });
         let own = match r {
             Some(_) => frame(&Out::Nick {
                 old: &old,
                 nick: &new,
+                registered,
                 r#ref: r,
             }),
             None => shared.clone(),
@@ -916,7 +928,11 @@ impl Chat {
             };
             match existing {
                 Some(i) => i,
-                None => self.create_room(name, owner, now)?,
+                None => {
+                    let i = self.create_room(name, owner, now)?;
+                    self.record_creator(conn, name);
+                    i
+                }
             }
         };
         let span = match self.room(idx) {
@@ -954,13 +970,33 @@ impl Chat {
             .iter()
             .filter_map(|&m| self.conns.nick(m))
             .collect();
+        // Only logged-in members can be either: with nobody logged in on the
+        // server, neither list costs a pass over the members.
+        let (registered, moderators): (Vec<&str>, Vec<&str>) = if self.anyone_logged_in() {
+            let nicks = |f: &dyn Fn(ConnId) -> bool| -> Vec<&str> {
+                room.members
+                    .iter()
+                    .filter(|&&m| f(m))
+                    .filter_map(|&m| self.conns.nick(m))
+                    .collect()
+            };
+            (
+                nicks(&|m| self.verified(m)),
+                nicks(&|m| self.is_logged_in(m) && self.role_in(m, &room.name).is_some()),
+            )
+        } else {
+            (Vec::new(), Vec::new())
+        };
         let f = frame(&Out::Joined {
             room: &room.name,
             epoch: &room.epoch,
             members,
+            registered,
+            moderators,
             history: page_out(room, span, loaded.as_deref()),
             complete: span.complete,
             topic: self.topic_of(&room.name),
+            role: self.role_in(conn, &room.name),
             r#ref: r,
         });
         out.send(conn, &f);
@@ -969,6 +1005,8 @@ impl Chat {
                 room: &room.name,
                 nick: &nick,
                 event: "join",
+                registered: self.verified(conn),
+                role: self.role_in(conn, &room.name),
             });
             broadcast(out, &room.members, Some(conn), &f);
         }
@@ -1105,14 +1143,15 @@ impl Chat {
             return Ok(());
         }
         let keep = self.cfg.history;
+        let registered = self.verified(conn);
         let Some(room) = self.room_mut(idx) else {
             return Ok(());
         };
         let (bytes_before, kept_before) = (room.bytes, room.history.len());
         let msg = room.post(from, text.into_boxed_str(), now.wall_ms, keep);
-        let shared = frame(&MsgOut::new(&room.name, &msg, None));
+        let shared = frame(&MsgOut::new(&room.name, &msg, None).sent_registered(registered));
         let own = match r {
-            Some(_) => frame(&MsgOut::new(&room.name, &msg, r)),
+            Some(_) => frame(&MsgOut::new(&room.name, &msg, r).sent_registered(registered)),
             None => shared.clone(),
         };
         for &m in &room.members {

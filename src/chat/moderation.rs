@@ -1,15 +1,50 @@
-//! Moderation by server operators (accounts with `op`): `kick` from a room
-//! and `ban` from a room or the server (by nick and account, optionally by
-//! address; for a duration or for good). Each action is refused
-//! `forbidden` to anyone else, announced to the room as a `moderation`
-//! event, written to the audit log in the store, and, like account
-//! changes, carried out only once committed.
+//! Moderation by server operators (accounts with `op`), a room's owner (the
+//! account that created it) and the moderators they appoint: `kick` from a
+//! room, `ban` from a room or the server (by nick and account, optionally
+//! by address; for a duration or for good), `mute`, `slow`, `topic`,
+//! `delete`. Each action is refused `forbidden` to anyone else, announced
+//! to the room as a `moderation` event, written to the audit log in the
+//! store, and, like account changes, carried out only once committed.
 
 use std::net::IpAddr;
 
 use super::durable::Record;
 use super::protocol::{ChatError, Out, frame};
 use super::{Chat, ConnId, Now, Outbox, send_error};
+
+/// A `moderation` event's fields; `until`, `interval` and `id` only for
+/// the actions that have them.
+#[derive(Default)]
+struct Event<'a> {
+    action: &'static str,
+    room: Option<&'a str>,
+    nick: &'a str,
+    by: &'a str,
+    reason: &'a str,
+    until: Option<u64>,
+    interval: Option<u64>,
+    id: Option<u64>,
+}
+
+impl<'a> Event<'a> {
+    /// The event, with `r` for the actor's own copy.
+    fn out(&self, r: Option<&'a str>) -> Out<'a> {
+        Out::Moderation {
+            action: self.action,
+            room: self.room,
+            nick: self.nick,
+            by: self.by,
+            reason: self.reason,
+            until: self.until,
+            interval: self.interval,
+            id: self.id,
+            r#ref: r,
+        }
+    }
+}
+
+/// A connection's role in each room it has joined (see [`Chat::role_in`]).
+pub(super) type Roles = Vec<(u32, Option<&'static str>)>;
 
 /// A ban in force.
 #[derive(Clone, Debug)]
@@ -47,6 +82,24 @@ pub enum ModRecord {
     Topic {
         room: Box<str>,
         topic: Box<str>,
+    },
+    /// The account that created `room` (kept only if none is yet).
+    Creator {
+        room: Box<str>,
+        account: Box<str>,
+    },
+    /// A mute (see [`crate::store::Op::PutMute`]); `now` drops ended ones.
+    Mute {
+        room: Box<str>,
+        nick: Box<str>,
+        account: Box<str>,
+        until: u64,
+        now: u64,
+    },
+    /// Slow mode of a room, ms between one user's messages (0: off).
+    Slow {
+        room: Box<str>,
+        interval_ms: u64,
     },
     /// Message `id` of `room` becomes a tombstone (its text emptied).
     Delete {
@@ -102,14 +155,33 @@ pub(super) enum ModApply {
         ban: Ban,
         target_nick: String,
     },
+    Mute {
+        actor: ConnId,
+        r#ref: Option<Box<str>>,
+        by: String,
+        mute: Mute,
+        target_nick: String,
+        reason: String,
+    },
+    Slow {
+        actor: ConnId,
+        r#ref: Option<Box<str>>,
+        by: String,
+        room: String,
+        interval_s: u64,
+    },
 }
 
-/// A mute in force (in memory: a restart lifts it).
-struct Mute {
-    room: String,
-    nick: String,
-    account: String,
-    until: u64,
+/// A mute in force (stored: a restart keeps it until it ends).
+#[derive(Clone, Debug)]
+pub struct Mute {
+    pub room: String,
+    /// Lowercase.
+    pub nick: String,
+    /// Lowercase; empty: none.
+    pub account: String,
+    /// Wall-clock ms.
+    pub until: u64,
 }
 
 #[derive(Default)]
@@ -120,6 +192,8 @@ pub(super) struct Moderation {
     topics: std::collections::HashMap<String, String>,
     /// (room, account key): room moderators.
     mods: std::collections::HashSet<(String, String)>,
+    /// Room -> the account key that created it: its owner.
+    creators: std::collections::HashMap<String, String>,
     /// Room -> slow-mode interval, ms.
     slow: std::collections::HashMap<String, u64>,
     /// (room, nick lowercase) -> monotonic ms of the last message posted
@@ -219,16 +293,98 @@ impl Chat {
         Ok(self.conns.nick(conn).unwrap_or_default().to_string())
     }
 
-    /// The nick of `conn` when it may moderate `room`: an operator, or a
-    /// moderator of the room (logged in to an appointed account).
+    /// The nick of `conn` when it may moderate `room`: an operator, the
+    /// room's owner, or a moderator of the room (logged in to an appointed
+    /// account).
     fn moderator_name(&self, conn: ConnId, room: &str) -> Result<String, ChatError> {
-        let appointed = self
-            .account_of(conn)
-            .is_some_and(|a| self.moder.mods.contains(&(room.to_string(), a)));
-        if !appointed && !self.is_op(conn) {
+        if self.role_in(conn, room).is_none() {
             return Err(ChatError::Forbidden);
         }
         Ok(self.conns.nick(conn).unwrap_or_default().to_string())
+    }
+
+    /// What `conn` may do in `room` (docs/protocol.md, "Roles"):
+    /// `operator` (everything, everywhere), `owner` (the account that
+    /// created the room: moderates it and appoints its moderators),
+    /// `moderator`; None: a plain member.
+    pub(super) fn role_in(&self, conn: ConnId, room: &str) -> Option<&'static str> {
+        if self.is_op(conn) {
+            return Some("operator");
+        }
+        let account = self.account_key(conn)?;
+        if self.moder.creators.get(room).is_some_and(|c| c == account) {
+            return Some("owner");
+        }
+        // The set is keyed by owned pairs; this runs once per moderation
+        // request or join, not per message.
+        self.moder
+            .mods
+            .contains(&(room.to_string(), account.to_string()))
+            .then_some("moderator")
+    }
+
+    /// The role of `conn` in each room it has joined.
+    pub(super) fn roles_of(&self, conn: ConnId) -> Roles {
+        let Some(c) = self.conns.get(&conn) else {
+            return Vec::new();
+        };
+        c.rooms
+            .iter()
+            .filter_map(|&i| self.room(i).map(|r| (i, self.role_in(conn, &r.name))))
+            .collect()
+    }
+
+    /// Sends `conn` a `role` event for each joined room whose role is no
+    /// longer the one in `before` (a login, a logout, an appointment).
+    pub(super) fn send_role_changes(
+        &self,
+        conn: ConnId,
+        before: &[(u32, Option<&'static str>)],
+        out: &mut dyn Outbox,
+    ) {
+        for (idx, now) in self.roles_of(conn) {
+            let was = before.iter().find(|(i, _)| *i == idx).and_then(|(_, r)| *r);
+            if was == now {
+                continue;
+            }
+            if let Some(room) = self.room(idx) {
+                out.send(
+                    conn,
+                    &frame(&Out::Role {
+                        room: &room.name,
+                        role: now.unwrap_or("member"),
+                    }),
+                );
+            }
+        }
+    }
+
+    /// Loads the rooms' creators, (room, account) pairs.
+    pub fn restore_creators(&mut self, creators: Vec<(String, String)>) {
+        self.moder.creators = creators.into_iter().collect();
+    }
+
+    /// Loads the mutes in force and the rooms' slow modes (ms).
+    pub fn restore_mutes(&mut self, mutes: Vec<Mute>, slow: Vec<(String, u64)>) {
+        self.moder.mutes = mutes;
+        self.moder.slow = slow.into_iter().filter(|(_, ms)| *ms > 0).collect();
+    }
+
+    /// A logged-in `conn` creates `room`: its account owns the room unless
+    /// an owner is recorded already (a room forgotten and made anew keeps
+    /// its first owner, as it keeps its topic and moderators).
+    pub(super) fn record_creator(&mut self, conn: ConnId, room: &str) {
+        let Some(account) = self.account_key(conn).map(str::to_string) else {
+            return;
+        };
+        if self.moder.creators.contains_key(room) {
+            return;
+        }
+        self.records.push(Record::Moderation(ModRecord::Creator {
+            room: room.into(),
+            account: account.as_str().into(),
+        }));
+        self.moder.creators.insert(room.to_string(), account);
     }
 
     /// The topic of `room`, if it has one.
@@ -309,8 +465,9 @@ impl Chat {
         self.moder.mods = mods.into_iter().collect();
     }
 
-    /// `moderator`: an operator appoints (or, with `on` false, removes) the
-    /// account `nick` as a moderator of `room`. Stored before it holds.
+    /// `moderator`: an operator or the room's owner appoints (or, with `on`
+    /// false, removes) the account `nick` as a moderator of `room`. Stored
+    /// before it holds.
     pub(super) fn appoint(
         &mut self,
         conn: ConnId,
@@ -320,7 +477,10 @@ impl Chat {
         r: Option<&str>,
         now: Now,
     ) -> Result<(), ChatError> {
-        let by = self.operator_name(conn)?;
+        if !matches!(self.role_in(conn, room), Some("operator" | "owner")) {
+            return Err(ChatError::Forbidden);
+        }
+        let by = self.conns.nick(conn).unwrap_or_default().to_string();
         let account = nick.to_ascii_lowercase();
         if !self.is_registered(&account) {
             return Err(ChatError::NoSuchAccount);
@@ -481,12 +641,12 @@ impl Chat {
         &self,
         idx: Option<u32>,
         actor: ConnId,
-        ev: &Out<'_>,
-        own: &Out<'_>,
+        ev: &Event<'_>,
+        r: Option<&str>,
         out: &mut dyn Outbox,
     ) {
-        let shared = frame(ev);
-        let mine = frame(own);
+        let shared = frame(&ev.out(None));
+        let mine = frame(&ev.out(r));
         if let Some(room) = idx.and_then(|i| self.room(i)) {
             for &m in &room.members {
                 if m != actor {
@@ -518,18 +678,14 @@ impl Chat {
                         let after = rm.bytes;
                         self.history_bytes = self.history_bytes - before + after;
                     }
-                    let ev = |r| Out::Moderation {
+                    let ev = Event {
                         action: "delete",
                         room: Some(&room),
-                        nick: "",
                         by: &by,
-                        reason: "",
-                        until: None,
-                        interval: None,
                         id: Some(id),
-                        r#ref: r,
+                        ..Event::default()
                     };
-                    self.announce(idx, actor, &ev(None), &ev(r#ref.as_deref()), out);
+                    self.announce(idx, actor, &ev, r#ref.as_deref(), out);
                 }
                 ModApply::Topic {
                     actor,
@@ -539,18 +695,14 @@ impl Chat {
                     topic,
                 } => {
                     let idx = self.room_names.get(room.as_str()).copied();
-                    let ev = |r| Out::Moderation {
+                    let ev = Event {
                         action: "topic",
                         room: Some(&room),
-                        nick: "",
                         by: &by,
                         reason: &topic,
-                        until: None,
-                        interval: None,
-                        id: None,
-                        r#ref: r,
+                        ..Event::default()
                     };
-                    self.announce(idx, actor, &ev(None), &ev(r#ref.as_deref()), out);
+                    self.announce(idx, actor, &ev, r#ref.as_deref(), out);
                     if topic.is_empty() {
                         self.moder.topics.remove(&room);
                     } else {
@@ -565,25 +717,31 @@ impl Chat {
                     account,
                     on,
                 } => {
+                    // The account's connections in the room hear their
+                    // new role (an owner or operator keeps theirs).
+                    let theirs: Vec<(ConnId, Roles)> = self
+                        .account_conns(&account, usize::MAX)
+                        .into_iter()
+                        .map(|c| (c, self.roles_of(c)))
+                        .collect();
                     let k = (room.clone(), account.clone());
                     if on {
                         self.moder.mods.insert(k);
                     } else {
                         self.moder.mods.remove(&k);
                     }
+                    for (c, before) in &theirs {
+                        self.send_role_changes(*c, before, out);
+                    }
                     let idx = self.room_names.get(room.as_str()).copied();
-                    let ev = |r| Out::Moderation {
+                    let ev = Event {
                         action: if on { "moderator" } else { "unmoderator" },
                         room: Some(&room),
                         nick: &account,
                         by: &by,
-                        reason: "",
-                        until: None,
-                        interval: None,
-                        id: None,
-                        r#ref: r,
+                        ..Event::default()
                     };
-                    self.announce(idx, actor, &ev(None), &ev(r#ref.as_deref()), out);
+                    self.announce(idx, actor, &ev, r#ref.as_deref(), out);
                 }
                 ModApply::Kick {
                     actor,
@@ -595,21 +753,69 @@ impl Chat {
                     reason,
                 } => {
                     let idx = self.room_names.get(room.as_str()).copied();
-                    let ev = |r| Out::Moderation {
+                    let ev = Event {
                         action: "kick",
                         room: Some(&room),
                         nick: &nick,
                         by: &by,
                         reason: &reason,
-                        until: None,
-                        interval: None,
-                        id: None,
-                        r#ref: r,
+                        ..Event::default()
                     };
-                    self.announce(idx, actor, &ev(None), &ev(r#ref.as_deref()), out);
+                    self.announce(idx, actor, &ev, r#ref.as_deref(), out);
                     if let Some(i) = idx {
                         self.expel(target, i, now, out);
                     }
+                }
+                ModApply::Mute {
+                    actor,
+                    r#ref,
+                    by,
+                    mute,
+                    target_nick,
+                    reason,
+                } => {
+                    let t = now.wall_ms;
+                    self.moder.mutes.retain(|m| {
+                        m.until > t
+                            && !(m.room == mute.room
+                                && m.nick == mute.nick
+                                && m.account == mute.account)
+                    });
+                    let idx = self.room_names.get(mute.room.as_str()).copied();
+                    let ev = Event {
+                        action: "mute",
+                        room: Some(&mute.room),
+                        nick: &target_nick,
+                        by: &by,
+                        reason: &reason,
+                        until: Some(mute.until),
+                        ..Event::default()
+                    };
+                    self.announce(idx, actor, &ev, r#ref.as_deref(), out);
+                    self.moder.mutes.push(mute);
+                }
+                ModApply::Slow {
+                    actor,
+                    r#ref,
+                    by,
+                    room,
+                    interval_s,
+                } => {
+                    if interval_s == 0 {
+                        self.moder.slow.remove(&room);
+                        self.moder.last_post.retain(|(rm, _), _| *rm != room);
+                    } else {
+                        self.moder.slow.insert(room.clone(), interval_s * 1000);
+                    }
+                    let idx = self.room_names.get(room.as_str()).copied();
+                    let ev = Event {
+                        action: "slow",
+                        room: Some(&room),
+                        by: &by,
+                        interval: Some(interval_s),
+                        ..Event::default()
+                    };
+                    self.announce(idx, actor, &ev, r#ref.as_deref(), out);
                 }
                 ModApply::Ban {
                     actor,
@@ -624,16 +830,14 @@ impl Chat {
                     } else {
                         self.room_names.get(ban.room.as_str()).copied()
                     };
-                    let ev = |r| Out::Moderation {
+                    let ev = Event {
                         action: "ban",
                         room: (!ban.room.is_empty()).then_some(ban.room.as_str()),
                         nick: &target_nick,
                         by: &by,
                         reason: &ban.reason,
                         until: Some(ban.until),
-                        interval: None,
-                        id: None,
-                        r#ref: r,
+                        ..Event::default()
                     };
                     // Everyone the ban holds goes: from the room, or off
                     // the server.
@@ -650,13 +854,13 @@ impl Chat {
                         .collect();
                     match idx {
                         Some(i) => {
-                            self.announce(Some(i), actor, &ev(None), &ev(r#ref.as_deref()), out);
+                            self.announce(Some(i), actor, &ev, r#ref.as_deref(), out);
                             for t in hit {
                                 self.expel(t, i, now, out);
                             }
                         }
                         None if ban.room.is_empty() => {
-                            let shared = frame(&ev(None));
+                            let shared = frame(&ev.out(None));
                             for &t in &hit {
                                 let rooms = self
                                     .conns
@@ -673,7 +877,7 @@ impl Chat {
                                     }
                                 }
                             }
-                            out.send(actor, &frame(&ev(r#ref.as_deref())));
+                            out.send(actor, &frame(&ev.out(r#ref.as_deref())));
                             for t in hit {
                                 if t == actor {
                                     continue;
@@ -684,7 +888,7 @@ impl Chat {
                                 out.close(t, super::CLOSE_POLICY, "banned");
                             }
                         }
-                        None => out.send(actor, &frame(&ev(r#ref.as_deref()))),
+                        None => out.send(actor, &frame(&ev.out(r#ref.as_deref()))),
                     }
                 }
             }
@@ -704,8 +908,9 @@ impl Chat {
         self.remove_member(idx, conn, &nick, now, out);
     }
 
-    /// `mute` and `slow` take effect at once (they are not stored; their
-    /// audit line is committed with the turn).
+    /// `mute`: stored first, then it holds (a restart keeps it until it
+    /// ends). Muting the same nick and account again replaces the end, so
+    /// a mute of 1 s lifts a longer one.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn mute(
         &mut self,
@@ -716,20 +921,25 @@ impl Chat {
         reason: Option<String>,
         r: Option<&str>,
         now: Now,
-        out: &mut dyn Outbox,
     ) -> Result<(), ChatError> {
         let by = self.moderator_name(conn, room)?;
         let target = self.holder(nick);
         let key = nick.to_ascii_lowercase();
         let account = target.and_then(|t| self.account_of(t)).unwrap_or_default();
         let until = now.wall_ms.saturating_add(duration_s.saturating_mul(1000));
-        self.moder.mutes.retain(|m| m.until > now.wall_ms);
-        self.moder.mutes.push(Mute {
+        let mute = Mute {
             room: room.to_string(),
             nick: key,
             account,
             until,
-        });
+        };
+        self.records.push(Record::Moderation(ModRecord::Mute {
+            room: room.into(),
+            nick: mute.nick.as_str().into(),
+            account: mute.account.as_str().into(),
+            until,
+            now: now.wall_ms,
+        }));
         let reason = reason.unwrap_or_default();
         self.audit(
             now,
@@ -739,22 +949,21 @@ impl Chat {
             nick,
             &format!("until={until} reason={reason}"),
         );
-        let idx = self.room_names.get(room).copied();
-        let ev = |r| Out::Moderation {
-            action: "mute",
-            room: Some(room),
-            nick,
-            by: &by,
-            reason: &reason,
-            until: Some(until),
-            interval: None,
-            id: None,
-            r#ref: r,
-        };
-        self.announce(idx, conn, &ev(None), &ev(r), out);
+        self.moder.pending.push((
+            now,
+            ModApply::Mute {
+                actor: conn,
+                r#ref: r.map(Box::from),
+                by,
+                mute,
+                target_nick: nick.to_string(),
+                reason,
+            },
+        ));
         Ok(())
     }
 
+    /// `slow`: stored first, then it holds, across restarts too.
     pub(super) fn slow(
         &mut self,
         conn: ConnId,
@@ -762,15 +971,12 @@ impl Chat {
         interval_s: u64,
         r: Option<&str>,
         now: Now,
-        out: &mut dyn Outbox,
     ) -> Result<(), ChatError> {
         let by = self.moderator_name(conn, room)?;
-        if interval_s == 0 {
-            self.moder.slow.remove(room);
-            self.moder.last_post.retain(|(rm, _), _| rm != room);
-        } else {
-            self.moder.slow.insert(room.to_string(), interval_s * 1000);
-        }
+        self.records.push(Record::Moderation(ModRecord::Slow {
+            room: room.into(),
+            interval_ms: interval_s * 1000,
+        }));
         self.audit(
             now,
             &by,
@@ -779,24 +985,21 @@ impl Chat {
             "",
             &format!("interval={interval_s}"),
         );
-        let idx = self.room_names.get(room).copied();
-        let ev = |r| Out::Moderation {
-            action: "slow",
-            room: Some(room),
-            nick: "",
-            by: &by,
-            reason: "",
-            until: None,
-            interval: Some(interval_s),
-            id: None,
-            r#ref: r,
-        };
-        self.announce(idx, conn, &ev(None), &ev(r), out);
+        self.moder.pending.push((
+            now,
+            ModApply::Slow {
+                actor: conn,
+                r#ref: r.map(Box::from),
+                by,
+                room: room.to_string(),
+                interval_s,
+            },
+        ));
         Ok(())
     }
 
     /// A `message` to `room` (joined): refused while muted, or sooner than
-    /// the room's slow mode allows (operators are exempt from it).
+    /// the room's slow mode allows (its moderators are exempt from it).
     pub(super) fn check_post(
         &mut self,
         conn: ConnId,
@@ -852,7 +1055,9 @@ impl Chat {
                 | ModApply::Ban { actor, r#ref, .. }
                 | ModApply::Moderator { actor, r#ref, .. }
                 | ModApply::Topic { actor, r#ref, .. }
-                | ModApply::Delete { actor, r#ref, .. } => (actor, r#ref),
+                | ModApply::Delete { actor, r#ref, .. }
+                | ModApply::Mute { actor, r#ref, .. }
+                | ModApply::Slow { actor, r#ref, .. } => (actor, r#ref),
             };
             send_error(out, actor, r.as_deref(), &ChatError::StorageFailed);
         }

@@ -51,6 +51,12 @@ pub enum ChatError {
     RegistrationClosed,
     /// `register` of a nick that has an account already.
     AlreadyRegistered,
+    /// `register` past `--max-accounts` accounts on the server.
+    TooManyAccounts,
+    /// `register` past `--registrations-per-hour` from this address.
+    RegistrationLimited {
+        retry_after_s: u64,
+    },
     /// Wrong account, password or token.
     LoginFailed,
     /// `--require-account`: `join` and `dm` need a login.
@@ -116,6 +122,8 @@ impl ChatError {
             ChatError::Forbidden => "forbidden",
             ChatError::RegistrationClosed => "registration_closed",
             ChatError::AlreadyRegistered => "already_registered",
+            ChatError::TooManyAccounts => "too_many_accounts",
+            ChatError::RegistrationLimited { .. } => "registration_limited",
             ChatError::LoginFailed => "login_failed",
             ChatError::AccountRequired => "account_required",
             ChatError::Banned { .. } => "banned",
@@ -130,9 +138,9 @@ impl ChatError {
     /// Seconds after which a refused login may be tried again.
     pub fn retry_after(&self) -> Option<u64> {
         match self {
-            ChatError::LoginLimited { retry_after_s } | ChatError::SlowMode { retry_after_s } => {
-                Some(*retry_after_s)
-            }
+            ChatError::LoginLimited { retry_after_s }
+            | ChatError::SlowMode { retry_after_s }
+            | ChatError::RegistrationLimited { retry_after_s } => Some(*retry_after_s),
             _ => None,
         }
     }
@@ -234,6 +242,13 @@ impl fmt::Display for ChatError {
                 f.write_str("registration is closed: ask an operator for an account")
             }
             ChatError::AlreadyRegistered => f.write_str("that nick is registered already"),
+            ChatError::TooManyAccounts => f.write_str(
+                "the server has as many accounts as it allows: ask an operator",
+            ),
+            ChatError::RegistrationLimited { retry_after_s } => write!(
+                f,
+                "too many registrations from your address: try again in {retry_after_s} s"
+            ),
             ChatError::LoginFailed => f.write_str("wrong account, password or token"),
             ChatError::AccountRequired => {
                 f.write_str("this server requires an account: log in or register first")
@@ -787,6 +802,10 @@ pub struct MsgOut<'a> {
     /// is then empty; a real message never has an empty text).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub deleted: bool,
+    /// Extension (accounts): a live message whose sender was logged in to
+    /// the account of the nick it was sent under (absent in history).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub registered: bool,
     #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
     pub r#ref: Option<&'a str>,
 }
@@ -813,8 +832,15 @@ impl<'a> MsgOut<'a> {
             text: &m.text,
             ts: m.ts,
             deleted: m.text.is_empty(),
+            registered: false,
             r#ref,
         }
+    }
+
+    /// Marks a live message's sender as registered (see `registered`).
+    pub fn sent_registered(mut self, registered: bool) -> MsgOut<'a> {
+        self.registered = registered;
+        self
     }
 }
 
@@ -906,18 +932,40 @@ pub enum Out<'a> {
     Nick {
         old: &'a str,
         nick: &'a str,
+        /// Extension (accounts): the new nick is its holder's account.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        registered: bool,
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
         r#ref: Option<&'a str>,
     },
+    /// Extension (accounts): a member's nick became registered (a login
+    /// or registration that kept the nick it had), to those sharing a room.
+    Member { nick: &'a str, registered: bool },
+    /// Extension (moderation): this connection's role in a joined room
+    /// changed (`operator`, `owner`, `moderator` or `member`).
+    Role { room: &'a str, role: &'a str },
     Joined {
         room: &'a str,
         epoch: &'a str,
         members: Vec<&'a str>,
+        /// Extension (accounts): the members holding their account's nick,
+        /// in the order of `members` (absent when none).
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        registered: Vec<&'a str>,
+        /// Extension (moderation): the members who may moderate the room
+        /// (operators, its owner, its moderators), in the order of
+        /// `members` (absent when none).
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        moderators: Vec<&'a str>,
         history: Vec<MsgOut<'a>>,
         complete: bool,
         /// Extension (moderation): the room's topic, when it has one.
         #[serde(skip_serializing_if = "Option::is_none")]
         topic: Option<&'a str>,
+        /// Extension (moderation): your role in the room, when you have
+        /// one (`operator`, `owner`, `moderator`; absent: a plain member).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        role: Option<&'static str>,
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
         r#ref: Option<&'a str>,
     },
@@ -930,6 +978,14 @@ pub enum Out<'a> {
         room: &'a str,
         nick: &'a str,
         event: &'static str,
+        /// Extension (accounts): a joining member holding its account's
+        /// nick.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        registered: bool,
+        /// Extension (moderation): a joining member's role in the room,
+        /// when it has one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        role: Option<&'static str>,
     },
     Dm {
         from: &'a str,

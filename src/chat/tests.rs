@@ -2091,3 +2091,88 @@ fn chat_full_server_never_evicts_history_for_a_hoarder() {
     let v = h.join(1, "general");
     assert_eq!(v["history"][0]["text"], "keep me");
 }
+
+/// Accounts and roles (docs/protocol.md, "Roles" and "Registered members"):
+/// with nobody logged in no frame carries the new fields; a logged-in
+/// creator owns its room, every frame says so, and the record naming the
+/// owner is one a failed commit retries (it answers no one).
+#[test]
+fn chat_room_owner_and_registered_marks() {
+    let mut h = H::new();
+    let token = [7u8; 32];
+    h.chat.restore_accounts(
+        vec![accounts::RestoredAccount {
+            name: "bob".into(),
+            hash: "unused: token logins hash nothing".into(),
+            op: false,
+        }],
+        vec![(accounts::token_hash(&token).to_vec(), "bob".into())],
+    );
+    h.user(1, "ann");
+    h.user(2, "cy");
+    let j = h.join(1, "guests");
+    for k in ["registered", "moderators", "role"] {
+        assert!(j.get(k).is_none(), "{k} in {j}");
+    }
+    h.send(2, json!({"type": "join", "room": "guests"}));
+    let f = h.drain();
+    let p = &f.iter().find(|(to, _)| *to == 1).unwrap().1;
+    assert_eq!(
+        p,
+        &json!({"type":"presence","room":"guests","nick":"cy","event":"join"})
+    );
+    h.send(
+        1,
+        json!({"type": "message", "room": "guests", "text": "hi"}),
+    );
+    let f = h.drain();
+    assert!(
+        f.iter().all(|(_, v)| v.get("registered").is_none()),
+        "{f:?}"
+    );
+    assert!(
+        h.chat.take_records().is_empty(),
+        "no owner for a guest's room"
+    );
+
+    let hex: String = token.iter().map(|b| format!("{b:02x}")).collect();
+    h.connect(3, Some("x"));
+    h.send(3, json!({"type": "login", "token": hex}));
+    let f = h.drain();
+    assert_eq!(f[0].1["type"], "session", "{f:?}");
+    assert_eq!(
+        f[1].1,
+        json!({"type":"nick","old":"x","nick":"bob","registered":true})
+    );
+    let j = h.join(3, "club");
+    assert_eq!(j["role"], "owner", "{j}");
+    assert_eq!(j["registered"], json!(["bob"]), "{j}");
+    assert_eq!(j["moderators"], json!(["bob"]), "{j}");
+    let recs = h.chat.take_records();
+    assert!(
+        matches!(&recs[..], [durable::Record::Moderation(moderation::ModRecord::Creator { room, account })]
+            if &**room == "club" && &**account == "bob"),
+        "{recs:?}"
+    );
+    assert!(!recs[0].is_answered(), "kept to try again");
+    h.send(1, json!({"type": "join", "room": "club"}));
+    h.drain();
+    h.send(
+        3,
+        json!({"type": "message", "room": "club", "text": "mine"}),
+    );
+    let f = h.drain();
+    assert!(
+        f.iter()
+            .filter(|(_, v)| v["type"] == "message")
+            .all(|(_, v)| v["registered"] == true),
+        "{f:?}"
+    );
+    // A member who joins later is told the owner moderates; a guest owns
+    // nothing and appoints no one.
+    let v = h.ask(
+        1,
+        json!({"type": "moderator", "room": "club", "nick": "bob"}),
+    );
+    err(&v, "forbidden");
+}

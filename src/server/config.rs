@@ -312,6 +312,18 @@ pub struct Config {
     #[arg(long, value_name = "N", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_auth_jobs: u32,
 
+    /// Accounts `register` may bring the server to (operators, in the chat
+    /// or with `wschat account add`, are not held to it); past it a
+    /// registration is answered `too_many_accounts`.
+    #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_accounts: u32,
+
+    /// Registrations one client address may start per hour (answered
+    /// `registration_limited` past it); 0: no limit. Loopback is exempt
+    /// without --limit-loopback, like the rate limit.
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    pub registrations_per_hour: u32,
+
     #[command(subcommand)]
     pub command: Option<Command>,
 }

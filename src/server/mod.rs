@@ -342,6 +342,8 @@ impl Server {
                 require_account: cfg.require_account,
                 registration_open: cfg.registration == Registration::Open,
                 max_auth_jobs: cfg.max_auth_jobs as usize,
+                max_accounts: cfg.max_accounts as usize,
+                registrations_per_hour: cfg.registrations_per_hour,
             },
             SystemTime::now()
                 .duration_since(UNIX_EPOCH)

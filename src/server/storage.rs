@@ -11,7 +11,7 @@ use log::{info, warn};
 use super::{Config, Server};
 use crate::chat::accounts::{AccountRecord, RestoredAccount};
 use crate::chat::durable::{Record, Restored};
-use crate::chat::moderation::{Ban, ModRecord};
+use crate::chat::moderation::{Ban, ModRecord, Mute};
 use crate::chat::room::Msg;
 use crate::chat::{ArchiveError, Chat, Now};
 use crate::store::memory::MemoryStore;
@@ -100,6 +100,24 @@ fn op(r: &Record) -> Op<'_> {
                 created: *created,
             },
             ModRecord::Topic { room, topic } => Op::PutTopic { room, topic },
+            ModRecord::Creator { room, account } => Op::PutCreator { room, account },
+            ModRecord::Mute {
+                room,
+                nick,
+                account,
+                until,
+                now,
+            } => Op::PutMute {
+                room,
+                nick,
+                account,
+                until: *until,
+                now: *now,
+            },
+            ModRecord::Slow { room, interval_ms } => Op::PutSlow {
+                room,
+                interval_ms: *interval_ms,
+            },
             ModRecord::Delete { room, id } => Op::DeleteMessage { room, id: *id },
             ModRecord::Moderator { room, account, on } => Op::PutModerator {
                 room,
@@ -158,6 +176,19 @@ fn load_accounts(store: &mut dyn Store, chat: &mut Chat) -> crate::store::Result
     chat.restore_bans(bans);
     chat.restore_moderators(store.moderators()?);
     chat.restore_topics(store.topics()?);
+    let settings = store.room_settings(super::wall_ms())?;
+    chat.restore_creators(settings.creators);
+    let mutes = settings
+        .mutes
+        .into_iter()
+        .map(|m| Mute {
+            room: m.room,
+            nick: m.nick,
+            account: m.account,
+            until: m.until,
+        })
+        .collect();
+    chat.restore_mutes(mutes, settings.slow);
     Ok(())
 }
 

@@ -4,8 +4,8 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use super::{
-    AccountRow, AuditRow, BanRow, Limits, MessageRow, Op, Result, RoomRow, SessionRow, Store,
-    StoreError, Trimmed, row_bytes,
+    AccountRow, AuditRow, BanRow, Limits, MessageRow, MuteRow, Op, Result, RoomRow, RoomSettings,
+    SessionRow, Store, StoreError, Trimmed, row_bytes,
 };
 
 struct MemRoom {
@@ -27,6 +27,10 @@ pub struct MemoryStore {
     audit: Vec<AuditRow>,
     moderators: std::collections::BTreeSet<(String, String)>,
     topics: BTreeMap<String, String>,
+    creators: BTreeMap<String, String>,
+    /// (room, nick, account) -> until.
+    mutes: BTreeMap<(String, String, String), u64>,
+    slow: BTreeMap<String, u64>,
     /// While set, every commit fails (and changes nothing).
     pub fail_commits: bool,
 }
@@ -44,6 +48,9 @@ impl MemoryStore {
             audit: Vec::new(),
             moderators: Default::default(),
             topics: BTreeMap::new(),
+            creators: BTreeMap::new(),
+            mutes: BTreeMap::new(),
+            slow: BTreeMap::new(),
             fail_commits: false,
         }
     }
@@ -68,6 +75,24 @@ impl Store for MemoryStore {
 
     fn topics(&mut self) -> Result<Vec<(String, String)>> {
         Ok(self.topics.clone().into_iter().collect())
+    }
+
+    fn room_settings(&mut self, now_ms: u64) -> Result<RoomSettings> {
+        self.mutes.retain(|_, until| *until > now_ms);
+        Ok(RoomSettings {
+            creators: self.creators.clone().into_iter().collect(),
+            mutes: self
+                .mutes
+                .iter()
+                .map(|((room, nick, account), until)| MuteRow {
+                    room: room.clone(),
+                    nick: nick.clone(),
+                    account: account.clone(),
+                    until: *until,
+                })
+                .collect(),
+            slow: self.slow.clone().into_iter().collect(),
+        })
     }
 
     fn moderators(&mut self) -> Result<Vec<(String, String)>> {
@@ -153,6 +178,9 @@ impl Store for MemoryStore {
         let (mut bans, mut audit) = (Vec::new(), Vec::new());
         let mut moderators = self.moderators.clone();
         let mut topics = self.topics.clone();
+        let mut creators = self.creators.clone();
+        let mut mutes = self.mutes.clone();
+        let mut slow = self.slow.clone();
         for op in ops {
             match *op {
                 Op::PutRoom {
@@ -309,6 +337,28 @@ impl Store for MemoryStore {
                         moderators.remove(&k);
                     }
                 }
+                Op::PutCreator { room, account } => {
+                    creators
+                        .entry(room.to_string())
+                        .or_insert_with(|| account.to_string());
+                }
+                Op::PutMute {
+                    room,
+                    nick,
+                    account,
+                    until,
+                    now,
+                } => {
+                    mutes.retain(|_, u| *u > now);
+                    mutes.insert((room.into(), nick.into(), account.into()), until);
+                }
+                Op::PutSlow { room, interval_ms } => {
+                    if interval_ms == 0 {
+                        slow.remove(room);
+                    } else {
+                        slow.insert(room.to_string(), interval_ms);
+                    }
+                }
                 Op::Audit {
                     ts,
                     actor,
@@ -331,6 +381,9 @@ impl Store for MemoryStore {
         self.bans.extend(bans);
         self.moderators = moderators;
         self.topics = topics;
+        self.creators = creators;
+        self.mutes = mutes;
+        self.slow = slow;
         self.audit.extend(audit);
         let mut trimmed: BTreeMap<String, u64> = BTreeMap::new();
         touched.sort();

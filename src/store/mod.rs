@@ -108,6 +108,22 @@ pub enum Op<'a> {
     DeleteMessage { room: &'a str, id: u64 },
     /// A room's topic; "" removes it.
     PutTopic { room: &'a str, topic: &'a str },
+    /// `account` (lowercase) created `room`: kept unless one is recorded
+    /// already (the first creator stays the room's owner).
+    PutCreator { room: &'a str, account: &'a str },
+    /// A mute of `nick` and `account` (lowercase; empty: none) in `room`
+    /// until `until` (wall-clock ms); replaces one of the same three. Mutes
+    /// that ended by `now` are dropped in the same commit.
+    PutMute {
+        room: &'a str,
+        nick: &'a str,
+        account: &'a str,
+        until: u64,
+        now: u64,
+    },
+    /// Slow mode of `room`: `interval_ms` between one user's messages; 0
+    /// turns it off.
+    PutSlow { room: &'a str, interval_ms: u64 },
     /// A line of the audit log: who did what, when.
     Audit {
         ts: u64,
@@ -139,6 +155,27 @@ pub struct BanRow {
     pub ip: String,
     pub until: u64,
     pub reason: String,
+}
+
+/// A mute as stored (see [`Op::PutMute`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MuteRow {
+    pub room: String,
+    pub nick: String,
+    pub account: String,
+    pub until: u64,
+}
+
+/// Per-room moderation settings beside topics and moderators, as loaded at
+/// start (see [`Store::room_settings`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RoomSettings {
+    /// (room, account): the account that created the room.
+    pub creators: Vec<(String, String)>,
+    /// Mutes still in force.
+    pub mutes: Vec<MuteRow>,
+    /// (room, interval in ms): rooms in slow mode.
+    pub slow: Vec<(String, u64)>,
 }
 
 /// An account as stored.
@@ -229,6 +266,9 @@ pub trait Store {
     fn moderators(&mut self) -> Result<Vec<(String, String)>>;
     /// Every ban still in force at wall-clock `now_ms`.
     fn bans(&mut self, now_ms: u64) -> Result<Vec<BanRow>>;
+    /// Room creators, mutes in force at wall-clock `now_ms` (ended ones
+    /// are deleted) and slow modes.
+    fn room_settings(&mut self, now_ms: u64) -> Result<RoomSettings>;
     /// The newest `limit` audit lines, newest first, as
     /// (ts, actor, action, room, target, detail).
     fn audit(&mut self, limit: usize) -> Result<Vec<AuditRow>>;

@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
-    AccountRow, AuditRow, BanRow, Limits, MessageRow, Op, Result, RoomRow, SessionRow, Store,
-    StoreError, Trimmed, row_bytes,
+    AccountRow, AuditRow, BanRow, Limits, MessageRow, MuteRow, Op, Result, RoomRow, RoomSettings,
+    SessionRow, Store, StoreError, Trimmed, row_bytes,
 };
 
 /// The database file inside the data directory.
@@ -99,6 +99,24 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE TABLE topics (
         room  TEXT PRIMARY KEY,
         topic TEXT NOT NULL
+    );",
+    // 4 -> 5: the account that created each room (its owner, who may
+    // appoint moderators), and mutes and slow mode, which a restart used to
+    // lift.
+    "CREATE TABLE room_creators (
+        room    TEXT PRIMARY KEY,
+        account TEXT NOT NULL
+    );
+    CREATE TABLE mutes (
+        room    TEXT NOT NULL,
+        nick    TEXT NOT NULL,
+        account TEXT NOT NULL,
+        until   INTEGER NOT NULL,
+        PRIMARY KEY (room, nick, account)
+    );
+    CREATE TABLE slow_mode (
+        room        TEXT PRIMARY KEY,
+        interval_ms INTEGER NOT NULL
     );",
 ];
 
@@ -377,6 +395,45 @@ impl Store for SqliteStore {
                 })
             })?;
             rows.collect()
+        };
+        run().map_err(|e| self.err(e))
+    }
+
+    fn room_settings(&mut self, now_ms: u64) -> Result<RoomSettings> {
+        let run = || -> rusqlite::Result<RoomSettings> {
+            let pairs = |sql: &str| -> rusqlite::Result<Vec<(String, String)>> {
+                let mut st = self.conn.prepare(sql)?;
+                let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                rows.collect()
+            };
+            let creators = pairs("SELECT room, account FROM room_creators")?;
+            // Ended mutes hold no one: they go, not into memory.
+            self.conn
+                .execute("DELETE FROM mutes WHERE until <= ?1", [int(now_ms)])?;
+            let mut st = self
+                .conn
+                .prepare("SELECT room, nick, account, until FROM mutes")?;
+            let mutes = st
+                .query_map([], |r| {
+                    Ok(MuteRow {
+                        room: r.get(0)?,
+                        nick: r.get(1)?,
+                        account: r.get(2)?,
+                        until: uint(r.get(3)?),
+                    })
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut st = self
+                .conn
+                .prepare("SELECT room, interval_ms FROM slow_mode")?;
+            let slow = st
+                .query_map([], |r| Ok((r.get(0)?, uint(r.get(1)?))))?
+                .collect::<rusqlite::Result<_>>()?;
+            Ok(RoomSettings {
+                creators,
+                mutes,
+                slow,
+            })
         };
         run().map_err(|e| self.err(e))
     }
@@ -664,6 +721,43 @@ impl Store for SqliteStore {
                             "DELETE FROM moderators WHERE room = ?1 AND account = ?2"
                         };
                         tx.prepare_cached(sql)?.execute([room, account])?;
+                    }
+                    Op::PutCreator { room, account } => {
+                        tx.prepare_cached(
+                            "INSERT OR IGNORE INTO room_creators (room, account) VALUES (?1, ?2)",
+                        )?
+                        .execute([room, account])?;
+                    }
+                    Op::PutMute {
+                        room,
+                        nick,
+                        account,
+                        until,
+                        now,
+                    } => {
+                        tx.prepare_cached("DELETE FROM mutes WHERE until <= ?1")?
+                            .execute([int(now)])?;
+                        tx.prepare_cached(
+                            "INSERT OR REPLACE INTO mutes (room, nick, account, until)
+                             VALUES (?1, ?2, ?3, ?4)",
+                        )?
+                        .execute(params![
+                            room,
+                            nick,
+                            account,
+                            int(until)
+                        ])?;
+                    }
+                    Op::PutSlow { room, interval_ms } => {
+                        if interval_ms == 0 {
+                            tx.prepare_cached("DELETE FROM slow_mode WHERE room = ?1")?
+                                .execute([room])?;
+                        } else {
+                            tx.prepare_cached(
+                                "INSERT OR REPLACE INTO slow_mode (room, interval_ms) VALUES (?1, ?2)",
+                            )?
+                            .execute(params![room, int(interval_ms)])?;
+                        }
                     }
                     Op::Audit {
                         ts,

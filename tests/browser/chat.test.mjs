@@ -248,6 +248,8 @@ async function accounts({ base, ctxOpts, outside }) {
     await say(eve, 'this one stays');
     await seesOnce(boss, 'this one stays');
     if (await tid(eve, 'msg-delete').count()) throw new Error('a plain user has a Delete button');
+    if (await tid(eve, 'member-server-ban').count()) throw new Error('a plain user has a server ban');
+    await boss.locator('[data-testid="member-list"] [data-testid="member-server-ban"]').first().waitFor({ state: 'attached', timeout: STEP_TIMEOUT });
     if (await tid(eve, 'member-kick').count()) throw new Error('a plain user has a Kick button');
     await boss.locator('[data-testid="member-list"] [data-testid="member-kick"]').first().waitFor({ timeout: STEP_TIMEOUT });
     const msg = boss.locator('[data-testid="message-list"] [data-testid="message"]', { hasText: 'delete me please' });
@@ -257,6 +259,59 @@ async function accounts({ base, ctxOpts, outside }) {
       await page.locator('[data-testid="message-list"] [data-testid="message"]', { hasText: 'delete me please' }).waitFor({ state: 'detached', timeout: STEP_TIMEOUT });
     }
     await seesOnce(eve, 'this one stays');
+  });
+  await check('accounts: a second page sees the badge of a registered nick, in the member list and on its messages', async () => {
+    const evesRow = boss.locator('[data-testid="member-list"] [data-testid="member"][data-nick="eve"]');
+    await evesRow.locator('[data-testid="registered-badge"]').waitFor({ timeout: STEP_TIMEOUT });
+    await eve.locator('[data-testid="member-list"] [data-testid="member"][data-nick="boss"] [data-testid="registered-badge"]').waitFor({ timeout: STEP_TIMEOUT });
+    // The name (and its badge) heads a run of one author's messages.
+    await boss.locator('[data-testid="message-list"] [data-testid="message"]', { hasText: 'this one stays' }).locator('[data-testid="registered-badge"]').waitFor({ timeout: STEP_TIMEOUT });
+    await say(boss, 'signed by boss');
+    await eve.locator('[data-testid="message-list"] [data-testid="message"]', { hasText: 'signed by boss' }).locator('[data-testid="registered-badge"]').waitFor({ timeout: STEP_TIMEOUT });
+  });
+  await check('moderation: a room owner appoints a moderator, who gets the controls there', async () => {
+    // eve (registered) creates a room: she owns it. fred registers too.
+    const fred = await (await browser.newContext(ctxOpts)).newPage();
+    pages.fred = fred;
+    fred.on('pageerror', (e) => { log(`fred page error: ${e.message}`); outside.push(`fred: page error ${e.message}`); });
+    await signIn(fred, base, 'fred');
+    await tid(fred, 'nick-change').click();
+    await tid(fred, 'password-input').fill('fred password 1');
+    await tid(fred, 'register').click();
+    await badge(fred).waitFor({ timeout: STEP_TIMEOUT });
+    await joinRoom(eve, 'evesroom');
+    await joinRoom(fred, 'evesroom');
+    await memberPresent(eve, 'fred');
+    await say(eve, 'my room, my rules');
+    await seesOnce(fred, 'my room, my rules');
+    if (await tid(fred, 'member-kick').count() || await tid(fred, 'msg-delete').count()) throw new Error('fred has controls before he is appointed');
+    const fredsRow = eve.locator('[data-testid="member-list"] li', { has: eve.locator('[data-testid="member"][data-nick="fred"]') });
+    await fredsRow.locator('[data-testid="member-kick"]').waitFor({ state: 'attached', timeout: STEP_TIMEOUT });
+    if (await fredsRow.locator('[data-testid="member-server-ban"]').count()) throw new Error('an owner has a server ban');
+    await fredsRow.hover();
+    await fredsRow.locator('[data-testid="member-moderator"]').click();
+    await fred.locator('[data-testid="notice"]', { hasText: 'You are now a moderator of this room.' }).waitFor({ timeout: STEP_TIMEOUT });
+    await fred.locator('[data-testid="member-list"] [data-testid="member-kick"]').first().waitFor({ state: 'attached', timeout: STEP_TIMEOUT });
+    await fred.locator('[data-testid="msg-delete"]').first().waitFor({ state: 'attached', timeout: STEP_TIMEOUT });
+    if (await fred.locator('[data-testid="member-moderator"], [data-testid="member-unmoderator"]').count()) throw new Error('a moderator may not appoint');
+    await fredsRow.locator('[data-testid="mod-tag"]').waitFor({ timeout: STEP_TIMEOUT });
+    await fredsRow.locator('[data-testid="member-unmoderator"]').waitFor({ state: 'attached', timeout: STEP_TIMEOUT });
+    // The moderator deletes the owner's message: both pages drop it.
+    const msg = fred.locator('[data-testid="message-list"] [data-testid="message"]', { hasText: 'my room, my rules' });
+    await msg.hover();
+    await fred.locator('[data-testid="member-list"] [data-testid="member"][data-nick="eve"]').hover();
+    await shot(fred, 'desktop-room-moderator', { width: 1280, height: 800, scheme: 'light' });
+    await msg.hover();
+    await msg.locator('[data-testid="msg-delete"]').click();
+    for (const page of [eve, fred]) {
+      await page.locator('[data-testid="message-list"] [data-testid="message"]', { hasText: 'my room, my rules' }).waitFor({ state: 'detached', timeout: STEP_TIMEOUT });
+    }
+    await fredsRow.hover();
+    await shot(eve, 'desktop-room-owner', { width: 1280, height: 800, scheme: 'light' });
+    await fredsRow.locator('[data-testid="member-unmoderator"]').click();
+    await fred.locator('[data-testid="notice"]', { hasText: 'You no longer moderate this room.' }).waitFor({ timeout: STEP_TIMEOUT });
+    await fred.locator('[data-testid="member-list"] [data-testid="member-kick"]').first().waitFor({ state: 'detached', timeout: STEP_TIMEOUT });
+    await openRoom(eve, 'modroom');
   });
   await check('moderation: the topic shows in the header; the event is a quiet line', async () => {
     await say(boss, '/topic Be kind here');
