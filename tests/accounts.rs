@@ -1047,6 +1047,22 @@ fn a_rooms_owner_appoints_moderators_who_hear_their_role_across_a_restart() {
         "a",
     );
     assert_eq!(v["code"], "forbidden", "{v}");
+    // ... and acts only on those below: not on the room's owner.
+    for req in [
+        json!({"type":"kick","room":"club","nick":"bob"}),
+        json!({"type":"mute","room":"club","nick":"bob","duration":60}),
+        json!({"type":"ban","room":"club","nick":"bob"}),
+    ] {
+        let v = ask(&mut carol, req.clone(), "o");
+        assert_eq!(v["code"], "forbidden", "{req}: {v}");
+    }
+    // The owner acts on a moderator.
+    let v = ask(
+        &mut bob,
+        json!({"type":"mute","room":"club","nick":"carol","duration":1}),
+        "m",
+    );
+    assert_eq!(v["type"], "moderation", "{v}");
     // The owner's room is the owner's only.
     let v = ask(
         &mut bob,

@@ -326,6 +326,11 @@ impl Chat {
         self.acct.by_key.contains_key(key)
     }
 
+    /// Whether the account `key` is a server operator.
+    pub(super) fn account_is_op(&self, key: &str) -> bool {
+        self.acct.by_key.get(key).is_some_and(|a| a.op)
+    }
+
     pub(super) fn is_op(&self, conn: ConnId) -> bool {
         self.acct
             .auth

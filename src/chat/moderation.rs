@@ -303,6 +303,59 @@ impl Chat {
         Ok(self.conns.nick(conn).unwrap_or_default().to_string())
     }
 
+    /// A moderator acts only on those below them (docs/protocol.md,
+    /// "Roles"): not on another moderator, the room's owner or an operator;
+    /// an owner not on an operator. Operators act on anyone. The target's
+    /// rank is its connection's role, or that of the account its nick is
+    /// registered to (a registered nick is held only by its account, so
+    /// kicking or banning an absent owner by nick is refused too).
+    fn check_outranks(
+        &self,
+        conn: ConnId,
+        room: &str,
+        target: Option<ConnId>,
+        nick: &str,
+    ) -> Result<(), ChatError> {
+        fn rank(role: Option<&str>) -> u8 {
+            match role {
+                Some("operator") => 3,
+                Some("owner") => 2,
+                Some("moderator") => 1,
+                _ => 0,
+            }
+        }
+        let actor = rank(self.role_in(conn, room));
+        if actor == 3 {
+            return Ok(());
+        }
+        let key = nick.to_ascii_lowercase();
+        let by_nick = if self.is_registered(&key) {
+            rank(self.account_role(&key, room))
+        } else {
+            0
+        };
+        let by_conn = target.map_or(0, |t| rank(self.role_in(t, room)));
+        if by_nick.max(by_conn) >= actor {
+            return Err(ChatError::Forbidden);
+        }
+        Ok(())
+    }
+
+    /// The role in `room` of the account `key` (whether or not it is
+    /// connected): as [`Chat::role_in`] for a connection logged in to it.
+    fn account_role(&self, key: &str, room: &str) -> Option<&'static str> {
+        if self.account_is_op(key) {
+            return Some("operator");
+        }
+        if self.moder.creators.get(room).is_some_and(|c| c == key) {
+            return Some("owner");
+        }
+        self.moder
+            .mods
+            .contains(&(room.to_string(), key.to_string()))
+            .then_some("moderator")
+    }
+
     /// What `conn` may do in `room` (docs/protocol.md, "Roles"):
     /// `operator` (everything, everywhere), `owner` (the account that
     /// created the room: moderates it and appoints its moderators),
@@ -537,6 +590,7 @@ impl Chat {
     ) -> Result<(), ChatError> {
         let by = self.moderator_name(conn, room)?;
         let target = self.holder(nick).ok_or(ChatError::NoSuchUser)?;
+        self.check_outranks(conn, room, Some(target), nick)?;
         let idx = *self.room_names.get(room).ok_or(ChatError::NotInRoom)?;
         if !self
             .conns
@@ -580,6 +634,9 @@ impl Chat {
             None => self.operator_name(conn)?,
         };
         let target = self.holder(nick);
+        if let Some(room) = &room {
+            self.check_outranks(conn, room, target, nick)?;
+        }
         let key = nick.to_ascii_lowercase();
         // The account: the one the target is logged in to, or the one the
         // nick is registered to.
@@ -924,6 +981,7 @@ impl Chat {
     ) -> Result<(), ChatError> {
         let by = self.moderator_name(conn, room)?;
         let target = self.holder(nick);
+        self.check_outranks(conn, room, target, nick)?;
         let key = nick.to_ascii_lowercase();
         let account = target.and_then(|t| self.account_of(t)).unwrap_or_default();
         let until = now.wall_ms.saturating_add(duration_s.saturating_mul(1000));
