@@ -136,8 +136,6 @@ enum Apply {
         emoji: u8,
         who: Box<str>,
         on: bool,
-        /// Nothing changes (already so): the actor only hears the state.
-        changed: bool,
         count: usize,
     },
     Edit {
@@ -293,7 +291,6 @@ impl Chat {
                 emoji: pe,
                 who: pw,
                 on: pon,
-                changed: true,
                 ..
             } = p
                 && **pr == *room
@@ -310,24 +307,36 @@ impl Chat {
             }
         }
         let on = on.unwrap_or(!has);
-        let changed = on != has;
-        if changed && on && total >= MAX_REACTIONS {
-            return Err(ChatError::TooManyReactions);
-        }
-        if changed {
-            count = if on {
-                count + 1
-            } else {
-                count.saturating_sub(1)
-            };
-            self.records.push(Record::Edit(EditRecord::React {
-                room: room.into(),
+        if on == has {
+            // Already so: nothing to store (so no commit to wait for), and
+            // only the asker hears the state.
+            let f = frame(&Out::Reaction {
+                room,
                 id,
                 emoji: REACTIONS[usize::from(e)],
-                who: who.clone(),
+                nick: &who,
                 on,
-            }));
+                count,
+                r#ref: r,
+            });
+            out.send(conn, &f);
+            return Ok(());
         }
+        if on && total >= MAX_REACTIONS {
+            return Err(ChatError::TooManyReactions);
+        }
+        let count = if on {
+            count + 1
+        } else {
+            count.saturating_sub(1)
+        };
+        self.records.push(Record::Edit(EditRecord::React {
+            room: room.into(),
+            id,
+            emoji: REACTIONS[usize::from(e)],
+            who: who.clone(),
+            on,
+        }));
         self.edits.pending.push(Apply::React {
             actor: conn,
             r#ref: r.map(Box::from),
@@ -336,7 +345,6 @@ impl Chat {
             emoji: e,
             who,
             on,
-            changed,
             count,
         });
         Ok(())
@@ -478,11 +486,10 @@ impl Chat {
                     emoji,
                     who,
                     on,
-                    changed,
                     count,
                 } => {
                     let idx = self.room_names.get(&*room).copied();
-                    if changed && let Some(i) = idx {
+                    if let Some(i) = idx {
                         let w = who.clone();
                         self.change_kept(i, id, |m| {
                             let x = m.extra.get_or_insert_with(Box::default);
@@ -508,13 +515,9 @@ impl Chat {
                         count,
                         r#ref: r,
                     };
+                    let shared = frame(&ev(None));
                     let mine = frame(&ev(r#ref.as_deref()));
-                    if changed {
-                        let shared = frame(&ev(None));
-                        self.to_room_and_actor(idx, actor, &shared, &mine, out);
-                    } else {
-                        out.send(actor, &mine);
-                    }
+                    self.to_room_and_actor(idx, actor, &shared, &mine, out);
                 }
                 Apply::Edit {
                     actor,
