@@ -499,3 +499,116 @@ fn sigkill_during_edits_and_reactions_keeps_every_acknowledged_one() {
         assert_eq!(m["reactions"][0]["nicks"], json!(["fan"]), "{m}");
     }
 }
+
+/// A store that cannot write refuses an edit and a reaction with
+/// `storage_failed`, tells nobody else, and the next ones go through.
+#[test]
+fn a_failing_store_refuses_edits_and_reactions_and_recovers() {
+    let dir = TempDir::new("edits-fault");
+    let fault = dir.path().join("fail-now");
+    let data = dir.path().join("data");
+    let s = Server::start(&[
+        "--rate-burst",
+        "0",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--fault-file",
+        fault.to_str().unwrap(),
+    ]);
+    let mut alice = connect_as(&s, "alice");
+    let mut bob = connect_as(&s, "bob");
+    joined(&mut alice, "r");
+    joined(&mut bob, "r");
+    let id = post(&mut alice, "r", "first");
+    next(&mut bob);
+    std::fs::write(&fault, b"").unwrap();
+    let v = ask(
+        &mut alice,
+        json!({"type":"edit","room":"r","id":id,"text":"lost"}),
+        "e",
+    );
+    assert_eq!(v["code"], "storage_failed", "{v}");
+    let v = ask(
+        &mut bob,
+        json!({"type":"react","room":"r","id":id,"emoji":THUMBS}),
+        "r",
+    );
+    assert_eq!(v["code"], "storage_failed", "{v}");
+    std::fs::remove_file(&fault).unwrap();
+    let v = ask(
+        &mut bob,
+        json!({"type":"react","room":"r","id":id,"emoji":THUMBS}),
+        "r2",
+    );
+    assert_eq!(
+        (v["on"].as_bool(), v["count"].as_u64()),
+        (Some(true), Some(1)),
+        "{v}"
+    );
+    // Alice's next frame is that reaction: neither refused change reached her.
+    let e = next(&mut alice);
+    assert_eq!(
+        (e["type"].as_str(), e["count"].as_u64()),
+        (Some("reaction"), Some(1)),
+        "{e}"
+    );
+    let m = kept(&mut alice, "r", id);
+    assert_eq!(m["text"], "first", "{m}");
+    assert!(m.get("edited").is_none(), "{m}");
+}
+
+/// Without a store (`--no-persist`) the same rules hold in memory.
+#[test]
+fn replies_reactions_and_edits_work_without_a_store() {
+    let s = Server::start(&["--rate-burst", "0", "--no-persist"]);
+    let mut alice = connect_as(&s, "alice");
+    let mut bob = connect_as(&s, "bob");
+    joined(&mut alice, "r");
+    joined(&mut bob, "r");
+    let id = post(&mut alice, "r", "in memory");
+    next(&mut bob);
+    let v = ask(
+        &mut bob,
+        json!({"type":"message","room":"r","text":"yes","reply_to":id}),
+        "p",
+    );
+    assert_eq!(v["reply"]["text"], "in memory", "{v}");
+    next(&mut alice);
+    let v = ask(
+        &mut bob,
+        json!({"type":"edit","room":"r","id":id,"text":"x"}),
+        "e",
+    );
+    assert_eq!(v["code"], "forbidden", "{v}");
+    assert_eq!(
+        ask(
+            &mut alice,
+            json!({"type":"edit","room":"r","id":id,"text":"still in memory"}),
+            "e"
+        )["type"],
+        "edited"
+    );
+    assert_eq!(
+        ask(
+            &mut bob,
+            json!({"type":"react","room":"r","id":id,"emoji":PARTY}),
+            "r"
+        )["count"],
+        1
+    );
+    let j = joined(&mut bob, "r");
+    assert_eq!(j["history"][0]["text"], "still in memory", "{j}");
+    assert_eq!(
+        j["history"][0]["reactions"][0]["nicks"],
+        json!(["bob"]),
+        "{j}"
+    );
+    assert_eq!(j["history"][1]["reply"]["text"], "still in memory", "{j}");
+    assert_eq!(
+        ask(&mut alice, json!({"type":"delete","room":"r","id":id}), "d")["action"],
+        "delete"
+    );
+    let j = joined(&mut bob, "r");
+    assert_eq!(j["history"][0]["deleted"], true, "{j}");
+    assert_eq!(j["history"][1]["reply"]["deleted"], true, "{j}");
+}
