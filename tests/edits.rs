@@ -89,6 +89,15 @@ fn kept(ws: &mut Ws, room: &str, id: u64) -> Value {
         .unwrap_or_else(|| panic!("message {id} kept: {h}"))
 }
 
+/// alice and bob, both in room `r`.
+fn alice_and_bob(s: &Server) -> (Ws, Ws) {
+    let mut alice = connect_as(s, "alice");
+    let mut bob = connect_as(s, "bob");
+    joined(&mut alice, "r");
+    joined(&mut bob, "r");
+    (alice, bob)
+}
+
 fn restart(mut s: Server, dir: &Path, sig: &str) -> Server {
     s.signal(sig);
     assert!(s.wait_exit(Duration::from_secs(10)).is_some());
@@ -100,10 +109,7 @@ fn restart(mut s: Server, dir: &Path, sig: &str) -> Server {
 fn only_the_author_edits_or_deletes_and_every_member_sees_it() {
     let dir = TempDir::new("edits-author");
     let s = start(dir.path());
-    let mut alice = connect_as(&s, "alice");
-    let mut bob = connect_as(&s, "bob");
-    joined(&mut alice, "r");
-    joined(&mut bob, "r");
+    let (mut alice, mut bob) = alice_and_bob(&s);
     let id = post(&mut alice, "r", "helo");
     assert_eq!(next(&mut bob)["text"], "helo");
 
@@ -220,10 +226,7 @@ fn only_the_author_edits_or_deletes_and_every_member_sees_it() {
 fn reactions_toggle_count_who_and_persist() {
     let dir = TempDir::new("edits-react");
     let s = start(dir.path());
-    let mut alice = connect_as(&s, "alice");
-    let mut bob = connect_as(&s, "bob");
-    joined(&mut alice, "r");
-    joined(&mut bob, "r");
+    let (mut alice, mut bob) = alice_and_bob(&s);
     let id = post(&mut alice, "r", "ship it?");
     next(&mut bob);
     let react = |e: &str| json!({"type":"react","room":"r","id":id,"emoji":e});
@@ -326,10 +329,7 @@ fn reactions_toggle_count_who_and_persist() {
 fn a_reply_quotes_its_parent_which_follows_edits_and_deletes() {
     let dir = TempDir::new("edits-reply");
     let s = start(dir.path());
-    let mut alice = connect_as(&s, "alice");
-    let mut bob = connect_as(&s, "bob");
-    joined(&mut alice, "r");
-    joined(&mut bob, "r");
+    let (mut alice, mut bob) = alice_and_bob(&s);
     let parent = post(&mut alice, "r", "lunch at noon?\nor at one");
     next(&mut bob);
 
@@ -515,10 +515,7 @@ fn a_failing_store_refuses_edits_and_reactions_and_recovers() {
         "--fault-file",
         fault.to_str().unwrap(),
     ]);
-    let mut alice = connect_as(&s, "alice");
-    let mut bob = connect_as(&s, "bob");
-    joined(&mut alice, "r");
-    joined(&mut bob, "r");
+    let (mut alice, mut bob) = alice_and_bob(&s);
     let id = post(&mut alice, "r", "first");
     next(&mut bob);
     std::fs::write(&fault, b"").unwrap();
@@ -561,10 +558,7 @@ fn a_failing_store_refuses_edits_and_reactions_and_recovers() {
 #[test]
 fn replies_reactions_and_edits_work_without_a_store() {
     let s = Server::start(&["--rate-burst", "0", "--no-persist"]);
-    let mut alice = connect_as(&s, "alice");
-    let mut bob = connect_as(&s, "bob");
-    joined(&mut alice, "r");
-    joined(&mut bob, "r");
+    let (mut alice, mut bob) = alice_and_bob(&s);
     let id = post(&mut alice, "r", "in memory");
     next(&mut bob);
     let v = ask(

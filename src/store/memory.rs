@@ -57,6 +57,14 @@ impl MemoryStore {
     }
 }
 
+/// Message `id` of `r`, unless it is not kept or is a tombstone.
+fn live(r: &mut MemRoom, id: u64) -> Option<&mut MessageRow> {
+    r.msgs
+        .iter_mut()
+        .map(|(_, m)| m)
+        .find(|m| m.id == id && !m.text.is_empty())
+}
+
 /// The quotes of the messages of `r` answering `id` become `excerpt`.
 fn requote(r: &mut MemRoom, id: u64, excerpt: &str) {
     for (_, m) in r.msgs.iter_mut() {
@@ -324,10 +332,7 @@ impl Store for MemoryStore {
                     excerpt,
                 } => {
                     if let Some(r) = self.rooms.get_mut(room)
-                        && let Some((_, m)) = r
-                            .msgs
-                            .iter_mut()
-                            .find(|(_, m)| m.id == id && !m.text.is_empty())
+                        && let Some(m) = live(r, id)
                     {
                         self.bytes = self.bytes - m.text.len() as u64 + text.len() as u64;
                         m.text = text.to_string();
@@ -343,10 +348,7 @@ impl Store for MemoryStore {
                     on,
                 } => {
                     if let Some(r) = self.rooms.get_mut(room)
-                        && let Some((_, m)) = r
-                            .msgs
-                            .iter_mut()
-                            .find(|(_, m)| m.id == id && !m.text.is_empty())
+                        && let Some(m) = live(r, id)
                     {
                         let at = m
                             .reactions
