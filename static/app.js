@@ -42,6 +42,7 @@
     slow_mode: 'This room is in slow mode: wait a little before your next message.',
     no_such_message: 'That message is no longer kept.',
     no_such_account: 'That nickname has no account.',
+    too_many_reactions: 'That message has as many reactions as it may have.',
   };
 
   // ---------------------------------------------------------------- helpers
@@ -519,6 +520,7 @@
   }
 
   function onWelcome(m) {
+    msgx.mine.clear(); // a guest's messages were its old connection's
     const first = !state.everConnected;
     state.everConnected = true;
     state.attempt = 0;
