@@ -42,6 +42,7 @@
     slow_mode: 'This room is in slow mode: wait a little before your next message.',
     no_such_message: 'That message is no longer kept.',
     no_such_account: 'That nickname has no account.',
+    too_many_reactions: 'That message has as many reactions as it may have.',
   };
 
   // ---------------------------------------------------------------- helpers
@@ -512,6 +513,8 @@
       case 'moderation': return onModeration(m);
       case 'member': return onMember(m);
       case 'role': return onRole(m);
+      case 'reaction': return onReaction(m);
+      case 'edited': return onEdited(m);
       default: return undefined; // forward compatibility
     }
   }
@@ -524,6 +527,7 @@
   }
 
   function onWelcome(m) {
+    msgx.mine.clear(); // a guest's messages were its old connection's
     const first = !state.everConnected;
     state.everConnected = true;
     state.attempt = 0;
@@ -784,8 +788,8 @@
   function addRoomMessage(conv, h) {
     if (h.id > conv.lastId) conv.lastId = h.id;
     if (h.deleted === true) { conv.msgs.delete(h.id); return false; } // a tombstone: nothing to show
-    if (conv.msgs.has(h.id)) return false;
-    conv.msgs.set(h.id, { id: h.id, from: String(h.from), text: h.text, ts: Number(h.ts) || Date.now(), registered: h.registered === true });
+    if (conv.msgs.has(h.id)) { withExtras(conv.msgs.get(h.id), h); return false; } // newer reactions, edits
+    conv.msgs.set(h.id, withExtras({ id: h.id, from: String(h.from), text: h.text, ts: Number(h.ts) || Date.now(), registered: h.registered === true }, h));
     if (h.id > conv.lastId) conv.lastId = h.id;
     return true;
   }
@@ -832,7 +836,7 @@
     const conv = roomConv(String(m.room), false);
     if (!conv) return;
     const exp = settle(m.ref);
-    if (exp) removePending(conv, m.ref);
+    if (exp) { removePending(conv, m.ref); noteMine(conv, m.id); }
     conv.typing.delete(lc(m.from));
     const isNew = addRoomMessage(conv, m);
     if (!isNew) { scheduleRender(conv); return; }
@@ -1149,7 +1153,7 @@
     const reason = typeof m.reason === 'string' ? m.reason : '';
     const conv = typeof m.room === 'string' ? roomConv(m.room, false) : null;
     if (action === 'delete') {
-      if (conv && Number.isSafeInteger(m.id)) { conv.msgs.delete(m.id); scheduleRender(conv); }
+      if (conv && Number.isSafeInteger(m.id)) { conv.msgs.delete(m.id); onMsgDeleted(conv, m.id); scheduleRender(conv); }
       return;
     }
     const why = reason && action !== 'topic' ? ` (${reason})` : '';
@@ -1202,7 +1206,7 @@
 
   function sendText(conv, text) {
     if (ctxView.room === conv.name) closeContext(); // show where the message goes
-    const p = { ref: nextRef(conv.kind === 'dm' ? 'd' : 'm'), text, ts: Date.now(), state: 'queued', reason: '' };
+    const p = { ref: nextRef(conv.kind === 'dm' ? 'd' : 'm'), text, ts: Date.now(), state: 'queued', reason: '', reply: takeReply(conv) };
     conv.pending.push(p);
     dispatchPending(conv, p);
     scheduleRender(conv, { toBottom: true });
@@ -1215,6 +1219,7 @@
     const frame = conv.kind === 'dm'
       ? { type: 'dm', to: conv.name, text: p.text, ref: p.ref }
       : { type: 'message', room: conv.name, text: p.text, ref: p.ref };
+    if (p.reply && conv.kind === 'room') frame.reply_to = p.reply.id;
     send(frame, { expect: { kind: conv.kind === 'dm' ? 'dm' : 'message', room: conv.name } });
   }
   function flushQueued(conv) {
@@ -1397,7 +1402,7 @@
     if (exp.room !== ctxView.room || exp.epoch !== ctxView.epoch) return;
     ctxView.loading = null;
     const list = Array.isArray(m.messages) ? m.messages.filter(validMessage) : [];
-    for (const h of list) ctxView.msgs.set(h.id, { id: h.id, from: String(h.from), text: h.text, ts: Number(h.ts) || Date.now() });
+    for (const h of list) if (h.deleted !== true) ctxView.msgs.set(h.id, withExtras({ id: h.id, from: String(h.from), text: h.text, ts: Number(h.ts) || Date.now() }, h));
     ctxView.msgs = new Map([...ctxView.msgs].sort((a, b) => a[0] - b[0]));
     if (exp.dir !== 'newer') ctxView.complete = m.complete === true;
     if (exp.dir !== 'older') ctxView.latest = m.latest === true;
@@ -1785,7 +1790,7 @@
     for (const m of conv.msgs.values()) entries.push({ k: 'm' + m.id, sort: m.id, sub: 0, kind: 'msg', m });
     for (const n of conv.notices) entries.push({ k: 'n' + n.seq, sort: n.after + 0.5, sub: n.seq, kind: 'notice', n });
     entries.sort((a, b) => a.sort - b.sort || a.sub - b.sub);
-    for (const p of conv.pending) entries.push({ k: 'p' + p.ref, kind: 'pending', m: { from: state.nick || '', text: p.text, ts: p.ts }, p });
+    for (const p of conv.pending) entries.push({ k: 'p' + p.ref, kind: 'pending', m: { from: state.nick || '', text: p.text, ts: p.ts, reply: p.reply }, p });
 
     const out = [];
     // Top of the list: older pages, or the beginning.
@@ -1918,6 +1923,7 @@
     const r = renderText(m.text);
     body.append(el('div', { class: 'text', dir: 'auto', 'data-testid': 'message-text' }, r.frag));
     if (r.mentionsMe && !own) { li.classList.add('mentions-me'); li.dataset.mention = 'me'; }
+    msgDecorate(conv, e, li, body);
     if (p) {
       const status = el('div', { class: 'status', 'data-testid': 'message-status' });
       if (p.state === 'sending') status.append(el('span', { class: 'spinner', 'aria-hidden': 'true' }), el('span', { text: 'Sending…' }));
@@ -1937,6 +1943,244 @@
     }
     li.append(body);
     return li;
+  }
+
+  // ---------------------------------------------------------------- replies, reactions, edits
+  // The server's extensions (docs/protocol.md, "Replies, reactions and
+  // edits"). A message may carry `reply_to` with a quote of its parent,
+  // `edited` (ms) and `reactions`; `reaction` and `edited` events change
+  // them live, and a `moderation` delete (also the author's own) drops a
+  // message. Hooks elsewhere: withExtras when a message is stored,
+  // msgDecorate when one is drawn, takeReply when one is sent.
+  const REACTIONS = [
+    ['\u{1F44D}', 'thumbs up'], ['\u2764\uFE0F', 'red heart'], ['\u{1F602}', 'face with tears of joy'], ['\u{1F389}', 'party popper'],
+    ['\u{1F62E}', 'face with open mouth'], ['\u{1F622}', 'crying face'], ['\u{1F440}', 'eyes'], ['\u{1F64F}', 'folded hands'],
+  ];
+  const emojiName = (e) => (REACTIONS.find(([x]) => x === e) || [e, e])[1];
+  const msgx = { replyTo: null, editing: null, mine: new Set(), picker: null };
+  function withExtras(msg, h) {
+    if (Number.isSafeInteger(h.reply_to) && h.reply && typeof h.reply === 'object') {
+      msg.reply = { id: h.reply_to, from: String(h.reply.from ?? ''), text: String(h.reply.text ?? ''), deleted: h.reply.deleted === true };
+    }
+    if (Number.isSafeInteger(h.edited)) { msg.edited = h.edited; msg.text = String(h.text); }
+    msg.reactions = Array.isArray(h.reactions)
+      ? h.reactions.filter((r) => r && typeof r.emoji === 'string' && Array.isArray(r.nicks))
+        .map((r) => ({ emoji: r.emoji, nicks: r.nicks.map(String) }))
+      : [];
+    return msg;
+  }
+  const roomMsgs = (conv) => [conv.msgs, ctxView.room === conv.name ? ctxView.msgs : null].filter(Boolean);
+  function noteMine(conv, id) { if (Number.isSafeInteger(id)) msgx.mine.add(conv.name + ':' + id); }
+  // Mine to edit: sent from this page, or (logged in) under the account's
+  // nick. The server decides; a refusal is shown as a toast.
+  function isMine(conv, m) {
+    return msgx.mine.has(conv.name + ':' + m.id) || (!!state.account && lc(m.from) === lc(state.account) && isMe(m.from));
+  }
+  function onReaction(m) {
+    settle(m.ref);
+    const conv = roomConv(String(m.room), false);
+    if (!conv || !Number.isSafeInteger(m.id) || typeof m.emoji !== 'string') return;
+    const nick = String(m.nick);
+    for (const map of roomMsgs(conv)) {
+      const msg = map.get(m.id);
+      if (!msg) continue;
+      msg.reactions = msg.reactions || [];
+      let r = msg.reactions.find((x) => x.emoji === m.emoji);
+      if (!r) { r = { emoji: m.emoji, nicks: [] }; msg.reactions.push(r); msg.reactions.sort((a, b) => REACTIONS.findIndex(([e]) => e === a.emoji) - REACTIONS.findIndex(([e]) => e === b.emoji)); }
+      r.nicks = r.nicks.filter((n) => lc(n) !== lc(nick));
+      if (m.on === true) r.nicks.push(nick);
+      msg.reactions = msg.reactions.filter((x) => x.nicks.length);
+    }
+    redrawMsgs(conv);
+  }
+  function onEdited(m) {
+    settle(m.ref);
+    const conv = roomConv(String(m.room), false);
+    if (!conv || !Number.isSafeInteger(m.id) || typeof m.text !== 'string') return;
+    for (const map of roomMsgs(conv)) {
+      const msg = map.get(m.id);
+      if (msg) { msg.text = m.text; msg.edited = Number(m.edited) || Date.now(); }
+      for (const x of map.values()) if (x.reply && x.reply.id === m.id) x.reply.text = excerptOf(m.text);
+    }
+    redrawMsgs(conv);
+  }
+  function onMsgDeleted(conv, id) {
+    for (const map of roomMsgs(conv)) {
+      map.delete(id);
+      for (const x of map.values()) if (x.reply && x.reply.id === id) { x.reply.text = ''; x.reply.deleted = true; }
+    }
+    if (msgx.editing && msgx.editing.room === conv.name && msgx.editing.id === id) msgx.editing = null;
+    if (msgx.replyTo && msgx.replyTo.room === conv.name && msgx.replyTo.id === id) setReply(null);
+    if (ctxView.room === conv.name) renderContext();
+  }
+  function redrawMsgs(conv) {
+    scheduleRender(conv, { keepAnchor: true });
+    if (ctxView.room === conv.name) renderContext();
+  }
+  // The server's quote: the first 100 characters on one line.
+  function excerptOf(text) {
+    const chars = [...String(text).replace(/[\n\t]/g, ' ')];
+    return chars.length > 100 ? chars.slice(0, 100).join('') + '…' : chars.join('');
+  }
+
+  // Replying: a bar over the composer names the message; Escape or × ends it.
+  function setReply(target) {
+    msgx.replyTo = target;
+    let bar = $('reply-bar');
+    if (!target) { if (bar) bar.remove(); return; }
+    if (!bar) {
+      bar = el('div', { class: 'reply-bar', id: 'reply-bar', 'data-testid': 'reply-bar', role: 'status' });
+      $('composer').querySelector('.composer-box').before(bar);
+    }
+    bar.replaceChildren(
+      el('span', { class: 'reply-bar-text' }, document.createTextNode('Replying to '), el('strong', { text: target.from }),
+        el('span', { class: 'reply-bar-quote', dir: 'auto', text: target.text ? ' — ' + excerptOf(target.text) : '' })),
+      el('button', { type: 'button', class: 'icon-btn small', 'aria-label': 'Cancel the reply', 'data-testid': 'reply-cancel', onclick: () => { setReply(null); input.focus(); } }, closeIcon()));
+  }
+  function takeReply(conv) {
+    const t = msgx.replyTo;
+    if (!t || conv.kind !== 'room' || t.room !== conv.name) return null;
+    setReply(null);
+    return { id: t.id, from: t.from, text: excerptOf(t.text) };
+  }
+  function startReply(conv, m) {
+    setReply({ room: conv.name, id: m.id, from: m.from, text: m.text });
+    input.focus();
+  }
+
+  // Editing happens in place: the text becomes a box; Enter saves, Escape cancels.
+  function startEdit(conv, m) {
+    msgx.editing = { room: conv.name, id: m.id };
+    redrawMsgs(conv);
+    requestAnimationFrame(() => { const t = document.querySelector('[data-testid="edit-input"]'); if (t) { t.focus(); t.setSelectionRange(t.value.length, t.value.length); } });
+  }
+  function saveEdit(conv, m, text) {
+    const t = emojify(text.replace(/\r\n?/g, '\n'));
+    if (!t.trim()) { toast('An edited message cannot be empty: delete it instead.', 'error'); return; }
+    if ([...t].length > limits.text) { toast(`This message is too long: this server takes at most ${limits.text} characters.`, 'error'); return; }
+    msgx.editing = null;
+    if (t !== m.text) send({ type: 'edit', room: conv.name, id: m.id, text: t, ref: nextRef('e') }, { expect: { kind: 'msgop' } });
+    redrawMsgs(conv);
+    input.focus();
+  }
+  function cancelEdit(conv) { msgx.editing = null; redrawMsgs(conv); }
+  function deleteOwn(conv, m) {
+    if (!window.confirm('Delete this message for everyone? This cannot be undone.')) return;
+    send({ type: 'delete', room: conv.name, id: m.id, ref: nextRef('x') }, { expect: { kind: 'msgop' } });
+  }
+  function react(conv, m, emoji) {
+    send({ type: 'react', room: conv.name, id: m.id, emoji, ref: nextRef('r') }, { expect: { kind: 'msgop' } });
+  }
+
+  // The reaction picker: one popover, put beside the button that opened it.
+  function openPicker(conv, m, btn) {
+    closePicker();
+    const pop = el('div', { class: 'react-picker', role: 'group', 'aria-label': 'Add a reaction', 'data-testid': 'react-picker' },
+      ...REACTIONS.map(([e, name]) => el('button', { type: 'button', class: 'react-pick', 'aria-label': name, title: name, text: e,
+        onclick: () => { closePicker(); react(conv, m, e); btn.focus(); } })));
+    pop.addEventListener('keydown', (ev) => {
+      const all = [...pop.querySelectorAll('button')];
+      const i = all.indexOf(document.activeElement);
+      if (ev.key === 'Escape') { ev.stopPropagation(); closePicker(); btn.focus(); }
+      else if (ev.key === 'ArrowRight' || ev.key === 'ArrowLeft') { ev.preventDefault(); all[(i + (ev.key === 'ArrowRight' ? 1 : all.length - 1)) % all.length].focus(); }
+    });
+    document.body.append(pop);
+    const r = btn.getBoundingClientRect();
+    const w = pop.offsetWidth, h = pop.offsetHeight;
+    pop.style.left = Math.max(8, Math.min(window.innerWidth - w - 8, r.right - w)) + 'px';
+    pop.style.top = (r.top - h - 6 > 8 ? r.top - h - 6 : r.bottom + 6) + 'px';
+    msgx.picker = pop;
+    pop.querySelector('button').focus();
+  }
+  function closePicker() { if (msgx.picker) { msgx.picker.remove(); msgx.picker = null; } }
+  document.addEventListener('pointerdown', (ev) => {
+    if (msgx.picker && !msgx.picker.contains(ev.target) && !ev.target.closest('[data-testid="msg-react"]')) closePicker();
+    if (!ev.target.closest('.msg.actions-open')) for (const li of document.querySelectorAll('.msg.actions-open')) li.classList.remove('actions-open');
+  });
+  window.addEventListener('resize', closePicker);
+
+  // Line icons drawn like the app's others (stroke: currentColor).
+  const ACTION_ICONS = {
+    react: ['M12 3.5a8.5 8.5 0 1 0 0 17 8.5 8.5 0 0 0 0-17z', 'M8.5 14.5c.9 1.3 2.1 2 3.5 2s2.6-.7 3.5-2', 'M9.2 9.5h.01M14.8 9.5h.01'],
+    reply: ['M9 7L4 12l5 5', 'M4 12h10a6 6 0 0 1 6 6v1'],
+    edit: ['M15.5 4.5l4 4L9 19H5v-4z', 'M13 7l4 4'],
+    delete: ['M4.5 7h15', 'M9.5 7V4.5h5V7', 'M6.5 7l1 12.5h9l1-12.5', 'M10 10.5v6M14 10.5v6'],
+  };
+  function actionIcon(name) {
+    const NS = 'http://www.w3.org/2000/svg';
+    const svg = document.createElementNS(NS, 'svg');
+    svg.setAttribute('viewBox', '0 0 24 24');
+    svg.setAttribute('aria-hidden', 'true');
+    svg.setAttribute('class', 'act-icon');
+    for (const d of ACTION_ICONS[name]) {
+      const p = document.createElementNS(NS, 'path');
+      p.setAttribute('d', d);
+      svg.append(p);
+    }
+    return svg;
+  }
+  // The quote above a reply, the edit mark, the reactions and the actions.
+  function msgDecorate(conv, e, li, body) {
+    const m = e.m;
+    const text = body.querySelector('.text');
+    if (m.reply && conv.kind === 'room') {
+      const q = m.reply;
+      const quote = el('button', { type: 'button', class: 'reply-quote' + (q.deleted ? ' gone' : ''), 'data-testid': 'reply-quote', 'data-reply-to': q.id,
+        'aria-label': q.deleted ? 'Reply to a deleted message' : `Reply to ${q.from}: ${q.text}. Show that message`,
+        onclick: q.deleted || e.kind !== 'msg' ? null : () => jumpTo(conv.name, q.id) },
+        el('span', { class: 'reply-from', text: q.from }),
+        el('span', { class: 'reply-text', dir: 'auto', text: q.deleted ? 'Message deleted' : q.text }));
+      if (q.deleted || e.kind !== 'msg') quote.disabled = true;
+      body.insertBefore(quote, text);
+    }
+    if (e.kind !== 'msg' || conv.kind !== 'room') return;
+    const editing = msgx.editing && msgx.editing.room === conv.name && msgx.editing.id === m.id;
+    if (editing) {
+      const box = el('textarea', { class: 'edit-input', 'data-testid': 'edit-input', 'aria-label': 'Edit your message', rows: Math.min(8, m.text.split('\n').length) });
+      box.value = m.text;
+      box.addEventListener('keydown', (ev) => {
+        if (ev.key === 'Enter' && !ev.shiftKey && !ev.isComposing) { ev.preventDefault(); saveEdit(conv, m, box.value); }
+        else if (ev.key === 'Escape') { ev.preventDefault(); ev.stopPropagation(); cancelEdit(conv); }
+      });
+      text.replaceWith(el('div', { class: 'edit-box' }, box,
+        el('div', { class: 'edit-help' }, el('span', { text: 'Escape to ' }),
+          el('button', { type: 'button', class: 'link-btn', onclick: () => cancelEdit(conv), text: 'cancel' }),
+          el('span', { text: ' · Enter to ' }),
+          el('button', { type: 'button', class: 'link-btn', 'data-testid': 'edit-save', onclick: () => saveEdit(conv, m, box.value), text: 'save' }))));
+    } else if (m.edited) {
+      // Inline, after the last line of text (inside its paragraph).
+      const last = text.lastElementChild && text.lastElementChild.tagName === 'P' ? text.lastElementChild : text;
+      last.append(el('span', { class: 'edited', 'data-testid': 'edited-mark', title: 'Edited ' + fullFmt.format(m.edited), text: ' (edited)' }));
+    }
+    if (m.reactions && m.reactions.length) {
+      body.append(el('div', { class: 'reactions', role: 'group', 'aria-label': 'Reactions' },
+        ...m.reactions.map((r) => {
+          const me = r.nicks.some((n) => isMe(n) || (state.account && lc(n) === lc(state.account)));
+          const who = r.nicks.length <= 5 ? r.nicks.join(', ') : r.nicks.slice(0, 5).join(', ') + ` and ${r.nicks.length - 5} more`;
+          return el('button', { type: 'button', class: 'reaction' + (me ? ' mine' : ''), 'data-testid': 'reaction', 'data-emoji': r.emoji,
+            'aria-pressed': me ? 'true' : 'false', title: `${who} reacted with ${emojiName(r.emoji)}`,
+            'aria-label': `${emojiName(r.emoji)}: ${r.nicks.length} (${who})${me ? ', including you' : ''}`,
+            onclick: () => react(conv, m, r.emoji) },
+          el('span', { class: 'reaction-emoji', 'aria-hidden': 'true', text: r.emoji }),
+          el('span', { class: 'reaction-count', 'data-testid': 'reaction-count', text: String(r.nicks.length) }));
+        })));
+    }
+    if (editing) return;
+    const mine = isMine(conv, m);
+    const bar = el('div', { class: 'msg-actions', role: 'toolbar', 'aria-label': `Actions for the message from ${m.from}` },
+      el('button', { type: 'button', class: 'act', 'data-testid': 'msg-react', 'aria-label': 'Add a reaction', title: 'Add a reaction',
+        'aria-haspopup': 'true', onclick: (ev) => openPicker(conv, m, ev.currentTarget) }, actionIcon('react')),
+      el('button', { type: 'button', class: 'act', 'data-testid': 'msg-reply', 'aria-label': `Reply to ${m.from}`, title: 'Reply',
+        onclick: () => startReply(conv, m) }, actionIcon('reply')),
+      mine ? el('button', { type: 'button', class: 'act', 'data-testid': 'msg-edit', 'aria-label': 'Edit your message', title: 'Edit',
+        onclick: () => startEdit(conv, m) }, actionIcon('edit')) : null,
+      mine && !canModerate(conv) ? el('button', { type: 'button', class: 'act danger', 'data-testid': 'msg-delete-own', 'aria-label': 'Delete your message', title: 'Delete',
+        onclick: () => deleteOwn(conv, m) }, actionIcon('delete')) : null);
+    li.append(bar);
+    // Touch: a long press shows the actions (a tap elsewhere hides them).
+    let timer = null;
+    li.addEventListener('touchstart', () => { timer = setTimeout(() => li.classList.add('actions-open'), 450); }, { passive: true });
+    for (const t of ['touchend', 'touchmove', 'touchcancel']) li.addEventListener(t, () => clearTimeout(timer), { passive: true });
   }
 
   function announce(text) {
@@ -2487,6 +2731,7 @@
       }
       if (ev.key === 'Escape') { ev.preventDefault(); ev.stopPropagation(); closeCompletion(); return; }
     }
+    if (ev.key === 'Escape' && msgx.replyTo) { ev.preventDefault(); ev.stopPropagation(); setReply(null); return; }
     if (ev.key === 'Enter' && !ev.shiftKey && !ev.isComposing && ev.keyCode !== 229) {
       ev.preventDefault();
       submitComposer();

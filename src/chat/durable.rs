@@ -43,6 +43,8 @@ pub enum Record {
     Account(super::accounts::AccountRecord),
     /// A ban or an audit line (see [`super::moderation`]).
     Moderation(super::moderation::ModRecord),
+    /// A reaction or an edit (see [`super::edits`]).
+    Edit(super::edits::EditRecord),
 }
 
 impl Record {
@@ -52,7 +54,7 @@ impl Record {
     pub fn is_answered(&self) -> bool {
         matches!(
             self,
-            Record::Message { .. } | Record::Account(_) | Record::Moderation(_)
+            Record::Message { .. } | Record::Account(_) | Record::Moderation(_) | Record::Edit(_)
         ) && !matches!(
             self,
             // Who created a room answers no one: kept to try again.
@@ -177,6 +179,7 @@ impl Chat {
     pub fn committed(&mut self, out: &mut dyn Outbox) {
         self.auth_committed(out);
         self.mod_committed(out);
+        self.edits_committed(out);
         let window = self.window();
         let mut pending = std::mem::take(&mut self.pending).into_iter().peekable();
         let mut run: Vec<Pending> = Vec::new();
@@ -275,6 +278,7 @@ impl Chat {
     pub fn failed(&mut self, out: &mut dyn Outbox) {
         self.auth_failed(out);
         self.mod_failed(out);
+        self.edits_failed(out);
         let mut emptied = Vec::new();
         for p in std::mem::take(&mut self.pending) {
             if let Some(room) = self
@@ -368,8 +372,7 @@ impl Chat {
         &mut self,
         idx: u32,
         conn: ConnId,
-        from: Rc<str>,
-        text: String,
+        draft: super::room::Draft,
         r: Option<&str>,
         now: Now,
     ) {
@@ -390,7 +393,7 @@ impl Chat {
             });
         }
         d.pending += 1;
-        let msg = room.assign(from, text.into_boxed_str(), now.wall_ms);
+        let msg = room.assign(draft, now.wall_ms);
         self.records.push(Record::Message {
             room: room.name.clone(),
             msg: msg.clone(),
@@ -609,6 +612,8 @@ mod tests {
                 ts: id,
                 from: Rc::from("al"),
                 text: format!("m{id}").into_boxed_str(),
+                author: Rc::from(""),
+                extra: None,
             })
             .collect();
         c.restore(

@@ -7,6 +7,7 @@
 
 pub mod accounts;
 pub mod durable;
+pub mod edits;
 pub mod moderation;
 pub mod nick;
 pub mod protocol;
@@ -270,6 +271,8 @@ pub struct Chat {
     acct: accounts::Accounts,
     /// Bans and moderation actions awaiting their commit.
     moder: moderation::Moderation,
+    /// Reactions and edits awaiting their commit; guest authors.
+    edits: edits::Edits,
     /// Messages refused by the rate limit since start (`/metrics`).
     rate_limited: u64,
 }
@@ -360,6 +363,7 @@ impl Chat {
             pending: Vec::new(),
             acct: accounts::Accounts::default(),
             moder: moderation::Moderation::default(),
+            edits: edits::Edits::default(),
             rate_limited: 0,
         }
     }
@@ -513,6 +517,7 @@ impl Chat {
         };
         self.nicks.remove(&c.nick, conn as u32);
         self.forget_jobs_of(conn);
+        self.edits_disconnect(conn);
         if let Limit::Shared(slot) = c.limit {
             self.limits.release(slot);
         }
@@ -743,10 +748,15 @@ impl Chat {
                 self.join(conn, &room, since, epoch.as_deref(), r, now, out)
             }
             Request::Leave { room } => self.leave(conn, &room, r, now, out),
-            Request::Message { room, text } => {
-                self.joined_room(conn, &room)?;
+            Request::Message {
+                room,
+                text,
+                reply_to,
+            } => {
+                let idx = self.joined_room(conn, &room)?;
+                let draft = self.draft(conn, idx, text, reply_to, out)?;
                 self.check_post(conn, &room, now)?;
-                self.message(conn, &room, text, r, now, out)
+                self.message(conn, &room, draft, r, now, out)
             }
             Request::Dm { to, text } => {
                 self.require_account(conn)?;
@@ -791,7 +801,14 @@ impl Chat {
             Request::Slow { room, interval } => self.slow(conn, &room, interval, r, now),
             Request::Moderator { room, nick, on } => self.appoint(conn, &room, &nick, on, r, now),
             Request::Topic { room, topic } => self.set_topic(conn, &room, topic, r, now),
-            Request::Delete { room, id } => self.delete_message(conn, &room, id, r, now),
+            Request::Delete { room, id } => self.delete_message(conn, &room, id, r, now, out),
+            Request::React {
+                room,
+                id,
+                emoji,
+                on,
+            } => self.react(conn, &room, id, emoji, on, r, out),
+            Request::Edit { room, id, text } => self.edit(conn, &room, id, text, r, now, out),
         }
     }
 
@@ -1129,17 +1146,14 @@ impl Chat {
         &mut self,
         conn: ConnId,
         name: &str,
-        text: String,
+        draft: room::Draft,
         r: Option<&str>,
         now: Now,
         out: &mut dyn Outbox,
     ) -> Result<(), ChatError> {
         let idx = self.joined_room(conn, name)?;
-        let Some(from) = self.conns.get(&conn).map(|c| Rc::from(c.nick.as_str())) else {
-            return Ok(());
-        };
         if self.cfg.durable {
-            self.post_durable(idx, conn, from, text, r, now);
+            self.post_durable(idx, conn, draft, r, now);
             return Ok(());
         }
         let keep = self.cfg.history;
@@ -1148,7 +1162,7 @@ impl Chat {
             return Ok(());
         };
         let (bytes_before, kept_before) = (room.bytes, room.history.len());
-        let msg = room.post(from, text.into_boxed_str(), now.wall_ms, keep);
+        let msg = room.post(draft, now.wall_ms, keep);
         let shared = frame(&MsgOut::new(&room.name, &msg, None).sent_registered(registered));
         let own = match r {
             Some(_) => frame(&MsgOut::new(&room.name, &msg, r).sent_registered(registered)),

@@ -480,7 +480,8 @@ impl Chat {
 
     /// `delete`: a moderator of the room deletes message `id`; stored
     /// first, then the tombstone replaces it in memory and every member
-    /// hears it.
+    /// hears it. Anyone else may delete only their own (see
+    /// [`Chat::delete_own`]).
     pub(super) fn delete_message(
         &mut self,
         conn: ConnId,
@@ -488,18 +489,37 @@ impl Chat {
         id: u64,
         r: Option<&str>,
         now: Now,
+        out: &mut dyn Outbox,
     ) -> Result<(), ChatError> {
-        let by = self.moderator_name(conn, room)?;
+        let by = match self.moderator_name(conn, room) {
+            Ok(by) => by,
+            Err(e) => return self.delete_own(conn, room, id, r, now, out, e),
+        };
         let idx = *self.room_names.get(room).ok_or(ChatError::NoSuchMessage)?;
         let r0 = self.room(idx).ok_or(ChatError::NoSuchMessage)?;
         if id < r0.first_kept() || id >= r0.stored_next() {
             return Err(ChatError::NoSuchMessage);
         }
+        self.audit(now, &by, "delete", room, "", &format!("id={id}"));
+        self.queue_delete(conn, room, id, r, now, by);
+        Ok(())
+    }
+
+    /// A delete decided (by a moderator, or by the author): stored with
+    /// the turn, applied and announced once committed.
+    pub(super) fn queue_delete(
+        &mut self,
+        conn: ConnId,
+        room: &str,
+        id: u64,
+        r: Option<&str>,
+        now: Now,
+        by: String,
+    ) {
         self.records.push(Record::Moderation(ModRecord::Delete {
             room: room.into(),
             id,
         }));
-        self.audit(now, &by, "delete", room, "", &format!("id={id}"));
         self.moder.pending.push((
             now,
             ModApply::Delete {
@@ -510,7 +530,6 @@ impl Chat {
                 id,
             },
         ));
-        Ok(())
     }
 
     /// Loads the room moderators, (room, account) pairs.
@@ -725,15 +744,8 @@ impl Chat {
                     id,
                 } => {
                     let idx = self.room_names.get(room.as_str()).copied();
-                    if let Some(rm) = idx.and_then(|i| self.room_mut(i)) {
-                        let before = rm.bytes;
-                        if let Some(m) = rm.history.iter_mut().find(|m| m.id == id) {
-                            let freed = m.text.len();
-                            m.text = Box::from("");
-                            rm.bytes -= freed;
-                        }
-                        let after = rm.bytes;
-                        self.history_bytes = self.history_bytes - before + after;
+                    if let Some(i) = idx {
+                        self.tombstone(i, id);
                     }
                     let ev = Event {
                         action: "delete",
@@ -1064,20 +1076,15 @@ impl Chat {
         room: &str,
         now: Now,
     ) -> Result<(), ChatError> {
+        if let Some(until) = self.muted_until(conn, room, now) {
+            return Err(ChatError::Muted { until });
+        }
         let nick = self
             .conns
             .nick(conn)
             .unwrap_or_default()
             .to_ascii_lowercase();
         let account = self.account_of(conn);
-        if let Some(m) = self.moder.mutes.iter().find(|m| {
-            m.until > now.wall_ms
-                && m.room == room
-                && (m.nick == nick
-                    || (!m.account.is_empty() && account.as_deref() == Some(&*m.account)))
-        }) {
-            return Err(ChatError::Muted { until: m.until });
-        }
         let Some(&interval) = self.moder.slow.get(room) else {
             return Ok(());
         };
@@ -1094,6 +1101,26 @@ impl Chat {
         }
         self.moder.last_post.insert(key, now.mono_ms);
         Ok(())
+    }
+
+    /// When a mute of `conn` in `room` ends, if one holds it.
+    pub(super) fn muted_until(&self, conn: ConnId, room: &str, now: Now) -> Option<u64> {
+        let nick = self
+            .conns
+            .nick(conn)
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        let account = self.account_of(conn);
+        self.moder
+            .mutes
+            .iter()
+            .find(|m| {
+                m.until > now.wall_ms
+                    && m.room == room
+                    && (m.nick == nick
+                        || (!m.account.is_empty() && account.as_deref() == Some(&*m.account)))
+            })
+            .map(|m| m.until)
     }
 
     /// Forgets slow-mode marks that no longer hold anyone back, and mutes

@@ -68,8 +68,11 @@ pub enum ChatError {
     },
     /// `moderator` for a nick that has no account.
     NoSuchAccount,
-    /// `delete` of an id the room does not keep.
+    /// `delete` of an id the room does not keep (and, extension, a
+    /// `reply_to`, `react` or `edit` of one, or of a tombstone).
     NoSuchMessage,
+    /// Extension (reactions): the message has as many reactions as it may.
+    TooManyReactions,
     /// Muted in this room until `until` (wall-clock ms).
     Muted {
         until: u64,
@@ -102,6 +105,8 @@ pub enum Reason {
     Excludes(&'static str),
     Password,
     Token,
+    /// Not one of the server's reaction emoji.
+    Emoji,
 }
 
 impl ChatError {
@@ -130,6 +135,7 @@ impl ChatError {
             ChatError::Muted { .. } => "muted",
             ChatError::NoSuchAccount => "no_such_account",
             ChatError::NoSuchMessage => "no_such_message",
+            ChatError::TooManyReactions => "too_many_reactions",
             ChatError::SlowMode { .. } => "slow_mode",
             ChatError::StorageFailed => "storage_failed",
         }
@@ -154,7 +160,7 @@ impl fmt::Display for ChatError {
                 f.write_str("not a JSON object with a string \"type\" field")
             }
             ChatError::UnknownType => f.write_str(
-                "unknown \"type\": expected nick, join, leave, message, dm, typing, history, rooms, search, register, login, logout, passwd, kick, ban, mute, slow, moderator, topic or delete",
+                "unknown \"type\": expected nick, join, leave, message, dm, typing, history, rooms, search, register, login, logout, passwd, kick, ban, mute, slow, moderator, topic, delete, react or edit",
             ),
             ChatError::Invalid { field, reason } => {
                 write!(f, "invalid field \"{field}\": ")?;
@@ -198,6 +204,11 @@ impl fmt::Display for ChatError {
                         validate::MAX_PASSWORD_CHARS
                     ),
                     Reason::Token => f.write_str("must be the 64 hex digits of a session token"),
+                    Reason::Emoji => write!(
+                        f,
+                        "must be one of {}",
+                        super::edits::REACTIONS.join(" ")
+                    ),
                     Reason::Text(TextError::Empty) => f.write_str("must not be empty"),
                     Reason::Text(TextError::TooLong) => f.write_str("is too long"),
                     Reason::Text(TextError::Blank) => {
@@ -255,6 +266,11 @@ impl fmt::Display for ChatError {
             }
             ChatError::NoSuchAccount => f.write_str("no account has that nick"),
             ChatError::NoSuchMessage => f.write_str("the room keeps no message with that id"),
+            ChatError::TooManyReactions => write!(
+                f,
+                "that message has {} reactions already, the most it may have",
+                super::edits::MAX_REACTIONS
+            ),
             ChatError::Muted { until } => write!(
                 f,
                 "you are muted in this room until {until} (ms since the Unix epoch)"
@@ -297,6 +313,8 @@ pub enum Request {
     Message {
         room: String,
         text: String,
+        /// Extension (replies): the id of the message this one answers.
+        reply_to: Option<u64>,
     },
     Dm {
         to: String,
@@ -369,11 +387,25 @@ pub enum Request {
         room: String,
         topic: String,
     },
-    /// Extension (moderators): delete message `id` of `room` (a tombstone
-    /// stays in the history).
+    /// Extension (moderators, and the message's author): delete message
+    /// `id` of `room` (a tombstone stays in the history).
     Delete {
         room: String,
         id: u64,
+    },
+    /// Extension (reactions): react to message `id` with `emoji`; `on`
+    /// None toggles.
+    React {
+        room: String,
+        id: u64,
+        emoji: &'static str,
+        on: Option<bool>,
+    },
+    /// Extension (edits): the author gives message `id` a new text.
+    Edit {
+        room: String,
+        id: u64,
+        text: String,
     },
     /// Extension (moderation, operators): ban `nick` (and its account, and
     /// with `ip` its address) from `room`, or without `room` the server.
@@ -445,6 +477,8 @@ enum Kind {
     Moderator,
     Topic,
     Delete,
+    React,
+    Edit,
 }
 
 impl Kind {
@@ -470,6 +504,8 @@ impl Kind {
             "moderator" => Kind::Moderator,
             "topic" => Kind::Topic,
             "delete" => Kind::Delete,
+            "react" => Kind::React,
+            "edit" => Kind::Edit,
             _ => return None,
         })
     }
@@ -557,6 +593,11 @@ pub fn parse_token(s: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
+/// A message's `id` (required, at least 1).
+fn message_id(map: &mut Map<String, Value>) -> Result<u64, ChatError> {
+    opt_int(map, "id", 1, validate::MAX_INT)?.ok_or(invalid("id", Reason::Missing))
+}
+
 fn text(map: &mut Map<String, Value>, max_chars: usize) -> Result<String, ChatError> {
     let t = string(map, "text")?;
     validate::check_text(&t, max_chars).map_err(|e| invalid("text", Reason::Text(e)))?;
@@ -640,6 +681,28 @@ fn request(
         Kind::Leave => Request::Leave { room: room(map)? },
         Kind::Message => Request::Message {
             room: room(map)?,
+            text: text(map, max_text)?,
+            reply_to: opt_int(map, "reply_to", 1, validate::MAX_INT)?,
+        },
+        Kind::React => Request::React {
+            room: room(map)?,
+            id: message_id(map)?,
+            emoji: match take(map, "emoji") {
+                None => return Err(invalid("emoji", Reason::Missing)),
+                Some(Value::String(e)) => super::edits::emoji(&e)
+                    .map(|i| super::edits::REACTIONS[i])
+                    .ok_or(invalid("emoji", Reason::Emoji))?,
+                Some(_) => return Err(invalid("emoji", Reason::NotString)),
+            },
+            on: match take(map, "on") {
+                None => None,
+                Some(Value::Bool(b)) => Some(b),
+                Some(_) => return Err(invalid("on", Reason::NotBool)),
+            },
+        },
+        Kind::Edit => Request::Edit {
+            room: room(map)?,
+            id: message_id(map)?,
             text: text(map, max_text)?,
         },
         Kind::Dm => Request::Dm {
@@ -748,7 +811,7 @@ fn request(
         }
         Kind::Delete => Request::Delete {
             room: room(map)?,
-            id: opt_int(map, "id", 1, validate::MAX_INT)?.ok_or(invalid("id", Reason::Missing))?,
+            id: message_id(map)?,
         },
         Kind::Moderator => Request::Moderator {
             room: room(map)?,
@@ -806,8 +869,38 @@ pub struct MsgOut<'a> {
     /// the account of the nick it was sent under (absent in history).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub registered: bool,
+    /// Extension (replies): the id of the message this one answers, and
+    /// a quote of it (for a client that does not hold it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reply: Option<ReplyOut<'a>>,
+    /// Extension (edits): wall-clock ms of the last edit; absent: never.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub edited: Option<u64>,
+    /// Extension (reactions): by emoji, in the server's order; absent: none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub reactions: Vec<ReactionOut<'a>>,
     #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
     pub r#ref: Option<&'a str>,
+}
+
+/// The quote of the message a reply answers: its sender and the start of
+/// its text (empty, with `deleted`, once it is deleted).
+#[derive(Serialize)]
+pub struct ReplyOut<'a> {
+    pub from: &'a str,
+    pub text: &'a str,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
+}
+
+/// One emoji's reactions to a message: how many, and who.
+#[derive(Serialize)]
+pub struct ReactionOut<'a> {
+    pub emoji: &'static str,
+    pub count: usize,
+    pub nicks: Vec<&'a str>,
 }
 
 /// A `search` hit: the message, and with `context` the kept messages just
@@ -833,6 +926,26 @@ impl<'a> MsgOut<'a> {
             ts: m.ts,
             deleted: m.text.is_empty(),
             registered: false,
+            reply_to: m
+                .extra
+                .as_ref()
+                .and_then(|x| x.reply.as_ref())
+                .map(|q| q.id),
+            reply: m
+                .extra
+                .as_ref()
+                .and_then(|x| x.reply.as_ref())
+                .map(|q| ReplyOut {
+                    from: &q.from,
+                    text: &q.text,
+                    deleted: q.text.is_empty(),
+                }),
+            edited: m.extra.as_ref().map(|x| x.edited).filter(|&t| t > 0),
+            reactions: m
+                .extra
+                .as_ref()
+                .map(|x| super::edits::reactions_out(&x.reactions))
+                .unwrap_or_default(),
             r#ref,
         }
     }
@@ -1023,6 +1136,27 @@ pub enum Out<'a> {
     },
     Rooms {
         rooms: Vec<RoomInfo<'a>>,
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        r#ref: Option<&'a str>,
+    },
+    /// Extension (reactions): `nick` reacted to message `id` with `emoji`
+    /// (`on`), or took it back; `count`: how many now have.
+    Reaction {
+        room: &'a str,
+        id: u64,
+        emoji: &'static str,
+        nick: &'a str,
+        on: bool,
+        count: usize,
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        r#ref: Option<&'a str>,
+    },
+    /// Extension (edits): message `id` has a new text, edited at `edited`.
+    Edited {
+        room: &'a str,
+        id: u64,
+        text: &'a str,
+        edited: u64,
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
         r#ref: Option<&'a str>,
     },

@@ -13,6 +13,47 @@ pub struct Msg {
     pub ts: u64,
     pub from: Rc<str>,
     pub text: Box<str>,
+    /// Who may edit or delete it (see [`super::edits`]): `a:ACCOUNT`,
+    /// `g:RUN:N` (one guest connection), or empty (nobody).
+    pub author: Rc<str>,
+    /// Replies, edits and reactions: most messages have none.
+    pub extra: Option<Box<MsgExtra>>,
+}
+
+/// What a message may carry beyond its text (see [`super::edits`]).
+#[derive(Clone, Debug, Default)]
+pub struct MsgExtra {
+    pub reply: Option<Reply>,
+    /// Wall-clock ms of the last edit; 0: never edited.
+    pub edited: u64,
+    /// (index into [`super::edits::REACTIONS`], who), in the order added.
+    pub reactions: Vec<(u8, Box<str>)>,
+}
+
+/// The message a reply answers: its id, sender and the start of its text
+/// (empty once it is deleted).
+#[derive(Clone, Debug)]
+pub struct Reply {
+    pub id: u64,
+    pub from: Box<str>,
+    pub text: Box<str>,
+}
+
+impl MsgExtra {
+    /// Heap bytes it holds, as [`Msg::cost`] counts them.
+    fn cost(&self) -> usize {
+        let reply = self
+            .reply
+            .as_ref()
+            .map_or(0, |q| q.from.len() + q.text.len() + 2 * ALLOC_HEADER);
+        let reactions = self.reactions.capacity() * std::mem::size_of::<(u8, Box<str>)>()
+            + self
+                .reactions
+                .iter()
+                .map(|(_, w)| w.len() + ALLOC_HEADER)
+                .sum::<usize>();
+        std::mem::size_of::<MsgExtra>() + 2 * ALLOC_HEADER + reply + reactions
+    }
 }
 
 /// One slot of the server-wide posting-order queue (`Chat::order`): which
@@ -38,24 +79,38 @@ const ALLOC_HEADER: usize = 16;
 ///   and at most as many stale ones again (+ a constant) before `Chat`
 ///   compacts it, and its capacity is shrunk back whenever it passes 4 ×
 ///   that (growth by doubling and the shrink hysteresis);
-/// - the nick's `Rc` counts (strong + weak);
-/// - allocator headers of the text and of the nick.
+/// - the `Rc` counts (strong + weak) of the nick and of the author;
+/// - allocator headers of the text, the nick and the author.
 pub const MSG_OVERHEAD: usize = 2 * std::mem::size_of::<Msg>()
     + 8 * std::mem::size_of::<Order>()
-    + 2 * std::mem::size_of::<usize>()
-    + 2 * ALLOC_HEADER;
+    + 4 * std::mem::size_of::<usize>()
+    + 3 * ALLOC_HEADER;
 
 impl Msg {
     /// What this message counts against `--max-history-bytes`:
     ///
-    /// `text.len() + from.len() + MSG_OVERHEAD`
+    /// `text.len() + from.len() + author.len() + MSG_OVERHEAD`, plus what
+    /// its replies, edits and reactions hold ([`MsgExtra`]).
     ///
     /// Each message holds its own `from` allocation (a connection keeps its
     /// nick inline), so its nick bytes, `Rc` counts and allocator header are
     /// all charged here.
     pub fn cost(&self) -> usize {
-        self.text.len() + self.from.len() + MSG_OVERHEAD
+        self.text.len()
+            + self.from.len()
+            + self.author.len()
+            + MSG_OVERHEAD
+            + self.extra.as_ref().map_or(0, |x| x.cost())
     }
+}
+
+/// A message before it has an id and a `ts`.
+#[derive(Debug)]
+pub struct Draft {
+    pub from: Rc<str>,
+    pub text: Box<str>,
+    pub author: Rc<str>,
+    pub extra: Option<Box<MsgExtra>>,
 }
 
 #[derive(Debug)]
@@ -131,14 +186,16 @@ impl Room {
     }
 
     /// Hands out the next id and `ts` (`ts` never decreases as ids grow).
-    pub fn assign(&mut self, from: Rc<str>, text: Box<str>, wall_ms: u64) -> Msg {
+    pub fn assign(&mut self, draft: Draft, wall_ms: u64) -> Msg {
         let ts = wall_ms.max(self.last_ts);
         self.last_ts = ts;
         let msg = Msg {
             id: self.next_id,
             ts,
-            from,
-            text,
+            from: draft.from,
+            text: draft.text,
+            author: draft.author,
+            extra: draft.extra,
         };
         self.next_id += 1;
         msg
@@ -285,8 +342,8 @@ impl Room {
 
     /// Posts a message: assigns its id and `ts`, keeps at most `keep`
     /// (dropping the oldest).
-    pub fn post(&mut self, from: Rc<str>, text: Box<str>, wall_ms: u64, keep: usize) -> Msg {
-        let msg = self.assign(from, text, wall_ms);
+    pub fn post(&mut self, draft: Draft, wall_ms: u64, keep: usize) -> Msg {
+        let msg = self.assign(draft, wall_ms);
         self.keep(msg.clone(), keep);
         msg
     }

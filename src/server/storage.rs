@@ -11,6 +11,7 @@ use log::{info, warn};
 use super::{Config, Server};
 use crate::chat::accounts::{AccountRecord, RestoredAccount};
 use crate::chat::durable::{Record, Restored};
+use crate::chat::edits::EditRecord;
 use crate::chat::moderation::{Ban, ModRecord, Mute};
 use crate::chat::room::Msg;
 use crate::chat::{ArchiveError, Chat, Now};
@@ -57,6 +58,38 @@ fn op(r: &Record) -> Op<'_> {
             from: &msg.from,
             text: &msg.text,
             ts: msg.ts,
+            author: &msg.author,
+            reply: msg
+                .extra
+                .as_ref()
+                .and_then(|x| x.reply.as_ref())
+                .map(|q| (q.id, &*q.from, &*q.text)),
+        },
+        Record::Edit(EditRecord::React {
+            room,
+            id,
+            emoji,
+            who,
+            on,
+        }) => Op::React {
+            room,
+            id: *id,
+            emoji,
+            who,
+            on: *on,
+        },
+        Record::Edit(EditRecord::Edit {
+            room,
+            id,
+            text,
+            edited,
+            excerpt,
+        }) => Op::EditMessage {
+            room,
+            id: *id,
+            text,
+            edited: *edited,
+            excerpt,
         },
         Record::Touch { room, last_active } => Op::Touch {
             room,
@@ -317,6 +350,8 @@ fn to_msg(m: crate::store::MessageRow) -> Msg {
         ts: m.ts,
         from: Rc::from(m.from),
         text: m.text.into_boxed_str(),
+        author: Rc::from(m.author),
+        extra: crate::chat::edits::extra_from_row(m.reply, m.edited, m.reactions),
     }
 }
 

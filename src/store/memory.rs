@@ -64,6 +64,23 @@ impl MemoryStore {
     }
 }
 
+/// Message `id` of `r`, unless it is not kept or is a tombstone.
+fn live(r: &mut MemRoom, id: u64) -> Option<&mut MessageRow> {
+    r.msgs
+        .iter_mut()
+        .map(|(_, m)| m)
+        .find(|m| m.id == id && !m.text.is_empty())
+}
+
+/// The quotes of the messages of `r` answering `id` become `excerpt`.
+fn requote(r: &mut MemRoom, id: u64, excerpt: &str) {
+    for (_, m) in r.msgs.iter_mut() {
+        if let Some(q) = m.reply.as_mut().filter(|q| q.0 == id) {
+            q.2 = excerpt.to_string();
+        }
+    }
+}
+
 impl Store for MemoryStore {
     fn accounts(&mut self) -> Result<Vec<AccountRow>> {
         Ok(self.accounts.values().cloned().collect())
@@ -163,7 +180,10 @@ impl Store for MemoryStore {
                 })
             })
             .take(limit)
-            .cloned()
+            .map(|m| MessageRow {
+                reactions: Vec::new(),
+                ..m.clone()
+            })
             .collect())
     }
 
@@ -217,6 +237,8 @@ impl Store for MemoryStore {
                     from,
                     text,
                     ts,
+                    author,
+                    reply,
                 } => {
                     let Some(r) = self.rooms.get_mut(room) else {
                         return Err(StoreError::Io(format!("message for unknown room {room}")));
@@ -233,6 +255,10 @@ impl Store for MemoryStore {
                             from: from.to_string(),
                             text: text.to_string(),
                             ts,
+                            author: author.to_string(),
+                            reply: reply.map(|(i, f, t)| (i, f.to_string(), t.to_string())),
+                            edited: 0,
+                            reactions: Vec::new(),
                         },
                     ));
                     r.row.next_id = r.row.next_id.max(id + 1);
@@ -320,6 +346,49 @@ impl Store for MemoryStore {
                     {
                         self.bytes -= m.text.len() as u64;
                         m.text.clear();
+                        m.reply = None;
+                        m.edited = 0;
+                        m.reactions.clear();
+                        requote(r, id, "");
+                    }
+                }
+                Op::EditMessage {
+                    room,
+                    id,
+                    text,
+                    edited,
+                    excerpt,
+                } => {
+                    if let Some(r) = self.rooms.get_mut(room)
+                        && let Some(m) = live(r, id)
+                    {
+                        self.bytes = self.bytes - m.text.len() as u64 + text.len() as u64;
+                        m.text = text.to_string();
+                        m.edited = edited;
+                        requote(r, id, excerpt);
+                    }
+                }
+                Op::React {
+                    room,
+                    id,
+                    emoji,
+                    who,
+                    on,
+                } => {
+                    if let Some(r) = self.rooms.get_mut(room)
+                        && let Some(m) = live(r, id)
+                    {
+                        let at = m
+                            .reactions
+                            .iter()
+                            .position(|(e, w)| e == emoji && w.eq_ignore_ascii_case(who));
+                        match (on, at) {
+                            (true, None) => m.reactions.push((emoji.to_string(), who.to_string())),
+                            (false, Some(i)) => {
+                                m.reactions.remove(i);
+                            }
+                            _ => {}
+                        }
                     }
                 }
                 Op::PutTopic { room, topic } => {

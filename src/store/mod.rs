@@ -31,12 +31,23 @@ pub struct RoomRow {
 }
 
 /// A stored message.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MessageRow {
     pub id: u64,
     pub from: String,
     pub text: String,
     pub ts: u64,
+    /// Who may edit or delete it (see `chat::edits`): `a:ACCOUNT`,
+    /// `g:RUN:N` (one guest connection of one run), or empty (nobody).
+    pub author: String,
+    /// The message it answers, as (id, its sender, an excerpt of its text;
+    /// empty once that message is deleted).
+    pub reply: Option<(u64, String, String)>,
+    /// Wall-clock ms of its last edit; 0: never edited.
+    pub edited: u64,
+    /// Its reactions as (emoji, who), in the order they were added
+    /// (`messages` only; `search` leaves them out).
+    pub reactions: Vec<(String, String)>,
 }
 
 /// One change in a commit, applied in order.
@@ -51,12 +62,35 @@ pub enum Op<'a> {
         last_active: u64,
     },
     /// A message of a stored room; the room's `next_id` follows it.
+    /// `author` and `reply` as in [`MessageRow`].
     PutMessage {
         room: &'a str,
         id: u64,
         from: &'a str,
         text: &'a str,
         ts: u64,
+        author: &'a str,
+        reply: Option<(u64, &'a str, &'a str)>,
+    },
+    /// Message `id` of `room` gets a new text (out of and back into the
+    /// search index), edited at `edited` (wall-clock ms); the messages
+    /// that answer it get `excerpt` as their quote. No effect on a
+    /// tombstone or a message not stored.
+    EditMessage {
+        room: &'a str,
+        id: u64,
+        text: &'a str,
+        edited: u64,
+        excerpt: &'a str,
+    },
+    /// `who` reacted to message `id` of `room` with `emoji` (`on`), or no
+    /// longer does. `who` is compared ignoring ASCII case.
+    React {
+        room: &'a str,
+        id: u64,
+        emoji: &'a str,
+        who: &'a str,
+        on: bool,
     },
     /// The room's last activity (no effect on a room not stored).
     Touch { room: &'a str, last_active: u64 },
@@ -104,7 +138,9 @@ pub enum Op<'a> {
         on: bool,
     },
     /// Message `id` of `room` keeps its row with an empty text (a
-    /// tombstone), out of the search index; no effect when not stored.
+    /// tombstone), out of the search index, without its reply, edit mark
+    /// and reactions; the quotes of the messages answering it are emptied.
+    /// No effect when not stored.
     DeleteMessage { room: &'a str, id: u64 },
     /// A room's topic; "" removes it.
     PutTopic { room: &'a str, topic: &'a str },

@@ -118,6 +118,24 @@ pub const MIGRATIONS: &[&str] = &[
         room        TEXT PRIMARY KEY,
         interval_ms INTEGER NOT NULL
     );",
+    // 5 -> 6: replies, edits and reactions (issue 13): who may edit or
+    // delete a message, the message it answers with a quote of it, when it
+    // was last edited; reactions by message row, gone with their message.
+    "ALTER TABLE messages ADD COLUMN author TEXT NOT NULL DEFAULT '';
+    ALTER TABLE messages ADD COLUMN reply_to INTEGER;
+    ALTER TABLE messages ADD COLUMN reply_from TEXT;
+    ALTER TABLE messages ADD COLUMN reply_text TEXT;
+    ALTER TABLE messages ADD COLUMN edited INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX messages_reply ON messages(room, reply_to) WHERE reply_to IS NOT NULL;
+    CREATE TABLE reactions (
+        seq   INTEGER NOT NULL,
+        emoji TEXT NOT NULL,
+        who   TEXT NOT NULL COLLATE NOCASE,
+        PRIMARY KEY (seq, emoji, who)
+    );
+    CREATE TRIGGER messages_reactions_delete AFTER DELETE ON messages BEGIN
+        DELETE FROM reactions WHERE seq = old.seq;
+    END;",
 ];
 
 /// The schema version this build writes.
@@ -492,16 +510,35 @@ impl Store for SqliteStore {
             return Ok(Vec::new());
         };
         let run = || -> rusqlite::Result<Vec<MessageRow>> {
-            let mut st = self.conn.prepare_cached(
-                "SELECT id, from_nick, text, ts FROM messages
-                 WHERE room = ?1 AND id >= ?2 AND id < ?3 ORDER BY id DESC LIMIT ?4",
-            )?;
+            let mut st = self.conn.prepare_cached(&format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages
+                 WHERE room = ?1 AND id >= ?2 AND id < ?3 ORDER BY id DESC LIMIT ?4"
+            ))?;
             let rows = st.query_map(
                 params![rid, int(from), int(to), int(limit as u64)],
                 message_row,
             )?;
             let mut v: Vec<MessageRow> = rows.collect::<rusqlite::Result<_>>()?;
             v.reverse();
+            if let (Some(lo), Some(hi)) = (v.first().map(|m| m.id), v.last().map(|m| m.id)) {
+                // One more read for the page's reactions (most pages have
+                // none: the primary key's range is empty).
+                let mut st = self.conn.prepare_cached(
+                    "SELECT m.id, r.emoji, r.who FROM reactions r JOIN messages m ON m.seq = r.seq
+                     WHERE m.room = ?1 AND m.id >= ?2 AND m.id <= ?3 ORDER BY r.rowid",
+                )?;
+                let mut rows = st.query(params![rid, int(lo), int(hi)])?;
+                while let Some(r) = rows.next()? {
+                    let id = uint(r.get(0)?);
+                    if let Some(m) = id
+                        .checked_sub(lo)
+                        .and_then(|i| v.get_mut(usize::try_from(i).ok()?))
+                        .filter(|m| m.id == id)
+                    {
+                        m.reactions.push((r.get(1)?, r.get(2)?));
+                    }
+                }
+            }
             Ok(v)
         };
         run().map_err(|e| self.err(e))
@@ -524,7 +561,8 @@ impl Store for SqliteStore {
             // FTS5 walks its matches by rowid (`seq`, posting order, so id
             // order within a room), newest first, and stops at the limit.
             let mut st = self.conn.prepare_cached(
-                "SELECT m.id, m.from_nick, m.text, m.ts
+                "SELECT m.id, m.from_nick, m.text, m.ts, m.author, m.reply_to, m.reply_from,
+                        m.reply_text, m.edited
                  FROM messages_fts f JOIN messages m ON m.seq = f.rowid
                  WHERE messages_fts MATCH ?1 AND m.room = ?2 AND m.id < ?3
                  ORDER BY f.rowid DESC LIMIT ?4",
@@ -579,16 +617,33 @@ impl Store for SqliteStore {
                         from,
                         text,
                         ts,
+                        author,
+                        reply,
                     } => {
                         let Some(&rid) = ids.get(room) else {
                             // The chat stores a room before its messages.
                             log::error!("store: message {id} for room {room} not stored");
                             continue;
                         };
+                        let (reply_to, reply_from, reply_text) = match reply {
+                            Some((i, f, t)) => (Some(int(i)), Some(f), Some(t)),
+                            None => (None, None, None),
+                        };
                         tx.prepare_cached(
-                            "INSERT INTO messages (room, id, from_nick, text, ts) VALUES (?1, ?2, ?3, ?4, ?5)",
+                            "INSERT INTO messages (room, id, from_nick, text, ts, author, reply_to, reply_from, reply_text)
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                         )?
-                        .execute(params![rid, int(id), from, text, int(ts)])?;
+                        .execute(params![
+                            rid,
+                            int(id),
+                            from,
+                            text,
+                            int(ts),
+                            author,
+                            reply_to,
+                            reply_from,
+                            reply_text
+                        ])?;
                         let t = touched.entry(rid).or_insert_with(|| Touched {
                             name: room.to_string(),
                             max_id: 0,
@@ -693,7 +748,17 @@ impl Store for SqliteStore {
                                 )?
                                 .query_row(params![rid, int(id)], |r| r.get(0))?;
                             tx.prepare_cached(
-                                "UPDATE messages SET text = '' WHERE room = ?1 AND id = ?2",
+                                "UPDATE messages SET text = '', reply_to = NULL, reply_from = NULL,
+                                 reply_text = NULL, edited = 0 WHERE room = ?1 AND id = ?2",
+                            )?
+                            .execute(params![rid, int(id)])?;
+                            tx.prepare_cached(
+                                "DELETE FROM reactions WHERE seq IN
+                                 (SELECT seq FROM messages WHERE room = ?1 AND id = ?2)",
+                            )?
+                            .execute(params![rid, int(id)])?;
+                            tx.prepare_cached(
+                                "UPDATE messages SET reply_text = '' WHERE room = ?1 AND reply_to = ?2",
                             )?
                             .execute(params![rid, int(id)])?;
                             tx.prepare_cached(
@@ -701,6 +766,36 @@ impl Store for SqliteStore {
                             )?
                             .execute(params![rid, freed])?;
                             bytes = bytes.saturating_sub(uint(freed));
+                        }
+                    }
+                    Op::EditMessage {
+                        room,
+                        id,
+                        text,
+                        edited,
+                        excerpt,
+                    } => {
+                        if let Some(&rid) = ids.get(room) {
+                            bytes = edit_message(&tx, rid, id, text, edited, excerpt, bytes)?;
+                        }
+                    }
+                    Op::React {
+                        room,
+                        id,
+                        emoji,
+                        who,
+                        on,
+                    } => {
+                        if let Some(&rid) = ids.get(room) {
+                            let sql = if on {
+                                "INSERT OR IGNORE INTO reactions (seq, emoji, who)
+                                 SELECT seq, ?3, ?4 FROM messages WHERE room = ?1 AND id = ?2 AND text != ''"
+                            } else {
+                                "DELETE FROM reactions WHERE emoji = ?3 AND who = ?4 AND seq IN
+                                 (SELECT seq FROM messages WHERE room = ?1 AND id = ?2)"
+                            };
+                            tx.prepare_cached(sql)?
+                                .execute(params![rid, int(id), emoji, who])?;
                         }
                     }
                     Op::PutTopic { room, topic } => {
@@ -834,13 +929,29 @@ impl Store for SqliteStore {
     }
 }
 
-/// A message from a row of (id, from_nick, text, ts).
+/// The columns [`message_row`] reads, in its order.
+const MESSAGE_COLUMNS: &str =
+    "id, from_nick, text, ts, author, reply_to, reply_from, reply_text, edited";
+
+/// A message from a row of [`MESSAGE_COLUMNS`] (without its reactions).
 fn message_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<MessageRow> {
+    let reply = match r.get::<_, Option<i64>>(5)? {
+        Some(id) => Some((
+            uint(id),
+            r.get::<_, Option<String>>(6)?.unwrap_or_default(),
+            r.get::<_, Option<String>>(7)?.unwrap_or_default(),
+        )),
+        None => None,
+    };
     Ok(MessageRow {
         id: uint(r.get(0)?),
         from: r.get(1)?,
         text: r.get(2)?,
         ts: uint(r.get(3)?),
+        author: r.get(4)?,
+        reply,
+        edited: uint(r.get(8)?),
+        reactions: Vec::new(),
     })
 }
 
@@ -854,6 +965,45 @@ fn fts_query(query: &str) -> Option<String> {
         .map(|w| format!("\"{}\"*", w.replace('"', "\"\"")))
         .collect();
     (!terms.is_empty()).then(|| terms.join(" "))
+}
+
+/// [`Op::EditMessage`]: the new text replaces the old one in the row and
+/// in the external-content search index (which needs the old text to
+/// delete it), the room's byte count follows, and the replies' quotes are
+/// renewed. A tombstone stays one. Returns the store's new byte total.
+fn edit_message(
+    tx: &rusqlite::Transaction<'_>,
+    rid: i64,
+    id: u64,
+    text: &str,
+    edited: u64,
+    excerpt: &str,
+    bytes: u64,
+) -> rusqlite::Result<u64> {
+    let row: Option<(i64, i64)> = tx
+        .prepare_cached(
+            "SELECT seq, length(CAST(text AS BLOB)) FROM messages
+             WHERE room = ?1 AND id = ?2 AND text != ''",
+        )?
+        .query_row(params![rid, int(id)], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let Some((seq, old_len)) = row else {
+        return Ok(bytes);
+    };
+    tx.prepare_cached(
+        "INSERT INTO messages_fts(messages_fts, rowid, text) SELECT 'delete', seq, text FROM messages WHERE seq = ?1",
+    )?
+    .execute([seq])?;
+    tx.prepare_cached("UPDATE messages SET text = ?2, edited = ?3 WHERE seq = ?1")?
+        .execute(params![seq, text, int(edited)])?;
+    tx.prepare_cached("INSERT INTO messages_fts(rowid, text) VALUES (?1, ?2)")?
+        .execute(params![seq, text])?;
+    tx.prepare_cached("UPDATE messages SET reply_text = ?3 WHERE room = ?1 AND reply_to = ?2")?
+        .execute(params![rid, int(id), excerpt])?;
+    let delta = text.len() as i64 - old_len;
+    tx.prepare_cached("UPDATE rooms SET bytes = max(0, bytes + ?2) WHERE id = ?1")?
+        .execute(params![rid, delta])?;
+    Ok(bytes.saturating_add_signed(delta))
 }
 
 /// Deletes a room and its messages; returns the bytes they counted.

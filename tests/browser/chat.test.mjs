@@ -589,6 +589,138 @@ async function features({ base, alice, bob, carol, dave }) {
   });
 }
 
+
+// Replies, reactions, edits and deletes of one's own message (issue 13):
+// alice and bob in #team, each change seen live on the other page.
+async function messageActions({ alice, bob, archive }) {
+  const msgOn = (page, text) => page.locator('[data-testid="message-list"] [data-testid="message"]')
+    .filter({ has: page.locator('[data-testid="message-text"]', { hasText: text }) }).last();
+  for (const page of [alice, bob]) {
+    page.on('dialog', (d) => d.accept()); // "Delete this message for everyone?"
+    await openRoom(page, 'team');
+    await toBottom(page).catch(() => {});
+  }
+  await check('replies: bob answers alice\'s message; alice sees the quote, and it leads to the parent', async () => {
+    await say(alice, 'Which day is the release?');
+    await seesOnce(bob, 'Which day is the release?');
+    const parent = msgOn(bob, 'Which day is the release?');
+    await parent.hover();
+    await parent.locator('[data-testid="msg-reply"]').click();
+    await tid(bob, 'reply-bar').waitFor({ timeout: STEP_TIMEOUT });
+    await say(bob, 'Friday, I think');
+    await seesOnce(alice, 'Friday, I think');
+    const reply = msgOn(alice, 'Friday, I think');
+    const quote = reply.locator('[data-testid="reply-quote"]');
+    await quote.waitFor({ timeout: STEP_TIMEOUT });
+    if (!(await quote.textContent()).includes('Which day is the release?')) throw new Error(`quote: ${await quote.textContent()}`);
+    const pid = await msgOn(alice, 'Which day is the release?').getAttribute('data-id');
+    if ((await quote.getAttribute('data-reply-to')) !== pid) throw new Error('the quote names another message');
+    await quote.click();
+    await alice.locator(`[data-testid="message"][data-id="${pid}"].flash`).waitFor({ timeout: STEP_TIMEOUT });
+  });
+  await check('reactions: a reaction\'s count updates on the other page, toggled per person', async () => {
+    const onBob = msgOn(bob, 'Which day is the release?');
+    await onBob.hover();
+    await onBob.locator('[data-testid="msg-react"]').click();
+    await tid(bob, 'react-picker').waitFor({ timeout: STEP_TIMEOUT });
+    await bob.locator('[data-testid="react-picker"] button[aria-label="thumbs up"]').click();
+    const chip = (page) => msgOn(page, 'Which day is the release?').locator('[data-testid="reaction"][data-emoji="👍"]');
+    const count = async (page, n) => page.waitForFunction(([t, want]) => {
+      const li = [...document.querySelectorAll('[data-testid="message-list"] [data-testid="message"]')]
+        .filter((m) => m.querySelector('[data-testid="message-text"]')?.textContent === t).pop();
+      const c = li?.querySelector('[data-testid="reaction"][data-emoji="👍"] [data-testid="reaction-count"]')?.textContent ?? '0';
+      return c === String(want);
+    }, ['Which day is the release?', n], { timeout: STEP_TIMEOUT });
+    await count(alice, 1);
+    if ((await chip(alice).getAttribute('aria-pressed')) !== 'false') throw new Error('alice did not react');
+    if ((await chip(bob).getAttribute('aria-pressed')) !== 'true') throw new Error('bob\'s own reaction not marked');
+    await chip(alice).click();
+    await count(bob, 2);
+    await chip(bob).click();
+    await count(alice, 1);
+    await chip(bob).click();
+    await count(alice, 2);
+  });
+  await check('edit: only on one\'s own messages; the new text and "(edited)" show on both pages, quotes too', async () => {
+    const onBob = msgOn(bob, 'Which day is the release?');
+    await onBob.hover();
+    if (await onBob.locator('[data-testid="msg-edit"]').count()) throw new Error('bob may edit alice\'s message');
+    const mine = msgOn(alice, 'Which day is the release?');
+    await mine.hover();
+    await mine.locator('[data-testid="msg-edit"]').click();
+    const box = tid(alice, 'edit-input');
+    await box.waitFor({ timeout: STEP_TIMEOUT });
+    await shotAll(alice, 'message-edit');
+    await box.fill('Which day is the release? Friday or Monday?');
+    await box.press('Enter');
+    for (const page of [alice, bob]) {
+      await msgOn(page, 'Friday or Monday?').locator('[data-testid="edited-mark"]').waitFor({ timeout: STEP_TIMEOUT });
+    }
+    await bob.waitForFunction(() => [...document.querySelectorAll('[data-testid="reply-quote"]')]
+      .some((q) => q.textContent.includes('Friday or Monday?')), null, { timeout: STEP_TIMEOUT });
+    const reactions = await msgOn(bob, 'Friday or Monday?').locator('[data-testid="reaction-count"]').allTextContents();
+    if (reactions.join() !== '2') throw new Error(`reactions after the edit: ${reactions}`);
+  });
+  await check('delete: one\'s own message goes from both pages; the reply quoting it says so', async () => {
+    await say(alice, 'oops, wrong room');
+    await seesOnce(bob, 'oops, wrong room');
+    const mine = msgOn(alice, 'oops, wrong room');
+    await mine.hover();
+    await mine.locator('[data-testid="msg-delete-own"]').click();
+    for (const page of [alice, bob]) {
+      await page.waitForFunction(() => ![...document.querySelectorAll('[data-testid="message-text"]')]
+        .some((t) => t.textContent === 'oops, wrong room'), null, { timeout: STEP_TIMEOUT });
+    }
+  });
+  await check('keyboard: the actions are reachable with Tab and the picker with arrows and Escape', async () => {
+    const m = msgOn(bob, 'Friday or Monday?');
+    await m.locator('[data-testid="msg-react"]').focus();
+    const shown = await m.locator('.msg-actions').evaluate((e) => getComputedStyle(e).opacity);
+    if (shown !== '1') throw new Error(`actions hidden while focused (opacity ${shown})`);
+    await bob.keyboard.press('Enter');
+    await tid(bob, 'react-picker').waitFor({ timeout: STEP_TIMEOUT });
+    await bob.keyboard.press('ArrowRight');
+    const name = await bob.evaluate(() => document.activeElement?.getAttribute('aria-label'));
+    if (name !== 'red heart') throw new Error(`focus on ${name}`);
+    await bob.keyboard.press('Escape');
+    await tid(bob, 'react-picker').waitFor({ state: 'detached', timeout: STEP_TIMEOUT });
+  });
+  if (archive) {
+    await check('replies: a quote of a message the page has not loaded opens the history around it', async () => {
+      // #archive's message 2 is older than the 50 the live list holds.
+      await alice.evaluate(async (u) => {
+        const ws = new WebSocket(`${u}?nick=quoter`);
+        await new Promise((res, rej) => { ws.onopen = res; ws.onerror = rej; });
+        const done = new Promise((res) => { ws.onmessage = (ev) => { if (JSON.parse(ev.data).ref === 'q') res(); }; });
+        ws.send(JSON.stringify({ type: 'join', room: 'archive' }));
+        ws.send(JSON.stringify({ type: 'message', room: 'archive', text: 'about that needle', reply_to: 2, ref: 'q' }));
+        await done;
+        ws.close();
+      }, archive);
+      await openRoom(bob, 'archive');
+      const quote = msgOn(bob, 'about that needle').locator('[data-testid="reply-quote"]');
+      await quote.waitFor({ timeout: STEP_TIMEOUT });
+      if (!(await quote.textContent()).includes('needle is here')) throw new Error(`quote: ${await quote.textContent()}`);
+      if (await bob.locator('[data-testid="message-list"] [data-testid="message"][data-id="2"]').count()) throw new Error('message 2 is loaded: the check proves nothing');
+      await quote.click();
+      await bob.locator('[data-testid="context-view"] [data-testid="context-message"].target[data-id="2"]').waitFor({ state: 'visible', timeout: STEP_TIMEOUT });
+      await tid(bob, 'context-close').click({ timeout: STEP_TIMEOUT });
+      await openRoom(bob, 'team');
+    });
+  }
+  // The toolbar open on a message with a reply below and reactions.
+  await bob.evaluate(() => {
+    const li = [...document.querySelectorAll('[data-testid="message-list"] [data-testid="message"]')]
+      .filter((m) => m.textContent.includes('Friday or Monday?')).pop();
+    li?.classList.add('actions-open');
+  });
+  const onBob = msgOn(bob, 'Friday, I think');
+  await onBob.hover();
+  await onBob.locator('[data-testid="msg-reply"]').click();
+  await shotAll(bob, 'message-actions');
+  await tid(bob, 'reply-cancel').click();
+}
+
 // ------------------------------------------------------------------ scenario
 async function scenario() {
   const port = process.env.PORT ? Number(process.env.PORT) : await freePort();
@@ -879,6 +1011,7 @@ async function scenario() {
     });
   }
   await features({ base, alice, bob, carol, dave });
+  await messageActions({ alice, bob, archive: CMD ? null : `${SCHEME === 'https' ? 'wss' : 'ws'}://127.0.0.1:${port}/ws` });
   if (!CMD) await accounts({ base, ctxOpts, outside });
   await check('no request left the machine and no page error', () => {
     if (outside.length) throw new Error(outside.join('; '));
