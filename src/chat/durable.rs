@@ -43,6 +43,8 @@ pub enum Record {
     Account(super::accounts::AccountRecord),
     /// A ban or an audit line (see [`super::moderation`]).
     Moderation(super::moderation::ModRecord),
+    /// An upload stored or deleted (see [`super::uploads`]).
+    Upload(super::uploads::UploadRecord),
 }
 
 impl Record {
@@ -52,7 +54,10 @@ impl Record {
     pub fn is_answered(&self) -> bool {
         matches!(
             self,
-            Record::Message { .. } | Record::Account(_) | Record::Moderation(_)
+            Record::Message { .. }
+                | Record::Account(_)
+                | Record::Moderation(_)
+                | Record::Upload(_)
         )
     }
 }
@@ -269,6 +274,7 @@ impl Chat {
         self.mod_failed(out);
         let mut emptied = Vec::new();
         for p in std::mem::take(&mut self.pending) {
+            self.detach_image(p.msg.image);
             if let Some(room) = self
                 .rooms
                 .get_mut(p.slot as usize)
@@ -306,6 +312,10 @@ impl Chat {
         };
         let Some(d) = r.durable.as_mut() else { return };
         d.first_id = d.first_id.max(first_id.min(r.next_id));
+        self.drop_images_below(room, first_id);
+        let Some(r) = self.rooms.get_mut(idx as usize).and_then(Option::as_mut) else {
+            return;
+        };
         let (bytes_before, kept_before) = (r.bytes, r.history.len());
         while r.history.front().is_some_and(|m| m.id < first_id) {
             r.pop_oldest();
@@ -364,6 +374,7 @@ impl Chat {
         text: String,
         r: Option<&str>,
         now: Now,
+        image: Option<std::num::NonZeroU64>,
     ) {
         let Some(room) = self.rooms.get_mut(idx as usize).and_then(Option::as_mut) else {
             return;
@@ -381,7 +392,13 @@ impl Chat {
             });
         }
         d.pending += 1;
-        let msg = room.assign(from, text.into_boxed_str(), now.wall_ms);
+        let mut msg = room.assign(from, text.into_boxed_str(), now.wall_ms);
+        msg.image = image;
+        let name = room.name.clone();
+        self.attach_image(image, &name, msg.id);
+        let Some(room) = self.rooms.get_mut(idx as usize).and_then(Option::as_mut) else {
+            return;
+        };
         self.records.push(Record::Message {
             room: room.name.clone(),
             msg: msg.clone(),

@@ -12,6 +12,7 @@ pub mod nick;
 pub mod protocol;
 pub mod rate;
 pub mod room;
+pub mod uploads;
 pub mod validate;
 
 #[cfg(test)]
@@ -128,6 +129,8 @@ pub struct ChatConfig {
     pub registration_open: bool,
     /// Password hashing jobs running at once, at most (past it: `busy`).
     pub max_auth_jobs: usize,
+    /// Extension (images): who may upload how much (see [`uploads`]).
+    pub uploads: uploads::UploadLimits,
 }
 
 impl Default for ChatConfig {
@@ -148,6 +151,7 @@ impl Default for ChatConfig {
             require_account: false,
             registration_open: true,
             max_auth_jobs: 32,
+            uploads: uploads::UploadLimits::default(),
         }
     }
 }
@@ -266,6 +270,8 @@ pub struct Chat {
     moder: moderation::Moderation,
     /// Messages refused by the rate limit since start (`/metrics`).
     rate_limited: u64,
+    /// Extension (images): the uploads and their accounting.
+    uploads: uploads::Uploads,
 }
 
 /// Stale entries `order` may hold beyond one per kept message before it is
@@ -355,6 +361,7 @@ impl Chat {
             acct: accounts::Accounts::default(),
             moder: moderation::Moderation::default(),
             rate_limited: 0,
+            uploads: uploads::Uploads::default(),
         }
     }
 
@@ -522,6 +529,7 @@ impl Chat {
             .expire(now.mono_ms, self.cfg.rate_burst, self.cfg.rate_per_sec);
         self.expire_failures(now, false);
         self.expire_moderation(now);
+        self.expire_uploads(now);
         let expired: Vec<u32> = self
             .rooms
             .iter()
@@ -552,6 +560,7 @@ impl Chat {
     fn forget(&mut self, idx: u32) {
         if let Some(r) = self.rooms.get_mut(idx as usize).and_then(Option::take) {
             self.forget_stored(&r);
+            self.drop_images_below(&r.name, u64::MAX);
             self.room_names.remove(&r.name);
             if let Some(owner) = r.owner
                 && let Some(n) = self.room_owners.get_mut(&owner)
@@ -735,10 +744,17 @@ impl Chat {
                 self.join(conn, &room, since, epoch.as_deref(), r, now, out)
             }
             Request::Leave { room } => self.leave(conn, &room, r, now, out),
-            Request::Message { room, text } => {
+            Request::Message { room, text, image } => {
                 self.joined_room(conn, &room)?;
+                let image = match image {
+                    Some(i) => Some(
+                        self.check_image(conn, i)
+                            .map_err(|()| ChatError::NoSuchUpload)?,
+                    ),
+                    None => None,
+                };
                 self.check_post(conn, &room, now)?;
-                self.message(conn, &room, text, r, now, out)
+                self.message(conn, &room, text, image, r, now, out)
             }
             Request::Dm { to, text } => {
                 self.require_account(conn)?;
@@ -1092,6 +1108,7 @@ impl Chat {
         conn: ConnId,
         name: &str,
         text: String,
+        image: Option<std::num::NonZeroU64>,
         r: Option<&str>,
         now: Now,
         out: &mut dyn Outbox,
@@ -1101,7 +1118,7 @@ impl Chat {
             return Ok(());
         };
         if self.cfg.durable {
-            self.post_durable(idx, conn, from, text, r, now);
+            self.post_durable(idx, conn, from, text, r, now, image);
             return Ok(());
         }
         let keep = self.cfg.history;
@@ -1109,7 +1126,14 @@ impl Chat {
             return Ok(());
         };
         let (bytes_before, kept_before) = (room.bytes, room.history.len());
-        let msg = room.post(from, text.into_boxed_str(), now.wall_ms, keep);
+        let mut msg = room.assign(from, text.into_boxed_str(), now.wall_ms);
+        msg.image = image;
+        room.keep(msg.clone(), keep);
+        let room_name = room.name.clone();
+        self.attach_image(image, &room_name, msg.id);
+        let Some(room) = self.room_mut(idx) else {
+            return Ok(());
+        };
         let shared = frame(&MsgOut::new(&room.name, &msg, None));
         let own = match r {
             Some(_) => frame(&MsgOut::new(&room.name, &msg, r)),

@@ -290,6 +290,8 @@ impl Chat {
             room: room.into(),
             id,
         }));
+        // Its image goes in the same commit (extension: images).
+        self.delete_image_of(room, id);
         self.audit(now, &by, "delete", room, "", &format!("id={id}"));
         self.moder.pending.push((
             now,
@@ -513,6 +515,7 @@ impl Chat {
                         if let Some(m) = rm.history.iter_mut().find(|m| m.id == id) {
                             let freed = m.text.len();
                             m.text = Box::from("");
+                            m.image = None;
                             rm.bytes -= freed;
                         }
                         let after = rm.bytes;

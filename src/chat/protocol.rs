@@ -74,6 +74,9 @@ pub enum ChatError {
     },
     /// The store could not write (or read) what the frame needed.
     StorageFailed,
+    /// Extension (images): `send` names an upload that does not exist, is
+    /// not the sender's, or is shown by another message already.
+    NoSuchUpload,
 }
 
 /// What is wrong with an `invalid` field.
@@ -96,6 +99,8 @@ pub enum Reason {
     Excludes(&'static str),
     Password,
     Token,
+    /// Extension (images): not an upload id.
+    Image,
 }
 
 impl ChatError {
@@ -122,6 +127,7 @@ impl ChatError {
             ChatError::Muted { .. } => "muted",
             ChatError::NoSuchAccount => "no_such_account",
             ChatError::NoSuchMessage => "no_such_message",
+            ChatError::NoSuchUpload => "no_such_upload",
             ChatError::SlowMode { .. } => "slow_mode",
             ChatError::StorageFailed => "storage_failed",
         }
@@ -190,6 +196,7 @@ impl fmt::Display for ChatError {
                         validate::MAX_PASSWORD_CHARS
                     ),
                     Reason::Token => f.write_str("must be the 64 hex digits of a session token"),
+                    Reason::Image => f.write_str("must be the 16 hex digits of an upload id"),
                     Reason::Text(TextError::Empty) => f.write_str("must not be empty"),
                     Reason::Text(TextError::TooLong) => f.write_str("is too long"),
                     Reason::Text(TextError::Blank) => {
@@ -240,6 +247,9 @@ impl fmt::Display for ChatError {
             }
             ChatError::NoSuchAccount => f.write_str("no account has that nick"),
             ChatError::NoSuchMessage => f.write_str("the room keeps no message with that id"),
+            ChatError::NoSuchUpload => {
+                f.write_str("no upload of yours with that id that no other message shows")
+            }
             ChatError::Muted { until } => write!(
                 f,
                 "you are muted in this room until {until} (ms since the Unix epoch)"
@@ -282,6 +292,8 @@ pub enum Request {
     Message {
         room: String,
         text: String,
+        /// Extension (images): the upload the message shows.
+        image: Option<u64>,
     },
     Dm {
         to: String,
@@ -626,6 +638,12 @@ fn request(
         Kind::Message => Request::Message {
             room: room(map)?,
             text: text(map, max_text)?,
+            image: match opt_string(map, "image")? {
+                None => None,
+                Some(s) => Some(
+                    super::uploads::parse_id(&s).ok_or(invalid("image", Reason::Image))?,
+                ),
+            },
         },
         Kind::Dm => Request::Dm {
             to: string(map, "to")?,
@@ -787,6 +805,9 @@ pub struct MsgOut<'a> {
     /// is then empty; a real message never has an empty text).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub deleted: bool,
+    /// Extension (images): the upload it shows, served at `/uploads/ID`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
     #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
     pub r#ref: Option<&'a str>,
 }
@@ -813,6 +834,7 @@ impl<'a> MsgOut<'a> {
             text: &m.text,
             ts: m.ts,
             deleted: m.text.is_empty(),
+            image: m.image.map(|i| super::uploads::id_text(i.get())),
             r#ref,
         }
     }

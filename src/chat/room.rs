@@ -13,6 +13,8 @@ pub struct Msg {
     pub ts: u64,
     pub from: Rc<str>,
     pub text: Box<str>,
+    /// Extension (images): the upload the message shows.
+    pub image: Option<std::num::NonZeroU64>,
 }
 
 /// One slot of the server-wide posting-order queue (`Chat::order`): which
@@ -139,6 +141,7 @@ impl Room {
             ts,
             from,
             text,
+            image: None,
         };
         self.next_id += 1;
         msg

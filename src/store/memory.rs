@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use super::{
     AccountRow, AuditRow, BanRow, Limits, MessageRow, Op, Result, RoomRow, SessionRow, Store,
-    StoreError, Trimmed, row_bytes,
+    StoreError, Trimmed, UploadRow, row_bytes,
 };
 
 struct MemRoom {
@@ -27,6 +27,8 @@ pub struct MemoryStore {
     audit: Vec<AuditRow>,
     moderators: std::collections::BTreeSet<(String, String)>,
     topics: BTreeMap<String, String>,
+    /// Uploaded images with their bytes (with --no-persist, the only copy).
+    uploads: BTreeMap<u64, (UploadRow, Vec<u8>)>,
     /// While set, every commit fails (and changes nothing).
     pub fail_commits: bool,
 }
@@ -44,6 +46,7 @@ impl MemoryStore {
             audit: Vec::new(),
             moderators: Default::default(),
             topics: BTreeMap::new(),
+            uploads: BTreeMap::new(),
             fail_commits: false,
         }
     }
@@ -58,6 +61,14 @@ impl MemoryStore {
 }
 
 impl Store for MemoryStore {
+    fn uploads(&mut self) -> Result<Vec<UploadRow>> {
+        Ok(self.uploads.values().map(|(r, _)| r.clone()).collect())
+    }
+
+    fn upload_data(&mut self, id: u64) -> Result<Option<Vec<u8>>> {
+        Ok(self.uploads.get(&id).map(|(_, d)| d.clone()))
+    }
+
     fn accounts(&mut self) -> Result<Vec<AccountRow>> {
         Ok(self.accounts.values().cloned().collect())
     }
@@ -153,6 +164,8 @@ impl Store for MemoryStore {
         let (mut bans, mut audit) = (Vec::new(), Vec::new());
         let mut moderators = self.moderators.clone();
         let mut topics = self.topics.clone();
+        // Upload changes, applied at the end (all or nothing).
+        let mut upload_ops: Vec<&Op<'_>> = Vec::new();
         for op in ops {
             match *op {
                 Op::PutRoom {
@@ -189,7 +202,11 @@ impl Store for MemoryStore {
                     from,
                     text,
                     ts,
+                    image,
                 } => {
+                    if image.is_some() {
+                        upload_ops.push(op);
+                    }
                     let Some(r) = self.rooms.get_mut(room) else {
                         return Err(StoreError::Io(format!("message for unknown room {room}")));
                     };
@@ -205,6 +222,7 @@ impl Store for MemoryStore {
                             from: from.to_string(),
                             text: text.to_string(),
                             ts,
+                            image,
                         },
                     ));
                     r.row.next_id = r.row.next_id.max(id + 1);
@@ -292,8 +310,10 @@ impl Store for MemoryStore {
                     {
                         self.bytes -= m.text.len() as u64;
                         m.text.clear();
+                        m.image = None;
                     }
                 }
+                Op::PutUpload { .. } | Op::DeleteUpload { .. } => upload_ops.push(op),
                 Op::PutTopic { room, topic } => {
                     if topic.is_empty() {
                         topics.remove(room);
@@ -324,6 +344,41 @@ impl Store for MemoryStore {
                     target: target.into(),
                     detail: detail.into(),
                 }),
+            }
+        }
+        for op in upload_ops {
+            match *op {
+                Op::PutUpload {
+                    id,
+                    owner,
+                    mime,
+                    data,
+                    created,
+                } => {
+                    let row = UploadRow {
+                        id,
+                        owner: owner.to_string(),
+                        mime: mime.to_string(),
+                        bytes: data.len() as u64,
+                        created,
+                        attached: None,
+                    };
+                    self.uploads.insert(id, (row, data.to_vec()));
+                }
+                Op::DeleteUpload { id } => {
+                    self.uploads.remove(&id);
+                }
+                Op::PutMessage {
+                    room,
+                    id,
+                    image: Some(image),
+                    ..
+                } => {
+                    if let Some((row, _)) = self.uploads.get_mut(&image) {
+                        row.attached = Some((room.to_string(), id));
+                    }
+                }
+                _ => {}
             }
         }
         self.accounts = accounts;

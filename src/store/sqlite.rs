@@ -17,7 +17,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
     AccountRow, AuditRow, BanRow, Limits, MessageRow, Op, Result, RoomRow, SessionRow, Store,
-    StoreError, Trimmed, row_bytes,
+    StoreError, Trimmed, UploadRow, row_bytes,
 };
 
 /// The database file inside the data directory.
@@ -100,6 +100,25 @@ pub const MIGRATIONS: &[&str] = &[
         room  TEXT PRIMARY KEY,
         topic TEXT NOT NULL
     );",
+    // 4 -> 5: uploaded images (extension: images), their bytes in the row;
+    // a message names the one it shows. A message dropped by retention
+    // takes its image with it (the trigger); a tombstone or an expired
+    // upload is deleted by the chat's own records.
+    "CREATE TABLE uploads (
+        id       INTEGER PRIMARY KEY,
+        owner    TEXT NOT NULL,
+        mime     TEXT NOT NULL,
+        bytes    INTEGER NOT NULL,
+        created  INTEGER NOT NULL,
+        room     TEXT,
+        msg      INTEGER,
+        data     BLOB NOT NULL
+    );
+    ALTER TABLE messages ADD COLUMN image INTEGER;
+    CREATE TRIGGER uploads_message_gone AFTER DELETE ON messages
+        WHEN old.image IS NOT NULL BEGIN
+        DELETE FROM uploads WHERE id = old.image;
+    END;",
 ];
 
 /// The schema version this build writes.
@@ -307,6 +326,38 @@ struct Touched {
 }
 
 impl Store for SqliteStore {
+    fn uploads(&mut self) -> Result<Vec<UploadRow>> {
+        let run = || -> rusqlite::Result<Vec<UploadRow>> {
+            let mut st = self
+                .conn
+                .prepare("SELECT id, owner, mime, bytes, created, room, msg FROM uploads")?;
+            let rows = st.query_map([], |r| {
+                let room: Option<String> = r.get(5)?;
+                let msg: Option<i64> = r.get(6)?;
+                Ok(UploadRow {
+                    id: uint(r.get(0)?),
+                    owner: r.get(1)?,
+                    mime: r.get(2)?,
+                    bytes: uint(r.get(3)?),
+                    created: uint(r.get(4)?),
+                    attached: room.zip(msg.map(uint)),
+                })
+            })?;
+            rows.collect()
+        };
+        run().map_err(|e| self.err(e))
+    }
+
+    fn upload_data(&mut self, id: u64) -> Result<Option<Vec<u8>>> {
+        let run = || -> rusqlite::Result<Option<Vec<u8>>> {
+            self.conn
+                .prepare_cached("SELECT data FROM uploads WHERE id = ?1")?
+                .query_row(params![int(id)], |r| r.get(0))
+                .optional()
+        };
+        run().map_err(|e| self.err(e))
+    }
+
     fn accounts(&mut self) -> Result<Vec<AccountRow>> {
         let run = || -> rusqlite::Result<Vec<AccountRow>> {
             let mut st = self
@@ -436,7 +487,7 @@ impl Store for SqliteStore {
         };
         let run = || -> rusqlite::Result<Vec<MessageRow>> {
             let mut st = self.conn.prepare_cached(
-                "SELECT id, from_nick, text, ts FROM messages
+                "SELECT id, from_nick, text, ts, image FROM messages
                  WHERE room = ?1 AND id >= ?2 AND id < ?3 ORDER BY id DESC LIMIT ?4",
             )?;
             let rows = st.query_map(
@@ -467,7 +518,7 @@ impl Store for SqliteStore {
             // FTS5 walks its matches by rowid (`seq`, posting order, so id
             // order within a room), newest first, and stops at the limit.
             let mut st = self.conn.prepare_cached(
-                "SELECT m.id, m.from_nick, m.text, m.ts
+                "SELECT m.id, m.from_nick, m.text, m.ts, m.image
                  FROM messages_fts f JOIN messages m ON m.seq = f.rowid
                  WHERE messages_fts MATCH ?1 AND m.room = ?2 AND m.id < ?3
                  ORDER BY f.rowid DESC LIMIT ?4",
@@ -522,6 +573,7 @@ impl Store for SqliteStore {
                         from,
                         text,
                         ts,
+                        image,
                     } => {
                         let Some(&rid) = ids.get(room) else {
                             // The chat stores a room before its messages.
@@ -529,9 +581,13 @@ impl Store for SqliteStore {
                             continue;
                         };
                         tx.prepare_cached(
-                            "INSERT INTO messages (room, id, from_nick, text, ts) VALUES (?1, ?2, ?3, ?4, ?5)",
+                            "INSERT INTO messages (room, id, from_nick, text, ts, image) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                         )?
-                        .execute(params![rid, int(id), from, text, int(ts)])?;
+                        .execute(params![rid, int(id), from, text, int(ts), image.map(int)])?;
+                        if let Some(image) = image {
+                            tx.prepare_cached("UPDATE uploads SET room = ?2, msg = ?3 WHERE id = ?1")?
+                                .execute(params![int(image), room, int(id)])?;
+                        }
                         let t = touched.entry(rid).or_insert_with(|| Touched {
                             name: room.to_string(),
                             max_id: 0,
@@ -636,7 +692,7 @@ impl Store for SqliteStore {
                                 )?
                                 .query_row(params![rid, int(id)], |r| r.get(0))?;
                             tx.prepare_cached(
-                                "UPDATE messages SET text = '' WHERE room = ?1 AND id = ?2",
+                                "UPDATE messages SET text = '', image = NULL WHERE room = ?1 AND id = ?2",
                             )?
                             .execute(params![rid, int(id)])?;
                             tx.prepare_cached(
@@ -645,6 +701,30 @@ impl Store for SqliteStore {
                             .execute(params![rid, freed])?;
                             bytes = bytes.saturating_sub(uint(freed));
                         }
+                    }
+                    Op::PutUpload {
+                        id,
+                        owner,
+                        mime,
+                        data,
+                        created,
+                    } => {
+                        tx.prepare_cached(
+                            "INSERT OR REPLACE INTO uploads (id, owner, mime, bytes, created, data)
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                        )?
+                        .execute(params![
+                            int(id),
+                            owner,
+                            mime,
+                            int(data.len() as u64),
+                            int(created),
+                            data
+                        ])?;
+                    }
+                    Op::DeleteUpload { id } => {
+                        tx.prepare_cached("DELETE FROM uploads WHERE id = ?1")?
+                            .execute(params![int(id)])?;
                     }
                     Op::PutTopic { room, topic } => {
                         if topic.is_empty() {
@@ -747,6 +827,7 @@ fn message_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<MessageRow> {
         from: r.get(1)?,
         text: r.get(2)?,
         ts: uint(r.get(3)?),
+        image: r.get::<_, Option<i64>>(4)?.map(uint),
     })
 }
 
