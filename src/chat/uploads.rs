@@ -345,11 +345,23 @@ impl Chat {
     /// windows that have passed are forgotten. From `tick`.
     pub(super) fn expire_uploads(&mut self, now: Now) {
         let ttl = self.cfg.uploads.ttl_ms;
+        // Without a store, a message that left the in-memory history is
+        // gone for good, and its image with it.
+        let durable = self.cfg.durable;
+        let kept = |room: &str, id: u64| {
+            self.room_names
+                .get(room)
+                .and_then(|&i| self.room(i))
+                .is_some_and(|r| r.keeps(id))
+        };
         let expired: Vec<u64> = self
             .uploads
             .by_id
             .iter()
-            .filter(|(_, u)| u.stored && u.attached.is_none() && u.created + ttl <= now.wall_ms)
+            .filter(|(_, u)| match &u.attached {
+                None => u.stored && u.created + ttl <= now.wall_ms,
+                Some((room, id)) => !durable && !kept(room, *id),
+            })
             .map(|(i, _)| *i)
             .collect();
         for id in expired {
