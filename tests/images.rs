@@ -181,11 +181,15 @@ fn uploads_that_are_not_images_too_big_or_unauthenticated_are_refused() {
         411
     );
     assert_eq!(
-        raw(format!("POST /upload HTTP/1.1\r\n{a}Content-Length: 1x\r\n\r\n")),
+        raw(format!(
+            "POST /upload HTTP/1.1\r\n{a}Content-Length: 1x\r\n\r\n"
+        )),
         400
     );
     assert_eq!(
-        raw(format!("POST /upload HTTP/1.1\r\n{a}Content-Length: 0\r\n\r\n")),
+        raw(format!(
+            "POST /upload HTTP/1.1\r\n{a}Content-Length: 0\r\n\r\n"
+        )),
         400
     );
     assert_eq!(raw(format!("GET /upload HTTP/1.1\r\n{a}\r\n")), 405);
@@ -284,16 +288,31 @@ fn a_message_shows_only_its_senders_unused_upload() {
     let v = send(&mut guest, &mine);
     assert_eq!(v["code"], "no_such_upload", "a guest has no uploads: {v}");
     let v = send(&mut alice, &mine);
-    assert_eq!((v["type"].as_str(), v["image"].as_str()), (Some("message"), Some(mine.as_str())), "{v}");
+    assert_eq!(
+        (v["type"].as_str(), v["image"].as_str()),
+        (Some("message"), Some(mine.as_str())),
+        "{v}"
+    );
     let id = v["id"].as_u64().unwrap();
     let b = next_message(&mut bob);
-    assert_eq!((b["id"].as_u64(), b["image"].as_str()), (Some(id), Some(mine.as_str())));
+    assert_eq!(
+        (b["id"].as_u64(), b["image"].as_str()),
+        (Some(id), Some(mine.as_str()))
+    );
     // One message per upload.
     let v = send(&mut alice, &mine);
     assert_eq!(v["code"], "no_such_upload", "{v}");
     // History carries it.
-    let h = ask(&mut bob, json!({"type":"history","room":"r","before":id + 1,"limit":5}), "h");
-    let found = h["messages"].as_array().unwrap().iter().any(|m| m["image"] == mine.as_str());
+    let h = ask(
+        &mut bob,
+        json!({"type":"history","room":"r","before":id + 1,"limit":5}),
+        "h",
+    );
+    let found = h["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|m| m["image"] == mine.as_str());
     assert!(found, "{h}");
 }
 
@@ -307,18 +326,30 @@ fn account_cmd(dir: &Path, args: &[&str], pw: &str) -> bool {
         .stderr(Stdio::null())
         .spawn()
         .expect("run wschat account");
-    let _ = child.stdin.take().unwrap().write_all(format!("{pw}\n").as_bytes());
+    let _ = child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{pw}\n").as_bytes());
     child.wait().unwrap().success()
 }
 
 #[test]
 fn a_deleted_message_takes_its_image_and_restarts_keep_the_rest() {
     let dir = TempDir::new("img-delete");
-    assert!(account_cmd(dir.path(), &["account", "add", "boss", "--op"], PW));
+    assert!(account_cmd(
+        dir.path(),
+        &["account", "add", "boss", "--op"],
+        PW
+    ));
     let mut s = start(dir.path(), &[]);
     let mut op = client(&s, "/ws?nick=x");
     assert_eq!(recv(&mut op)["type"], "welcome");
-    let v = ask(&mut op, json!({"type":"login","account":"boss","password":PW}), "l");
+    let v = ask(
+        &mut op,
+        json!({"type":"login","account":"boss","password":PW}),
+        "l",
+    );
     assert_eq!(v["type"], "session");
     let (mut alice, token) = user(&s, "alice");
     joined(&mut alice, "r");
@@ -327,12 +358,20 @@ fn a_deleted_message_takes_its_image_and_restarts_keep_the_rest() {
     let kept = upload(s.addr, &token, &png(2));
     let mut ids = Vec::new();
     for img in [&gone, &kept] {
-        let v = ask(&mut alice, json!({"type":"message","room":"r","text":"pic","image":img}), "m");
+        let v = ask(
+            &mut alice,
+            json!({"type":"message","room":"r","text":"pic","image":img}),
+            "m",
+        );
         assert_eq!(v["type"], "message", "{v}");
         ids.push(v["id"].as_u64().unwrap());
     }
     assert_eq!(get(s.addr, &format!("/uploads/{gone}"), "").0, 200);
-    let v = ask(&mut op, json!({"type":"delete","room":"r","id":ids[0]}), "d");
+    let v = ask(
+        &mut op,
+        json!({"type":"delete","room":"r","id":ids[0]}),
+        "d",
+    );
     assert_eq!(v["action"], "delete", "{v}");
     assert_eq!(get(s.addr, &format!("/uploads/{gone}"), "").0, 404);
     assert_eq!(get(s.addr, &format!("/uploads/{kept}"), "").0, 200);
@@ -374,7 +413,10 @@ fn uploads_acknowledged_before_a_sigkill_survive_it() {
                 "POST /upload HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Length: {}\r\n\r\n",
                 body.len()
             );
-            if c.write_all(req.as_bytes()).and_then(|()| c.write_all(&body)).is_err() {
+            if c.write_all(req.as_bytes())
+                .and_then(|()| c.write_all(&body))
+                .is_err()
+            {
                 break;
             }
             let (status, head) = read_http_response(&mut c);
@@ -394,7 +436,11 @@ fn uploads_acknowledged_before_a_sigkill_survive_it() {
     std::thread::sleep(std::time::Duration::from_millis(700));
     s.signal("KILL");
     let acked = worker.join().unwrap();
-    assert!(acked.len() > 3, "only {} uploads before the kill", acked.len());
+    assert!(
+        acked.len() > 3,
+        "only {} uploads before the kill",
+        acked.len()
+    );
     eprintln!("{} uploads acknowledged before the kill", acked.len());
     drop(s);
     let s = start(dir.path(), &[]);

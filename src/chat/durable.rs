@@ -54,10 +54,7 @@ impl Record {
     pub fn is_answered(&self) -> bool {
         matches!(
             self,
-            Record::Message { .. }
-                | Record::Account(_)
-                | Record::Moderation(_)
-                | Record::Upload(_)
+            Record::Message { .. } | Record::Account(_) | Record::Moderation(_) | Record::Upload(_)
         )
     }
 }
@@ -366,6 +363,7 @@ impl Chat {
 
     /// `message`'s part for a durable room: the id is handed out now, the
     /// message kept and sent once it is committed.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn post_durable(
         &mut self,
         idx: u32,
@@ -616,6 +614,7 @@ mod tests {
                 ts: id,
                 from: Rc::from("al"),
                 text: format!("m{id}").into_boxed_str(),
+                image: None,
             })
             .collect();
         c.restore(

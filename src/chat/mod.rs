@@ -1103,6 +1103,7 @@ impl Chat {
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn message(
         &mut self,
         conn: ConnId,

@@ -640,9 +640,9 @@ fn request(
             text: text(map, max_text)?,
             image: match opt_string(map, "image")? {
                 None => None,
-                Some(s) => Some(
-                    super::uploads::parse_id(&s).ok_or(invalid("image", Reason::Image))?,
-                ),
+                Some(s) => {
+                    Some(super::uploads::parse_id(&s).ok_or(invalid("image", Reason::Image))?)
+                }
             },
         },
         Kind::Dm => Request::Dm {

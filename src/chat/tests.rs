@@ -1597,7 +1597,7 @@ fn chat_history_order_does_not_accumulate_stale_entries() {
     let mut peak = 0;
     for i in 0..1_000_000u32 {
         h.chat
-            .message(1, "r", format!("{i}"), None, h.now, &mut h.out)
+            .message(1, "r", format!("{i}"), None, None, h.now, &mut h.out)
             .unwrap();
         h.out.sent.clear();
         peak = peak.max(h.chat.order.len());

@@ -168,22 +168,14 @@ impl Chat {
 
     /// Whether `account` may upload `len` bytes now (the request head is
     /// read, the body not yet): takes one from the account's rate.
-    pub fn upload_admit(
-        &mut self,
-        account: &str,
-        len: u64,
-        now: Now,
-    ) -> Result<(), UploadRefusal> {
+    pub fn upload_admit(&mut self, account: &str, len: u64, now: Now) -> Result<(), UploadRefusal> {
         self.upload_room_for(account, len)?;
         let per_minute = self.cfg.uploads.per_minute as usize;
         if per_minute == 0 {
             return Ok(());
         }
         let times = self.uploads.recent.entry(account.into()).or_default();
-        while times
-            .front()
-            .is_some_and(|&t| t + MINUTE_MS <= now.wall_ms)
-        {
+        while times.front().is_some_and(|&t| t + MINUTE_MS <= now.wall_ms) {
             times.pop_front();
         }
         if times.len() >= per_minute {
@@ -337,7 +329,8 @@ impl Chat {
             .collect();
         for id in gone {
             self.uploads.remove(id);
-            self.records.push(Record::Upload(UploadRecord::Delete { id }));
+            self.records
+                .push(Record::Upload(UploadRecord::Delete { id }));
         }
     }
 
@@ -366,7 +359,8 @@ impl Chat {
             .collect();
         for id in expired {
             self.uploads.remove(id);
-            self.records.push(Record::Upload(UploadRecord::Delete { id }));
+            self.records
+                .push(Record::Upload(UploadRecord::Delete { id }));
         }
         self.uploads
             .recent

@@ -287,7 +287,9 @@ impl Storage {
 
     /// The bytes of upload `id` (`Err` when the store cannot be read).
     pub fn upload_data(&mut self, id: u64) -> Result<Option<Vec<u8>>, ()> {
-        self.store.upload_data(id).map_err(|e| warn!("store: reading upload: {e}"))
+        self.store
+            .upload_data(id)
+            .map_err(|e| warn!("store: reading upload: {e}"))
     }
 
     pub fn log_stats(&self) {

@@ -102,7 +102,10 @@ fn content_length(values: &[&[u8]]) -> Result<Option<u64>, ()> {
             if t.is_empty() || t.len() > 19 || !t.iter().all(u8::is_ascii_digit) {
                 return Err(());
             }
-            let n: u64 = std::str::from_utf8(t).ok().and_then(|s| s.parse().ok()).ok_or(())?;
+            let n: u64 = std::str::from_utf8(t)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .ok_or(())?;
             if len.is_some_and(|l| l != n) {
                 return Err(());
             }
@@ -114,7 +117,11 @@ fn content_length(values: &[&[u8]]) -> Result<Option<u64>, ()> {
 
 fn refusal(r: UploadRefusal) -> Route {
     let (status, reason, extra) = match r {
-        UploadRefusal::Disabled => (404, "uploads are off on this server".to_string(), String::new()),
+        UploadRefusal::Disabled => (
+            404,
+            "uploads are off on this server".to_string(),
+            String::new(),
+        ),
         UploadRefusal::Unauthenticated => (
             401,
             "log in to upload images".to_string(),
@@ -134,7 +141,11 @@ fn refusal(r: UploadRefusal) -> Route {
                 format!("Retry-After: {s}\r\n"),
             )
         }
-        UploadRefusal::Full => (507, "the server's space for images is full".to_string(), String::new()),
+        UploadRefusal::Full => (
+            507,
+            "the server's space for images is full".to_string(),
+            String::new(),
+        ),
     };
     Route::Respond(http::error(status, &reason, &extra), None)
 }
@@ -196,7 +207,11 @@ impl Server {
             .count();
         if in_flight >= self.cfg.max_uploads_in_flight as usize {
             return Route::Respond(
-                http::error(503, "too many uploads at once; try again", "Retry-After: 2\r\n"),
+                http::error(
+                    503,
+                    "too many uploads at once; try again",
+                    "Retry-After: 2\r\n",
+                ),
                 None,
             );
         }
@@ -223,7 +238,13 @@ impl Server {
     }
 
     /// The head of an upload is read: the body follows (`rest` is its start).
-    pub(super) fn start_upload(&mut self, k: usize, mut r: Box<Receiving>, rest: &[u8], served: u32) {
+    pub(super) fn start_upload(
+        &mut self,
+        k: usize,
+        mut r: Box<Receiving>,
+        rest: &[u8],
+        served: u32,
+    ) {
         let deadline = self.now + ms(self.cfg.upload_timeout);
         let Some(c) = self.conns.get_mut(k) else {
             return;
@@ -332,19 +353,31 @@ impl Server {
             if !stored {
                 self.respond(
                     k,
-                    http::error(503, "the image could not be stored; try again", "Retry-After: 5\r\n"),
+                    http::error(
+                        503,
+                        "the image could not be stored; try again",
+                        "Retry-After: 5\r\n",
+                    ),
                     None,
                 );
                 continue;
             }
-            let mime = self.chat.upload_mime(id).unwrap_or("application/octet-stream");
+            let mime = self
+                .chat
+                .upload_mime(id)
+                .unwrap_or("application/octet-stream");
             let len = blobs.get(&id).map_or(0, Vec::len);
             let text = uploads::id_text(id);
             let body = format!(
                 "{{\"id\":\"{text}\",\"url\":\"/uploads/{text}\",\"type\":\"{mime}\",\"bytes\":{len}}}\n"
             );
             let extra = format!("Location: /uploads/{text}\r\nCache-Control: no-store\r\n");
-            let head = http::open_head(201, Some("application/json"), Some(body.len() as u64), &extra);
+            let head = http::open_head(
+                201,
+                Some("application/json"),
+                Some(body.len() as u64),
+                &extra,
+            );
             let (keep_alive, served, next) = (r.keep_alive, r.served, std::mem::take(&mut r.next));
             self.serve(
                 k,
@@ -379,7 +412,8 @@ impl Server {
                 keep_alive,
             })
         };
-        let Some((id, mime)) = uploads::parse_id(id).and_then(|i| Some((i, self.chat.upload_mime(i)?)))
+        let Some((id, mime)) =
+            uploads::parse_id(id).and_then(|i| Some((i, self.chat.upload_mime(i)?)))
         else {
             return not_found();
         };
@@ -405,7 +439,10 @@ Content-Disposition: inline; filename=\"image-{text}.{ext}\"\r\n{UPLOAD_HEADERS}
             Some(Ok(Some(d))) => d,
             Some(Ok(None)) | None => return not_found(),
             Some(Err(())) => {
-                return Route::Respond(http::error(503, "the image could not be read", "Retry-After: 5\r\n"), None);
+                return Route::Respond(
+                    http::error(503, "the image could not be read", "Retry-After: 5\r\n"),
+                    None,
+                );
             }
         };
         Route::Serve(Response {
@@ -431,8 +468,14 @@ mod tests {
     #[test]
     fn bearer_tokens() {
         let t = "ab".repeat(32);
-        assert_eq!(bearer(Some(format!("Bearer {t}").as_bytes())), Some([0xab; 32]));
-        assert_eq!(bearer(Some(format!("bearer  {t}").as_bytes())), Some([0xab; 32]));
+        assert_eq!(
+            bearer(Some(format!("Bearer {t}").as_bytes())),
+            Some([0xab; 32])
+        );
+        assert_eq!(
+            bearer(Some(format!("bearer  {t}").as_bytes())),
+            Some([0xab; 32])
+        );
         assert_eq!(bearer(Some(b"Basic abc")), None);
         assert_eq!(bearer(Some(b"Bearer 12")), None);
         assert_eq!(bearer(None), None);

@@ -585,8 +585,14 @@ impl Store for SqliteStore {
                         )?
                         .execute(params![rid, int(id), from, text, int(ts), image.map(int)])?;
                         if let Some(image) = image {
-                            tx.prepare_cached("UPDATE uploads SET room = ?2, msg = ?3 WHERE id = ?1")?
-                                .execute(params![int(image), room, int(id)])?;
+                            tx.prepare_cached(
+                                "UPDATE uploads SET room = ?2, msg = ?3 WHERE id = ?1",
+                            )?
+                            .execute(params![
+                                int(image),
+                                room,
+                                int(id)
+                            ])?;
                         }
                         let t = touched.entry(rid).or_insert_with(|| Touched {
                             name: room.to_string(),

@@ -49,6 +49,7 @@ fn msg(room: &str, id: u64, text: &str) -> Op<'static> {
         from: "al",
         text: leak(text),
         ts: 100 + id,
+        image: None,
     }
 }
 
