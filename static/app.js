@@ -789,7 +789,7 @@
     if (h.id > conv.lastId) conv.lastId = h.id;
     if (h.deleted === true) { conv.msgs.delete(h.id); return false; } // a tombstone: nothing to show
     if (conv.msgs.has(h.id)) { withExtras(conv.msgs.get(h.id), h); return false; } // newer reactions, edits
-    conv.msgs.set(h.id, withExtras({ id: h.id, from: String(h.from), text: h.text, ts: Number(h.ts) || Date.now(), registered: h.registered === true }, h));
+    conv.msgs.set(h.id, withExtras({ id: h.id, from: String(h.from), text: h.text, ts: Number(h.ts) || Date.now(), registered: h.registered === true, image: imageId(h.image) }, h));
     if (h.id > conv.lastId) conv.lastId = h.id;
     return true;
   }
@@ -1204,9 +1204,9 @@
     for (const p of conv.pending) if (p.state === 'unsure') { p.state = 'failed'; p.reason = 'Not sent: the connection was lost.'; }
   }
 
-  function sendText(conv, text) {
+  function sendText(conv, text, image) {
     if (ctxView.room === conv.name) closeContext(); // show where the message goes
-    const p = { ref: nextRef(conv.kind === 'dm' ? 'd' : 'm'), text, ts: Date.now(), state: 'queued', reason: '', reply: takeReply(conv) };
+    const p = { ref: nextRef(conv.kind === 'dm' ? 'd' : 'm'), text, ts: Date.now(), state: 'queued', reason: '', reply: takeReply(conv), image: image || null };
     conv.pending.push(p);
     dispatchPending(conv, p);
     scheduleRender(conv, { toBottom: true });
@@ -1220,6 +1220,7 @@
       ? { type: 'dm', to: conv.name, text: p.text, ref: p.ref }
       : { type: 'message', room: conv.name, text: p.text, ref: p.ref };
     if (p.reply && conv.kind === 'room') frame.reply_to = p.reply.id;
+    if (p.image && conv.kind === 'room') frame.image = p.image;
     send(frame, { expect: { kind: conv.kind === 'dm' ? 'dm' : 'message', room: conv.name } });
   }
   function flushQueued(conv) {
@@ -1790,7 +1791,7 @@
     for (const m of conv.msgs.values()) entries.push({ k: 'm' + m.id, sort: m.id, sub: 0, kind: 'msg', m });
     for (const n of conv.notices) entries.push({ k: 'n' + n.seq, sort: n.after + 0.5, sub: n.seq, kind: 'notice', n });
     entries.sort((a, b) => a.sort - b.sort || a.sub - b.sub);
-    for (const p of conv.pending) entries.push({ k: 'p' + p.ref, kind: 'pending', m: { from: state.nick || '', text: p.text, ts: p.ts, reply: p.reply }, p });
+    for (const p of conv.pending) entries.push({ k: 'p' + p.ref, kind: 'pending', m: { from: state.nick || '', text: p.text, ts: p.ts, reply: p.reply, image: p.image || null }, p });
 
     const out = [];
     // Top of the list: older pages, or the beginning.
@@ -1922,6 +1923,7 @@
     // its own direction and no bidi control in it reaches what is around it.
     const r = renderText(m.text);
     body.append(el('div', { class: 'text', dir: 'auto', 'data-testid': 'message-text' }, r.frag));
+    if (m.image) body.append(imageThumb(m));
     if (r.mentionsMe && !own) { li.classList.add('mentions-me'); li.dataset.mention = 'me'; }
     msgDecorate(conv, e, li, body);
     if (p) {
@@ -2771,6 +2773,103 @@
     if (state.conn === 'reconnecting') renderConn();
     renderTyping();
   }, 500);
+
+  // ---------------------------------------------------------------- images
+  // Paste, drop or pick an image: it is uploaded over HTTP (POST /upload,
+  // with the session token: only logged-in users upload), then sent as a
+  // message naming it (`image`), with the composer's text, or the file's
+  // name, as its caption. Shown as a thumbnail that opens full size in a
+  // tab of its own (served with a sandbox CSP). See docs/protocol.md, "Images".
+  const IMAGE_TYPES = ['image/png', 'image/jpeg', 'image/gif', 'image/webp'];
+  const IMAGE_MAX = 5 * 1024 * 1024; // the server's default; its 413 says so otherwise
+  let uploading = null;
+  function imageId(v) {
+    return typeof v === 'string' && /^[0-9a-f]{16}$/.test(v) ? v : null;
+  }
+  function imageThumb(m) {
+    const url = '/uploads/' + m.image;
+    const img = el('img', { src: url, alt: `Image from ${m.from}`, loading: 'lazy', decoding: 'async', class: 'msg-image', 'data-testid': 'message-image' });
+    img.addEventListener('error', () => { img.replaceWith(el('span', { class: 'msg-image-gone', text: 'Image no longer available' })); }, { once: true });
+    return el('a', { href: url, target: '_blank', rel: 'noopener noreferrer', class: 'msg-image-link', title: 'Open full size' }, img);
+  }
+  function humanSize(n) {
+    return n >= 1048576 ? (n / 1048576).toFixed(1) + ' MB' : Math.max(1, Math.round(n / 1024)) + ' KB';
+  }
+  function uploadStatus(text) {
+    let s = $('upload-status');
+    if (!s) {
+      s = el('span', { id: 'upload-status', class: 'upload-status', 'data-testid': 'upload-status' });
+      $('composer-status').prepend(s);
+    }
+    s.textContent = text;
+    s.hidden = !text;
+  }
+  function uploadProblem(status, body) {
+    if (status === 401) return 'Log in again to share images (your session ended).';
+    if (status === 413) return 'This image is too large for this server.';
+    if (status === 415) return 'Only PNG, JPEG, GIF and WebP images can be shared.';
+    if (status === 429 || status === 507) return (body || '').replace(/^\d+ [^:]*: /, '').trim() || 'Too many images right now; try again later.';
+    if (status === 404) return 'This server does not take images.';
+    if (status === 0) return 'The upload failed: no connection to the server.';
+    return 'The image could not be uploaded; try again.';
+  }
+  function shareImage(file) {
+    const conv = activeConv();
+    if (!conv || conv.kind !== 'room') { composerError('Images can be shared in rooms.'); return; }
+    if (!state.session) { composerError('Log in or register to share images.'); return; }
+    if (!IMAGE_TYPES.includes(file.type)) { composerError('Only PNG, JPEG, GIF and WebP images can be shared.'); return; }
+    if (file.size > IMAGE_MAX) { composerError(`This image is ${humanSize(file.size)}; at most ${humanSize(IMAGE_MAX)} can be shared.`); return; }
+    if (uploading) { composerError('One image at a time: wait for this upload to finish.'); return; }
+    const caption = input.value.replace(/\r\n?/g, '\n').trim();
+    const text = emojify(caption) || file.name || 'image';
+    const problem = textProblem(conv, text);
+    if (problem) { composerError(problem); return; }
+    const xhr = new XMLHttpRequest();
+    uploading = xhr;
+    xhr.open('POST', '/upload');
+    xhr.setRequestHeader('Authorization', 'Bearer ' + state.session.token);
+    xhr.upload.onprogress = (ev) => {
+      if (ev.lengthComputable) uploadStatus(`Uploading image… ${Math.round(ev.loaded / ev.total * 100)} %`);
+    };
+    xhr.onloadend = () => {
+      uploading = null;
+      uploadStatus('');
+      let id = null;
+      if (xhr.status === 201) {
+        try { id = imageId(JSON.parse(xhr.responseText).id); } catch { id = null; }
+      }
+      if (!id) { composerError(uploadProblem(xhr.status, xhr.responseText)); return; }
+      if (caption && input.value.replace(/\r\n?/g, '\n').trim() === caption) { input.value = ''; autosize(); renderComposer(); }
+      sendText(conv, text, id);
+    };
+    uploadStatus('Uploading image…');
+    xhr.send(file);
+  }
+  function firstImage(list) {
+    for (const f of list || []) if (f && f.type && f.type.startsWith('image/')) return f;
+    return null;
+  }
+  (function initImages() {
+    const box = document.querySelector('.composer-box');
+    const picker = el('input', { type: 'file', accept: IMAGE_TYPES.join(','), hidden: true, 'data-testid': 'image-input' });
+    picker.addEventListener('change', () => { const f = picker.files && picker.files[0]; picker.value = ''; if (f) shareImage(f); });
+    const btn = el('button', { type: 'button', class: 'icon-btn attach-btn', 'aria-label': 'Share an image', title: 'Share an image', 'data-testid': 'image-button', onclick: () => picker.click() });
+    btn.append(svgIcon(['M4 6.5h16v11H4z', 'M4 15l4.5-4.5 4 4 2.5-2.5 5 5', 'M15.5 9.5h.01']));
+    box.insertBefore(btn, $('emoji-toggle'));
+    box.append(picker);
+    input.addEventListener('paste', (ev) => {
+      const f = firstImage(ev.clipboardData && ev.clipboardData.files);
+      if (f) { ev.preventDefault(); shareImage(f); }
+    });
+    const composer = $('composer');
+    composer.addEventListener('dragover', (ev) => { if (ev.dataTransfer && [...ev.dataTransfer.types].includes('Files')) { ev.preventDefault(); composer.classList.add('dropping'); } });
+    composer.addEventListener('dragleave', () => composer.classList.remove('dropping'));
+    composer.addEventListener('drop', (ev) => {
+      composer.classList.remove('dropping');
+      const f = firstImage(ev.dataTransfer && ev.dataTransfer.files);
+      if (f) { ev.preventDefault(); shareImage(f); }
+    });
+  })();
 
   // ---------------------------------------------------------------- start
   for (const r of state.roomOrder) roomConv(r, true);

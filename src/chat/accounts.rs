@@ -298,6 +298,11 @@ impl Chat {
     }
 
     /// The account key `conn` is logged in to.
+    /// The account (key) of a session token, if the session is live.
+    pub(super) fn session_account(&self, token: &[u8; 32]) -> Option<String> {
+        self.acct.sessions.get(&token_hash(token)).cloned()
+    }
+
     pub(super) fn account_of(&self, conn: ConnId) -> Option<String> {
         self.acct.auth.get(&conn).map(|a| a.key.to_string())
     }

@@ -45,6 +45,8 @@ pub enum Record {
     Moderation(super::moderation::ModRecord),
     /// A reaction or an edit (see [`super::edits`]).
     Edit(super::edits::EditRecord),
+    /// An upload stored or deleted (see [`super::uploads`]).
+    Upload(super::uploads::UploadRecord),
 }
 
 impl Record {
@@ -54,7 +56,7 @@ impl Record {
     pub fn is_answered(&self) -> bool {
         matches!(
             self,
-            Record::Message { .. } | Record::Account(_) | Record::Moderation(_) | Record::Edit(_)
+            Record::Message { .. } | Record::Account(_) | Record::Moderation(_) | Record::Edit(_) | Record::Upload(_)
         ) && !matches!(
             self,
             // Who created a room answers no one: kept to try again.
@@ -281,6 +283,7 @@ impl Chat {
         self.edits_failed(out);
         let mut emptied = Vec::new();
         for p in std::mem::take(&mut self.pending) {
+            self.detach_image(p.msg.image);
             if let Some(room) = self
                 .rooms
                 .get_mut(p.slot as usize)
@@ -318,6 +321,10 @@ impl Chat {
         };
         let Some(d) = r.durable.as_mut() else { return };
         d.first_id = d.first_id.max(first_id.min(r.next_id));
+        self.drop_images_below(room, first_id);
+        let Some(r) = self.rooms.get_mut(idx as usize).and_then(Option::as_mut) else {
+            return;
+        };
         let (bytes_before, kept_before) = (r.bytes, r.history.len());
         while r.history.front().is_some_and(|m| m.id < first_id) {
             r.pop_oldest();
@@ -368,6 +375,7 @@ impl Chat {
 
     /// `message`'s part for a durable room: the id is handed out now, the
     /// message kept and sent once it is committed.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn post_durable(
         &mut self,
         idx: u32,
@@ -394,6 +402,11 @@ impl Chat {
         }
         d.pending += 1;
         let msg = room.assign(draft, now.wall_ms);
+        let name = room.name.clone();
+        self.attach_image(msg.image, &name, msg.id);
+        let Some(room) = self.rooms.get_mut(idx as usize).and_then(Option::as_mut) else {
+            return;
+        };
         self.records.push(Record::Message {
             room: room.name.clone(),
             msg: msg.clone(),
@@ -614,6 +627,7 @@ mod tests {
                 text: format!("m{id}").into_boxed_str(),
                 author: Rc::from(""),
                 extra: None,
+                image: None,
             })
             .collect();
         c.restore(

@@ -258,6 +258,7 @@ impl Chat {
             text: text.into_boxed_str(),
             author: self.author_key(conn),
             extra,
+            image: None,
         })
     }
 
@@ -471,6 +472,7 @@ impl Chat {
         self.change_kept(idx, id, |m| {
             m.text = Box::from("");
             m.extra = None;
+            m.image = None;
         });
         self.requote(idx, id, "");
     }

@@ -13,6 +13,7 @@ pub mod nick;
 pub mod protocol;
 pub mod rate;
 pub mod room;
+pub mod uploads;
 pub mod validate;
 
 #[cfg(test)]
@@ -133,6 +134,8 @@ pub struct ChatConfig {
     pub max_accounts: usize,
     /// Registrations one address may start per hour; 0: no limit.
     pub registrations_per_hour: u32,
+    /// Extension (images): who may upload how much (see [`uploads`]).
+    pub uploads: uploads::UploadLimits,
 }
 
 impl Default for ChatConfig {
@@ -155,6 +158,7 @@ impl Default for ChatConfig {
             max_auth_jobs: 32,
             max_accounts: 10_000,
             registrations_per_hour: 5,
+            uploads: uploads::UploadLimits::default(),
         }
     }
 }
@@ -275,6 +279,8 @@ pub struct Chat {
     edits: edits::Edits,
     /// Messages refused by the rate limit since start (`/metrics`).
     rate_limited: u64,
+    /// Extension (images): the uploads and their accounting.
+    uploads: uploads::Uploads,
 }
 
 /// Stale entries `order` may hold beyond one per kept message before it is
@@ -365,6 +371,7 @@ impl Chat {
             moder: moderation::Moderation::default(),
             edits: edits::Edits::default(),
             rate_limited: 0,
+            uploads: uploads::Uploads::default(),
         }
     }
 
@@ -533,6 +540,7 @@ impl Chat {
             .expire(now.mono_ms, self.cfg.rate_burst, self.cfg.rate_per_sec);
         self.expire_failures(now, false);
         self.expire_moderation(now);
+        self.expire_uploads(now);
         let expired: Vec<u32> = self
             .rooms
             .iter()
@@ -563,6 +571,7 @@ impl Chat {
     fn forget(&mut self, idx: u32) {
         if let Some(r) = self.rooms.get_mut(idx as usize).and_then(Option::take) {
             self.forget_stored(&r);
+            self.drop_images_below(&r.name, u64::MAX);
             self.room_names.remove(&r.name);
             if let Some(owner) = r.owner
                 && let Some(n) = self.room_owners.get_mut(&owner)
@@ -752,9 +761,17 @@ impl Chat {
                 room,
                 text,
                 reply_to,
+                image,
             } => {
                 let idx = self.joined_room(conn, &room)?;
-                let draft = self.draft(conn, idx, text, reply_to, out)?;
+                let mut draft = self.draft(conn, idx, text, reply_to, out)?;
+                draft.image = match image {
+                    Some(i) => Some(
+                        self.check_image(conn, i)
+                            .map_err(|()| ChatError::NoSuchUpload)?,
+                    ),
+                    None => None,
+                };
                 self.check_post(conn, &room, now)?;
                 self.message(conn, &room, draft, r, now, out)
             }
@@ -1142,6 +1159,7 @@ impl Chat {
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn message(
         &mut self,
         conn: ConnId,
@@ -1163,6 +1181,11 @@ impl Chat {
         };
         let (bytes_before, kept_before) = (room.bytes, room.history.len());
         let msg = room.post(draft, now.wall_ms, keep);
+        let room_name = room.name.clone();
+        self.attach_image(msg.image, &room_name, msg.id);
+        let Some(room) = self.room_mut(idx) else {
+            return Ok(());
+        };
         let shared = frame(&MsgOut::new(&room.name, &msg, None).sent_registered(registered));
         let own = match r {
             Some(_) => frame(&MsgOut::new(&room.name, &msg, r).sent_registered(registered)),

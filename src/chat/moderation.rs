@@ -520,6 +520,8 @@ impl Chat {
             room: room.into(),
             id,
         }));
+        // Its image goes in the same commit (extension: images).
+        self.delete_image_of(room, id);
         self.moder.pending.push((
             now,
             ModApply::Delete {

@@ -83,6 +83,9 @@ pub enum ChatError {
     },
     /// The store could not write (or read) what the frame needed.
     StorageFailed,
+    /// Extension (images): `send` names an upload that does not exist, is
+    /// not the sender's, or is shown by another message already.
+    NoSuchUpload,
 }
 
 /// What is wrong with an `invalid` field.
@@ -107,6 +110,8 @@ pub enum Reason {
     Token,
     /// Not one of the server's reaction emoji.
     Emoji,
+    /// Extension (images): not an upload id.
+    Image,
 }
 
 impl ChatError {
@@ -136,6 +141,7 @@ impl ChatError {
             ChatError::NoSuchAccount => "no_such_account",
             ChatError::NoSuchMessage => "no_such_message",
             ChatError::TooManyReactions => "too_many_reactions",
+            ChatError::NoSuchUpload => "no_such_upload",
             ChatError::SlowMode { .. } => "slow_mode",
             ChatError::StorageFailed => "storage_failed",
         }
@@ -209,6 +215,7 @@ impl fmt::Display for ChatError {
                         "must be one of {}",
                         super::edits::REACTIONS.join(" ")
                     ),
+                    Reason::Image => f.write_str("must be the 16 hex digits of an upload id"),
                     Reason::Text(TextError::Empty) => f.write_str("must not be empty"),
                     Reason::Text(TextError::TooLong) => f.write_str("is too long"),
                     Reason::Text(TextError::Blank) => {
@@ -271,6 +278,9 @@ impl fmt::Display for ChatError {
                 "that message has {} reactions already, the most it may have",
                 super::edits::MAX_REACTIONS
             ),
+            ChatError::NoSuchUpload => {
+                f.write_str("no upload of yours with that id that no other message shows")
+            }
             ChatError::Muted { until } => write!(
                 f,
                 "you are muted in this room until {until} (ms since the Unix epoch)"
@@ -315,6 +325,8 @@ pub enum Request {
         text: String,
         /// Extension (replies): the id of the message this one answers.
         reply_to: Option<u64>,
+        /// Extension (images): the upload the message shows.
+        image: Option<u64>,
     },
     Dm {
         to: String,
@@ -683,6 +695,12 @@ fn request(
             room: room(map)?,
             text: text(map, max_text)?,
             reply_to: opt_int(map, "reply_to", 1, validate::MAX_INT)?,
+            image: match opt_string(map, "image")? {
+                None => None,
+                Some(s) => {
+                    Some(super::uploads::parse_id(&s).ok_or(invalid("image", Reason::Image))?)
+                }
+            },
         },
         Kind::React => Request::React {
             room: room(map)?,
@@ -881,6 +899,9 @@ pub struct MsgOut<'a> {
     /// Extension (reactions): by emoji, in the server's order; absent: none.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub reactions: Vec<ReactionOut<'a>>,
+    /// Extension (images): the upload it shows, served at `/uploads/ID`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
     #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
     pub r#ref: Option<&'a str>,
 }
@@ -946,6 +967,7 @@ impl<'a> MsgOut<'a> {
                 .as_ref()
                 .map(|x| super::edits::reactions_out(&x.reactions))
                 .unwrap_or_default(),
+            image: m.image.map(|i| super::uploads::id_text(i.get())),
             r#ref,
         }
     }

@@ -18,6 +18,8 @@ pub struct Msg {
     pub author: Rc<str>,
     /// Replies, edits and reactions: most messages have none.
     pub extra: Option<Box<MsgExtra>>,
+    /// Extension (images): the upload the message shows.
+    pub image: Option<std::num::NonZeroU64>,
 }
 
 /// What a message may carry beyond its text (see [`super::edits`]).
@@ -111,6 +113,8 @@ pub struct Draft {
     pub text: Box<str>,
     pub author: Rc<str>,
     pub extra: Option<Box<MsgExtra>>,
+    /// Extension (images): the upload it shows.
+    pub image: Option<std::num::NonZeroU64>,
 }
 
 #[derive(Debug)]
@@ -196,6 +200,7 @@ impl Room {
             text: draft.text,
             author: draft.author,
             extra: draft.extra,
+            image: draft.image,
         };
         self.next_id += 1;
         msg

@@ -1603,6 +1603,7 @@ fn chat_history_order_does_not_accumulate_stale_entries() {
             text: format!("{i}").into_boxed_str(),
             author: Rc::from(""),
             extra: None,
+            image: None,
         };
         h.chat
             .message(1, "r", draft, None, h.now, &mut h.out)
@@ -1878,12 +1879,12 @@ fn chat_connection_state_is_compact() {
     // state): nick (inline, no allocation), room list, bucket and a flag,
     // no per-connection maps.
     assert!(std::mem::size_of::<super::Conn>() <= 112);
-    // id, ts, nick, text, author and the pointer to the rare extras
-    // (replies, edits, reactions).
-    assert!(std::mem::size_of::<room::Msg>() <= 72);
+    // id, ts, nick, text, author, the pointer to the rare extras (replies,
+    // edits, reactions) and the image id (a NonZeroU64 niche, 8 bytes).
+    assert!(std::mem::size_of::<room::Msg>() <= 80);
     // As docs/protocol.md (decision 16) states it.
     #[cfg(target_pointer_width = "64")]
-    assert_eq!(room::MSG_OVERHEAD, 416);
+    assert_eq!(room::MSG_OVERHEAD, 432);
 }
 
 #[test]

@@ -255,6 +255,41 @@ pub struct Config {
     #[arg(long, value_name = "SIZE", default_value = "1GiB", value_parser = parse_size)]
     pub max_disk: usize,
 
+    /// Images: turn uploads off (`POST /upload` answers 404).
+    #[arg(long)]
+    pub no_uploads: bool,
+
+    /// Images: the largest upload; larger is answered 413.
+    #[arg(long, value_name = "SIZE", default_value = "5MiB", value_parser = parse_size)]
+    pub max_upload_size: usize,
+
+    /// Images: all uploads together (on disk, or in memory with
+    /// --no-persist); past it uploads are answered 507 until some are deleted.
+    #[arg(long, value_name = "SIZE", default_value = "1GiB", value_parser = parse_size)]
+    pub max_upload_disk: usize,
+
+    /// Images: one account's uploads together; past it 429.
+    #[arg(long, value_name = "SIZE", default_value = "100MiB", value_parser = parse_size)]
+    pub upload_quota: usize,
+
+    /// Images: uploads one account may make per minute; past it 429 with
+    /// Retry-After. 0: no limit.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub upload_rate: u32,
+
+    /// Images: how long an upload no message shows is kept.
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+    pub upload_ttl: Duration,
+
+    /// Images: time from the end of an upload's head to the end of its body.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub upload_timeout: Duration,
+
+    /// Images: uploads being received at once, server-wide (each holds up
+    /// to --max-upload-size in memory); past it 503 with Retry-After.
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    pub max_uploads_in_flight: u32,
+
     /// Fault injection for tests: while this file exists, every store commit
     /// fails.
     #[arg(long, value_name = "FILE", hide = true)]

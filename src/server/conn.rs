@@ -75,6 +75,7 @@ impl Server {
         match &mut c.phase {
             Phase::Http { .. } => self.on_http_bytes(k, data),
             Phase::Ws(_) => self.on_ws_bytes(k, data),
+            Phase::Upload(_) => self.on_upload_bytes(k, data),
             Phase::Responding(_) | Phase::Linger => {}
         }
     }

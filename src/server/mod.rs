@@ -34,6 +34,7 @@ mod routes;
 mod storage;
 mod timers;
 mod tls;
+mod upload;
 
 pub use config::{AccountCommand, Command, Config, LogFormat, Registration, parse_size};
 
@@ -128,6 +129,8 @@ enum Phase {
     Responding(Responding),
     /// An open (or closing) WebSocket.
     Ws(WsConn),
+    /// Receiving an image's body, or waiting for its commit (upload.rs).
+    Upload(Box<upload::Receiving>),
     /// Our side is shut down; waiting for the peer's FIN before dropping, so
     /// that unread input does not turn our last bytes into a reset.
     Linger,
@@ -186,6 +189,8 @@ enum Route {
         nick: Option<String>,
         deflate: Option<u8>,
     },
+    /// An upload's body follows the head (upload.rs).
+    Body(Box<upload::Receiving>),
 }
 
 pub struct Server {
@@ -248,6 +253,8 @@ pub struct Server {
     /// Counters for /metrics, and its listener (--metrics-addr).
     metrics: metrics::Metrics,
     metrics_listener: Option<TcpListener>,
+    /// The turn's complete uploads, stored with its commit (upload.rs).
+    committing: upload::Committing,
 }
 
 fn ms(d: Duration) -> u64 {
@@ -344,6 +351,14 @@ impl Server {
                 max_auth_jobs: cfg.max_auth_jobs as usize,
                 max_accounts: cfg.max_accounts as usize,
                 registrations_per_hour: cfg.registrations_per_hour,
+                uploads: crate::chat::uploads::UploadLimits {
+                    enabled: !cfg.no_uploads,
+                    max_size: cfg.max_upload_size as u64,
+                    max_total: cfg.max_upload_disk as u64,
+                    per_account: cfg.upload_quota as u64,
+                    per_minute: cfg.upload_rate,
+                    ttl_ms: ms(cfg.upload_ttl),
+                },
             },
             SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -416,6 +431,7 @@ impl Server {
             config_source: None,
             metrics: metrics::Metrics::default(),
             metrics_listener,
+            committing: upload::Committing::default(),
         })
     }
 

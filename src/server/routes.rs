@@ -55,6 +55,7 @@ impl Server {
                 bytes.drain(..end);
                 self.serve(k, r, bytes, served.saturating_add(1));
             }
+            Route::Body(r) => self.start_upload(k, r, &bytes[end..], served.saturating_add(1)),
             Route::Upgrade {
                 endpoint,
                 response,
@@ -90,6 +91,9 @@ impl Server {
                 .or_else(|| self.resolve_client(k, &req))
         {
             return Route::Respond(refusal, None);
+        }
+        if let Some(r) = self.route_uploads(&req, head) {
+            return r;
         }
         let endpoint = match path {
             "/ws" => Endpoint::Chat,

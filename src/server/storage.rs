@@ -14,6 +14,7 @@ use crate::chat::durable::{Record, Restored};
 use crate::chat::edits::EditRecord;
 use crate::chat::moderation::{Ban, ModRecord, Mute};
 use crate::chat::room::Msg;
+use crate::chat::uploads::UploadRecord;
 use crate::chat::{ArchiveError, Chat, Now};
 use crate::store::memory::MemoryStore;
 use crate::store::sqlite::{Options, SqliteStore};
@@ -39,8 +40,23 @@ pub(super) struct Storage {
     commit_cpu_us_total: u64,
 }
 
-fn op(r: &Record) -> Op<'_> {
+fn op<'a>(r: &'a Record, blobs: &'a super::upload::Committing) -> Op<'a> {
     match r {
+        Record::Upload(u) => match u {
+            UploadRecord::Put {
+                id,
+                owner,
+                mime,
+                created,
+            } => Op::PutUpload {
+                id: *id,
+                owner,
+                mime,
+                data: blobs.data(*id),
+                created: *created,
+            },
+            UploadRecord::Delete { id } => Op::DeleteUpload { id: *id },
+        },
         Record::Room {
             name,
             epoch,
@@ -64,6 +80,7 @@ fn op(r: &Record) -> Op<'_> {
                 .as_ref()
                 .and_then(|x| x.reply.as_ref())
                 .map(|q| (q.id, &*q.from, &*q.text)),
+            image: msg.image.map(|i| i.get()),
         },
         Record::Edit(EditRecord::React {
             room,
@@ -222,6 +239,7 @@ fn load_accounts(store: &mut dyn Store, chat: &mut Chat) -> crate::store::Result
         })
         .collect();
     chat.restore_mutes(mutes, settings.slow);
+    chat.restore_uploads(store.uploads()?);
     Ok(())
 }
 
@@ -331,6 +349,13 @@ impl Storage {
         }
     }
 
+    /// The bytes of upload `id` (`Err` when the store cannot be read).
+    pub fn upload_data(&mut self, id: u64) -> Result<Option<Vec<u8>>, ()> {
+        self.store
+            .upload_data(id)
+            .map_err(|e| warn!("store: reading upload: {e}"))
+    }
+
     pub fn log_stats(&self) {
         if self.commits > 0 {
             info!(
@@ -352,6 +377,7 @@ fn to_msg(m: crate::store::MessageRow) -> Msg {
         text: m.text.into_boxed_str(),
         author: Rc::from(m.author),
         extra: crate::chat::edits::extra_from_row(m.reply, m.edited, m.reactions),
+        image: m.image.and_then(std::num::NonZeroU64::new),
     }
 }
 
@@ -369,7 +395,8 @@ impl Server {
         if records.is_empty() {
             return;
         }
-        let ops: Vec<Op<'_>> = records.iter().map(op).collect();
+        let blobs = &self.committing;
+        let ops: Vec<Op<'_>> = records.iter().map(|r| op(r, blobs)).collect();
         let cpu = self.cpu_clock.unwrap_or(|| 0);
         let (t0, cpu0) = (Instant::now(), cpu());
         let result = st.store.commit(&ops);
@@ -385,6 +412,7 @@ impl Server {
                 if std::mem::replace(&mut st.failing, false) {
                     info!("store: commits succeed again");
                 }
+                self.uploads_committed(true);
                 self.with_chat(|chat, _, out| chat.committed(out));
                 for (room, first) in trimmed.rooms {
                     self.chat.trimmed(&room, first);
@@ -405,6 +433,7 @@ impl Server {
                     });
                 }
                 st.retry = records;
+                self.uploads_committed(false);
                 self.with_chat(|chat, _, out| chat.failed(out));
             }
         }

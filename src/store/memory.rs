@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use super::{
     AccountRow, AuditRow, BanRow, Limits, MessageRow, MuteRow, Op, Result, RoomRow, RoomSettings,
-    SessionRow, Store, StoreError, Trimmed, row_bytes,
+    SessionRow, Store, StoreError, Trimmed, UploadRow, row_bytes,
 };
 
 struct MemRoom {
@@ -31,6 +31,8 @@ pub struct MemoryStore {
     /// (room, nick, account) -> until.
     mutes: BTreeMap<(String, String, String), u64>,
     slow: BTreeMap<String, u64>,
+    /// Uploaded images with their bytes (with --no-persist, the only copy).
+    uploads: BTreeMap<u64, (UploadRow, Vec<u8>)>,
     /// While set, every commit fails (and changes nothing).
     pub fail_commits: bool,
 }
@@ -51,6 +53,7 @@ impl MemoryStore {
             creators: BTreeMap::new(),
             mutes: BTreeMap::new(),
             slow: BTreeMap::new(),
+            uploads: BTreeMap::new(),
             fail_commits: false,
         }
     }
@@ -82,6 +85,14 @@ fn requote(r: &mut MemRoom, id: u64, excerpt: &str) {
 }
 
 impl Store for MemoryStore {
+    fn uploads(&mut self) -> Result<Vec<UploadRow>> {
+        Ok(self.uploads.values().map(|(r, _)| r.clone()).collect())
+    }
+
+    fn upload_data(&mut self, id: u64) -> Result<Option<Vec<u8>>> {
+        Ok(self.uploads.get(&id).map(|(_, d)| d.clone()))
+    }
+
     fn accounts(&mut self) -> Result<Vec<AccountRow>> {
         Ok(self.accounts.values().cloned().collect())
     }
@@ -201,6 +212,8 @@ impl Store for MemoryStore {
         let mut creators = self.creators.clone();
         let mut mutes = self.mutes.clone();
         let mut slow = self.slow.clone();
+        // Upload changes, applied at the end (all or nothing).
+        let mut upload_ops: Vec<&Op<'_>> = Vec::new();
         for op in ops {
             match *op {
                 Op::PutRoom {
@@ -239,7 +252,11 @@ impl Store for MemoryStore {
                     ts,
                     author,
                     reply,
+                    image,
                 } => {
+                    if image.is_some() {
+                        upload_ops.push(op);
+                    }
                     let Some(r) = self.rooms.get_mut(room) else {
                         return Err(StoreError::Io(format!("message for unknown room {room}")));
                     };
@@ -259,6 +276,7 @@ impl Store for MemoryStore {
                             reply: reply.map(|(i, f, t)| (i, f.to_string(), t.to_string())),
                             edited: 0,
                             reactions: Vec::new(),
+                            image,
                         },
                     ));
                     r.row.next_id = r.row.next_id.max(id + 1);
@@ -349,6 +367,7 @@ impl Store for MemoryStore {
                         m.reply = None;
                         m.edited = 0;
                         m.reactions.clear();
+                        m.image = None;
                         requote(r, id, "");
                     }
                 }
@@ -391,6 +410,7 @@ impl Store for MemoryStore {
                         }
                     }
                 }
+                Op::PutUpload { .. } | Op::DeleteUpload { .. } => upload_ops.push(op),
                 Op::PutTopic { room, topic } => {
                     if topic.is_empty() {
                         topics.remove(room);
@@ -443,6 +463,41 @@ impl Store for MemoryStore {
                     target: target.into(),
                     detail: detail.into(),
                 }),
+            }
+        }
+        for op in upload_ops {
+            match *op {
+                Op::PutUpload {
+                    id,
+                    owner,
+                    mime,
+                    data,
+                    created,
+                } => {
+                    let row = UploadRow {
+                        id,
+                        owner: owner.to_string(),
+                        mime: mime.to_string(),
+                        bytes: data.len() as u64,
+                        created,
+                        attached: None,
+                    };
+                    self.uploads.insert(id, (row, data.to_vec()));
+                }
+                Op::DeleteUpload { id } => {
+                    self.uploads.remove(&id);
+                }
+                Op::PutMessage {
+                    room,
+                    id,
+                    image: Some(image),
+                    ..
+                } => {
+                    if let Some((row, _)) = self.uploads.get_mut(&image) {
+                        row.attached = Some((room.to_string(), id));
+                    }
+                }
+                _ => {}
             }
         }
         self.accounts = accounts;

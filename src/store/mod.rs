@@ -48,6 +48,25 @@ pub struct MessageRow {
     /// Its reactions as (emoji, who), in the order they were added
     /// (`messages` only; `search` leaves them out).
     pub reactions: Vec<(String, String)>,
+    /// Extension (images): the upload the message shows.
+    pub image: Option<u64>,
+}
+
+/// An uploaded image as stored, without its bytes (see
+/// [`Store::upload_data`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UploadRow {
+    /// Random, below 2^63 (an SQLite integer key).
+    pub id: u64,
+    /// The account (lowercase) that uploaded it.
+    pub owner: String,
+    /// The sniffed type, e.g. `image/png`.
+    pub mime: String,
+    pub bytes: u64,
+    /// Wall-clock ms of the upload.
+    pub created: u64,
+    /// The message showing it, once a message does: (room, message id).
+    pub attached: Option<(String, u64)>,
 }
 
 /// One change in a commit, applied in order.
@@ -71,6 +90,8 @@ pub enum Op<'a> {
         ts: u64,
         author: &'a str,
         reply: Option<(u64, &'a str, &'a str)>,
+        /// Extension (images): the upload it shows, attached to it here.
+        image: Option<u64>,
     },
     /// Message `id` of `room` gets a new text (out of and back into the
     /// search index), edited at `edited` (wall-clock ms); the messages
@@ -160,6 +181,16 @@ pub enum Op<'a> {
     /// Slow mode of `room`: `interval_ms` between one user's messages; 0
     /// turns it off.
     PutSlow { room: &'a str, interval_ms: u64 },
+    /// An uploaded image (extension: images), not yet shown by a message.
+    PutUpload {
+        id: u64,
+        owner: &'a str,
+        mime: &'a str,
+        data: &'a [u8],
+        created: u64,
+    },
+    /// The upload and its bytes are gone (no effect when not stored).
+    DeleteUpload { id: u64 },
     /// A line of the audit log: who did what, when.
     Audit {
         ts: u64,
@@ -308,6 +339,10 @@ pub trait Store {
     /// The newest `limit` audit lines, newest first, as
     /// (ts, actor, action, room, target, detail).
     fn audit(&mut self, limit: usize) -> Result<Vec<AuditRow>>;
+    /// Every stored upload, without its bytes.
+    fn uploads(&mut self) -> Result<Vec<UploadRow>>;
+    /// The bytes of upload `id`, `None` when it is not stored.
+    fn upload_data(&mut self, id: u64) -> Result<Option<Vec<u8>>>;
     /// Messages of `room` with `id < before` holding every word of `query`
     /// (as a word prefix, ignoring case), newest first, at most `limit`.
     fn search(

@@ -17,7 +17,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
     AccountRow, AuditRow, BanRow, Limits, MessageRow, MuteRow, Op, Result, RoomRow, RoomSettings,
-    SessionRow, Store, StoreError, Trimmed, row_bytes,
+    SessionRow, Store, StoreError, Trimmed, UploadRow, row_bytes,
 };
 
 /// The database file inside the data directory.
@@ -135,6 +135,25 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE TRIGGER messages_reactions_delete AFTER DELETE ON messages BEGIN
         DELETE FROM reactions WHERE seq = old.seq;
+    END;",
+    // 6 -> 7: uploaded images (extension: images), their bytes in the row;
+    // a message names the one it shows. A message dropped by retention
+    // takes its image with it (the trigger); a tombstone or an expired
+    // upload is deleted by the chat's own records.
+    "CREATE TABLE uploads (
+        id       INTEGER PRIMARY KEY,
+        owner    TEXT NOT NULL,
+        mime     TEXT NOT NULL,
+        bytes    INTEGER NOT NULL,
+        created  INTEGER NOT NULL,
+        room     TEXT,
+        msg      INTEGER,
+        data     BLOB NOT NULL
+    );
+    ALTER TABLE messages ADD COLUMN image INTEGER;
+    CREATE TRIGGER uploads_message_gone AFTER DELETE ON messages
+        WHEN old.image IS NOT NULL BEGIN
+        DELETE FROM uploads WHERE id = old.image;
     END;",
 ];
 
@@ -343,6 +362,38 @@ struct Touched {
 }
 
 impl Store for SqliteStore {
+    fn uploads(&mut self) -> Result<Vec<UploadRow>> {
+        let run = || -> rusqlite::Result<Vec<UploadRow>> {
+            let mut st = self
+                .conn
+                .prepare("SELECT id, owner, mime, bytes, created, room, msg FROM uploads")?;
+            let rows = st.query_map([], |r| {
+                let room: Option<String> = r.get(5)?;
+                let msg: Option<i64> = r.get(6)?;
+                Ok(UploadRow {
+                    id: uint(r.get(0)?),
+                    owner: r.get(1)?,
+                    mime: r.get(2)?,
+                    bytes: uint(r.get(3)?),
+                    created: uint(r.get(4)?),
+                    attached: room.zip(msg.map(uint)),
+                })
+            })?;
+            rows.collect()
+        };
+        run().map_err(|e| self.err(e))
+    }
+
+    fn upload_data(&mut self, id: u64) -> Result<Option<Vec<u8>>> {
+        let run = || -> rusqlite::Result<Option<Vec<u8>>> {
+            self.conn
+                .prepare_cached("SELECT data FROM uploads WHERE id = ?1")?
+                .query_row(params![int(id)], |r| r.get(0))
+                .optional()
+        };
+        run().map_err(|e| self.err(e))
+    }
+
     fn accounts(&mut self) -> Result<Vec<AccountRow>> {
         let run = || -> rusqlite::Result<Vec<AccountRow>> {
             let mut st = self
@@ -562,7 +613,7 @@ impl Store for SqliteStore {
             // order within a room), newest first, and stops at the limit.
             let mut st = self.conn.prepare_cached(
                 "SELECT m.id, m.from_nick, m.text, m.ts, m.author, m.reply_to, m.reply_from,
-                        m.reply_text, m.edited
+                        m.reply_text, m.edited, m.image
                  FROM messages_fts f JOIN messages m ON m.seq = f.rowid
                  WHERE messages_fts MATCH ?1 AND m.room = ?2 AND m.id < ?3
                  ORDER BY f.rowid DESC LIMIT ?4",
@@ -619,6 +670,7 @@ impl Store for SqliteStore {
                         ts,
                         author,
                         reply,
+                        image,
                     } => {
                         let Some(&rid) = ids.get(room) else {
                             // The chat stores a room before its messages.
@@ -630,8 +682,8 @@ impl Store for SqliteStore {
                             None => (None, None, None),
                         };
                         tx.prepare_cached(
-                            "INSERT INTO messages (room, id, from_nick, text, ts, author, reply_to, reply_from, reply_text)
-                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                            "INSERT INTO messages (room, id, from_nick, text, ts, author, reply_to, reply_from, reply_text, image)
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                         )?
                         .execute(params![
                             rid,
@@ -642,8 +694,19 @@ impl Store for SqliteStore {
                             author,
                             reply_to,
                             reply_from,
-                            reply_text
+                            reply_text,
+                            image.map(int)
                         ])?;
+                        if let Some(image) = image {
+                            tx.prepare_cached(
+                                "UPDATE uploads SET room = ?2, msg = ?3 WHERE id = ?1",
+                            )?
+                            .execute(params![
+                                int(image),
+                                room,
+                                int(id)
+                            ])?;
+                        }
                         let t = touched.entry(rid).or_insert_with(|| Touched {
                             name: room.to_string(),
                             max_id: 0,
@@ -749,7 +812,7 @@ impl Store for SqliteStore {
                                 .query_row(params![rid, int(id)], |r| r.get(0))?;
                             tx.prepare_cached(
                                 "UPDATE messages SET text = '', reply_to = NULL, reply_from = NULL,
-                                 reply_text = NULL, edited = 0 WHERE room = ?1 AND id = ?2",
+                                 reply_text = NULL, edited = 0, image = NULL WHERE room = ?1 AND id = ?2",
                             )?
                             .execute(params![rid, int(id)])?;
                             tx.prepare_cached(
@@ -797,6 +860,30 @@ impl Store for SqliteStore {
                             tx.prepare_cached(sql)?
                                 .execute(params![rid, int(id), emoji, who])?;
                         }
+                    }
+                    Op::PutUpload {
+                        id,
+                        owner,
+                        mime,
+                        data,
+                        created,
+                    } => {
+                        tx.prepare_cached(
+                            "INSERT OR REPLACE INTO uploads (id, owner, mime, bytes, created, data)
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                        )?
+                        .execute(params![
+                            int(id),
+                            owner,
+                            mime,
+                            int(data.len() as u64),
+                            int(created),
+                            data
+                        ])?;
+                    }
+                    Op::DeleteUpload { id } => {
+                        tx.prepare_cached("DELETE FROM uploads WHERE id = ?1")?
+                            .execute(params![int(id)])?;
                     }
                     Op::PutTopic { room, topic } => {
                         if topic.is_empty() {
@@ -931,7 +1018,7 @@ impl Store for SqliteStore {
 
 /// The columns [`message_row`] reads, in its order.
 const MESSAGE_COLUMNS: &str =
-    "id, from_nick, text, ts, author, reply_to, reply_from, reply_text, edited";
+    "id, from_nick, text, ts, author, reply_to, reply_from, reply_text, edited, image";
 
 /// A message from a row of [`MESSAGE_COLUMNS`] (without its reactions).
 fn message_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<MessageRow> {
@@ -952,6 +1039,7 @@ fn message_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<MessageRow> {
         reply,
         edited: uint(r.get(8)?),
         reactions: Vec::new(),
+        image: r.get::<_, Option<i64>>(9)?.map(uint),
     })
 }
 

@@ -51,6 +51,7 @@ fn msg(room: &str, id: u64, text: &str) -> Op<'static> {
         ts: 100 + id,
         author: "",
         reply: None,
+        image: None,
     }
 }
 

@@ -202,6 +202,62 @@ const overlaps = (a, b) => a && b && a.x < b.x + b.width && b.x < a.x + a.width 
 // Accounts and moderation: the operator logs in from the nick dialog, a
 // guest registers, the operator deletes the guest's message and both drop it.
 const OP_PASSWORD = 'boss password 1';
+// Images (docs/protocol.md, "Images"): a logged-in user pastes an image;
+// the other page shows it as a thumbnail that links to the full size;
+// deleting the message removes it on both pages and on the server.
+async function images({ base, boss, eve }) {
+  let url = null;
+  await check('images: an image pasted on one page shows as a thumbnail on the other', async () => {
+    await eve.evaluate(async () => {
+      const c = document.createElement('canvas');
+      c.width = 320; c.height = 200;
+      const g = c.getContext('2d');
+      const grad = g.createLinearGradient(0, 0, 320, 200);
+      grad.addColorStop(0, '#4f46e5'); grad.addColorStop(1, '#f59e0b');
+      g.fillStyle = grad; g.fillRect(0, 0, 320, 200);
+      g.fillStyle = '#fff'; g.font = 'bold 36px sans-serif'; g.fillText('wschat', 100, 112);
+      const blob = await new Promise((r) => c.toBlob(r, 'image/png'));
+      const dt = new DataTransfer();
+      dt.items.add(new File([blob], 'image.png', { type: 'image/png' }));
+      const box = document.querySelector('[data-testid="composer"]');
+      box.value = 'a picture';
+      box.dispatchEvent(new ClipboardEvent('paste', { clipboardData: dt, bubbles: true, cancelable: true }));
+    });
+    await seesOnce(boss, 'a picture');
+    const thumb = boss.locator('[data-testid="message"]', { hasText: 'a picture' }).locator('[data-testid="message-image"]');
+    await thumb.waitFor({ timeout: STEP_TIMEOUT });
+    await boss.waitForFunction(() => [...document.querySelectorAll('[data-testid="message-image"]')].some((i) => i.complete && i.naturalWidth === 320), null, { timeout: STEP_TIMEOUT });
+    const box = await thumb.boundingBox();
+    if (!box || box.width > 241 || box.height > 241) throw new Error(`thumbnail not bounded: ${JSON.stringify(box)}`);
+    if (!(await thumb.getAttribute('alt'))?.includes('eve')) throw new Error('no alt text');
+    const link = boss.locator('[data-testid="message"]', { hasText: 'a picture' }).locator('a.msg-image-link');
+    if ((await link.getAttribute('target')) !== '_blank') throw new Error('the thumbnail does not open full size');
+    url = new URL(await link.getAttribute('href'), base).href;
+    const r = await boss.request.get(url);
+    if (r.status() !== 200 || r.headers()['content-security-policy'] !== "default-src 'none'; sandbox") throw new Error(`served ${r.status()}`);
+    await eve.locator('[data-testid="message"]', { hasText: 'a picture' }).locator('[data-testid="message-image"]').waitFor({ timeout: STEP_TIMEOUT });
+    await shotAll(boss, 'images');
+  });
+  await check('images: a file that is not an image is refused in plain words', async () => {
+    await eve.evaluate(() => {
+      const dt = new DataTransfer();
+      dt.items.add(new File(['<svg/>'], 'x.svg', { type: 'image/svg+xml' }));
+      document.querySelector('[data-testid="composer"]').dispatchEvent(new ClipboardEvent('paste', { clipboardData: dt, bubbles: true, cancelable: true }));
+    });
+    await eve.waitForFunction(() => /Only PNG, JPEG, GIF and WebP/.test(document.querySelector('[data-testid="composer-error"]')?.textContent || ''), null, { timeout: STEP_TIMEOUT });
+  });
+  await check('images: deleting the message removes the image everywhere', async () => {
+    const msg = boss.locator('[data-testid="message-list"] [data-testid="message"]', { hasText: 'a picture' });
+    await msg.hover();
+    await msg.locator('[data-testid="msg-delete"]').click();
+    for (const page of [boss, eve]) {
+      await page.locator('[data-testid="message-image"]').first().waitFor({ state: 'detached', timeout: STEP_TIMEOUT });
+    }
+    const r = await boss.request.get(url);
+    if (r.status() !== 404) throw new Error(`deleted image still served: ${r.status()}`);
+  });
+}
+
 async function accounts({ base, ctxOpts, outside }) {
   const boss = await (await browser.newContext(ctxOpts)).newPage();
   const eve = await (await browser.newContext(ctxOpts)).newPage();
@@ -318,6 +374,7 @@ async function accounts({ base, ctxOpts, outside }) {
     await eve.waitForFunction(() => document.querySelector('[data-testid="room-topic"]')?.textContent === 'Be kind here', null, { timeout: STEP_TIMEOUT });
     await eve.locator('[data-testid="notice"]', { hasText: 'boss set the topic: Be kind here' }).waitFor({ timeout: STEP_TIMEOUT });
   });
+  await images({ base, boss, eve });
   await check('accounts: a reload logs in again with the token; the tombstone stays hidden', async () => {
     await boss.reload();
     await waitState(boss, 'online');
