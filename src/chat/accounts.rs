@@ -299,6 +299,11 @@ impl Chat {
         self.acct.by_key.contains_key(key)
     }
 
+    /// The account's name as registered, from its key (lowercase).
+    pub(super) fn account_name(&self, key: &str) -> Option<&str> {
+        self.acct.by_key.get(key).map(|a| &*a.name)
+    }
+
     pub(super) fn is_op(&self, conn: ConnId) -> bool {
         self.acct
             .auth
@@ -793,6 +798,7 @@ impl Chat {
             }),
         );
         self.claim_nick(&name, Some(conn), out);
+        self.send_reads(conn, out);
     }
 
     /// Gives the registered `name` to `conn` (if it is free or held by
@@ -840,7 +846,7 @@ impl Chat {
     }
 
     /// Connections logged in to `key`, but `except`.
-    fn account_conns(&self, key: &str, except: ConnId) -> Vec<ConnId> {
+    pub(super) fn account_conns(&self, key: &str, except: ConnId) -> Vec<ConnId> {
         let mut v: Vec<ConnId> = self
             .acct
             .auth

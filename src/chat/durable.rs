@@ -43,6 +43,13 @@ pub enum Record {
     Account(super::accounts::AccountRecord),
     /// A ban or an audit line (see [`super::moderation`]).
     Moderation(super::moderation::ModRecord),
+    /// An account's read position in a room or DM conversation (see
+    /// [`super::dms`]); one per account and room per turn.
+    Read {
+        room: Rc<str>,
+        account: Box<str>,
+        id: u64,
+    },
 }
 
 impl Record {
@@ -52,7 +59,10 @@ impl Record {
     pub fn is_answered(&self) -> bool {
         matches!(
             self,
-            Record::Message { .. } | Record::Account(_) | Record::Moderation(_)
+            Record::Message { .. }
+                | Record::Account(_)
+                | Record::Moderation(_)
+                | Record::Read { .. }
         )
     }
 }
@@ -140,6 +150,7 @@ impl Chat {
             self.history_bytes += room.bytes;
             self.kept += room.history.len();
             self.rooms.push(Some(room));
+            self.dms.restored(&name);
             self.room_names.insert(name, idx);
         }
         // The memory budget drops the server-wide oldest first.
@@ -151,6 +162,7 @@ impl Chat {
 
     /// What to store since the last call, in order.
     pub fn take_records(&mut self) -> Vec<Record> {
+        self.flush_reads();
         std::mem::take(&mut self.records)
     }
 
@@ -171,6 +183,7 @@ impl Chat {
     pub fn committed(&mut self, out: &mut dyn Outbox) {
         self.auth_committed(out);
         self.mod_committed(out);
+        self.reads_committed(out);
         let window = self.window();
         let mut pending = std::mem::take(&mut self.pending).into_iter().peekable();
         let mut run: Vec<Pending> = Vec::new();
@@ -190,6 +203,10 @@ impl Chat {
     /// Keeps and sends a run of committed messages of one room (see
     /// [`Chat::committed`]); leaves `run` empty.
     fn deliver_run(&mut self, run: &mut Vec<Pending>, window: usize, out: &mut dyn Outbox) {
+        if super::dms::is_dm(&run[0].room) {
+            self.deliver_dms(run, window, out);
+            return;
+        }
         let shared: Vec<Rc<[u8]>> = run
             .iter()
             .map(|p| frame(&MsgOut::new(&p.room, &p.msg, None)))
@@ -245,6 +262,23 @@ impl Chat {
                 out.send(p.sender, f);
             }
         }
+        self.keep_run(run, window);
+    }
+
+    /// Keeps a delivered run of committed messages of one room in its
+    /// window; leaves `run` empty.
+    pub(super) fn keep_run(&mut self, run: &mut Vec<Pending>, window: usize) {
+        let Some(first) = run.first() else { return };
+        let (slot, serial) = (first.slot, first.serial);
+        let Some(room) = self
+            .rooms
+            .get_mut(slot as usize)
+            .and_then(Option::as_mut)
+            .filter(|r| r.serial == serial)
+        else {
+            run.clear();
+            return;
+        };
         if let Some(d) = room.durable.as_mut() {
             d.pending = d.pending.saturating_sub(run.len() as u64);
         }
@@ -267,6 +301,7 @@ impl Chat {
     pub fn failed(&mut self, out: &mut dyn Outbox) {
         self.auth_failed(out);
         self.mod_failed(out);
+        self.reads_failed(out);
         let mut emptied = Vec::new();
         for p in std::mem::take(&mut self.pending) {
             if let Some(room) = self

@@ -6,6 +6,7 @@
 //! by all its recipients.
 
 pub mod accounts;
+pub mod dms;
 pub mod durable;
 pub mod moderation;
 pub mod nick;
@@ -264,6 +265,8 @@ pub struct Chat {
     acct: accounts::Accounts,
     /// Bans and moderation actions awaiting their commit.
     moder: moderation::Moderation,
+    /// DM conversations kept as history, and read positions.
+    dms: dms::Dms,
     /// Messages refused by the rate limit since start (`/metrics`).
     rate_limited: u64,
 }
@@ -354,6 +357,7 @@ impl Chat {
             pending: Vec::new(),
             acct: accounts::Accounts::default(),
             moder: moderation::Moderation::default(),
+            dms: dms::Dms::default(),
             rate_limited: 0,
         }
     }
@@ -542,7 +546,10 @@ impl Chat {
     fn expired(&self, r: &Room, now: Now) -> bool {
         r.members.is_empty()
             && (!r.has_messages()
-                || now
+                // DM history is kept until retention by count or bytes
+                // drops it, not for a time.
+                || !dms::is_dm(&r.name)
+                    && now
                     .mono_ms
                     .saturating_sub(r.empty_since)
                     .saturating_add(r.aged)
@@ -552,6 +559,7 @@ impl Chat {
     fn forget(&mut self, idx: u32) {
         if let Some(r) = self.rooms.get_mut(idx as usize).and_then(Option::take) {
             self.forget_stored(&r);
+            self.dms.forgotten(&r.name);
             self.room_names.remove(&r.name);
             if let Some(owner) = r.owner
                 && let Some(n) = self.room_owners.get_mut(&owner)
@@ -784,6 +792,10 @@ impl Chat {
             Request::Moderator { room, nick, on } => self.appoint(conn, &room, &nick, on, r, now),
             Request::Topic { room, topic } => self.set_topic(conn, &room, topic, r, now),
             Request::Delete { room, id } => self.delete_message(conn, &room, id, r, now),
+            Request::DmHistory { with, page, limit } => {
+                self.dm_history(conn, &with, page, limit, r, out)
+            }
+            Request::Read { target, id } => self.read(conn, target, id, r, out),
         }
     }
 
@@ -961,6 +973,7 @@ impl Chat {
             history: page_out(room, span, loaded.as_deref()),
             complete: span.complete,
             topic: self.topic_of(&room.name),
+            read: self.read_of(conn, &room.name),
             r#ref: r,
         });
         out.send(conn, &f);
@@ -999,7 +1012,7 @@ impl Chat {
         if owner.is_some() && cap > 0 && held >= cap {
             return Err(ChatError::TooManyRoomsFromAddress);
         }
-        if self.room_names.len() >= self.cfg.max_rooms {
+        if self.room_names.len() - self.dms.count() >= self.cfg.max_rooms {
             let owners = self.room_owners.len() + usize::from(owner.is_some() && held == 0);
             let share = (self.cfg.max_rooms / owners.max(1)).max(1);
             if owner.is_some() && held >= share {
@@ -1019,7 +1032,7 @@ impl Chat {
                 .iter()
                 .enumerate()
                 .filter_map(|(i, r)| r.as_ref().map(|r| (i, r)))
-                .filter(|(_, r)| r.members.is_empty())
+                .filter(|(_, r)| r.members.is_empty() && !dms::is_dm(&r.name))
                 .min_by_key(|(_, r)| (!over_share(r), r.empty_since))
                 .map(|(i, _)| i as u32);
             match oldest {
@@ -1027,6 +1040,11 @@ impl Chat {
                 None => return Err(ChatError::TooManyRooms { server: true }),
             }
         }
+        Ok(self.new_room(name, owner, now))
+    }
+
+    /// Puts a new room in the slab (caps already checked).
+    fn new_room(&mut self, name: &str, owner: Option<AddrKey>, now: Now) -> u32 {
         self.epoch_counter += 1;
         let epoch = base36(mix(self
             .epoch_seed
@@ -1061,7 +1079,7 @@ impl Chat {
             }
         };
         self.room_names.insert(name, idx);
-        Ok(idx)
+        idx
     }
 
     fn leave(
@@ -1142,6 +1160,10 @@ impl Chat {
         now: Now,
         out: &mut dyn Outbox,
     ) -> Result<(), ChatError> {
+        // Between two accounts: kept as history (see `dms`).
+        if let Some(peer) = self.dm_peer(conn, to) {
+            return self.dm_stored(conn, peer, text, r, now, out);
+        }
         let target = self.holder(to).ok_or(ChatError::NoSuchUser)?;
         let (Some(from), Some(recipient)) = (self.conns.get(&conn), self.conns.get(&target)) else {
             return Err(ChatError::NoSuchUser);
@@ -1198,19 +1220,7 @@ impl Chat {
             return Ok(());
         };
         let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-        // `latest` answers only the extensions, so that a `before` answer
-        // stays exactly the contract's.
-        let (span, latest) = match page {
-            Page::Before(before) => (room.before_span(before, limit), None),
-            Page::After(after) => {
-                let (span, latest) = room.forward_span(after, limit);
-                (span, Some(latest))
-            }
-            Page::Around(id) => {
-                let (span, latest) = room.around_span(id, limit);
-                (span, Some(latest))
-            }
-        };
+        let (span, latest) = room.page_span(page, limit);
         let loaded = match room.window(span.lo, span.hi) {
             Some(_) => None,
             None => Some(archive(out, &room.name, span)?),

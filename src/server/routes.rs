@@ -362,12 +362,7 @@ fn route_healthz(req: &Request<'_>, head: &[u8]) -> Route {
 }
 
 /// A plain-text error that need not close the connection (404, 406).
-fn error_response(
-    status: u16,
-    reason: &str,
-    head_only: bool,
-    keep_alive: bool,
-) -> Route {
+fn error_response(status: u16, reason: &str, head_only: bool, keep_alive: bool) -> Route {
     let (head, body) = http::open_error(status, reason, "");
     Route::Serve(Response {
         head,

@@ -63,6 +63,11 @@ fn op(r: &Record) -> Op<'_> {
             last_active: *last_active,
         },
         Record::Forget { room } => Op::DeleteRoom { room },
+        Record::Read { room, account, id } => Op::PutRead {
+            room,
+            account,
+            id: *id,
+        },
         Record::Account(a) => match a {
             AccountRecord::Put {
                 name,
@@ -158,6 +163,12 @@ fn load_accounts(store: &mut dyn Store, chat: &mut Chat) -> crate::store::Result
     chat.restore_bans(bans);
     chat.restore_moderators(store.moderators()?);
     chat.restore_topics(store.topics()?);
+    chat.restore_reads(
+        store
+            .reads()?
+            .into_iter()
+            .map(|r| (r.room, r.account, r.id)),
+    );
     Ok(())
 }
 

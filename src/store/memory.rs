@@ -4,14 +4,16 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use super::{
-    AccountRow, AuditRow, BanRow, Limits, MessageRow, Op, Result, RoomRow, SessionRow, Store,
-    StoreError, Trimmed, row_bytes,
+    AccountRow, AuditRow, BanRow, Limits, MessageRow, Op, ReadRow, Result, RoomRow, SessionRow,
+    Store, StoreError, Trimmed, row_bytes,
 };
 
 struct MemRoom {
     row: RoomRow,
     /// (posting sequence, message), ids contiguous and increasing.
     msgs: VecDeque<(u64, MessageRow)>,
+    /// Read positions by account.
+    reads: BTreeMap<String, u64>,
 }
 
 pub struct MemoryStore {
@@ -58,6 +60,20 @@ impl MemoryStore {
 }
 
 impl Store for MemoryStore {
+    fn reads(&mut self) -> Result<Vec<ReadRow>> {
+        Ok(self
+            .rooms
+            .iter()
+            .flat_map(|(name, r)| {
+                r.reads.iter().map(|(a, &id)| ReadRow {
+                    room: name.clone(),
+                    account: a.clone(),
+                    id,
+                })
+            })
+            .collect())
+    }
+
     fn accounts(&mut self) -> Result<Vec<AccountRow>> {
         Ok(self.accounts.values().cloned().collect())
     }
@@ -180,6 +196,7 @@ impl Store for MemoryStore {
                         MemRoom {
                             row,
                             msgs: VecDeque::new(),
+                            reads: BTreeMap::new(),
                         },
                     );
                 }
@@ -210,6 +227,12 @@ impl Store for MemoryStore {
                     r.row.next_id = r.row.next_id.max(id + 1);
                     r.row.last_active = r.row.last_active.max(ts);
                     touched.push(room.to_string());
+                }
+                Op::PutRead { room, account, id } => {
+                    if let Some(r) = self.rooms.get_mut(room) {
+                        let e = r.reads.entry(account.to_string()).or_insert(0);
+                        *e = (*e).max(id);
+                    }
                 }
                 Op::Touch { room, last_active } => {
                     if let Some(r) = self.rooms.get_mut(room) {

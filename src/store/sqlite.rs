@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
-    AccountRow, AuditRow, BanRow, Limits, MessageRow, Op, Result, RoomRow, SessionRow, Store,
-    StoreError, Trimmed, row_bytes,
+    AccountRow, AuditRow, BanRow, Limits, MessageRow, Op, ReadRow, Result, RoomRow, SessionRow,
+    Store, StoreError, Trimmed, row_bytes,
 };
 
 /// The database file inside the data directory.
@@ -100,6 +100,15 @@ pub const MIGRATIONS: &[&str] = &[
         room  TEXT PRIMARY KEY,
         topic TEXT NOT NULL
     );",
+    // 4 -> 5: read positions, per account and room (DM conversations are
+    // rooms too); deleted with their room.
+    "CREATE TABLE reads (
+        account TEXT NOT NULL,
+        room    INTEGER NOT NULL REFERENCES rooms(id),
+        id      INTEGER NOT NULL,
+        PRIMARY KEY (account, room)
+    ) WITHOUT ROWID;
+    CREATE INDEX reads_room ON reads(room);",
 ];
 
 /// The schema version this build writes.
@@ -346,6 +355,23 @@ impl Store for SqliteStore {
         let run = || -> rusqlite::Result<Vec<(String, String)>> {
             let mut st = self.conn.prepare("SELECT room, topic FROM topics")?;
             let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect()
+        };
+        run().map_err(|e| self.err(e))
+    }
+
+    fn reads(&mut self) -> Result<Vec<ReadRow>> {
+        let run = || -> rusqlite::Result<Vec<ReadRow>> {
+            let mut st = self.conn.prepare(
+                "SELECT r.name, x.account, x.id FROM reads x JOIN rooms r ON r.id = x.room",
+            )?;
+            let rows = st.query_map([], |r| {
+                Ok(ReadRow {
+                    room: r.get(0)?,
+                    account: r.get(1)?,
+                    id: uint(r.get(2)?),
+                })
+            })?;
             rows.collect()
         };
         run().map_err(|e| self.err(e))
@@ -665,6 +691,15 @@ impl Store for SqliteStore {
                         };
                         tx.prepare_cached(sql)?.execute([room, account])?;
                     }
+                    Op::PutRead { room, account, id } => {
+                        if let Some(&rid) = ids.get(room) {
+                            tx.prepare_cached(
+                                "INSERT INTO reads (account, room, id) VALUES (?1, ?2, ?3)
+                                 ON CONFLICT (account, room) DO UPDATE SET id = max(id, excluded.id)",
+                            )?
+                            .execute(params![account, rid, int(id)])?;
+                        }
+                    }
                     Op::Audit {
                         ts,
                         actor,
@@ -770,6 +805,8 @@ fn delete_room(tx: &rusqlite::Transaction<'_>, rid: i64) -> rusqlite::Result<u64
         .optional()?
         .unwrap_or(0);
     tx.prepare_cached("DELETE FROM messages WHERE room = ?1")?
+        .execute([rid])?;
+    tx.prepare_cached("DELETE FROM reads WHERE room = ?1")?
         .execute([rid])?;
     tx.prepare_cached("DELETE FROM rooms WHERE id = ?1")?
         .execute([rid])?;
