@@ -409,3 +409,30 @@ fn sigkill_during_dms_and_reads_keeps_every_answered_one() {
         assert!(kept.contains(a), "acknowledged {a:?} lost");
     }
 }
+
+/// With --no-persist, DM history and read positions live in memory: the
+/// same requests and answers, gone at a restart like rooms' history.
+#[test]
+fn without_a_store_dm_history_and_reads_are_kept_in_memory() {
+    let s = Server::start(&["--no-persist", "--rate-burst", "0"]);
+    let (mut alice, tok) = registered(&s, "alice");
+    let (mut bob, _) = registered(&s, "bob");
+    for i in 1..=3 {
+        let v = ask(
+            &mut alice,
+            json!({"type":"dm","to":"bob","text":format!("t{i}")}),
+            "d",
+        );
+        assert_eq!(v["id"], i, "{v}");
+    }
+    let h = dm_history(&mut bob, "alice", json!({"before": 3, "limit": 1}));
+    assert_eq!(texts(&h), [(2, "alice".into(), "t2".into())]);
+    assert_eq!(h["complete"], false);
+    let v = ask(&mut alice, json!({"type":"read","with":"bob","id":3}), "r");
+    assert_eq!(v["id"], 3, "{v}");
+    let (_, reads) = login(&s, &tok);
+    assert_eq!(
+        (&reads["dms"][0]["read"], &reads["dms"][0]["last"]),
+        (&json!(3), &json!(3))
+    );
+}
