@@ -52,7 +52,8 @@ fn recv_type(ws: &mut Ws, ty: &str) -> Value {
             return v;
         }
         assert!(
-            ["presence", "typing", "nick"].contains(&v["type"].as_str().unwrap_or("")),
+            // `reads` follows every new login (DM history and read positions).
+            ["presence", "typing", "nick", "reads"].contains(&v["type"].as_str().unwrap_or("")),
             "expected {ty}, got {v}"
         );
     }

@@ -780,6 +780,7 @@ impl Chat {
         if !self.conns.contains_key(&conn) {
             return;
         }
+        let again = self.acct.auth.get(&conn).is_some_and(|a| *a.key == *key);
         self.acct.auth.insert(
             conn,
             Auth {
@@ -798,7 +799,10 @@ impl Chat {
             }),
         );
         self.claim_nick(&name, Some(conn), out);
-        self.send_reads(conn, out);
+        if !again {
+            // A new login (not a password change): the read positions.
+            self.send_reads(conn, out);
+        }
     }
 
     /// Gives the registered `name` to `conn` (if it is free or held by

@@ -26,7 +26,7 @@ use serde::Serialize;
 
 use super::durable::{Pending, Record};
 use super::protocol::{ChatError, Page, ReadTarget, frame};
-use super::room::{Msg, Order};
+use super::room::Msg;
 use super::{Chat, ConnId, Now, Outbox, archive, send_error};
 
 /// Whether a room name is a DM conversation's.
@@ -269,23 +269,12 @@ impl Chat {
             self.post_durable(idx, conn, from, text.to_string(), r, now);
             return Ok(());
         }
-        let keep = self.cfg.history;
-        let Some(room) = self.room_mut(idx) else {
+        let Some(msg) = self.post_in_memory(idx, from, Box::from(text), now) else {
             return Ok(());
         };
-        let (bytes_before, kept_before) = (room.bytes, room.history.len());
-        let msg = room.post(from, Box::from(text), now.wall_ms, keep);
-        let (bytes_after, kept_after, serial) = (room.bytes, room.history.len(), room.serial);
-        let name = room.name.clone();
-        self.history_bytes = self.history_bytes - bytes_before + bytes_after;
-        self.kept = self.kept - kept_before + kept_after;
-        if keep > 0 {
-            self.order.push_back(Order {
-                slot: idx,
-                serial,
-                id: msg.id,
-            });
-        }
+        let Some(name) = self.room(idx).map(|room| room.name.clone()) else {
+            return Ok(());
+        };
         self.send_dm(&name, &msg, conn, r, out);
         self.enforce_budget();
         Ok(())
@@ -585,7 +574,7 @@ impl Chat {
                 ts: room.last_ts,
             })
             .collect();
-        dms.sort_unstable_by(|a, b| b.ts.cmp(&a.ts));
+        dms.sort_unstable_by_key(|d| std::cmp::Reverse(d.ts));
         dms.truncate(MAX_LISTED);
         out.send(
             conn,

@@ -1122,12 +1122,12 @@ impl Chat {
             self.post_durable(idx, conn, from, text, r, now);
             return Ok(());
         }
-        let keep = self.cfg.history;
-        let Some(room) = self.room_mut(idx) else {
+        let Some(msg) = self.post_in_memory(idx, from, text.into_boxed_str(), now) else {
             return Ok(());
         };
-        let (bytes_before, kept_before) = (room.bytes, room.history.len());
-        let msg = room.post(from, text.into_boxed_str(), now.wall_ms, keep);
+        let Some(room) = self.room(idx) else {
+            return Ok(());
+        };
         let shared = frame(&MsgOut::new(&room.name, &msg, None));
         let own = match r {
             Some(_) => frame(&MsgOut::new(&room.name, &msg, r)),
@@ -1136,6 +1136,18 @@ impl Chat {
         for &m in &room.members {
             out.send(m, if m == conn { &own } else { &shared });
         }
+        self.enforce_budget();
+        Ok(())
+    }
+
+    /// Posts to a room that is not durable: kept at once (at most
+    /// `--history`), counted in the server's totals and posting order. The
+    /// caller sends it, then enforces the budget.
+    fn post_in_memory(&mut self, idx: u32, from: Rc<str>, text: Box<str>, now: Now) -> Option<Msg> {
+        let keep = self.cfg.history;
+        let room = self.room_mut(idx)?;
+        let (bytes_before, kept_before) = (room.bytes, room.history.len());
+        let msg = room.post(from, text, now.wall_ms, keep);
         let (bytes_after, kept_after, serial) = (room.bytes, room.history.len(), room.serial);
         // The room's totals are part of the server's, so these never underflow.
         self.history_bytes = self.history_bytes - bytes_before + bytes_after;
@@ -1147,8 +1159,7 @@ impl Chat {
                 id: msg.id,
             });
         }
-        self.enforce_budget();
-        Ok(())
+        Some(msg)
     }
 
     fn dm(
