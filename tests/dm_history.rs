@@ -436,3 +436,49 @@ fn without_a_store_dm_history_and_reads_are_kept_in_memory() {
         (&json!(3), &json!(3))
     );
 }
+
+/// A store that refuses commits: a DM between accounts is `storage_failed`
+/// to its sender and reaches nobody; a `read` is `storage_failed` and the
+/// position stays where it was; both work again once the store does.
+#[test]
+fn a_failing_store_refuses_dms_and_reads_and_keeps_the_old_position() {
+    let dir = TempDir::new("dm-fault");
+    let fault = dir.path().join("fault");
+    let fault_arg = fault.to_str().unwrap().to_string();
+    let s = Server::start_in(
+        dir.path(),
+        &["--rate-burst", "0", "--fault-file", &fault_arg],
+    );
+    let (mut alice, _) = registered(&s, "alice");
+    let (mut bob, _) = registered(&s, "bob");
+    let v = ask(
+        &mut alice,
+        json!({"type":"dm","to":"bob","text":"one"}),
+        "d1",
+    );
+    assert_eq!(v["id"], 1, "{v}");
+    assert_eq!(recv_type(&mut bob, "dm")["text"], "one");
+    std::fs::write(&fault, b"").unwrap();
+    let v = ask(
+        &mut alice,
+        json!({"type":"dm","to":"bob","text":"lost"}),
+        "d2",
+    );
+    assert_eq!(v["code"], "storage_failed", "{v}");
+    let v = ask(&mut bob, json!({"type":"read","with":"alice","id":1}), "r1");
+    assert_eq!(v["code"], "storage_failed", "{v}");
+    std::fs::remove_file(&fault).unwrap();
+    // The refused read left the position at 0; the refused DM reached nobody.
+    let h = dm_history(&mut bob, "alice", json!({"before": 100}));
+    assert_eq!(h["read"], 0, "{h}");
+    assert_eq!(texts(&h), [(1, "alice".into(), "one".into())]);
+    let v = ask(
+        &mut alice,
+        json!({"type":"dm","to":"bob","text":"two"}),
+        "d3",
+    );
+    assert_eq!(v["id"], 2, "the refused id is handed out again: {v}");
+    assert_eq!(recv_type(&mut bob, "dm")["text"], "two");
+    let v = ask(&mut bob, json!({"type":"read","with":"alice","id":2}), "r2");
+    assert_eq!((&v["type"], &v["id"]), (&json!("read"), &json!(2)), "{v}");
+}
