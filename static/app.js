@@ -2475,7 +2475,6 @@
     renderTyping();
   }, 500);
 
-
   // ---------------------------------------------------------------- server-kept DMs and read positions
   // Logged in, the server keeps DMs between accounts (`dm` with an `id`,
   // paged with `dm_history`) and the account's read position per room and
