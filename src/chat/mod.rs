@@ -377,9 +377,10 @@ impl Chat {
         self.conns.len()
     }
 
-    /// Rooms kept: with members, or empty with retained history.
+    /// Rooms kept: with members, or empty with retained history (DM
+    /// conversations, kept as hidden rooms, not counted).
     pub fn rooms(&self) -> usize {
-        self.room_names.len()
+        self.room_names.len() - self.dms.count()
     }
 
     /// Bytes of room history kept server-wide, as counted against
