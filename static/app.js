@@ -310,7 +310,8 @@
   state.roomOrder = state.roomOrder.filter((r) => typeof r === 'string' && ROOM_RE.test(r));
 
   const nextRef = (p) => p + (++state.refSeq).toString(36);
-  const isMe = (nick) => state.nick !== null && lc(nick) === lc(state.nick);
+  // Logged in, a message from the account is ours from any of its devices (another one may hold the nick).
+  const isMe = (nick) => (state.nick !== null && lc(nick) === lc(state.nick)) || (state.account !== null && state.account !== undefined && lc(nick) === lc(state.account));
 
   function newConv(kind, name) {
     return {
@@ -515,6 +516,9 @@
       case 'role': return onRole(m);
       case 'reaction': return onReaction(m);
       case 'edited': return onEdited(m);
+      case 'dm_history': return onDmHistory(m);
+      case 'read': return onReadPos(m);
+      case 'reads': return onReads(m);
       default: return undefined; // forward compatibility
     }
   }
@@ -692,6 +696,7 @@
       const st = state.read[name];
       conv.readId = st && st.e === epoch && Number.isSafeInteger(st.id) ? Math.min(st.id, conv.lastId) : conv.lastId;
     }
+    serverReadOnJoin(conv, m, rejoin);
     recount(conv);
     let toMarker = false;
     if (conv.key === state.active && conv.unread && conv.markerId === null) { conv.markerId = conv.readId; toMarker = true; }
@@ -733,6 +738,7 @@
         readSaveTimer = setTimeout(() => save(STORE.read, state.read), 400);
       }
     }
+    syncRead(conv);
     updateJump();
   }
 
@@ -854,6 +860,7 @@
 
   function onDm(m) {
     if (typeof m.text !== 'string' || typeof m.from !== 'string') return;
+    if (Number.isSafeInteger(m.id)) return onStoredDm(m);
     const from = String(m.from), to = String(m.to ?? '');
     const other = isMe(from) ? to : from;
     const conv = dmConv(other, true);
@@ -963,6 +970,7 @@
       if (code === 'rate_limited') toast(human, 'error');
       return;
     }
+    if (exp && exp.kind === 'dm_history') { onDmHistoryError(exp, code, human); return; }
     if (exp && exp.kind === 'leave' && code === 'not_in_room') { removeRoom(exp.room); return; }
     if (exp && exp.kind === 'search') { search.loading = false; search.error = human; renderSearch(); return; }
     if (exp && exp.kind === 'context') { onContextError(human); return; }
@@ -1236,6 +1244,7 @@
   }
 
   function loadOlder(conv) {
+    if (conv && conv.kind === 'dm') return loadOlderDm(conv);
     if (!conv || conv.kind !== 'room' || !conv.joined || conv.loadingOlder || !conv.hasOlder) return;
     const ids = [...conv.msgs.keys()];
     if (!ids.length) { conv.hasOlder = false; scheduleRender(conv); return; }
@@ -1795,11 +1804,13 @@
 
     const out = [];
     // Top of the list: older pages, or the beginning.
-    if (conv.kind === 'room') {
+    if (conv.kind === 'room' || conv.stored) {
       if (conv.hasOlder) {
         out.push(el('li', { class: 'loader', 'data-key': 'older' },
           el('button', { type: 'button', class: 'btn ghost small', 'data-testid': 'load-older', disabled: conv.loadingOlder || null,
             onclick: () => loadOlder(conv), text: conv.loadingOlder ? 'Loading older messages…' : 'Load older messages' })));
+      } else if (conv.kind === 'dm') {
+        out.push(dmBeginning(conv));
       } else if (conv.joined) {
         out.push(el('li', { class: 'beginning', 'data-key': 'begin' },
           el('span', { class: 'beginning-icon', 'aria-hidden': 'true', text: '#' }),
@@ -1807,10 +1818,7 @@
           el('p', { text: conv.msgs.size ? 'This is the start of the messages the server keeps for this room.' : 'No messages yet. Say hello!' })));
       }
     } else {
-      out.push(el('li', { class: 'beginning', 'data-key': 'begin' },
-        avatar(conv.name, 'lg'),
-        el('p', { class: 'beginning-title', text: conv.name }),
-        el('p', { text: `Private messages between you and ${conv.name}. They are not kept by the server: reloading the page clears them.` })));
+      out.push(dmBeginning(conv));
     }
 
     let prev = null; // previous message-like entry, for grouping
@@ -2237,6 +2245,7 @@
     renderComposer();
     scheduleRender(null, conv && conv.markerId !== null ? { toMarker: true } : { toBottom: true });
     updateTitle();
+    if (conv && conv.kind === 'dm') loadDm(conv);
   }
 
   function openDm(nick) {
@@ -2870,9 +2879,180 @@
       if (f) { ev.preventDefault(); shareImage(f); }
     });
   })();
+  // ---------------------------------------------------------------- server-kept DMs and read positions
+  // Logged in, the server keeps DMs between accounts (`dm` with an `id`,
+  // paged with `dm_history`) and the account's read position per room and
+  // conversation (`read`, `reads`, `joined.read`), so a reload or another
+  // device shows the same conversations and unread counts. Guests keep the
+  // contract's live DMs and this device's localStorage positions.
+  const READ_SYNC_MS = 500; // at most one `read` per conversation this often
+  const readSync = new Map(); // conv key -> conv waiting to send its position
+
+  function dmBeginning(conv) {
+    return el('li', { class: 'beginning', 'data-key': 'begin' },
+      avatar(conv.name, 'lg'),
+      el('p', { class: 'beginning-title', text: conv.name }),
+      el('p', { text: conv.stored
+        ? `Private messages between you and ${conv.name}. The server keeps them for your accounts: you see them on every device you log in on.`
+        : `Private messages between you and ${conv.name}. They are not kept by the server: reloading the page clears them.` }));
+  }
+
+  // A DM the server kept: its id orders the conversation.
+  function addStoredDm(conv, h) {
+    if (!conv.stored) {
+      // Live-only messages (seq keys) from before the login would mix with ids.
+      conv.stored = true;
+      for (const [k, v] of conv.msgs) if (!v.srv) conv.msgs.delete(k);
+    }
+    if (h.id > conv.lastId) conv.lastId = h.id;
+    if (conv.msgs.has(h.id)) return false;
+    conv.msgs.set(h.id, { id: h.id, from: String(h.from), text: h.text, ts: Number(h.ts) || Date.now(), srv: true });
+    return true;
+  }
+
+  function onStoredDm(m) {
+    const from = String(m.from), to = String(m.to ?? '');
+    const mine = state.account !== null && lc(from) === lc(state.account);
+    const other = mine ? to : from;
+    const conv = dmConv(other, true);
+    conv.name = other;
+    const exp = settle(m.ref);
+    if (exp) removePending(conv, m.ref);
+    const fresh = addStoredDm(conv, m);
+    if (fresh && !mine) {
+      noteIncoming(conv, conv.msgs.get(m.id));
+      announce(`Private message from ${from}: ${m.text}`);
+    } else if (mine) {
+      // Written here or on another device: what came before is read.
+      conv.markerId = exp ? null : conv.markerId;
+      conv.readId = Math.max(conv.readId, m.id);
+      recount(conv);
+      if (exp) syncRead(conv);
+    }
+    scheduleRender(conv);
+    renderSidebar();
+    updateTitle(fresh && !mine);
+  }
+
+  // The newest page of a stored conversation, once per connection.
+  function loadDm(conv) {
+    if (!conv.stored || !state.account || state.conn !== 'online' || conv.dmLoaded || conv.loadingOlder) return;
+    conv.loadingOlder = true;
+    send({ type: 'dm_history', with: conv.name, before: Number.MAX_SAFE_INTEGER, limit: PAGE, ref: nextRef('dh') },
+      { expect: { kind: 'dm_history', with: lc(conv.name) } });
+  }
+  function loadOlderDm(conv) {
+    if (!conv.stored || conv.loadingOlder || !conv.hasOlder || state.conn !== 'online') return;
+    const ids = [...conv.msgs.keys()];
+    if (!ids.length) return;
+    conv.loadingOlder = true;
+    send({ type: 'dm_history', with: conv.name, before: Math.min(...ids), limit: PAGE, ref: nextRef('dh') },
+      { expect: { kind: 'dm_history', with: lc(conv.name) } });
+    scheduleRender(conv, { keepAnchor: true });
+  }
+  function onDmHistory(m) {
+    settle(m.ref);
+    if (typeof m.with !== 'string') return;
+    const conv = dmConv(m.with, true);
+    conv.name = m.with;
+    conv.loadingOlder = false;
+    const list = (Array.isArray(m.messages) ? m.messages : []).filter(validMessage);
+    const first = !conv.dmLoaded;
+    conv.dmLoaded = true;
+    conv.stored = true;
+    for (const h of list) addStoredDm(conv, h);
+    if (first || conv.hasOlder) conv.hasOlder = m.complete === false && list.length > 0;
+    if (Number.isSafeInteger(m.read)) conv.readId = Math.max(first ? 0 : conv.readId, Math.min(m.read, conv.lastId));
+    recount(conv);
+    let toMarker = false;
+    if (first && conv.key === state.active && conv.unread && conv.markerId === null) { conv.markerId = conv.readId; toMarker = true; }
+    scheduleRender(conv, toMarker ? { toMarker: true } : { keepAnchor: !first });
+    renderSidebar();
+    updateTitle();
+  }
+
+  function onDmHistoryError(exp, code, human) {
+    const conv = dmConv(exp.with, false);
+    if (conv) { conv.loadingOlder = false; scheduleRender(conv); }
+    if (code !== 'no_such_account' && code !== 'not_logged_in') toast(human, 'error');
+  }
+
+  // `joined` carries the account's position: it wins over this device's.
+  function serverReadOnJoin(conv, m, rejoin) {
+    if (!Number.isSafeInteger(m.read)) return;
+    const id = Math.min(m.read, conv.lastId);
+    conv.readId = rejoin ? Math.max(conv.readId, id) : id;
+    conv.sentRead = Math.max(conv.sentRead || 0, m.read);
+  }
+
+  // Another device (or this one) read further: counts and badges follow.
+  function applyRead(conv, id) {
+    if (!conv || !Number.isSafeInteger(id)) return;
+    conv.sentRead = Math.max(conv.sentRead || 0, id);
+    if (id <= conv.readId) return;
+    conv.readId = id;
+    if (conv.kind === 'dm' && !conv.dmLoaded) conv.unread = Math.max(0, (conv.serverLast || 0) - id);
+    else recount(conv);
+    if (!conv.unread) conv.markerId = conv.key === state.active ? conv.markerId : null;
+    renderSidebar();
+    updateTitle();
+    if (conv.key === state.active) updateJump();
+  }
+  function onReadPos(m) {
+    settle(m.ref);
+    const conv = typeof m.room === 'string' ? roomConv(m.room, false) : (typeof m.with === 'string' ? dmConv(m.with, false) : null);
+    applyRead(conv, m.id);
+  }
+
+  // After a login: the conversations the server keeps, and positions.
+  function onReads(m) {
+    for (const r of Array.isArray(m.rooms) ? m.rooms : []) {
+      if (r && typeof r.room === 'string') applyRead(roomConv(r.room, false), r.read);
+    }
+    for (const d of Array.isArray(m.dms) ? m.dms : []) {
+      if (!d || typeof d.with !== 'string' || !NICK_RE.test(d.with) || !Number.isSafeInteger(d.last)) continue;
+      const conv = dmConv(d.with, true);
+      conv.name = d.with;
+      conv.stored = true;
+      conv.dmLoaded = false; // a new connection: the newest page again
+      conv.serverLast = d.last;
+      const read = Number.isSafeInteger(d.read) ? d.read : 0;
+      conv.readId = Math.max(conv.msgs.size ? conv.readId : 0, read);
+      conv.sentRead = read;
+      if (conv.msgs.size) recount(conv); else conv.unread = conv.mentions = Math.max(0, d.last - read);
+    }
+    const want = state.restoreActive;
+    state.restoreActive = null;
+    if (want && want.startsWith('dm:') && state.convs.has(want) && state.active !== want) switchConv(want);
+    else { const c = activeConv(); if (c && c.kind === 'dm') loadDm(c); }
+    renderSidebar();
+    updateTitle();
+  }
+
+  // Tells the server what is read, at most every READ_SYNC_MS per conversation.
+  function syncRead(conv) {
+    if (!state.account || !conv) return;
+    if (conv.kind === 'dm' && !conv.stored) return;
+    if (conv.kind === 'room' && !conv.joined) return;
+    if (conv.readId <= (conv.sentRead || 0)) return;
+    readSync.set(conv.key, conv);
+    if (readSync.size === 1) setTimeout(flushReads, READ_SYNC_MS);
+  }
+  function flushReads() {
+    for (const conv of readSync.values()) {
+      if (!state.account || state.conn !== 'online' || conv.readId <= (conv.sentRead || 0)) continue;
+      const frame = conv.kind === 'dm' ? { type: 'read', with: conv.name, id: conv.readId } : { type: 'read', room: conv.name, id: conv.readId };
+      if (send(frame, { droppable: true })) conv.sentRead = conv.readId;
+    }
+    const left = [...readSync.values()].filter((c) => state.account && c.readId > (c.sentRead || 0));
+    readSync.clear();
+    // Dropped for the rate limit or a reconnect: tried again later.
+    for (const c of left) syncRead(c);
+  }
 
   // ---------------------------------------------------------------- start
   for (const r of state.roomOrder) roomConv(r, true);
+  state.restoreActive = state.active; // a DM conversation comes back with `reads`
   if (!state.convs.has(state.active)) state.active = state.roomOrder.length ? 'room:' + state.roomOrder[0] : null;
   syncDrawers();
   renderAll();

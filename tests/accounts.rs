@@ -52,7 +52,7 @@ fn recv_type(ws: &mut Ws, ty: &str) -> Value {
             return v;
         }
         assert!(
-            ["presence", "typing", "nick", "member", "role"]
+            ["presence", "typing", "nick", "member", "role", "reads"]
                 .contains(&v["type"].as_str().unwrap_or("")),
             "expected {ty}, got {v}"
         );

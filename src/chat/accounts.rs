@@ -336,6 +336,11 @@ impl Chat {
         self.acct.by_key.get(key).is_some_and(|a| a.op)
     }
 
+    /// The account's name as registered, from its key (lowercase).
+    pub(super) fn account_name(&self, key: &str) -> Option<&str> {
+        self.acct.by_key.get(key).map(|a| &*a.name)
+    }
+
     pub(super) fn is_op(&self, conn: ConnId) -> bool {
         self.acct
             .auth
@@ -862,6 +867,7 @@ impl Chat {
         }
         let roles = self.roles_of(conn);
         let kept_nick = self.conns.nick(conn) == Some(&*name);
+        let again = self.acct.auth.get(&conn).is_some_and(|a| *a.key == *key);
         self.acct.auth.insert(
             conn,
             Auth {
@@ -892,6 +898,10 @@ impl Chat {
             }
         }
         self.send_role_changes(conn, &roles, out);
+        if !again {
+            // A new login (not a password change): the read positions.
+            self.send_reads(conn, out);
+        }
     }
 
     /// Everyone sharing at least one room with `conn`, once each.

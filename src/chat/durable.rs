@@ -47,6 +47,13 @@ pub enum Record {
     Edit(super::edits::EditRecord),
     /// An upload stored or deleted (see [`super::uploads`]).
     Upload(super::uploads::UploadRecord),
+    /// An account's read position in a room or DM conversation (see
+    /// [`super::dms`]); one per account and room per turn.
+    Read {
+        room: Rc<str>,
+        account: Box<str>,
+        id: u64,
+    },
 }
 
 impl Record {
@@ -57,6 +64,7 @@ impl Record {
         matches!(
             self,
             Record::Message { .. } | Record::Account(_) | Record::Moderation(_) | Record::Edit(_) | Record::Upload(_)
+                | Record::Read { .. }
         ) && !matches!(
             self,
             // Who created a room answers no one: kept to try again.
@@ -150,6 +158,7 @@ impl Chat {
             self.history_bytes += room.bytes;
             self.kept += room.history.len();
             self.rooms.push(Some(room));
+            self.dms.restored(&name);
             self.room_names.insert(name, idx);
         }
         // The memory budget drops the server-wide oldest first.
@@ -161,6 +170,7 @@ impl Chat {
 
     /// What to store since the last call, in order.
     pub fn take_records(&mut self) -> Vec<Record> {
+        self.flush_reads();
         std::mem::take(&mut self.records)
     }
 
@@ -182,6 +192,7 @@ impl Chat {
         self.auth_committed(out);
         self.mod_committed(out);
         self.edits_committed(out);
+        self.reads_committed(out);
         let window = self.window();
         let mut pending = std::mem::take(&mut self.pending).into_iter().peekable();
         let mut run: Vec<Pending> = Vec::new();
@@ -201,6 +212,10 @@ impl Chat {
     /// Keeps and sends a run of committed messages of one room (see
     /// [`Chat::committed`]); leaves `run` empty.
     fn deliver_run(&mut self, run: &mut Vec<Pending>, window: usize, out: &mut dyn Outbox) {
+        if super::dms::is_dm(&run[0].room) {
+            self.deliver_dms(run, window, out);
+            return;
+        }
         let shared: Vec<Rc<[u8]>> = run
             .iter()
             .map(|p| frame(&MsgOut::new(&p.room, &p.msg, None).sent_registered(p.registered)))
@@ -258,6 +273,23 @@ impl Chat {
                 out.send(p.sender, f);
             }
         }
+        self.keep_run(run, window);
+    }
+
+    /// Keeps a delivered run of committed messages of one room in its
+    /// window; leaves `run` empty.
+    pub(super) fn keep_run(&mut self, run: &mut Vec<Pending>, window: usize) {
+        let Some(first) = run.first() else { return };
+        let (slot, serial) = (first.slot, first.serial);
+        let Some(room) = self
+            .rooms
+            .get_mut(slot as usize)
+            .and_then(Option::as_mut)
+            .filter(|r| r.serial == serial)
+        else {
+            run.clear();
+            return;
+        };
         if let Some(d) = room.durable.as_mut() {
             d.pending = d.pending.saturating_sub(run.len() as u64);
         }
@@ -281,6 +313,7 @@ impl Chat {
         self.auth_failed(out);
         self.mod_failed(out);
         self.edits_failed(out);
+        self.reads_failed(out);
         let mut emptied = Vec::new();
         for p in std::mem::take(&mut self.pending) {
             self.detach_image(p.msg.image);

@@ -6,6 +6,7 @@
 //! by all its recipients.
 
 pub mod accounts;
+pub mod dms;
 pub mod durable;
 pub mod edits;
 pub mod moderation;
@@ -277,6 +278,8 @@ pub struct Chat {
     moder: moderation::Moderation,
     /// Reactions and edits awaiting their commit; guest authors.
     edits: edits::Edits,
+    /// DM conversations kept as history, and read positions.
+    dms: dms::Dms,
     /// Messages refused by the rate limit since start (`/metrics`).
     rate_limited: u64,
     /// Extension (images): the uploads and their accounting.
@@ -370,6 +373,7 @@ impl Chat {
             acct: accounts::Accounts::default(),
             moder: moderation::Moderation::default(),
             edits: edits::Edits::default(),
+            dms: dms::Dms::default(),
             rate_limited: 0,
             uploads: uploads::Uploads::default(),
         }
@@ -390,9 +394,10 @@ impl Chat {
         self.conns.len()
     }
 
-    /// Rooms kept: with members, or empty with retained history.
+    /// Rooms kept: with members, or empty with retained history (DM
+    /// conversations, kept as hidden rooms, not counted).
     pub fn rooms(&self) -> usize {
-        self.room_names.len()
+        self.room_names.len() - self.dms.count()
     }
 
     /// Bytes of room history kept server-wide, as counted against
@@ -561,7 +566,10 @@ impl Chat {
     fn expired(&self, r: &Room, now: Now) -> bool {
         r.members.is_empty()
             && (!r.has_messages()
-                || now
+                // DM history is kept until retention by count or bytes
+                // drops it, not for a time.
+                || !dms::is_dm(&r.name)
+                    && now
                     .mono_ms
                     .saturating_sub(r.empty_since)
                     .saturating_add(r.aged)
@@ -572,6 +580,7 @@ impl Chat {
         if let Some(r) = self.rooms.get_mut(idx as usize).and_then(Option::take) {
             self.forget_stored(&r);
             self.drop_images_below(&r.name, u64::MAX);
+            self.dms.forgotten(&r.name);
             self.room_names.remove(&r.name);
             if let Some(owner) = r.owner
                 && let Some(n) = self.room_owners.get_mut(&owner)
@@ -826,6 +835,10 @@ impl Chat {
                 on,
             } => self.react(conn, &room, id, emoji, on, r, out),
             Request::Edit { room, id, text } => self.edit(conn, &room, id, text, r, now, out),
+            Request::DmHistory { with, page, limit } => {
+                self.dm_history(conn, &with, page, limit, r, out)
+            }
+            Request::Read { target, id } => self.read(conn, target, id, r, out),
         }
     }
 
@@ -1031,6 +1044,7 @@ impl Chat {
             complete: span.complete,
             topic: self.topic_of(&room.name),
             role: self.role_in(conn, &room.name),
+            read: self.read_of(conn, &room.name),
             r#ref: r,
         });
         out.send(conn, &f);
@@ -1071,7 +1085,7 @@ impl Chat {
         if owner.is_some() && cap > 0 && held >= cap {
             return Err(ChatError::TooManyRoomsFromAddress);
         }
-        if self.room_names.len() >= self.cfg.max_rooms {
+        if self.room_names.len() - self.dms.count() >= self.cfg.max_rooms {
             let owners = self.room_owners.len() + usize::from(owner.is_some() && held == 0);
             let share = (self.cfg.max_rooms / owners.max(1)).max(1);
             if owner.is_some() && held >= share {
@@ -1091,7 +1105,7 @@ impl Chat {
                 .iter()
                 .enumerate()
                 .filter_map(|(i, r)| r.as_ref().map(|r| (i, r)))
-                .filter(|(_, r)| r.members.is_empty())
+                .filter(|(_, r)| r.members.is_empty() && !dms::is_dm(&r.name))
                 .min_by_key(|(_, r)| (!over_share(r), r.empty_since))
                 .map(|(i, _)| i as u32);
             match oldest {
@@ -1099,6 +1113,11 @@ impl Chat {
                 None => return Err(ChatError::TooManyRooms { server: true }),
             }
         }
+        Ok(self.new_room(name, owner, now))
+    }
+
+    /// Puts a new room in the slab (caps already checked).
+    fn new_room(&mut self, name: &str, owner: Option<AddrKey>, now: Now) -> u32 {
         self.epoch_counter += 1;
         let epoch = base36(mix(self
             .epoch_seed
@@ -1133,7 +1152,7 @@ impl Chat {
             }
         };
         self.room_names.insert(name, idx);
-        Ok(idx)
+        idx
     }
 
     fn leave(
@@ -1174,16 +1193,11 @@ impl Chat {
             self.post_durable(idx, conn, draft, r, now);
             return Ok(());
         }
-        let keep = self.cfg.history;
         let registered = self.verified(conn);
-        let Some(room) = self.room_mut(idx) else {
+        let Some(msg) = self.post_in_memory(idx, draft, now) else {
             return Ok(());
         };
-        let (bytes_before, kept_before) = (room.bytes, room.history.len());
-        let msg = room.post(draft, now.wall_ms, keep);
-        let room_name = room.name.clone();
-        self.attach_image(msg.image, &room_name, msg.id);
-        let Some(room) = self.room_mut(idx) else {
+        let Some(room) = self.room(idx) else {
             return Ok(());
         };
         let shared = frame(&MsgOut::new(&room.name, &msg, None).sent_registered(registered));
@@ -1194,7 +1208,21 @@ impl Chat {
         for &m in &room.members {
             out.send(m, if m == conn { &own } else { &shared });
         }
+        self.enforce_budget();
+        Ok(())
+    }
+
+    /// Posts to a room that is not durable: kept at once (at most
+    /// `--history`), counted in the server's totals and posting order. The
+    /// caller sends it, then enforces the budget.
+    fn post_in_memory(&mut self, idx: u32, draft: room::Draft, now: Now) -> Option<Msg> {
+        let keep = self.cfg.history;
+        let room = self.room_mut(idx)?;
+        let (bytes_before, kept_before) = (room.bytes, room.history.len());
+        let msg = room.post(draft, now.wall_ms, keep);
         let (bytes_after, kept_after, serial) = (room.bytes, room.history.len(), room.serial);
+        let name = room.name.clone();
+        self.attach_image(msg.image, &name, msg.id);
         // The room's totals are part of the server's, so these never underflow.
         self.history_bytes = self.history_bytes - bytes_before + bytes_after;
         self.kept = self.kept - kept_before + kept_after;
@@ -1205,8 +1233,7 @@ impl Chat {
                 id: msg.id,
             });
         }
-        self.enforce_budget();
-        Ok(())
+        Some(msg)
     }
 
     fn dm(
@@ -1218,6 +1245,10 @@ impl Chat {
         now: Now,
         out: &mut dyn Outbox,
     ) -> Result<(), ChatError> {
+        // Between two accounts: kept as history (see `dms`).
+        if let Some(peer) = self.dm_peer(conn, to) {
+            return self.dm_stored(conn, peer, text, r, now, out);
+        }
         let target = self.holder(to).ok_or(ChatError::NoSuchUser)?;
         let (Some(from), Some(recipient)) = (self.conns.get(&conn), self.conns.get(&target)) else {
             return Err(ChatError::NoSuchUser);
@@ -1274,19 +1305,7 @@ impl Chat {
             return Ok(());
         };
         let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-        // `latest` answers only the extensions, so that a `before` answer
-        // stays exactly the contract's.
-        let (span, latest) = match page {
-            Page::Before(before) => (room.before_span(before, limit), None),
-            Page::After(after) => {
-                let (span, latest) = room.forward_span(after, limit);
-                (span, Some(latest))
-            }
-            Page::Around(id) => {
-                let (span, latest) = room.around_span(id, limit);
-                (span, Some(latest))
-            }
-        };
+        let (span, latest) = room.page_span(page, limit);
         let loaded = match room.window(span.lo, span.hi) {
             Some(_) => None,
             None => Some(archive(out, &room.name, span)?),

@@ -166,7 +166,7 @@ impl fmt::Display for ChatError {
                 f.write_str("not a JSON object with a string \"type\" field")
             }
             ChatError::UnknownType => f.write_str(
-                "unknown \"type\": expected nick, join, leave, message, dm, typing, history, rooms, search, register, login, logout, passwd, kick, ban, mute, slow, moderator, topic, delete, react or edit",
+                "unknown \"type\": expected nick, join, leave, message, dm, typing, history, rooms, search, register, login, logout, passwd, kick, ban, mute, slow, moderator, topic, delete, react, edit, dm_history or read",
             ),
             ChatError::Invalid { field, reason } => {
                 write!(f, "invalid field \"{field}\": ")?;
@@ -419,6 +419,19 @@ pub enum Request {
         id: u64,
         text: String,
     },
+    /// Extension (DM history): a page of the DM conversation with the
+    /// account `with` (logged-in users).
+    DmHistory {
+        with: String,
+        page: Page,
+        limit: u64,
+    },
+    /// Extension (read positions): the account has read up to `id` of a
+    /// room or of a DM conversation.
+    Read {
+        target: ReadTarget,
+        id: u64,
+    },
     /// Extension (moderation, operators): ban `nick` (and its account, and
     /// with `ip` its address) from `room`, or without `room` the server.
     Ban {
@@ -439,6 +452,14 @@ pub enum Credentials {
     },
     /// The 32 bytes of a session token (sent as 64 hex digits).
     Token([u8; 32]),
+}
+
+/// What a `read` is about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReadTarget {
+    Room(String),
+    /// The DM conversation with this account.
+    Dm(String),
 }
 
 /// Which page of a room's history a `history` request asks for.
@@ -491,6 +512,8 @@ enum Kind {
     Delete,
     React,
     Edit,
+    DmHistory,
+    Read,
 }
 
 impl Kind {
@@ -518,6 +541,8 @@ impl Kind {
             "delete" => Kind::Delete,
             "react" => Kind::React,
             "edit" => Kind::Edit,
+            "dm_history" => Kind::DmHistory,
+            "read" => Kind::Read,
             _ => return None,
         })
     }
@@ -642,6 +667,29 @@ fn opt_int(
     Ok(Some(n))
 }
 
+/// A `history` page (also `dm_history`'s): `before` is the protocol's;
+/// `after` and `around` extend it. Exactly one of them: none is the
+/// contract's missing `before`. Then `limit`.
+fn page(map: &mut Map<String, Value>) -> Result<(Page, u64), ChatError> {
+    let before = opt_int(map, "before", 1, validate::MAX_INT)?.map(Page::Before);
+    let after = opt_int(map, "after", 0, validate::MAX_INT)?.map(Page::After);
+    let around = opt_int(map, "around", 1, validate::MAX_INT)?.map(Page::Around);
+    let mut page = None;
+    for (field, p) in [("before", before), ("after", after), ("around", around)] {
+        match (page, p) {
+            (Some((first, _)), Some(_)) => {
+                return Err(invalid(field, Reason::Excludes(first)));
+            }
+            (None, Some(p)) => page = Some((field, p)),
+            _ => {}
+        }
+    }
+    let (_, page) = page.ok_or(invalid("before", Reason::Missing))?;
+    let limit = opt_int(map, "limit", 1, validate::MAX_HISTORY_LIMIT)?
+        .unwrap_or(validate::DEFAULT_HISTORY_LIMIT);
+    Ok((page, limit))
+}
+
 /// Parses one client text message, applying the contract's precedence:
 /// `bad_json`, `unknown_type`, then `invalid` (`ref` first, then the fields in
 /// the contract's order).
@@ -738,24 +786,7 @@ fn request(
         }
         Kind::History => {
             let room = room(map)?;
-            // `before` is the protocol's; `after` and `around` extend it.
-            // Exactly one of them: none is the contract's missing `before`.
-            let before = opt_int(map, "before", 1, validate::MAX_INT)?.map(Page::Before);
-            let after = opt_int(map, "after", 0, validate::MAX_INT)?.map(Page::After);
-            let around = opt_int(map, "around", 1, validate::MAX_INT)?.map(Page::Around);
-            let mut page = None;
-            for (field, p) in [("before", before), ("after", after), ("around", around)] {
-                match (page, p) {
-                    (Some((first, _)), Some(_)) => {
-                        return Err(invalid(field, Reason::Excludes(first)));
-                    }
-                    (None, Some(p)) => page = Some((field, p)),
-                    _ => {}
-                }
-            }
-            let (_, page) = page.ok_or(invalid("before", Reason::Missing))?;
-            let limit = opt_int(map, "limit", 1, validate::MAX_HISTORY_LIMIT)?
-                .unwrap_or(validate::DEFAULT_HISTORY_LIMIT);
+            let (page, limit) = page(map)?;
             Request::History { room, page, limit }
         }
         Kind::Rooms => Request::Rooms,
@@ -845,6 +876,29 @@ fn request(
             interval: opt_int(map, "interval", 0, 24 * 60 * 60)?
                 .ok_or(invalid("interval", Reason::Missing))?,
         },
+        Kind::DmHistory => {
+            let with = nick_field(map, "with")?.ok_or(invalid("with", Reason::Missing))?;
+            let (page, limit) = page(map)?;
+            Request::DmHistory { with, page, limit }
+        }
+        Kind::Read => {
+            // `room` or `with`, exactly one (`room` first), then `id`.
+            let room = match take(map, "room") {
+                None => None,
+                Some(Value::String(r)) if validate::valid_room(&r) => Some(r),
+                Some(Value::String(_)) => return Err(invalid("room", Reason::Room)),
+                Some(_) => return Err(invalid("room", Reason::NotString)),
+            };
+            let target = match (room, nick_field(map, "with")?) {
+                (Some(_), Some(_)) => return Err(invalid("with", Reason::Excludes("room"))),
+                (Some(r), None) => ReadTarget::Room(r),
+                (None, Some(w)) => ReadTarget::Dm(w),
+                (None, None) => return Err(invalid("room", Reason::Missing)),
+            };
+            let id =
+                opt_int(map, "id", 0, validate::MAX_INT)?.ok_or(invalid("id", Reason::Missing))?;
+            Request::Read { target, id }
+        }
         Kind::Ban => {
             let room = match take(map, "room") {
                 None => None,
@@ -1101,6 +1155,10 @@ pub enum Out<'a> {
         /// one (`operator`, `owner`, `moderator`; absent: a plain member).
         #[serde(skip_serializing_if = "Option::is_none")]
         role: Option<&'static str>,
+        /// Extension (read positions): the account's last-read id of the
+        /// room (logged-in connections only).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        read: Option<u64>,
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
         r#ref: Option<&'a str>,
     },

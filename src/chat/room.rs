@@ -345,6 +345,24 @@ impl Room {
         (span, pivot + from_on == next)
     }
 
+    /// The ids of a `history` page, and its `latest` flag: only the
+    /// extensions (`after`, `around`) answer one, so that a `before` answer
+    /// stays exactly the contract's.
+    pub fn page_span(&self, page: super::protocol::Page, limit: usize) -> (Span, Option<bool>) {
+        use super::protocol::Page;
+        match page {
+            Page::Before(before) => (self.before_span(before, limit), None),
+            Page::After(after) => {
+                let (span, latest) = self.forward_span(after, limit);
+                (span, Some(latest))
+            }
+            Page::Around(id) => {
+                let (span, latest) = self.around_span(id, limit);
+                (span, Some(latest))
+            }
+        }
+    }
+
     /// Posts a message: assigns its id and `ts`, keeps at most `keep`
     /// (dropping the oldest).
     pub fn post(&mut self, draft: Draft, wall_ms: u64, keep: usize) -> Msg {

@@ -113,6 +113,11 @@ fn op<'a>(r: &'a Record, blobs: &'a super::upload::Committing) -> Op<'a> {
             last_active: *last_active,
         },
         Record::Forget { room } => Op::DeleteRoom { room },
+        Record::Read { room, account, id } => Op::PutRead {
+            room,
+            account,
+            id: *id,
+        },
         Record::Account(a) => match a {
             AccountRecord::Put {
                 name,
@@ -240,6 +245,12 @@ fn load_accounts(store: &mut dyn Store, chat: &mut Chat) -> crate::store::Result
         .collect();
     chat.restore_mutes(mutes, settings.slow);
     chat.restore_uploads(store.uploads()?);
+    chat.restore_reads(
+        store
+            .reads()?
+            .into_iter()
+            .map(|r| (r.room, r.account, r.id)),
+    );
     Ok(())
 }
 

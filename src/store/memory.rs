@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use super::{
-    AccountRow, AuditRow, BanRow, Limits, MessageRow, MuteRow, Op, Result, RoomRow, RoomSettings,
+    AccountRow, AuditRow, BanRow, Limits, MessageRow, MuteRow, Op, ReadRow, Result, RoomRow, RoomSettings,
     SessionRow, Store, StoreError, Trimmed, UploadRow, row_bytes,
 };
 
@@ -12,6 +12,8 @@ struct MemRoom {
     row: RoomRow,
     /// (posting sequence, message), ids contiguous and increasing.
     msgs: VecDeque<(u64, MessageRow)>,
+    /// Read positions by account.
+    reads: BTreeMap<String, u64>,
 }
 
 pub struct MemoryStore {
@@ -91,6 +93,20 @@ impl Store for MemoryStore {
 
     fn upload_data(&mut self, id: u64) -> Result<Option<Vec<u8>>> {
         Ok(self.uploads.get(&id).map(|(_, d)| d.clone()))
+    }
+
+    fn reads(&mut self) -> Result<Vec<ReadRow>> {
+        Ok(self
+            .rooms
+            .iter()
+            .flat_map(|(name, r)| {
+                r.reads.iter().map(|(a, &id)| ReadRow {
+                    room: name.clone(),
+                    account: a.clone(),
+                    id,
+                })
+            })
+            .collect())
     }
 
     fn accounts(&mut self) -> Result<Vec<AccountRow>> {
@@ -241,6 +257,7 @@ impl Store for MemoryStore {
                         MemRoom {
                             row,
                             msgs: VecDeque::new(),
+                            reads: BTreeMap::new(),
                         },
                     );
                 }
@@ -282,6 +299,12 @@ impl Store for MemoryStore {
                     r.row.next_id = r.row.next_id.max(id + 1);
                     r.row.last_active = r.row.last_active.max(ts);
                     touched.push(room.to_string());
+                }
+                Op::PutRead { room, account, id } => {
+                    if let Some(r) = self.rooms.get_mut(room) {
+                        let e = r.reads.entry(account.to_string()).or_insert(0);
+                        *e = (*e).max(id);
+                    }
                 }
                 Op::Touch { room, last_active } => {
                     if let Some(r) = self.rooms.get_mut(room) {

@@ -191,6 +191,14 @@ pub enum Op<'a> {
     },
     /// The upload and its bytes are gone (no effect when not stored).
     DeleteUpload { id: u64 },
+    /// `account` (lowercase) has read `room` up to message `id`; the
+    /// position only moves forward. No effect on a room not stored; gone
+    /// with the room.
+    PutRead {
+        room: &'a str,
+        account: &'a str,
+        id: u64,
+    },
     /// A line of the audit log: who did what, when.
     Audit {
         ts: u64,
@@ -200,6 +208,14 @@ pub enum Op<'a> {
         target: &'a str,
         detail: &'a str,
     },
+}
+
+/// A read position as stored (see [`Op::PutRead`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadRow {
+    pub room: String,
+    pub account: String,
+    pub id: u64,
 }
 
 /// A line of the audit log.
@@ -329,6 +345,8 @@ pub trait Store {
     fn sessions(&mut self) -> Result<Vec<SessionRow>>;
     /// Every room topic, as (room, topic).
     fn topics(&mut self) -> Result<Vec<(String, String)>>;
+    /// Every read position.
+    fn reads(&mut self) -> Result<Vec<ReadRow>>;
     /// Every room moderator, as (room, account).
     fn moderators(&mut self) -> Result<Vec<(String, String)>>;
     /// Every ban still in force at wall-clock `now_ms`.

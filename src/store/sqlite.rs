@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
-    AccountRow, AuditRow, BanRow, Limits, MessageRow, MuteRow, Op, Result, RoomRow, RoomSettings,
+    AccountRow, AuditRow, BanRow, Limits, MessageRow, MuteRow, Op, ReadRow, Result, RoomRow, RoomSettings,
     SessionRow, Store, StoreError, Trimmed, UploadRow, row_bytes,
 };
 
@@ -155,6 +155,15 @@ pub const MIGRATIONS: &[&str] = &[
         WHEN old.image IS NOT NULL BEGIN
         DELETE FROM uploads WHERE id = old.image;
     END;",
+    // 7 -> 8: read positions, per account and room (DM conversations are
+    // rooms too); deleted with their room.
+    "CREATE TABLE reads (
+        account TEXT NOT NULL,
+        room    INTEGER NOT NULL REFERENCES rooms(id),
+        id      INTEGER NOT NULL,
+        PRIMARY KEY (account, room)
+    ) WITHOUT ROWID;
+    CREATE INDEX reads_room ON reads(room);",
 ];
 
 /// The schema version this build writes.
@@ -433,6 +442,23 @@ impl Store for SqliteStore {
         let run = || -> rusqlite::Result<Vec<(String, String)>> {
             let mut st = self.conn.prepare("SELECT room, topic FROM topics")?;
             let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect()
+        };
+        run().map_err(|e| self.err(e))
+    }
+
+    fn reads(&mut self) -> Result<Vec<ReadRow>> {
+        let run = || -> rusqlite::Result<Vec<ReadRow>> {
+            let mut st = self.conn.prepare(
+                "SELECT r.name, x.account, x.id FROM reads x JOIN rooms r ON r.id = x.room",
+            )?;
+            let rows = st.query_map([], |r| {
+                Ok(ReadRow {
+                    room: r.get(0)?,
+                    account: r.get(1)?,
+                    id: uint(r.get(2)?),
+                })
+            })?;
             rows.collect()
         };
         run().map_err(|e| self.err(e))
@@ -941,6 +967,15 @@ impl Store for SqliteStore {
                             .execute(params![room, int(interval_ms)])?;
                         }
                     }
+                    Op::PutRead { room, account, id } => {
+                        if let Some(&rid) = ids.get(room) {
+                            tx.prepare_cached(
+                                "INSERT INTO reads (account, room, id) VALUES (?1, ?2, ?3)
+                                 ON CONFLICT (account, room) DO UPDATE SET id = max(id, excluded.id)",
+                            )?
+                            .execute(params![account, rid, int(id)])?;
+                        }
+                    }
                     Op::Audit {
                         ts,
                         actor,
@@ -1102,6 +1137,8 @@ fn delete_room(tx: &rusqlite::Transaction<'_>, rid: i64) -> rusqlite::Result<u64
         .optional()?
         .unwrap_or(0);
     tx.prepare_cached("DELETE FROM messages WHERE room = ?1")?
+        .execute([rid])?;
+    tx.prepare_cached("DELETE FROM reads WHERE room = ?1")?
         .execute([rid])?;
     tx.prepare_cached("DELETE FROM rooms WHERE id = ?1")?
         .execute([rid])?;

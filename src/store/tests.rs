@@ -434,3 +434,52 @@ fn sqlite_store_accounts() {
     let mut s = SqliteStore::open(&d.0, Options::default()).unwrap();
     assert_eq!(s.accounts().unwrap().len(), 2);
 }
+
+/// Read positions: forward only, ignored for a room not stored, gone with
+/// their room (and with a room replaced under the same name).
+fn reads(s: &mut dyn Store) {
+    let read = |room: &'static str, account: &'static str, id| Op::PutRead { room, account, id };
+    s.commit(&[
+        room("r", "e1"),
+        msg("r", 1, "a"),
+        msg("r", 2, "b"),
+        room("q", "e2"),
+        msg("q", 1, "c"),
+    ])
+    .unwrap();
+    s.commit(&[
+        read("r", "al", 2),
+        read("r", "al", 1),
+        read("q", "bo", 1),
+        read("nope", "al", 3),
+    ])
+    .unwrap();
+    let mut got: Vec<(String, String, u64)> = s
+        .reads()
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.room, r.account, r.id))
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [("q".into(), "bo".into(), 1), ("r".into(), "al".into(), 2)]
+    );
+    s.commit(&[Op::DeleteRoom { room: "q" }, room("r", "e3")])
+        .unwrap();
+    assert!(s.reads().unwrap().is_empty());
+}
+
+#[test]
+fn memory_store_reads() {
+    reads(&mut MemoryStore::new(Limits {
+        per_room: 10,
+        max_bytes: 0,
+    }));
+}
+
+#[test]
+fn sqlite_store_reads() {
+    let d = Dir::new("reads");
+    reads(&mut SqliteStore::open(&d.0, Options::default()).unwrap());
+}

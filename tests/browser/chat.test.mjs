@@ -398,6 +398,106 @@ async function accounts({ base, ctxOpts, outside }) {
   });
 }
 
+// DM history and read positions (logged in): a DM survives a reload, the
+// new-messages marker after a reload comes from the server's position (not
+// this device's), and reading on one page clears the badge on the other.
+async function dmread({ base, ctxOpts, outside }) {
+  const ctxD = await browser.newContext(ctxOpts);
+  const dora = await ctxD.newPage();
+  const finn = await (await browser.newContext(ctxOpts)).newPage();
+  pages.dora = dora;
+  pages.finn = finn;
+  const watch = (who, page) => page.on('pageerror', (e) => { log(`${who} page error: ${e.message}`); outside.push(`${who}: page error ${e.message}`); });
+  watch('dora', dora);
+  watch('finn', finn);
+  const badge = (page) => page.locator('.me-text [data-testid="account-badge"]');
+  const registerAs = async (page, nick) => {
+    await signIn(page, base, nick);
+    await tid(page, 'nick-change').click();
+    await tid(page, 'password-input').fill(`${nick} password 1`);
+    await tid(page, 'register').click();
+    await badge(page).waitFor({ timeout: STEP_TIMEOUT });
+    await tid(page, 'nick-input').waitFor({ state: 'hidden', timeout: STEP_TIMEOUT });
+  };
+  const unread = (page, sel) => page.locator(`${sel} [data-testid="unread"]`);
+  const dmEntry = (nick) => `[data-testid="dm-entry"][data-nick="${nick}"]`;
+  const roomEntry = (room) => `[data-testid="room-entry"][data-room="${room}"]`;
+  const markerBefore = (page, text) => page.waitForFunction((t) => document.querySelector('[data-testid="new-marker"]')?.nextElementSibling?.querySelector('[data-testid="message-text"]')?.textContent === t, text, { timeout: STEP_TIMEOUT });
+
+  await check('dm history: two users register and share a room', async () => {
+    await registerAs(dora, 'dora');
+    await registerAs(finn, 'finn');
+    await joinRoom(dora, 'readroom');
+    await joinRoom(finn, 'readroom');
+    await memberPresent(dora, 'finn');
+  });
+  await check('dm history: a DM between accounts survives a reload on both sides', async () => {
+    await finn.locator('[data-testid="member-list"] [data-testid="member"][data-nick="dora"]').click();
+    await finn.locator(`${dmEntry('dora')}[aria-current="page"]`).waitFor({ timeout: STEP_TIMEOUT });
+    await say(finn, 'kept for later');
+    await seesOnce(finn, 'kept for later');
+    await unread(dora, dmEntry('finn')).waitFor({ timeout: STEP_TIMEOUT });
+    await finn.reload();
+    await waitState(finn, 'online');
+    // The conversation comes back open, from the server.
+    await finn.locator(`${dmEntry('dora')}[aria-current="page"]`).waitFor({ timeout: STEP_TIMEOUT });
+    await seesOnce(finn, 'kept for later');
+    await dora.reload();
+    await waitState(dora, 'online');
+    await unread(dora, dmEntry('finn')).waitFor({ timeout: STEP_TIMEOUT });
+    await dora.locator(dmEntry('finn')).click();
+    await seesOnce(dora, 'kept for later');
+    await say(dora, 'got it, thanks');
+    await seesOnce(finn, 'got it, thanks');
+  });
+  await shotAll(dora, 'dm-history');
+  await check('read position: after a reload the marker is where the account stopped reading (not this device)', async () => {
+    await openRoom(dora, 'readroom');
+    await openRoom(finn, 'readroom');
+    for (const t of ['read one', 'read two']) await say(finn, t);
+    await seesOnce(dora, 'read two');
+    await toBottom(dora);
+    await dora.waitForTimeout(1200); // the client sends its position at most every 500 ms
+    await openRoom(dora, 'general');
+    for (const t of ['unread three', 'unread four']) await say(finn, t);
+    await seesOnce(finn, 'unread four');
+    await unread(dora, roomEntry('readroom')).waitFor({ timeout: STEP_TIMEOUT });
+    // This device forgets its own positions: only the server's remain.
+    await dora.evaluate(() => localStorage.removeItem('wschat.read'));
+    await dora.reload();
+    await waitState(dora, 'online');
+    await unread(dora, roomEntry('readroom')).waitFor({ timeout: STEP_TIMEOUT });
+    const n = await unread(dora, roomEntry('readroom')).textContent();
+    if (n !== '2') throw new Error(`unread after reload: ${n}`);
+    await openRoom(dora, 'readroom');
+    await markerBefore(dora, 'unread three');
+  });
+  await shotAll(dora, 'read-marker');
+  await check('read position: reading on one page clears the badge on the other page', async () => {
+    const phone = await ctxD.newPage();
+    pages.phone = phone;
+    watch('phone', phone);
+    await phone.setViewportSize({ width: 390, height: 780 });
+    await phone.goto(base);
+    await waitState(phone, 'online');
+    await badge(phone).waitFor({ timeout: STEP_TIMEOUT });
+    await openRoom(dora, 'general');
+    await phone.locator('[data-testid="menu-toggle"]').click();
+    await openRoom(phone, 'general');
+    await say(finn, 'for both pages');
+    await seesOnce(finn, 'for both pages');
+    await unread(dora, roomEntry('readroom')).waitFor({ timeout: STEP_TIMEOUT });
+    await phone.locator('[data-testid="menu-toggle"]').click();
+    await unread(phone, roomEntry('readroom')).waitFor({ timeout: STEP_TIMEOUT });
+    await shot(phone, 'read-sync-before-phone-light', { width: 390, height: 780, scheme: 'light' });
+    await openRoom(dora, 'readroom');
+    await toBottom(dora);
+    await unread(phone, roomEntry('readroom')).waitFor({ state: 'detached', timeout: STEP_TIMEOUT });
+    await shot(phone, 'read-sync-after-phone-dark', { width: 390, height: 780, scheme: 'dark' });
+    await phone.emulateMedia({ colorScheme: 'light' });
+  });
+}
+
 async function features({ base, alice, bob, carol, dave }) {
   await openRoom(alice, 'team');
   await openRoom(bob, 'team');
@@ -1070,6 +1170,7 @@ async function scenario() {
   await features({ base, alice, bob, carol, dave });
   await messageActions({ alice, bob, archive: CMD ? null : `${SCHEME === 'https' ? 'wss' : 'ws'}://127.0.0.1:${port}/ws` });
   if (!CMD) await accounts({ base, ctxOpts, outside });
+  if (!CMD) await dmread({ base, ctxOpts, outside });
   await check('no request left the machine and no page error', () => {
     if (outside.length) throw new Error(outside.join('; '));
   });
