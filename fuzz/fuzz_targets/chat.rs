@@ -416,6 +416,7 @@ fuzz_target!(|data: &[u8]| {
         max_auth_jobs: 32,
         max_accounts: 10_000,
         registrations_per_hour: 5,
+        uploads: Default::default(),
     };
     let mut h = Harness {
         chat: Chat::new(cfg.clone(), 42),
