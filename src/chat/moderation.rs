@@ -281,7 +281,7 @@ impl Chat {
         now: Now,
     ) -> Result<(), ChatError> {
         let by = self.moderator_name(conn, room)?;
-        let idx = *self.room_names.get(room).ok_or(ChatError::NoSuchMessage)?;
+        let idx = self.room_index(room).ok_or(ChatError::NoSuchMessage)?;
         let r0 = self.room(idx).ok_or(ChatError::NoSuchMessage)?;
         if id < r0.first_kept() || id >= r0.stored_next() {
             return Err(ChatError::NoSuchMessage);
@@ -377,7 +377,7 @@ impl Chat {
     ) -> Result<(), ChatError> {
         let by = self.moderator_name(conn, room)?;
         let target = self.holder(nick).ok_or(ChatError::NoSuchUser)?;
-        let idx = *self.room_names.get(room).ok_or(ChatError::NotInRoom)?;
+        let idx = self.room_index(room).ok_or(ChatError::NotInRoom)?;
         if !self
             .conns
             .get(&target)
@@ -507,7 +507,7 @@ impl Chat {
                     room,
                     id,
                 } => {
-                    let idx = self.room_names.get(room.as_str()).copied();
+                    let idx = self.room_index(room.as_str());
                     if let Some(rm) = idx.and_then(|i| self.room_mut(i)) {
                         let before = rm.bytes;
                         if let Some(m) = rm.history.iter_mut().find(|m| m.id == id) {
@@ -538,7 +538,7 @@ impl Chat {
                     room,
                     topic,
                 } => {
-                    let idx = self.room_names.get(room.as_str()).copied();
+                    let idx = self.room_index(room.as_str());
                     let ev = |r| Out::Moderation {
                         action: "topic",
                         room: Some(&room),
@@ -571,7 +571,7 @@ impl Chat {
                     } else {
                         self.moder.mods.remove(&k);
                     }
-                    let idx = self.room_names.get(room.as_str()).copied();
+                    let idx = self.room_index(room.as_str());
                     let ev = |r| Out::Moderation {
                         action: if on { "moderator" } else { "unmoderator" },
                         room: Some(&room),
@@ -594,7 +594,7 @@ impl Chat {
                     nick,
                     reason,
                 } => {
-                    let idx = self.room_names.get(room.as_str()).copied();
+                    let idx = self.room_index(room.as_str());
                     let ev = |r| Out::Moderation {
                         action: "kick",
                         room: Some(&room),
@@ -622,7 +622,7 @@ impl Chat {
                     let idx = if ban.room.is_empty() {
                         None
                     } else {
-                        self.room_names.get(ban.room.as_str()).copied()
+                        self.room_index(ban.room.as_str())
                     };
                     let ev = |r| Out::Moderation {
                         action: "ban",
@@ -739,7 +739,7 @@ impl Chat {
             nick,
             &format!("until={until} reason={reason}"),
         );
-        let idx = self.room_names.get(room).copied();
+        let idx = self.room_index(room);
         let ev = |r| Out::Moderation {
             action: "mute",
             room: Some(room),
@@ -779,7 +779,7 @@ impl Chat {
             "",
             &format!("interval={interval_s}"),
         );
-        let idx = self.room_names.get(room).copied();
+        let idx = self.room_index(room);
         let ev = |r| Out::Moderation {
             action: "slow",
             room: Some(room),
