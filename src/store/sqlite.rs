@@ -7,12 +7,19 @@
 //! WAL, in the OS, when it returns: it survives the process being killed,
 //! not a power cut. `fsync: true` (`--fsync`) uses `synchronous=FULL`, so
 //! each commit is on the disk before it returns.
+//!
+//! Checkpoints (copying the WAL back into the database file, where SQLite
+//! syncs the disk in either mode) run on a thread of their own with a
+//! connection of its own ([`Checkpointer`]), not inside a commit.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
 
+use rusqlite::wal::CheckpointMode;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
@@ -124,8 +131,106 @@ pub struct SqliteStore {
     bytes: u64,
     limits: Limits,
     fault_file: Option<PathBuf>,
+    /// Checkpoints the WAL off the caller's thread; stopped before `conn`
+    /// closes (see `Drop`).
+    checkpointer: Option<Checkpointer>,
     /// Holds the directory's lock while open.
     _lock: File,
+}
+
+/// WAL pages (4 KiB) past which a commit asks the checkpointer for a
+/// checkpoint: SQLite's own auto-checkpoint threshold. Each checkpoint
+/// syncs the disk twice (the WAL, then the database file), and the first
+/// commit after one syncs the WAL's header as the WAL starts again from its
+/// beginning: one sync on the loop per this many pages.
+const CHECKPOINT_PAGES: i32 = 1000;
+
+/// Past this many WAL pages a commit checkpoints inline after all: a safety
+/// net should the checkpointer stop or fall behind.
+const INLINE_CHECKPOINT_PAGES: i32 = 16_384;
+
+/// Copies the WAL back into the database on a thread with a connection of
+/// its own. With SQLite's auto-checkpoint, the commit that passed 1000
+/// pages of WAL did it inline: a loop turn waited for two disk syncs and
+/// the copy, and so did every message of that turn and the turns behind it
+/// (the p99 of a steady broadcast; docs/benchmarks.md). A passive
+/// checkpoint waits for no lock: commits go on appending to the WAL
+/// meanwhile, and what a checkpoint copies is already durable in the WAL,
+/// so a crash at any point loses nothing a commit returned.
+struct Checkpointer {
+    nudge: Option<mpsc::SyncSender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    /// Starts the thread and hooks `main`'s commits to it.
+    fn start(main: &mut Connection, path: &Path, sync: &str) -> rusqlite::Result<Checkpointer> {
+        let conn = Connection::open(path)?;
+        conn.execute_batch(&format!("PRAGMA synchronous={sync};"))?;
+        let (nudge, rx) = mpsc::sync_channel::<()>(1);
+        let shown = path.display().to_string();
+        let thread = std::thread::Builder::new()
+            .name("wschat-checkpoint".into())
+            .spawn(move || {
+                let mut failing = false;
+                // Nudges while a checkpoint runs count as one. Ends when the
+                // store is dropped.
+                while rx.recv().is_ok() {
+                    match conn.wal_checkpoint_v2(None::<&str>, CheckpointMode::PASSIVE) {
+                        Ok(_) => failing = false,
+                        Err(e) if !failing => {
+                            failing = true;
+                            log::warn!("store: {shown}: checkpoint failed: {e}");
+                        }
+                        Err(_) => {}
+                    }
+                }
+            })
+            .map_err(|e| {
+                rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
+                    Some(format!("cannot start the checkpoint thread: {e}")),
+                )
+            })?;
+        // The hook replaces SQLite's auto-checkpoint: it runs after each
+        // commit with the WAL's size in pages.
+        let tx = nudge.clone();
+        main.wal_hook(Some(move |wal: &mut rusqlite::hooks::Wal, pages: i32| {
+            if pages >= INLINE_CHECKPOINT_PAGES {
+                wal.checkpoint()?;
+            } else if pages >= CHECKPOINT_PAGES {
+                let _ = tx.try_send(());
+            }
+            Ok(())
+        }))?;
+        Ok(Checkpointer {
+            nudge: Some(nudge),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        // Closing the channel ends the thread's wait (the hook holds a
+        // sender too: `SqliteStore`'s drop takes it off first); a
+        // checkpoint under way finishes first.
+        self.nudge = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        // Before `conn` closes: the last connection to close checkpoints
+        // the whole WAL and removes it.
+        let _ = self
+            .conn
+            .wal_hook(None::<fn(&mut rusqlite::hooks::Wal, i32) -> rusqlite::Result<()>>);
+        self.checkpointer = None;
+    }
 }
 
 fn int(v: u64) -> i64 {
@@ -234,10 +339,13 @@ impl SqliteStore {
                 max_bytes: 0,
             }),
             fault_file: opts.fault_file,
+            checkpointer: None,
             _lock: lock,
         };
         store.migrate(version)?;
         store.load_ids().map_err(|e| bad(&e))?;
+        store.checkpointer =
+            Some(Checkpointer::start(&mut store.conn, &store.path, sync).map_err(|e| bad(&e))?);
         Ok(store)
     }
 
