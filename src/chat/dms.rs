@@ -191,7 +191,11 @@ impl Chat {
     /// the rooms.
     pub fn restore_reads(&mut self, rows: impl IntoIterator<Item = (String, String, u64)>) {
         for (room, account, id) in rows {
-            let Some((name, _)) = self.room_names.get_key_value(room.as_str()) else {
+            let Some(name) = self
+                .room_index(&room)
+                .and_then(|i| self.room(i))
+                .map(|r| r.name.clone())
+            else {
                 continue;
             };
             self.dms
@@ -236,9 +240,7 @@ impl Chat {
             }
         };
         // Past the cap a new conversation is live only.
-        let exists = self
-            .room_names
-            .contains_key(conv_name(&key, &peer).as_str());
+        let exists = self.room_index(&conv_name(&key, &peer)).is_some();
         (exists || self.dms.count < self.cfg.max_rooms).then_some((key, peer))
     }
 
@@ -254,8 +256,8 @@ impl Chat {
         out: &mut dyn Outbox,
     ) -> Result<(), ChatError> {
         let name = conv_name(&key, &peer);
-        let idx = match self.room_names.get(name.as_str()) {
-            Some(&i) => i,
+        let idx = match self.room_index(name.as_str()) {
+            Some(i) => i,
             None => {
                 let i = self.new_room(&name, None, now);
                 if let Some(n) = self.room(i).map(|r| r.name.clone()) {
@@ -362,10 +364,7 @@ impl Chat {
         }
         let name = conv_name(&key, &peer);
         let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-        let room = self
-            .room_names
-            .get(name.as_str())
-            .and_then(|&i| self.room(i));
+        let room = self.room_index(name.as_str()).and_then(|i| self.room(i));
         let Some(room) = room else {
             let f = frame(&DmHistoryOut {
                 ty: "dm_history",
@@ -460,10 +459,7 @@ impl Chat {
                 conv_name(&key, &peer)
             }
         };
-        let room = self
-            .room_names
-            .get(name.as_str())
-            .and_then(|&i| self.room(i));
+        let room = self.room_index(name.as_str()).and_then(|i| self.room(i));
         let cur = self.position(&name, &key);
         let Some(room) = room.filter(|room| id.min(room.stored_next().saturating_sub(1)) > cur)
         else {
@@ -574,7 +570,7 @@ impl Chat {
             .get(key.as_str())
             .into_iter()
             .flatten()
-            .filter_map(|n| self.room_names.get(n).and_then(|&i| self.room(i)))
+            .filter_map(|n| self.room_index(n).and_then(|i| self.room(i)))
             .map(|room| DmRead {
                 with: self.shown(other(&room.name, &key)),
                 read: self.position(&room.name, &key),

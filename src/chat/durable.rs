@@ -63,7 +63,11 @@ impl Record {
     pub fn is_answered(&self) -> bool {
         matches!(
             self,
-            Record::Message { .. } | Record::Account(_) | Record::Moderation(_) | Record::Edit(_) | Record::Upload(_)
+            Record::Message { .. }
+                | Record::Account(_)
+                | Record::Moderation(_)
+                | Record::Edit(_)
+                | Record::Upload(_)
                 | Record::Read { .. }
         ) && !matches!(
             self,
@@ -122,25 +126,20 @@ impl Chat {
         let mut order: Vec<(u64, Order)> = Vec::new();
         let window = self.window();
         for r in rooms {
-            if self.room_names.contains_key(r.name.as_str()) {
+            if self.room_names.contains(&self.rooms, &r.name) {
                 continue;
             }
             self.epoch_counter += 1;
             let name: Rc<str> = Rc::from(r.name.as_str());
-            let mut room = Room::new(
-                name.clone(),
-                self.epoch_counter,
-                r.epoch.into_boxed_str(),
-                now.mono_ms,
-            );
+            let mut room = Room::new(name.clone(), self.epoch_counter, &r.epoch, now.mono_ms);
             room.next_id = r.next_id.max(1);
             room.aged = now.wall_ms.saturating_sub(r.last_active);
-            room.durable = Some(Box::new(Durable {
+            room.durable = Some(Durable {
                 first_id: r.first_id.min(room.next_id),
                 pending: 0,
                 stored: true,
                 touched: now.mono_ms,
-            }));
+            });
             let idx = self.rooms.len() as u32;
             let skip = r.messages.len().saturating_sub(window);
             for m in r.messages.into_iter().skip(skip) {
@@ -159,7 +158,7 @@ impl Chat {
             self.kept += room.history.len();
             self.rooms.push(Some(room));
             self.dms.restored(&name);
-            self.room_names.insert(name, idx);
+            self.room_names.insert(&self.rooms, idx);
         }
         // The memory budget drops the server-wide oldest first.
         order.sort_by_key(|(ts, _)| *ts);
@@ -346,7 +345,7 @@ impl Chat {
 
     /// The store's retention dropped the messages of `room` below `first_id`.
     pub fn trimmed(&mut self, room: &str, first_id: u64) {
-        let Some(&idx) = self.room_names.get(room) else {
+        let Some(idx) = self.room_index(room) else {
             return;
         };
         let Some(r) = self.rooms.get_mut(idx as usize).and_then(Option::as_mut) else {
@@ -428,7 +427,7 @@ impl Chat {
             d.stored = true;
             self.records.push(Record::Room {
                 name: room.name.clone(),
-                epoch: room.epoch.clone(),
+                epoch: room.epoch.as_str().into(),
                 next_id: room.next_id,
                 last_active: now.wall_ms,
             });

@@ -490,7 +490,7 @@ impl Chat {
                     on,
                     count,
                 } => {
-                    let idx = self.room_names.get(&*room).copied();
+                    let idx = self.room_index(&room);
                     if let Some(i) = idx {
                         let w = who.clone();
                         self.change_kept(i, id, |m| {
@@ -530,7 +530,7 @@ impl Chat {
                     edited,
                     excerpt,
                 } => {
-                    let idx = self.room_names.get(&*room).copied();
+                    let idx = self.room_index(&room);
                     if let Some(i) = idx {
                         let t = text.clone();
                         self.change_kept(i, id, |m| {

@@ -26,7 +26,7 @@ use std::rc::Rc;
 use nick::{Nick, NickIndex};
 use protocol::{ChatError, HitOut, MsgOut, Out, Page, Parsed, Request, RoomInfo, frame};
 use rate::{Bucket, BucketTable, Verdict};
-use room::{Msg, Order, Room, Span};
+use room::{Members, Msg, Order, Room, RoomIndex, Span};
 
 pub type ConnId = usize;
 
@@ -253,7 +253,7 @@ pub struct Chat {
     /// connection refers to it any more.
     rooms: Vec<Option<Room>>,
     free_rooms: Vec<u32>,
-    room_names: HashMap<Rc<str>, u32>,
+    room_names: RoomIndex,
     /// Every kept message in posting order, server-wide, plus stale entries
     /// (see [`Chat::trim_order`]): the eviction order of the history budget.
     order: VecDeque<Order>,
@@ -327,7 +327,7 @@ fn base36(mut n: u64) -> String {
 /// in that form). A join then costs a binary search and a move, not a sort
 /// of the whole room, which a reconnect storm into a large room repeats for
 /// every member.
-fn insert_member(conns: &ConnTable, members: &mut Vec<ConnId>, conn: ConnId) {
+fn insert_member(conns: &ConnTable, members: &mut Members, conn: ConnId) {
     let nick_of = |m: ConnId| conns.nick(m).unwrap_or_default();
     let nick = nick_of(conn);
     let pos = members.partition_point(|&m| validate::cmp_lowercase(nick_of(m), nick).is_lt());
@@ -335,7 +335,7 @@ fn insert_member(conns: &ConnTable, members: &mut Vec<ConnId>, conn: ConnId) {
 }
 
 /// Takes `conn` out of a member list, keeping the order.
-fn remove_member_id(members: &mut Vec<ConnId>, conn: ConnId) {
+fn remove_member_id(members: &mut Members, conn: ConnId) {
     if let Some(pos) = members.iter().position(|&m| m == conn) {
         members.remove(pos);
     }
@@ -359,7 +359,7 @@ impl Chat {
             nicks: NickIndex::default(),
             rooms: Vec::new(),
             free_rooms: Vec::new(),
-            room_names: HashMap::new(),
+            room_names: RoomIndex::default(),
             order: VecDeque::new(),
             history_bytes: 0,
             kept: 0,
@@ -386,7 +386,20 @@ impl Chat {
         self.conns
             .slots
             .reserve_exact(n.saturating_sub(self.conns.slots.len()));
-        self.nicks.reserve(n);
+        // Not the nick index: its entries land anywhere in the table, so a
+        // table reserved for 65,536 nicks had all its pages resident with
+        // a few thousand users (640 KiB, 64 B per connection at 10,000);
+        // grown by doubling it stays about 2.3 buckets of 5 bytes per nick.
+    }
+
+    /// Makes room for `max_rooms` rooms (at most `n`) without growing later,
+    /// as [`Chat::reserve_connections`] does for connections: the room slab,
+    /// grown by doubling while a join storm fills the heap, left its old
+    /// copies as holes among long-lived allocations. Only the slots in use
+    /// are resident. (Not the name index, for the nick index's reason.)
+    pub fn reserve_rooms(&mut self, n: usize) {
+        let n = n.min(self.cfg.max_rooms);
+        self.rooms.reserve_exact(n.saturating_sub(self.rooms.len()));
     }
 
     /// Connections currently open.
@@ -581,7 +594,7 @@ impl Chat {
             self.forget_stored(&r);
             self.drop_images_below(&r.name, u64::MAX);
             self.dms.forgotten(&r.name);
-            self.room_names.remove(&r.name);
+            self.room_names.remove(&r.name, idx);
             if let Some(owner) = r.owner
                 && let Some(n) = self.room_owners.get_mut(&owner)
             {
@@ -662,6 +675,11 @@ impl Chat {
 
     fn room_mut(&mut self, idx: u32) -> Option<&mut Room> {
         self.rooms.get_mut(idx as usize).and_then(Option::as_mut)
+    }
+
+    /// The slot of the room named `name`.
+    fn room_index(&self, name: &str) -> Option<u32> {
+        self.room_names.get(&self.rooms, name)
     }
 
     /// Removes `conn` from a room, tells the others, and forgets the room at
@@ -844,7 +862,7 @@ impl Chat {
 
     /// The index of a room `conn` has joined.
     fn joined_room(&self, conn: ConnId, name: &str) -> Result<u32, ChatError> {
-        let idx = *self.room_names.get(name).ok_or(ChatError::NotInRoom)?;
+        let idx = self.room_index(name).ok_or(ChatError::NotInRoom)?;
         let c = self.conns.get(&conn).ok_or(ChatError::NotInRoom)?;
         if c.rooms.contains(&idx) {
             Ok(idx)
@@ -949,7 +967,7 @@ impl Chat {
         let Some(c) = self.conns.get(&conn) else {
             return Ok(());
         };
-        let existing = self.room_names.get(name).copied();
+        let existing = self.room_index(name);
         let member_of = existing.filter(|i| c.rooms.contains(i));
         let refresh = member_of.is_some();
         let nick = c.nick;
@@ -1123,23 +1141,18 @@ impl Chat {
             .epoch_seed
             .wrapping_add(self.epoch_counter.wrapping_mul(0x9e37_79b9_7f4a_7c15))));
         let name: Rc<str> = Rc::from(name);
-        let room = Room::new(
-            name.clone(),
-            self.epoch_counter,
-            epoch.into_boxed_str(),
-            now.mono_ms,
-        );
+        let room = Room::new(name, self.epoch_counter, &epoch, now.mono_ms);
         let mut room = room;
         room.owner = owner;
         if let Some(k) = owner {
             *self.room_owners.entry(k).or_insert(0) += 1;
         }
         if self.cfg.durable {
-            room.durable = Some(Box::new(room::Durable {
+            room.durable = Some(room::Durable {
                 first_id: room.next_id,
                 touched: now.mono_ms,
                 ..room::Durable::default()
-            }));
+            });
         }
         let idx = match self.free_rooms.pop() {
             Some(i) => {
@@ -1151,7 +1164,7 @@ impl Chat {
                 (self.rooms.len() - 1) as u32
             }
         };
-        self.room_names.insert(name, idx);
+        self.room_names.insert(&self.rooms, idx);
         idx
     }
 

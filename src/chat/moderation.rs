@@ -495,7 +495,7 @@ impl Chat {
             Ok(by) => by,
             Err(e) => return self.delete_own(conn, room, id, r, now, out, e),
         };
-        let idx = *self.room_names.get(room).ok_or(ChatError::NoSuchMessage)?;
+        let idx = self.room_index(room).ok_or(ChatError::NoSuchMessage)?;
         let r0 = self.room(idx).ok_or(ChatError::NoSuchMessage)?;
         if id < r0.first_kept() || id >= r0.stored_next() {
             return Err(ChatError::NoSuchMessage);
@@ -612,7 +612,7 @@ impl Chat {
         let by = self.moderator_name(conn, room)?;
         let target = self.holder(nick).ok_or(ChatError::NoSuchUser)?;
         self.check_outranks(conn, room, Some(target), nick)?;
-        let idx = *self.room_names.get(room).ok_or(ChatError::NotInRoom)?;
+        let idx = self.room_index(room).ok_or(ChatError::NotInRoom)?;
         if !self
             .conns
             .get(&target)
@@ -745,7 +745,7 @@ impl Chat {
                     room,
                     id,
                 } => {
-                    let idx = self.room_names.get(room.as_str()).copied();
+                    let idx = self.room_index(room.as_str());
                     if let Some(i) = idx {
                         self.tombstone(i, id);
                     }
@@ -765,7 +765,7 @@ impl Chat {
                     room,
                     topic,
                 } => {
-                    let idx = self.room_names.get(room.as_str()).copied();
+                    let idx = self.room_index(room.as_str());
                     let ev = Event {
                         action: "topic",
                         room: Some(&room),
@@ -804,7 +804,7 @@ impl Chat {
                     for (c, before) in &theirs {
                         self.send_role_changes(*c, before, out);
                     }
-                    let idx = self.room_names.get(room.as_str()).copied();
+                    let idx = self.room_index(room.as_str());
                     let ev = Event {
                         action: if on { "moderator" } else { "unmoderator" },
                         room: Some(&room),
@@ -823,7 +823,7 @@ impl Chat {
                     nick,
                     reason,
                 } => {
-                    let idx = self.room_names.get(room.as_str()).copied();
+                    let idx = self.room_index(room.as_str());
                     let ev = Event {
                         action: "kick",
                         room: Some(&room),
@@ -852,7 +852,7 @@ impl Chat {
                                 && m.nick == mute.nick
                                 && m.account == mute.account)
                     });
-                    let idx = self.room_names.get(mute.room.as_str()).copied();
+                    let idx = self.room_index(mute.room.as_str());
                     let ev = Event {
                         action: "mute",
                         room: Some(&mute.room),
@@ -878,7 +878,7 @@ impl Chat {
                     } else {
                         self.moder.slow.insert(room.clone(), interval_s * 1000);
                     }
-                    let idx = self.room_names.get(room.as_str()).copied();
+                    let idx = self.room_index(room.as_str());
                     let ev = Event {
                         action: "slow",
                         room: Some(&room),
@@ -899,7 +899,7 @@ impl Chat {
                     let idx = if ban.room.is_empty() {
                         None
                     } else {
-                        self.room_names.get(ban.room.as_str()).copied()
+                        self.room_index(ban.room.as_str())
                     };
                     let ev = Event {
                         action: "ban",

@@ -81,14 +81,6 @@ impl NickIndex {
         self.table.is_empty()
     }
 
-    /// Makes room for `n` nicks in all. Only ids are stored, so no rehash
-    /// (and no `nick_of`) is needed while the table is empty.
-    pub fn reserve(&mut self, n: usize) {
-        if self.is_empty() {
-            self.table = HashTable::with_capacity(n);
-        }
-    }
-
     /// The holder of `nick` (in any case), if any.
     pub fn get<'a>(&self, nick: &str, nick_of: impl Fn(u32) -> Option<&'a str>) -> Option<u32> {
         if nick.len() > MAX_NICK_LEN {

@@ -1,9 +1,20 @@
 //! A room: its members, its history ring and its epoch.
 
 use std::collections::VecDeque;
+use std::fmt;
+use std::hash::{BuildHasher, RandomState};
+use std::ops::Deref;
 use std::rc::Rc;
 
+use hashbrown::HashTable;
+use smallvec::SmallVec;
+
 use super::ConnId;
+
+/// A room's members. Many rooms have one or two (a room per person, a
+/// direct conversation): those fit inline, with no allocation of their own;
+/// past two the list moves to the heap as a `Vec` would.
+pub type Members = SmallVec<[ConnId; 2]>;
 
 /// One kept room message. `from` is the sender's nick when it was posted,
 /// shared by the message's copies (the ring and the frames' serialiser).
@@ -123,9 +134,9 @@ pub struct Room {
     /// Unique per room creation within a run: tells a recreated room in a
     /// reused slot from the one an old `Order` entry points to.
     pub serial: u64,
-    pub epoch: Box<str>,
-    /// Unordered; sorted only when a member list is sent.
-    pub members: Vec<ConnId>,
+    pub epoch: Epoch,
+    /// In the order `joined` lists them (see `insert_member`).
+    pub members: Members,
     /// Kept messages, ids contiguous and increasing. Changed only through
     /// [`Room::post`] and [`Room::pop_oldest`], which keep `bytes` exact.
     pub history: VecDeque<Msg>,
@@ -143,8 +154,9 @@ pub struct Room {
     /// Retention already used up before `empty_since` (a room restored from
     /// the store was memberless before the server started).
     pub aged: u64,
-    /// Durable rooms only (see `ChatConfig::durable`):
-    pub durable: Option<Box<Durable>>,
+    /// Durable rooms only (see `ChatConfig::durable`). Inline: durable is
+    /// the default, and a box of its own cost every room an allocation.
+    pub durable: Option<Durable>,
 }
 
 /// A durable room's state beside its in-memory window: `history` holds only
@@ -172,12 +184,12 @@ pub struct Span {
 }
 
 impl Room {
-    pub fn new(name: Rc<str>, serial: u64, epoch: Box<str>, now_ms: u64) -> Room {
+    pub fn new(name: Rc<str>, serial: u64, epoch: &str, now_ms: u64) -> Room {
         Room {
             name,
             serial,
-            epoch,
-            members: Vec::new(),
+            epoch: Epoch::new(epoch),
+            members: Members::new(),
             history: VecDeque::new(),
             bytes: 0,
             next_id: 1,
@@ -389,5 +401,177 @@ impl Room {
     /// Whether the message `id` is still in the window.
     pub fn keeps(&self, id: u64) -> bool {
         self.window_first() <= id && id < self.stored_next()
+    }
+}
+
+/// A room's epoch, inline: the epochs this server makes are at most 13
+/// characters (a u64 in base 36), so a room pays no allocation for its
+/// epoch (idle rooms are many: a room per person is normal). A longer one,
+/// from a store written otherwise, is boxed.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Epoch {
+    Inline { len: u8, bytes: [u8; EPOCH_INLINE] },
+    Boxed(Box<str>),
+}
+
+/// Bytes an [`Epoch`] holds inline: as many as fit beside its tag and
+/// length in the 24 bytes the boxed form takes anyway.
+const EPOCH_INLINE: usize = 22;
+
+impl Epoch {
+    pub fn new(s: &str) -> Epoch {
+        if s.len() <= EPOCH_INLINE {
+            let mut bytes = [0u8; EPOCH_INLINE];
+            bytes[..s.len()].copy_from_slice(s.as_bytes());
+            Epoch::Inline {
+                len: s.len() as u8,
+                bytes,
+            }
+        } else {
+            Epoch::Boxed(s.into())
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            // Copied whole from a `&str` in `new`, so always UTF-8.
+            Epoch::Inline { len, bytes } => {
+                std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default()
+            }
+            Epoch::Boxed(s) => s,
+        }
+    }
+}
+
+impl Deref for Epoch {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl fmt::Debug for Epoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+/// Room name → slot of `Chat::rooms`. The table keeps only the slot (4
+/// bytes a room, where a map keyed by the name kept a 16-byte pointer beside
+/// it); the name is read back from the room in its slot.
+#[derive(Default)]
+pub struct RoomIndex {
+    table: HashTable<u32>,
+    hasher: RandomState,
+}
+
+fn slot_name(rooms: &[Option<Room>], idx: u32) -> Option<&str> {
+    rooms
+        .get(idx as usize)
+        .and_then(Option::as_ref)
+        .map(|r| &*r.name)
+}
+
+impl RoomIndex {
+    pub fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.table.is_empty()
+    }
+
+    /// The slot of the room named `name`.
+    pub fn get(&self, rooms: &[Option<Room>], name: &str) -> Option<u32> {
+        self.table
+            .find(self.hasher.hash_one(name), |&i| {
+                slot_name(rooms, i) == Some(name)
+            })
+            .copied()
+    }
+
+    /// Whether a room named `name` is indexed.
+    pub fn contains(&self, rooms: &[Option<Room>], name: &str) -> bool {
+        self.get(rooms, name).is_some()
+    }
+
+    /// Indexes the room in slot `idx` under its name, which no indexed room
+    /// has. Every indexed slot must hold its room: growing rehashes them.
+    pub fn insert(&mut self, rooms: &[Option<Room>], idx: u32) {
+        let RoomIndex { table, hasher } = self;
+        let Some(name) = slot_name(rooms, idx) else {
+            return;
+        };
+        table.insert_unique(hasher.hash_one(name), idx, |&i| {
+            hasher.hash_one(slot_name(rooms, i).unwrap_or_default())
+        });
+    }
+
+    /// Forgets slot `idx`, indexed under `name` (its room may already be
+    /// out of the slot): slots are unique, so comparing them along `name`'s
+    /// probe sequence finds exactly its entry.
+    pub fn remove(&mut self, name: &str, idx: u32) {
+        if let Ok(e) = self
+            .table
+            .find_entry(self.hasher.hash_one(name), |&i| i == idx)
+        {
+            e.remove();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An idle room's cost is mostly this struct (README, Performance: a
+    /// connection and its room in ≤ 512 B): keep it from growing unnoticed.
+    #[test]
+    fn room_state_stays_small() {
+        assert!(std::mem::size_of::<Option<Room>>() <= 200);
+        assert_eq!(std::mem::size_of::<Epoch>(), 24);
+        assert_eq!(std::mem::size_of::<Members>(), 24);
+    }
+
+    #[test]
+    fn epochs_of_any_length_read_back() {
+        for s in [
+            "",
+            "ep",
+            "3w5e11264sgsf",
+            "0123456789012345678901",
+            "a longer epoch than fits inline",
+        ] {
+            assert_eq!(Epoch::new(s).as_str(), s);
+        }
+        assert!(matches!(Epoch::new("3w5e11264sgsf"), Epoch::Inline { .. }));
+        assert!(matches!(
+            Epoch::new("a longer epoch than fits inline"),
+            Epoch::Boxed(_)
+        ));
+    }
+
+    #[test]
+    fn the_index_finds_rooms_by_name_and_forgets_them_by_slot() {
+        let mut rooms: Vec<Option<Room>> = Vec::new();
+        let mut index = RoomIndex::default();
+        for i in 0..100u32 {
+            rooms.push(Some(Room::new(
+                Rc::from(format!("r{i}")),
+                u64::from(i),
+                "e",
+                0,
+            )));
+            index.insert(&rooms, i);
+        }
+        assert_eq!(index.len(), 100);
+        assert_eq!(index.get(&rooms, "r42"), Some(42));
+        assert_eq!(index.get(&rooms, "r100"), None);
+        // Forgotten after its room left the slot, as `Chat::forget` does.
+        let gone = rooms[42].take().map(|r| r.name);
+        index.remove(gone.as_deref().unwrap_or_default(), 42);
+        assert_eq!(index.get(&rooms, "r42"), None);
+        assert_eq!(index.get(&rooms, "r41"), Some(41));
+        assert_eq!(index.len(), 99);
     }
 }

@@ -342,9 +342,8 @@ impl Chat {
         // gone for good, and its image with it.
         let durable = self.cfg.durable;
         let kept = |room: &str, id: u64| {
-            self.room_names
-                .get(room)
-                .and_then(|&i| self.room(i))
+            self.room_index(room)
+                .and_then(|i| self.room(i))
                 .is_some_and(|r| r.keeps(id))
         };
         let expired: Vec<u64> = self

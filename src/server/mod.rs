@@ -384,6 +384,7 @@ impl Server {
             .saturating_add(REJECT_SLACK)
             .min(MAX_RESERVED_CONNS);
         chat.reserve_connections(reserve);
+        chat.reserve_rooms(MAX_RESERVED_CONNS);
         let auth = auth::Worker::start(
             cfg.max_auth_jobs as usize,
             mio::Waker::new(poll.registry(), AUTH_WAKER)?,

@@ -4,8 +4,8 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use super::{
-    AccountRow, AuditRow, BanRow, Limits, MessageRow, MuteRow, Op, ReadRow, Result, RoomRow, RoomSettings,
-    SessionRow, Store, StoreError, Trimmed, UploadRow, row_bytes,
+    AccountRow, AuditRow, BanRow, Limits, MessageRow, MuteRow, Op, ReadRow, Result, RoomRow,
+    RoomSettings, SessionRow, Store, StoreError, Trimmed, UploadRow, row_bytes,
 };
 
 struct MemRoom {

@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
-    AccountRow, AuditRow, BanRow, Limits, MessageRow, MuteRow, Op, ReadRow, Result, RoomRow, RoomSettings,
-    SessionRow, Store, StoreError, Trimmed, UploadRow, row_bytes,
+    AccountRow, AuditRow, BanRow, Limits, MessageRow, MuteRow, Op, ReadRow, Result, RoomRow,
+    RoomSettings, SessionRow, Store, StoreError, Trimmed, UploadRow, row_bytes,
 };
 
 /// The database file inside the data directory.
