@@ -19,17 +19,7 @@ fn chat_frames() -> Vec<(String, Vec<u8>)> {
         encoder makes short messages cheaper to compress than zlib does with \
         its large hash table that it clears for every single message sent";
     let words: Vec<&str> = words.split_whitespace().collect();
-    let text = |len: usize, seed: usize| {
-        let mut s = String::new();
-        let mut i = seed;
-        while s.len() < len {
-            s.push_str(words[(i * 7 + 3) % words.len()]);
-            s.push(' ');
-            i += 1;
-        }
-        s.truncate(len);
-        s
-    };
+    let text = |len: usize, seed: usize| text_of(&words, len, seed);
     let msg = |id: usize, from: &str, t: &str| {
         format!(
             r#"{{"type":"message","room":"general","id":{id},"from":"{from}","text":"{t}","ts":{}}}"#,
@@ -82,6 +72,19 @@ fn min_time(f: impl Fn(&mut Vec<u8>)) -> f64 {
     best
 }
 
+/// `len` bytes of `words`, from the `seed`-th on in a fixed shuffle.
+fn text_of(words: &[&str], len: usize, seed: usize) -> String {
+    let mut s = String::new();
+    let mut i = seed;
+    while s.len() < len {
+        s.push_str(words[(i * 7 + 3) % words.len()]);
+        s.push(' ');
+        i += 1;
+    }
+    s.truncate(len);
+    s
+}
+
 /// Chat `message` frames whose text is `len` bytes, as the server sends
 /// them (several senders and texts, so one is not a lucky case).
 fn chat_message(len: usize, seed: usize) -> Vec<u8> {
@@ -89,14 +92,7 @@ fn chat_message(len: usize, seed: usize) -> Vec<u8> {
         "ok", "the", "release", "notes", "are", "out", "did", "you", "see", "alice", "lunch",
         "tomorrow", "at", "noon", "?", "sounds", "good", "to", "me", "thanks", "!", "lol", "bob",
     ];
-    let mut t = String::new();
-    let mut i = seed;
-    while t.len() < len {
-        t.push_str(words[(i * 7 + 3) % words.len()]);
-        t.push(' ');
-        i += 1;
-    }
-    t.truncate(len);
+    let t = text_of(&words, len, seed);
     format!(
         r#"{{"type":"message","room":"general","id":{},"from":"{}","text":"{t}","ts":{}}}"#,
         1000 + seed * 37,
