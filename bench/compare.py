@@ -6,6 +6,15 @@ and why it is not shipped), and print a table.
 
     bench/compare.py [--servers wschat,uws,uws-cpp] [--uws-cpp PATH] [--runs 2] [--quick]
 
+A server name ending in `+deflate` runs with permessage-deflate: the bench
+gets `--deflate` (it offers what Chromium offers, compresses its messages
+and inflates the server's) and the uWebSockets C++ reference is started
+with `deflate` (its SHARED_COMPRESSOR, every send and publish compressed).
+`wschat-t0` is wschat with `--deflate-threshold 0` (every message
+compressed, however short), `wschat-nodeflate` with `--no-deflate`:
+
+    bench/compare.py --servers wschat-t0+deflate,uws-cpp+deflate,wschat,uws-cpp --only deflate
+
 Each scenario gets a fresh server pinned to core 0 (`taskset -c 0`); the
 load generator runs on core 1. Figures are medians of --runs runs. Needs a
 release build (`cargo build --release`) and, for uws, `npm ci` in
@@ -26,13 +35,23 @@ def free_port():
 
 # wschat variants: the default (persisting, each run in a fresh data
 # directory), in memory only, and with every commit fsynced.
-WSCHAT_FLAGS = {"wschat": [], "wschat-nopersist": ["--no-persist"], "wschat-fsync": ["--fsync"]}
+WSCHAT_FLAGS = {"wschat": [], "wschat-nopersist": ["--no-persist"], "wschat-fsync": ["--fsync"],
+                "wschat-t0": ["--deflate-threshold", "0"], "wschat-nodeflate": ["--no-deflate"]}
+
+
+def split(server):
+    """`name+deflate` -> (name, True)."""
+    name, plus, opt = server.partition("+")
+    if plus and opt != "deflate":
+        sys.exit(f"{server}: the only option is +deflate")
+    return name, bool(plus)
 
 
 UWS_CPP = os.environ.get("UWS_CPP", "")
 
 
 def start(server, port):
+    server, deflate = split(server)
     if server in WSCHAT_FLAGS:
         data = tempfile.mkdtemp(prefix="wschat-bench-")
         atexit.register(shutil.rmtree, data, True)
@@ -41,11 +60,13 @@ def start(server, port):
     elif server == "uws-cpp":
         if not UWS_CPP or not os.access(UWS_CPP, os.X_OK):
             sys.exit("uws-cpp: pass the reference's binary with --uws-cpp PATH (docs/benchmarks.md)")
-        cmd = [UWS_CPP, str(port)]
+        cmd = [UWS_CPP, str(port)] + (["deflate"] if deflate else [])
     else:
         cmd = ["node", os.path.join(ROOT, "bench/reference/uws.mjs"), str(port)]
     if TASKSET:
         cmd = TASKSET + ["0"] + cmd
+    if deflate and server not in WSCHAT_FLAGS and server != "uws-cpp":
+        sys.exit(f"{server}+deflate: not supported")
     # wschat logs its commit times (count, mean, max) at a clean stop: keep
     # its log to read them back (see stop()).
     log = tempfile.TemporaryFile() if server in WSCHAT_FLAGS else subprocess.DEVNULL
@@ -82,8 +103,8 @@ def stop(p):
     return {"commits": int(m[1]), "mean_us": int(m[2]), "max_us": int(m[3]), "cpu_us": int(m[4])} if m else {}
 
 
-def bench(args, pid):
-    cmd = [BENCH] + args + ["--server-pid", str(pid), "--json"]
+def bench(args, pid, deflate=False):
+    cmd = [BENCH] + args + ["--server-pid", str(pid), "--json"] + (["--deflate"] if deflate else [])
     if TASKSET:
         cmd = TASKSET + ["1"] + cmd
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
@@ -123,6 +144,23 @@ def scenarios(d):
         ("large: 10 conns x 4 in flight, 64 KiB", "echo",
          ["echo", "--connections", "10", "--size", "65536", "--in-flight", "4", "--binary", "--duration", d],
          {"GB/s": lambda r: r["mb_per_s"] / 1000, "GB per server cpu-s": lambda r: r["server"]["bytes_per_cpu_s"] / 1e9}),
+        # permessage-deflate (issue 16): run with +deflate servers.
+        ("deflate: echo 64 B, 100 conns x 16 in flight", "echo",
+         ["echo", "--connections", "100", "--size", "64", "--in-flight", "16", "--duration", d],
+         {"msg per server cpu-s": lambda r: r["server"]["msgs_per_cpu_s"], "msg/s": lambda r: r["msgs_per_s"],
+          "server us per msg": lambda r: 1e6 / r["server"]["msgs_per_cpu_s"],
+          "server cpu": lambda r: r["server"]["cpu_util"]}),
+        *[(f"deflate: broadcast 1 -> 1000 receivers, {size} B, window 32", "ws",
+           ["broadcast", "--receivers", "1000", "--senders", "1", "--size", str(size), "--window", "32", "--duration", d],
+           {"deliveries per server cpu-s": lambda r: r["server"]["msgs_per_cpu_s"],
+            "server us per delivery": lambda r: 1e6 / r["server"]["msgs_per_cpu_s"],
+            "deliveries/s": lambda r: r["msgs_per_s"], "p50 ms": lambda r: r["latency_us"]["p50"] / 1000,
+            "lost": lambda r: r.get("lost", 0), "server cpu": lambda r: r["server"]["cpu_util"],
+            "payload B per delivery": lambda r: r.get("compressed_payload_mean") or r["bytes"] / r["messages"]})
+          for size in (64, 440)],
+        ("deflate: idle 10,000 /ws connections, each joined one room", "ws",
+         ["idle", "--connections", "10000", "--hold", "12s", "--join", "idle"],
+         {"RSS per conn B": lambda r: r["server"]["rss_per_conn_bytes"]}),
         ("idle: 10,000 /echo connections", "echo",
          ["idle", "--connections", "10000", "--hold", "12s"],
          {"handshakes/s": lambda r: r["handshakes_per_s"], "RSS per conn B": lambda r: r["server"]["rss_per_conn_bytes"]}),
@@ -165,12 +203,16 @@ def main():
         # Runs interleaved (A B A B …), so that drifting machine load falls
         # on every server alike.
         vals_of = {server: {c: [] for c in cols} for server in servers}
+        # The machine's load average at each run's start: figures from a
+        # shared machine mean little without it.
+        loads = []
         for _ in range(a.runs):
             for server in servers:
                 vals = vals_of[server]
                 port = free_port()
+                loads.append(os.getloadavg()[0])
                 p = start(server, port)
-                r = bench([args[0], "--url", f"ws://127.0.0.1:{port}/{path}"] + args[1:], p.pid)
+                r = bench([args[0], "--url", f"ws://127.0.0.1:{port}/{path}"] + args[1:], p.pid, split(server)[1])
                 store = stop(p)
                 if r is not None and store:
                     r["store"] = store
@@ -192,6 +234,8 @@ def main():
             print(f"{name} | {server} | " + ", ".join(
                 f"{c} {fmt(cells[c])}" + (f" ({'/'.join(fmt(x) for x in v)})" if len(v) > 1 else "")
                 for c, v in vals.items()), flush=True)
+        if loads:
+            print(f"{name} | load average {min(loads):.1f}-{max(loads):.1f} over its runs", flush=True)
     print()
     print("| scenario | server | figures |")
     print("| --- | --- | --- |")

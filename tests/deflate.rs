@@ -172,7 +172,8 @@ fn recv_message(s: &mut TcpStream) -> (bool, Value) {
 
 #[test]
 fn deflate_broadcast_compressed_to_deflate_peers_plain_to_others() {
-    let server = Server::start(&["--rate-burst", "0"]);
+    // The threshold above the short message's frame (about 80 bytes).
+    let server = Server::start(&["--rate-burst", "0", "--deflate-threshold", "120"]);
     let mut zed = chat_peer(&server, "zed", CHROMIUM_OFFER);
     let mut pat = chat_peer(&server, "pat", "");
     let mut amy = chat_peer(&server, "amy", CHROMIUM_OFFER);

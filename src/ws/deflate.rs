@@ -374,9 +374,11 @@ pub(super) fn stored(payload: &[u8], out: &mut Vec<u8>) {
     out.push(0);
 }
 
-/// Frees the pooled compressors and inflaters (the server does so when it
-/// trims the heap): an idle server holds no zlib state.
+/// Frees the pooled compressors and inflaters and the short-message
+/// encoder's tables (the server does so when it trims the heap): an idle
+/// server holds no compression state.
 pub fn release_pools() {
+    deflate_short::release_scratch();
     COMPRESSORS.with_borrow_mut(|p| *p = Vec::new());
     INFLATERS.with_borrow_mut(|p| *p = Vec::new());
 }

@@ -143,6 +143,8 @@ impl Handler for Bcast {
                     if now >= self.m0 && now < self.m1 {
                         self.stats.completed += 1;
                         self.stats.bytes += payload.len() as u64;
+                        self.stats.compressed += 1;
+                        self.stats.compressed_bytes += payload.len() as u64;
                     }
                     return;
                 }

@@ -405,6 +405,8 @@ fn base_report(scenario: String, conns: usize, common: &Common, st: &Stats, s: &
         handshake_us: report::Latency::of(&st.hs),
         client_cpu_s: s.client1 - s.client0,
         server: server_use(s, st.completed, st.bytes),
+        compressed_payload_mean: (st.compressed > 0)
+            .then(|| st.compressed_bytes as f64 / st.compressed as f64),
         errors: st.errors(),
         error_detail: ErrorDetail::of(st),
         ..Report::default()

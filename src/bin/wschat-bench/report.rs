@@ -33,6 +33,11 @@ pub struct Stats {
     pub completed: u64,
     /// Payload bytes of `completed`.
     pub bytes: u64,
+    /// Of `completed`, those that arrived compressed and were counted
+    /// without being inflated (broadcast receivers outside the inflating
+    /// sample), and their payload bytes as received.
+    pub compressed: u64,
+    pub compressed_bytes: u64,
     /// Broadcast: deliveries of messages sent during the measured period,
     /// whenever they arrived before the end of the drain.
     pub window_deliveries: u64,
@@ -58,6 +63,8 @@ impl Default for Stats {
             sent: 0,
             completed: 0,
             bytes: 0,
+            compressed: 0,
+            compressed_bytes: 0,
             window_deliveries: 0,
             settled_ns: 0,
         }
@@ -101,6 +108,8 @@ impl Stats {
         self.sent += o.sent;
         self.completed += o.completed;
         self.bytes += o.bytes;
+        self.compressed += o.compressed;
+        self.compressed_bytes += o.compressed_bytes;
         self.window_deliveries += o.window_deliveries;
         self.settled_ns = self.settled_ns.max(o.settled_ns);
     }
@@ -144,6 +153,10 @@ pub struct Report {
     pub error_detail: ErrorDetail,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lost: Option<i64>,
+    /// Mean payload bytes of a message that arrived compressed (the bytes
+    /// on the wire are these plus the frame header).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compressed_payload_mean: Option<f64>,
 }
 
 #[derive(Serialize, Default, Clone, Copy)]
@@ -335,6 +348,9 @@ impl Report {
         }
         if let Some(l) = self.lost {
             rows.push(("lost", l.to_string()));
+        }
+        if let Some(b) = self.compressed_payload_mean {
+            rows.push(("compressed payload per message", format!("{b:.1} B")));
         }
         let w = rows
             .iter()
