@@ -20,22 +20,44 @@ stripped=$(mktemp)
 trap 'rm -f "$stripped"' EXIT
 strip -o "$stripped" "$bin" 2>/dev/null || cp "$bin" "$stripped"
 echo "binary: $(stat -c %s "$stripped") B stripped"
-readelf -SW "$bin" | awk '$2 ~ /^\./ && $6 ~ /^[0-9a-f]+$/ {s=strtonum("0x"$6); if (s > 4096) printf "  section %-20s %9d B\n", $2, s}'
-echo
-nm --size-sort -S -C "$bin" | awk '
-{
-    size = strtonum("0x" $2); name = $0
-    sub(/^[0-9a-f]+ [0-9a-f]+ [a-zA-Z] /, "", name)
-    n = name
-    gsub(/^(<|_<|&|\*const |\*mut |dyn )+/, "", n)
-    sub(/^core::ptr::drop_in_place<(<|&)*/, "", n)
-    if (n ~ /^sqlite3|^sqlite/ || n ~ /^(fts5|Fts5)/) crate = "sqlite (C)"
-    else if (n ~ /^ring_core|^GFp|^LIMBS|^bn_|^aes_|^gcm_|^ChaCha|^chacha|^poly1305|^x25519|^p256|^p384|^ecp_|^sha(256|512)_block|^fiat_/) crate = "ring (C, asm)"
-    else if (n ~ /::/) { crate = n; sub(/::.*/, "", crate); sub(/<.*/, "", crate) }
-    else crate = "(other: libc, std glue, C)"
-    tot[crate] += size; all += size
-}
-END {
-    for (c in tot) printf "%9d B  %5.1f%%  %s\n", tot[c], 100 * tot[c] / all, c
-    printf "%9d B  symbols in all\n", all
-}' | sort -rn | head -40
+build="$dir${target:+/$target}/release/build"
+python3 - "$bin" "$build" <<'PY'
+import glob, re, subprocess, sys
+from collections import Counter
+binary, build = sys.argv[1], sys.argv[2]
+# The C (and assembly) of a dependency, known by the names its build
+# script's archives define.
+def defined(pattern):
+    names = set()
+    for a in glob.glob(f"{build}/{pattern}/out/*.a"):
+        for line in subprocess.run(["nm", "--defined-only", a], capture_output=True, text=True).stdout.splitlines():
+            f = line.split()
+            if len(f) == 3:
+                names.add(f[2])
+    return names
+C_NAMES = [("sqlite (C)", defined("libsqlite3-sys-*")), ("ring (C, asm)", defined("ring-*"))]
+for line in subprocess.run(["readelf", "-SW", binary], capture_output=True, text=True).stdout.splitlines():
+    m = re.match(r"\s*\[\s*\d+\]\s+(\.\S+)\s+\S+\s+[0-9a-f]+\s+[0-9a-f]+\s+([0-9a-f]+)", line)
+    if m and int(m.group(2), 16) > 16384:
+        print(f"  section {m.group(1):<20} {int(m.group(2), 16):9d} B")
+print()
+tot = Counter()
+raw = subprocess.run(["nm", "--size-sort", "-S", binary], capture_output=True, text=True).stdout.splitlines()
+dem = subprocess.run(["nm", "--size-sort", "-S", "-C", binary], capture_output=True, text=True).stdout.splitlines()
+for line, dline in zip(raw, dem):
+    parts, dparts = line.split(" ", 3), dline.split(" ", 3)
+    if len(parts) < 4 or len(dparts) < 4:
+        continue
+    size, mangled, name = int(parts[1], 16), parts[3], dparts[3]
+    crate = next((label for label, names in C_NAMES if mangled in names), None)
+    if crate is None:
+        # The crate of a generic instance is that of its type: the first
+        # path in the name (`<wschat::X as core::fmt::Debug>::fmt`: wschat).
+        m = re.search(r"([A-Za-z_][A-Za-z0-9_]*)::", name)
+        crate = m.group(1) if m else "(other: libc glue, unnamed)"
+    tot[crate] += size
+total = sum(tot.values())
+for crate, size in tot.most_common(40):
+    print(f"{size:9d} B  {100 * size / total:5.1f}%  {crate}")
+print(f"{total:9d} B  symbols in all")
+PY
