@@ -148,6 +148,28 @@ fn json_logs_are_one_object_per_line() {
 }
 
 #[test]
+fn text_logs_have_a_timestamp_level_and_target() {
+    // env_logger's own timestamps are off (its `humantime` feature is left
+    // out for size); src/main.rs writes them.
+    let (s, log) = Server::start_logged(&[], &[("RUST_LOG", "info")]);
+    let line = wait_log(&log, "max connections");
+    let (head, msg) = line.split_once("] ").expect("[ts LEVEL target] message");
+    let mut parts = head.trim_start_matches('[').split_whitespace();
+    let ts = parts.next().unwrap_or_default();
+    assert!(
+        ts.len() == 20 && ts.ends_with('Z') && ts.as_bytes()[10] == b'T',
+        "no RFC 3339 timestamp: {line}"
+    );
+    assert_eq!(parts.next(), Some("INFO"), "{line}");
+    assert!(
+        parts.next().is_some_and(|t| t.starts_with("wschat")),
+        "{line}"
+    );
+    assert!(msg.starts_with("max connections"), "{line}");
+    drop(s);
+}
+
+#[test]
 fn help_names_every_variable() {
     let out = common::server_command()
         .arg("--help")

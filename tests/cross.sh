@@ -1,12 +1,19 @@
 #!/usr/bin/env bash
 # Cross builds and emulated tests: the Raspberry Pi targets and static musl.
 #
-#   tests/cross.sh                  everything below
-#   tests/cross.sh build            only the release builds and their sizes
-#   tests/cross.sh smoke            the builds, and each binary started (CI)
+#   tests/cross.sh                  everything below, in order
+#   tests/cross.sh build            1: the release builds and their sizes
+#   tests/cross.sh start            2: each release binary started (built by 1)
+#   tests/cross.sh smoke            1 and 2
+#   tests/cross.sh test-build       the test binaries of 3 and 4, not run
+#   tests/cross.sh test             3 and 4 (builds what test-build did not)
 #   CROSS_TARGETS="aarch64-unknown-linux-gnu" tests/cross.sh build
 #
-# 1. `cargo build --release` of the server for each target in TARGETS, with
+# .ci/run calls the stages one by one, so that what runs natively in the
+# meantime (Autobahn, the browser) overlaps the compiles and the emulation.
+#
+# 1. `cargo build --release` of the server for every target in TARGETS, in
+#    one cargo call (their single-threaded LTO links run side by side), with
 #    Debian's cross compilers as linkers (and as C compilers, for the
 #    dependencies that build C: cc-rs reads CC_<triple>), and the stripped
 #    size of each binary.
@@ -21,8 +28,8 @@
 #    unit tests are what 32-bit `usize` can break).
 #
 # Needs: rustup, gcc-aarch64-linux-gnu, gcc-arm-linux-gnueabihf, qemu-user,
-# musl-tools, curl (`.ci/run` installs them). A missing tool is an error,
-# never a skip. Exits 1 if any step failed; prints a summary table.
+# musl-tools, curl, file (`.ci/run` installs them). A missing tool is an
+# error, never a skip. Exits 1 if any step failed; prints a summary table.
 set -uo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
@@ -31,7 +38,8 @@ ALL_TARGETS=(x86_64-unknown-linux-gnu aarch64-unknown-linux-gnu armv7-unknown-li
     x86_64-unknown-linux-musl aarch64-unknown-linux-musl)
 read -r -a TARGETS <<<"${CROSS_TARGETS:-${ALL_TARGETS[*]}}"
 MODE="${1:-all}"
-case "$MODE" in all | build | smoke) ;; *) echo "usage: $0 [all|build|smoke]" >&2; exit 2 ;; esac
+case "$MODE" in all | build | start | smoke | test-build | test) ;;
+*) echo "usage: $0 [all|build|start|smoke|test-build|test]" >&2; exit 2 ;; esac
 PORT_BASE=$((20000 + RANDOM % 20000))
 failed=()
 summary=()
@@ -124,16 +132,37 @@ run_step() {
     fi
 }
 
-bin_of() { echo "$ROOT/target/$1/release/wschat"; }
+# The host's own target is the plain `cargo build --release` (target/release),
+# the build every other suite uses, not a second one under target/<triple>.
+HOST=$(rustc -vV | sed -n 's/^host: //p')
+bin_of() {
+    if [ "$1" = "$HOST" ]; then echo "$ROOT/target/release/wschat"; else echo "$ROOT/target/$1/release/wschat"; fi
+}
 
-build() {
-    local t=$1
-    if [ "$t" = aarch64-unknown-linux-musl ]; then check_aarch64_musl_cc || return 1; fi
-    cargo build --quiet --release --locked --target "$t" --bin wschat || return 1
-    local size
-    size=$(stat -c %s "$(bin_of "$t")")
+size_of() {
+    local t=$1 size
+    size=$(stat -c %s "$(bin_of "$t")") || return 1
     printf 'size  %-32s %9d B  %5s MiB\n' "$t" "$size" "$(awk "BEGIN{printf \"%.2f\", $size/1048576}")" |
         tee -a "$ROOT/target/cross-sizes.txt"
+}
+
+# Every target in one cargo call: cargo's job server shares the cores
+# between the targets' compiles, and the fat-LTO links (one core each, most
+# of a release build's time) run side by side instead of one after another.
+build_all() {
+    local args=() t
+    for t in "${TARGETS[@]}"; do
+        if [ "$t" = aarch64-unknown-linux-musl ]; then check_aarch64_musl_cc || return 1; fi
+        if [ "$t" = "$HOST" ]; then
+            cargo build --quiet --release --locked --bin wschat || return 1
+        else
+            args+=(--target "$t")
+        fi
+    done
+    if [ ${#args[@]} -gt 0 ]; then
+        cargo build --quiet --release --locked "${args[@]}" --bin wschat || return 1
+    fi
+    for t in "${TARGETS[@]}"; do size_of "$t" || return 1; done
 }
 
 # The runner for a target's binaries ("" when the host runs them).
@@ -182,45 +211,65 @@ healthz() {
 # safety net. CROSS_AARCH64_SKIP="" runs them too.
 AARCH64_SKIP=${CROSS_AARCH64_SKIP-chat_history_order_does_not_accumulate_stale_entries ping_flood_without_reading_does_not_grow_memory echo_backpressure_bounds_memory_and_loses_nothing}
 
+AARCH64_TEST=(cargo test --quiet --locked --no-fail-fast --target aarch64-unknown-linux-gnu)
+ARMV7_TEST=(cargo test --quiet --locked --target armv7-unknown-linux-gnueabihf)
+
+test_build() {
+    local t
+    for t in "${TARGETS[@]}"; do
+        case "$t" in
+        aarch64-unknown-linux-gnu) "${AARCH64_TEST[@]}" --no-run || return 1 ;;
+        armv7-unknown-linux-gnueabihf) "${ARMV7_TEST[@]}" --no-run --lib --test smoke --test chat_protocol || return 1 ;;
+        esac
+    done
+}
+
 test_aarch64() {
     local skip=()
     for t in $AARCH64_SKIP; do skip+=(--skip "$t"); done
     WSCHAT_TEST_RUNNER="$CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER" \
-        cargo test --quiet --locked --no-fail-fast --target aarch64-unknown-linux-gnu -- "${skip[@]}"
+        "${AARCH64_TEST[@]}" -- "${skip[@]}"
 }
 
 test_armv7() {
     WSCHAT_TEST_RUNNER="$CARGO_TARGET_ARMV7_UNKNOWN_LINUX_GNUEABIHF_RUNNER" \
-        cargo test --quiet --locked --target armv7-unknown-linux-gnueabihf --lib -- \
+        "${ARMV7_TEST[@]}" --lib -- \
         --skip chat_history_order_does_not_accumulate_stale_entries &&
     WSCHAT_TEST_RUNNER="$CARGO_TARGET_ARMV7_UNKNOWN_LINUX_GNUEABIHF_RUNNER" \
-        cargo test --quiet --locked --target armv7-unknown-linux-gnueabihf \
-        --test smoke --test chat_protocol -- \
+        "${ARMV7_TEST[@]}" --test smoke --test chat_protocol -- \
         echo_round_trip message_goes_to_every_member dm_goes_to_the_recipient
 }
 
 need file "apt-get install file"
 mkdir -p "$ROOT/target"
-: >"$ROOT/target/cross-sizes.txt"
-for t in "${TARGETS[@]}"; do
-    run_step "build $t" build "$t"
-done
-if [ "$MODE" != build ]; then
+case "$MODE" in all | build | smoke)
+    : >"$ROOT/target/cross-sizes.txt"
+    run_step "release build: ${TARGETS[*]}" build_all ;;
+esac
+case "$MODE" in all | start | smoke)
     for t in "${TARGETS[@]}"; do
-        [ -x "$(bin_of "$t")" ] && run_step "start $t, /healthz, SIGTERM" healthz "$t"
-    done
-fi
-if [ "$MODE" = all ]; then
+        if [ -x "$(bin_of "$t")" ]; then
+            run_step "start $t, /healthz, SIGTERM" healthz "$t"
+        else
+            echo "$(bin_of "$t") not built (tests/cross.sh build)"
+            summary+=("FAILED  start $t: not built"); failed+=("start $t")
+        fi
+    done ;;
+esac
+case "$MODE" in test-build)
+    run_step "test binaries built for ${TARGETS[*]}" test_build ;;
+esac
+case "$MODE" in all | test)
     for t in "${TARGETS[@]}"; do
         case "$t" in
         aarch64-unknown-linux-gnu) run_step "cargo test, aarch64 under qemu" test_aarch64 ;;
         armv7-unknown-linux-gnueabihf) run_step "unit tests and a chat round trip, armv7 under qemu" test_armv7 ;;
         esac
-    done
-fi
+    done ;;
+esac
 
 echo
-cat "$ROOT/target/cross-sizes.txt"
+case "$MODE" in all | build | smoke) cat "$ROOT/target/cross-sizes.txt" ;; esac
 printf '%s\n' "${summary[@]}"
 if [ ${#failed[@]} -gt 0 ]; then
     echo "cross: ${#failed[@]} failed"

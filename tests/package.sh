@@ -2,8 +2,10 @@
 # The Debian package and its systemd service, checked where systemd does not
 # run (CI, containers):
 #
-# 1. `cargo deb` builds the .deb for amd64 (PACKAGE_ARCHES="amd64 arm64 armhf"
-#    for the Raspberry Pi ones too; their linkers are in .cargo/config.toml).
+# 1. packaging/deb.sh packs the release binary into the .deb for amd64
+#    (PACKAGE_ARCHES="amd64 arm64 armhf" for the Raspberry Pi ones too; their
+#    linkers are in .cargo/config.toml). The binaries are built first unless
+#    WSCHAT_NO_BUILD=1 (.ci/run has built them for tests/cross.sh).
 # 2. `systemd-analyze security --offline=yes` scores packaging/wschat.service
 #    at most 2.0 ("OK").
 # 3. `dpkg-deb -c`: the binary, the unit and the docs are where they belong.
@@ -12,9 +14,11 @@
 #    binary starts there as the unit starts it and answers /healthz.
 #    PACKAGE_CHROOT=DIR reuses a chroot made earlier (a fresh one is made when
 #    DIR does not exist); PACKAGE_INSTALL=extract checks `dpkg -x` instead.
+#    `tests/package.sh chroot` only makes the chroot (.ci/run starts it early:
+#    it is downloads, not CPU).
 #
-# Needs: cargo-deb (`cargo install cargo-deb`), systemd (for systemd-analyze),
-# dpkg, debootstrap, curl, root for the chroot. A missing tool is an error.
+# Needs: systemd (for systemd-analyze), dpkg, binutils (readelf),
+# debootstrap, curl, root for the chroot. A missing tool is an error.
 set -uo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
@@ -28,10 +32,28 @@ die() { echo "package.sh: ERROR: $*" >&2; exit 1; }
 fail() { echo "package.sh: FAILED: $*" >&2; failed+=("$1"); }
 need() { command -v "$1" >/dev/null 2>&1 || die "$1 not found: $2"; }
 
-# `tests/package.sh unit` checks the unit alone (step 2): CI does, since
-# building cargo-deb from source takes longer than the rest of the suite.
+# `tests/package.sh unit` checks the unit alone (step 2).
 MODE="${1:-all}"
-case "$MODE" in all | unit) ;; *) die "usage: $0 [all|unit]" ;; esac
+case "$MODE" in all | unit | chroot) ;; *) die "usage: $0 [all|unit|chroot]" ;; esac
+chroot_dir=${PACKAGE_CHROOT:-$ROOT/target/package-chroot}
+
+# A clean Debian (minbase) to install into, from the mirror /etc/apt uses.
+make_chroot() {
+    [ -x "$chroot_dir/usr/bin/dpkg" ] && return 0
+    need debootstrap "apt-get install debootstrap"
+    [ "$(id -u)" = 0 ] || die "making a chroot needs root (or PACKAGE_INSTALL=extract)"
+    local mirror t0=$SECONDS
+    mirror=$(grep -h -m1 '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '{print $2}' | grep -v security | head -n1)
+    [ -n "$mirror" ] || mirror=$(grep -h -m1 '^deb ' /etc/apt/sources.list 2>/dev/null | awk '{print $2}')
+    [ -n "$mirror" ] || die "no Debian mirror configured in /etc/apt"
+    rm -rf "$chroot_dir.tmp"
+    mkdir -p "$ROOT/target"
+    debootstrap --variant=minbase bookworm "$chroot_dir.tmp" "$mirror" >"$ROOT/target/debootstrap.log" 2>&1 ||
+        { tail -20 "$ROOT/target/debootstrap.log"; die "debootstrap failed"; }
+    mv "$chroot_dir.tmp" "$chroot_dir"
+    echo "debootstrap minbase: $((SECONDS - t0)) s"
+}
+if [ "$MODE" = chroot ]; then make_chroot; exit; fi
 if [ "$MODE" = unit ]; then
     need systemd-analyze "apt-get install systemd"
     report=$(systemd-analyze security --offline=yes packaging/wschat.service 2>&1)
@@ -42,9 +64,9 @@ if [ "$MODE" = unit ]; then
     echo "package: 1 passed, 0 failed"
     exit 0
 fi
-need cargo-deb "cargo install cargo-deb"
 need systemd-analyze "apt-get install systemd"
 need dpkg-deb "apt-get install dpkg"
+need readelf "apt-get install binutils"
 need curl "apt-get install curl"
 case "$INSTALL" in
 chroot) need debootstrap "apt-get install debootstrap"
@@ -64,10 +86,13 @@ for arch in "${ARCHES[@]}"; do
     armhf) target=(--target armv7-unknown-linux-gnueabihf) ;;
     *) die "unknown architecture '$arch' (amd64, arm64, armhf)" ;;
     esac
-    # cargo-deb prints the path of the .deb it wrote, last.
-    out=$(cargo deb --locked "${target[@]}" 2>&1) || { echo "$out"; fail "cargo deb $arch"; continue; }
+    if [ -z "${WSCHAT_NO_BUILD:-}" ]; then
+        cargo build --quiet --release --locked "${target[@]}" --bin wschat || { fail "cargo build --release $arch"; continue; }
+    fi
+    # deb.sh prints the path of the .deb it wrote, last.
+    out=$(packaging/deb.sh "${target[@]}" 2>&1) || { echo "$out"; fail "packaging/deb.sh $arch"; continue; }
     deb=$(tail -n1 <<<"$out")
-    [ -f "$deb" ] || { echo "$out"; fail "cargo deb $arch: no .deb"; continue; }
+    [ -f "$deb" ] || { echo "$out"; fail "deb.sh $arch: no .deb"; continue; }
     echo "$arch: $deb ($(stat -c %s "$deb") B)"
     DEBS[$arch]=$deb
 done
@@ -92,7 +117,7 @@ for arch in "${!DEBS[@]}"; do
     for f in ./usr/bin/wschat ./usr/share/doc/wschat/README.Debian ./usr/share/doc/wschat/README.md ./etc/wschat/wschat.toml; do
         grep -q " $f\$" <<<"$list" || { echo "$list"; fail "$arch: $f not in the package"; }
     done
-    # cargo-deb 3 installs units under /usr/lib (merged /usr), older ones /lib.
+    # Under /usr/lib (merged /usr), where Debian 12 and later put units.
     grep -qE " \./(usr/)?lib/systemd/system/wschat\.service\$" <<<"$list" ||
         { echo "$list"; fail "$arch: wschat.service not in the package"; }
     dpkg-deb --ctrl-tarfile "${DEBS[$arch]}" | tar -xO ./conffiles 2>/dev/null | grep -qx /etc/wschat/wschat.toml ||
@@ -106,16 +131,7 @@ deb=${DEBS[amd64]:-}
 if [ -z "$deb" ]; then
     [ ${#failed[@]} -gt 0 ] || echo "no amd64 package to install (PACKAGE_ARCHES=${ARCHES[*]})"
 elif [ "$INSTALL" = chroot ]; then
-    chroot_dir=${PACKAGE_CHROOT:-$ROOT/target/package-chroot}
-    if [ ! -x "$chroot_dir/usr/bin/dpkg" ]; then
-        mirror=$(grep -h -m1 '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '{print $2}' | grep -v security | head -n1)
-        [ -n "$mirror" ] || mirror=$(grep -h -m1 '^deb ' /etc/apt/sources.list 2>/dev/null | awk '{print $2}')
-        [ -n "$mirror" ] || die "no Debian mirror configured in /etc/apt"
-        t0=$SECONDS
-        debootstrap --variant=minbase bookworm "$chroot_dir" "$mirror" >"$ROOT/target/debootstrap.log" 2>&1 ||
-            { tail -20 "$ROOT/target/debootstrap.log"; die "debootstrap failed"; }
-        echo "debootstrap minbase: $((SECONDS - t0)) s"
-    fi
+    make_chroot
     cp "$deb" "$chroot_dir/tmp/wschat.deb"
     if chroot "$chroot_dir" dpkg -i /tmp/wschat.deb; then
         # As the unit runs it: in its working directory, a non-root user.
@@ -148,7 +164,7 @@ if [ -n "${pid:-}" ]; then
     if [ $rc -ne 0 ]; then cat "$ROOT/target/package-run.log"; fail "the installed wschat exited $rc after SIGTERM"; fi
     [ $ok -eq 0 ] && [ $rc -eq 0 ] && echo "installed ($INSTALL): /usr/bin/wschat answered /healthz and stopped on SIGTERM"
 fi
-[ -n "${chroot_dir:-}" ] && chroot "$chroot_dir" dpkg --purge wschat >/dev/null 2>&1
+[ "$INSTALL" = chroot ] && [ -x "$chroot_dir/usr/bin/dpkg" ] && chroot "$chroot_dir" dpkg --purge wschat >/dev/null 2>&1
 [ -n "${xdir:-}" ] && rm -rf "$xdir"
 
 if [ ${#failed[@]} -gt 0 ]; then

@@ -13,7 +13,11 @@ cd "$ROOT"
 die() { echo "promtool.sh: ERROR: $*" >&2; exit 1; }
 command -v promtool >/dev/null 2>&1 || die "promtool not found: apt-get install prometheus"
 command -v curl >/dev/null 2>&1 || die "curl not found: apt-get install curl"
-cargo build --release --quiet --bin wschat --bin wschat-bench || die "cargo build --release failed"
+# WSCHAT_NO_BUILD=1: built already (.ci/run builds the release binaries once).
+if [ -z "${WSCHAT_NO_BUILD:-}" ]; then
+    cargo build --release --quiet --bin wschat --bin wschat-bench || die "cargo build --release failed"
+fi
+for b in wschat wschat-bench; do [ -x "target/release/$b" ] || die "target/release/$b not built"; done
 
 PORT=$((20000 + RANDOM % 20000))
 MPORT=$((PORT + 1))
