@@ -1476,7 +1476,18 @@ const FLOOD_PINGS: usize = 200_000;
 #[test]
 fn ping_flood_into_a_full_queue_keeps_every_message_and_the_last_pong() {
     const N: usize = 6000;
-    let server = Server::start(&["--rate-burst", "0", "--max-pending-output", "64MiB"]);
+    // The server's own keep-alive pings stay out of it: on a loaded
+    // machine reading the 24 MB back takes longer than --ping-interval.
+    let server = Server::start(&[
+        "--rate-burst",
+        "0",
+        "--max-pending-output",
+        "64MiB",
+        "--ping-interval",
+        "10m",
+        "--idle-timeout",
+        "20m",
+    ]);
 
     // The same flood into an empty queue, from a member that reads.
     let mut calm = Member::join(server.addr, "calm", "q");
