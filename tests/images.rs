@@ -375,6 +375,11 @@ fn a_deleted_message_takes_its_image_and_restarts_keep_the_rest() {
     assert_eq!(v["action"], "delete", "{v}");
     assert_eq!(get(s.addr, &format!("/uploads/{gone}"), "").0, 404);
     assert_eq!(get(s.addr, &format!("/uploads/{kept}"), "").0, 200);
+    // Banned from the server, the account uploads no more.
+    let v = ask(&mut op, json!({"type":"ban","nick":"alice"}), "b");
+    assert_eq!(v["action"], "ban", "{v}");
+    let (status, _, body) = post(s.addr, Some(&token), "", &png(3));
+    assert_eq!(status, 403, "{}", String::from_utf8_lossy(&body));
     drop((op, alice));
     s.signal("TERM");
     s.wait_exit(io_timeout());

@@ -77,6 +77,8 @@ pub enum UploadRefusal {
     Rate(u64),
     /// The server's budget for uploads is used up.
     Full,
+    /// The account is banned from the server.
+    Banned,
 }
 
 /// One upload, as the chat keeps it (the bytes are in the store).
@@ -169,6 +171,11 @@ impl Chat {
     /// Whether `account` may upload `len` bytes now (the request head is
     /// read, the body not yet): takes one from the account's rate.
     pub fn upload_admit(&mut self, account: &str, len: u64, now: Now) -> Result<(), UploadRefusal> {
+        // A server ban keeps its session (a ban ends no session) but not
+        // the right to fill the disk.
+        if self.check_account_ban(account, now).is_err() {
+            return Err(UploadRefusal::Banned);
+        }
         self.upload_room_for(account, len)?;
         let per_minute = self.cfg.uploads.per_minute as usize;
         if per_minute == 0 {

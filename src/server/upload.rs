@@ -146,6 +146,11 @@ fn refusal(r: UploadRefusal) -> Route {
             "the server's space for images is full".to_string(),
             String::new(),
         ),
+        UploadRefusal::Banned => (
+            403,
+            "this account is banned from the server".to_string(),
+            String::new(),
+        ),
     };
     Route::Respond(http::error(status, &reason, &extra), None)
 }
