@@ -290,7 +290,8 @@ fn guesses_sent_together_do_not_escape_the_lock() {
 /// Runs `wschat --data-dir DIR ARGS…` with `pw` on its standard input:
 /// (success, what it printed).
 fn account_cmd(dir: &Path, args: &[&str], pw: &str) -> (bool, String) {
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_wschat"))
+    // Behind the emulator when the tests run under qemu (tests/cross.sh).
+    let mut child = server_command()
         .arg("--data-dir")
         .arg(dir)
         .args(args)

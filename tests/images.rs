@@ -317,7 +317,8 @@ fn a_message_shows_only_its_senders_unused_upload() {
 }
 
 fn account_cmd(dir: &Path, args: &[&str], pw: &str) -> bool {
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_wschat"))
+    // Behind the emulator when the tests run under qemu (tests/cross.sh).
+    let mut child = server_command()
         .arg("--data-dir")
         .arg(dir)
         .args(args)

@@ -529,8 +529,12 @@ mod tests {
     #[test]
     fn room_state_stays_small() {
         assert!(std::mem::size_of::<Option<Room>>() <= 200);
-        assert_eq!(std::mem::size_of::<Epoch>(), 24);
-        assert_eq!(std::mem::size_of::<Members>(), 24);
+        // The figures of a 64-bit machine (armv7's are smaller).
+        #[cfg(target_pointer_width = "64")]
+        {
+            assert_eq!(std::mem::size_of::<Epoch>(), 24);
+            assert_eq!(std::mem::size_of::<Members>(), 24);
+        }
     }
 
     #[test]
