@@ -5,10 +5,8 @@ mod common;
 use common::*;
 
 use serde_json::{Value, json};
-use std::io::Write;
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 use tungstenite::Message;
 
@@ -285,32 +283,6 @@ fn guesses_sent_together_do_not_escape_the_lock() {
             .all(|c| c == "login_failed" || c == "busy" || c == "login_limited"),
         "{codes:?}"
     );
-}
-
-/// Runs `wschat --data-dir DIR ARGS…` with `pw` on its standard input:
-/// (success, what it printed).
-fn account_cmd(dir: &Path, args: &[&str], pw: &str) -> (bool, String) {
-    // Behind the emulator when the tests run under qemu (tests/cross.sh).
-    let mut child = server_command()
-        .arg("--data-dir")
-        .arg(dir)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run wschat account");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("{pw}\n").as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
-    )
 }
 
 #[test]

@@ -8,7 +8,6 @@ use serde_json::{Value, json};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::Stdio;
 use tungstenite::Message;
 
 type Ws = tungstenite::WebSocket<TcpStream>;
@@ -316,33 +315,10 @@ fn a_message_shows_only_its_senders_unused_upload() {
     assert!(found, "{h}");
 }
 
-fn account_cmd(dir: &Path, args: &[&str], pw: &str) -> bool {
-    // Behind the emulator when the tests run under qemu (tests/cross.sh).
-    let mut child = server_command()
-        .arg("--data-dir")
-        .arg(dir)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("run wschat account");
-    let _ = child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("{pw}\n").as_bytes());
-    child.wait().unwrap().success()
-}
-
 #[test]
 fn a_deleted_message_takes_its_image_and_restarts_keep_the_rest() {
     let dir = TempDir::new("img-delete");
-    assert!(account_cmd(
-        dir.path(),
-        &["account", "add", "boss", "--op"],
-        PW
-    ));
+    assert!(account_cmd(dir.path(), &["account", "add", "boss", "--op"], PW).0);
     let mut s = start(dir.path(), &[]);
     let mut op = client(&s, "/ws?nick=x");
     assert_eq!(recv(&mut op)["type"], "welcome");

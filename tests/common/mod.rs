@@ -512,3 +512,29 @@ pub fn extensions_header(head: &str) -> Option<&str> {
             .then(|| v.trim())
     })
 }
+
+/// Runs `wschat --data-dir DIR ARGS…` with `pw` on its standard input:
+/// (success, what it printed).
+pub fn account_cmd(dir: &Path, args: &[&str], pw: &str) -> (bool, String) {
+    // Behind the emulator when the tests run under qemu (tests/cross.sh).
+    let mut child = server_command()
+        .arg("--data-dir")
+        .arg(dir)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run wschat account");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{pw}\n").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
