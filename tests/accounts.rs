@@ -1283,3 +1283,95 @@ fn each_moderation_action_by_an_operator_and_a_moderator_and_refused_to_a_plain_
     );
     assert_eq!(v["type"], "moderation", "{v}");
 }
+
+/// The registered mark of a message (docs/protocol.md, "Registered
+/// members") is read from its stored author, so `joined`, `history` and
+/// `search` carry it as the live copies did, across a SIGKILL too: only a
+/// message sent under its author's own account nick has it.
+#[test]
+fn history_keeps_who_posted_registered_across_a_restart() {
+    let dir = TempDir::new("reghist");
+    let s = start(dir.path(), &[]);
+    let (mut alice, _) = connect_as(&s, "alice");
+    register(&mut alice);
+    assert_eq!(joined(&mut alice, "r")["type"], "joined");
+    assert_eq!(post(&mut alice, "r", "signed words")["registered"], true);
+    // Logged in under another nick: that nick is nobody's account.
+    let v = ask(&mut alice, json!({"type":"nick","nick":"ally"}), "n");
+    assert_eq!(v["nick"], "ally", "{v}");
+    let v = post(&mut alice, "r", "unsigned words by ally");
+    assert!(v.get("registered").is_none(), "{v}");
+    let (mut bob, _) = connect_as(&s, "bob");
+    assert_eq!(joined(&mut bob, "r")["type"], "joined");
+    assert!(post(&mut bob, "r", "unsigned words by a guest").get("registered").is_none());
+    drop((alice, bob));
+    let s = restart(s, dir.path(), "KILL", &[]);
+
+    let marks = |msgs: &Value| -> Vec<(String, bool)> {
+        msgs.as_array()
+            .expect("messages")
+            .iter()
+            .map(|m| {
+                let r = m.get("registered");
+                assert!(r.is_none() || r == Some(&json!(true)), "{m}");
+                (m["text"].as_str().unwrap().to_string(), r.is_some())
+            })
+            .collect()
+    };
+    let want = vec![
+        ("signed words".to_string(), true),
+        ("unsigned words by ally".to_string(), false),
+        ("unsigned words by a guest".to_string(), false),
+    ];
+    let (mut carol, _) = connect_as(&s, "carol");
+    let j = joined(&mut carol, "r");
+    assert_eq!(marks(&j["history"]), want, "{j}");
+    let h = ask(
+        &mut carol,
+        json!({"type":"history","room":"r","before":1_000_000}),
+        "h",
+    );
+    assert_eq!(marks(&h["messages"]), want, "{h}");
+    let f = ask(
+        &mut carol,
+        json!({"type":"search","room":"r","query":"words"}),
+        "s",
+    );
+    let mut hits = marks(&f["messages"]);
+    hits.reverse(); // newest first
+    assert_eq!(hits, want, "{f}");
+}
+
+/// `joined` names each moderating member's rank (`roles`), so a client can
+/// offer kick, mute and ban only where its user outranks the member.
+#[test]
+fn joined_names_the_rank_of_each_moderating_member() {
+    let dir = TempDir::new("ranks");
+    let (ok, msg) = account_cmd(dir.path(), &["account", "add", "carol"], PW);
+    assert!(ok, "{msg}");
+    let (s, mut boss) = with_operator(dir.path(), &[]);
+    let (mut bob, _) = connect_as(&s, "bob");
+    register(&mut bob);
+    assert_eq!(joined(&mut bob, "club")["role"], "owner");
+    let (mut carol, _) = connect_as(&s, "x");
+    assert_eq!(login_pw(&mut carol, "carol", PW)["type"], "session");
+    assert_eq!(joined(&mut carol, "club")["type"], "joined");
+    let v = ask(
+        &mut bob,
+        json!({"type":"moderator","room":"club","nick":"carol"}),
+        "m",
+    );
+    assert_eq!(v["action"], "moderator", "{v}");
+    assert_eq!(joined(&mut boss, "club")["role"], "operator");
+    let (mut dan, _) = connect_as(&s, "dan");
+    let j = joined(&mut dan, "club");
+    assert_eq!(j["moderators"], json!(["bob", "boss", "carol"]), "{j}");
+    assert_eq!(
+        j["roles"],
+        json!({"bob":"owner","boss":"operator","carol":"moderator"}),
+        "{j}"
+    );
+    // A plain room has neither field.
+    let j = joined(&mut dan, "plain");
+    assert!(j.get("roles").is_none() && j.get("moderators").is_none(), "{j}");
+}

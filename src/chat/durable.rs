@@ -100,8 +100,6 @@ pub(super) struct Pending {
     pub msg: Msg,
     pub sender: ConnId,
     pub r#ref: Option<Box<str>>,
-    /// The sender held its account's nick when it posted (`registered`).
-    pub registered: bool,
 }
 
 /// Most messages sent as one run (see [`Chat::committed`]): the bound on how
@@ -217,15 +215,13 @@ impl Chat {
         }
         let shared: Vec<Rc<[u8]>> = run
             .iter()
-            .map(|p| frame(&MsgOut::new(&p.room, &p.msg, None).sent_registered(p.registered)))
+            .map(|p| frame(&MsgOut::new(&p.room, &p.msg, None)))
             .collect();
         let own: Vec<Rc<[u8]>> = run
             .iter()
             .zip(&shared)
             .map(|(p, s)| match &p.r#ref {
-                Some(r) => {
-                    frame(&MsgOut::new(&p.room, &p.msg, Some(r)).sent_registered(p.registered))
-                }
+                Some(r) => frame(&MsgOut::new(&p.room, &p.msg, Some(r))),
                 None => s.clone(),
             })
             .collect();
@@ -416,7 +412,6 @@ impl Chat {
         r: Option<&str>,
         now: Now,
     ) {
-        let registered = self.verified(conn);
         let Some(room) = self.rooms.get_mut(idx as usize).and_then(Option::as_mut) else {
             return;
         };
@@ -450,7 +445,6 @@ impl Chat {
             msg,
             sender: conn,
             r#ref: r.map(Box::from),
-            registered,
         });
     }
 

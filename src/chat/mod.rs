@@ -1037,27 +1037,32 @@ impl Chat {
             .collect();
         // Only logged-in members can be either: with nobody logged in on the
         // server, neither list costs a pass over the members.
-        let (registered, moderators): (Vec<&str>, Vec<&str>) = if self.anyone_logged_in() {
-            let nicks = |f: &dyn Fn(ConnId) -> bool| -> Vec<&str> {
-                room.members
-                    .iter()
-                    .filter(|&&m| f(m))
-                    .filter_map(|&m| self.conns.nick(m))
-                    .collect()
+        let (registered, ranked): (Vec<&str>, Vec<(&str, &'static str)>) =
+            if self.anyone_logged_in() {
+                let nick = |m: ConnId| self.conns.nick(m);
+                (
+                    room.members
+                        .iter()
+                        .filter(|&&m| self.verified(m))
+                        .filter_map(|&m| nick(m))
+                        .collect(),
+                    room.members
+                        .iter()
+                        .filter(|&&m| self.is_logged_in(m))
+                        .filter_map(|&m| Some((nick(m)?, self.role_in(m, &room.name)?)))
+                        .collect(),
+                )
+            } else {
+                (Vec::new(), Vec::new())
             };
-            (
-                nicks(&|m| self.verified(m)),
-                nicks(&|m| self.is_logged_in(m) && self.role_in(m, &room.name).is_some()),
-            )
-        } else {
-            (Vec::new(), Vec::new())
-        };
+        let moderators = ranked.iter().map(|&(n, _)| n).collect();
         let f = frame(&Out::Joined {
             room: &room.name,
             epoch: &room.epoch,
             members,
             registered,
             moderators,
+            roles: protocol::RolesOut(ranked),
             history: page_out(room, span, loaded.as_deref()),
             complete: span.complete,
             topic: self.topic_of(&room.name),
@@ -1206,16 +1211,15 @@ impl Chat {
             self.post_durable(idx, conn, draft, r, now);
             return Ok(());
         }
-        let registered = self.verified(conn);
         let Some(msg) = self.post_in_memory(idx, draft, now) else {
             return Ok(());
         };
         let Some(room) = self.room(idx) else {
             return Ok(());
         };
-        let shared = frame(&MsgOut::new(&room.name, &msg, None).sent_registered(registered));
+        let shared = frame(&MsgOut::new(&room.name, &msg, None));
         let own = match r {
-            Some(_) => frame(&MsgOut::new(&room.name, &msg, r).sent_registered(registered)),
+            Some(_) => frame(&MsgOut::new(&room.name, &msg, r)),
             None => shared.clone(),
         };
         for &m in &room.members {

@@ -937,8 +937,9 @@ pub struct MsgOut<'a> {
     /// is then empty; a real message never has an empty text).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub deleted: bool,
-    /// Extension (accounts): a live message whose sender was logged in to
-    /// the account of the nick it was sent under (absent in history).
+    /// Extension (accounts): the sender was logged in to the account of
+    /// the nick it was sent under, live and in history alike: read from
+    /// the stored author (`a:ACCOUNT` and `from` that account's nick).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub registered: bool,
     /// Extension (replies): the id of the message this one answers, and
@@ -1000,7 +1001,7 @@ impl<'a> MsgOut<'a> {
             text: &m.text,
             ts: m.ts,
             deleted: m.text.is_empty(),
-            registered: false,
+            registered: !m.text.is_empty() && sent_registered(m),
             reply_to: m
                 .extra
                 .as_ref()
@@ -1025,11 +1026,37 @@ impl<'a> MsgOut<'a> {
             r#ref,
         }
     }
+}
 
-    /// Marks a live message's sender as registered (see `registered`).
-    pub fn sent_registered(mut self, registered: bool) -> MsgOut<'a> {
-        self.registered = registered;
-        self
+/// Whether `m` was sent under its author's own account nick: what
+/// [`super::Chat::verified`] said of its sender when it posted (the author
+/// key is `a:` and the account key, lowercase; the nick matched it
+/// ignoring ASCII case). A guest's (`g:…`) and older rows without an
+/// author (`""`) are not.
+fn sent_registered(m: &Msg) -> bool {
+    m.author
+        .strip_prefix("a:")
+        .is_some_and(|key| m.from.eq_ignore_ascii_case(key))
+}
+
+/// `joined`'s `roles`: (nick, role) pairs in the order of `members`,
+/// written as one JSON object keyed by nick.
+pub struct RolesOut<'a>(pub Vec<(&'a str, &'static str)>);
+
+impl RolesOut<'_> {
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl Serialize for RolesOut<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for (nick, role) in &self.0 {
+            m.serialize_entry(nick, role)?;
+        }
+        m.end()
     }
 }
 
@@ -1146,6 +1173,11 @@ pub enum Out<'a> {
         /// `members` (absent when none).
         #[serde(skip_serializing_if = "Vec::is_empty")]
         moderators: Vec<&'a str>,
+        /// Extension (moderation): each of `moderators` with its rank
+        /// (`operator`, `owner`, `moderator`), so that a client shows
+        /// kick, mute and ban only where its user outranks the member.
+        #[serde(skip_serializing_if = "RolesOut::is_empty")]
+        roles: RolesOut<'a>,
         history: Vec<MsgOut<'a>>,
         complete: bool,
         /// Extension (moderation): the room's topic, when it has one.
