@@ -325,9 +325,11 @@
       markerId: null, // "New messages" sits after this id while the conversation is open
       members: [],
       // Accounts and moderation (rooms): lc(nick) of the members holding
-      // their account's nick, of those who may moderate, and our own role.
+      // their account's nick, of those who may moderate (with their rank,
+      // RANK, where the server said it), and our own role.
       registered: new Set(),
       mods: new Set(),
+      ranks: new Map(),
       role: null,
       typing: new Map(), // lc(nick) -> {nick, until}
       epoch: null,
@@ -678,6 +680,8 @@
     conv.topic = typeof m.topic === 'string' ? m.topic : '';
     conv.registered = new Set(Array.isArray(m.registered) ? m.registered.map(lc) : []);
     conv.mods = new Set(Array.isArray(m.moderators) ? m.moderators.map(lc) : []);
+    conv.ranks = new Map(m.roles && typeof m.roles === 'object'
+      ? Object.entries(m.roles).filter(([, r]) => RANK(r)).map(([n, r]) => [lc(n), RANK(r)]) : []);
     conv.role = typeof m.role === 'string' && m.role !== 'member' ? m.role : null;
     for (const h of history) addRoomMessage(conv, h);
     if (!rejoin) {
@@ -827,10 +831,11 @@
       if (i < 0) { conv.members.push(nick); conv.members.sort(byLower); }
       if (m.registered === true) conv.registered.add(lc(nick));
       if (typeof m.role === 'string' && m.role !== 'member') conv.mods.add(lc(nick));
+      if (RANK(m.role)) conv.ranks.set(lc(nick), RANK(m.role)); else conv.ranks.delete(lc(nick));
       addNotice(conv, `${nick} joined #${conv.name}.`, { tone: 'presence', presence: { nick, event: 'join' } });
     } else if (m.event === 'leave') {
       if (i >= 0) conv.members.splice(i, 1);
-      conv.registered.delete(lc(nick)); conv.mods.delete(lc(nick));
+      conv.registered.delete(lc(nick)); conv.mods.delete(lc(nick)); conv.ranks.delete(lc(nick));
       conv.typing.delete(lc(nick));
       addNotice(conv, `${nick} left #${conv.name}.`, { tone: 'presence', presence: { nick, event: 'leave' } });
     }
@@ -1115,12 +1120,23 @@
   // the owner's.
   const canModerate = (conv) => !!conv && conv.kind === 'room' && (state.op || !!conv.role || conv.mod === true);
   const canAppoint = (conv) => !!conv && conv.kind === 'room' && (state.op || conv.role === 'operator' || conv.role === 'owner');
+  // Ranks (docs/protocol.md, "Roles"): the server refuses a kick, mute or
+  // room ban unless the actor ranks above the target, so the controls show
+  // only there. A member listed among the moderators without a rank (a
+  // server that sends no `roles`) counts as a moderator; the server decides.
+  const RANK = (role) => (role === 'operator' ? 3 : role === 'owner' ? 2 : role === 'moderator' ? 1 : 0);
+  const myRank = (conv) => (state.op ? 3 : Math.max(RANK(conv.role) || 0, conv.mod === true ? 1 : 0));
+  const rankOf = (conv, nick) => conv.ranks.get(lc(nick)) ?? (conv.mods.has(lc(nick)) ? 1 : 0);
+  // Operators act on anyone; everyone else only below themselves.
+  const outranks = (conv, nick) => myRank(conv) === 3 || myRank(conv) > rankOf(conv, nick);
   // A nick changed: its marks follow (registered as the event says; a role
   // follows the account, which a rename keeps).
   function renameMarks(conv, old, nick, registered) {
     conv.registered.delete(lc(old));
     if (registered) conv.registered.add(lc(nick));
     if (conv.mods.delete(lc(old))) conv.mods.add(lc(nick));
+    const rank = conv.ranks.get(lc(old));
+    if (rank !== undefined) { conv.ranks.delete(lc(old)); conv.ranks.set(lc(nick), rank); }
   }
   function onMember(m) {
     const nick = lc(String(m.nick || ''));
@@ -1137,7 +1153,10 @@
     const role = typeof m.role === 'string' && m.role !== 'member' ? m.role : null;
     if (role === conv.role) return;
     conv.role = role;
-    if (state.nick) { if (role) conv.mods.add(lc(state.nick)); else conv.mods.delete(lc(state.nick)); }
+    if (state.nick) {
+      if (role) conv.mods.add(lc(state.nick)); else conv.mods.delete(lc(state.nick));
+      if (RANK(role)) conv.ranks.set(lc(state.nick), RANK(role)); else conv.ranks.delete(lc(state.nick));
+    }
     const words = { operator: 'You moderate this room as a server operator.', owner: 'You own this room: you moderate it and appoint its moderators.', moderator: 'You are now a moderator of this room.' };
     addNotice(conv, role ? (words[role] || `Your role here: ${role}.`) : 'You no longer moderate this room.');
     if (conv.key === state.active) { renderHeader(); renderMembers(); scheduleRender(conv); }
@@ -1179,8 +1198,10 @@
     if (conv) {
       if (action === 'topic') conv.topic = reason;
       if ((action === 'moderator' || action === 'unmoderator') && isMe(nick)) conv.mod = action === 'moderator';
-      if (action === 'moderator') conv.mods.add(lc(nick));
-      if (action === 'unmoderator') conv.mods.delete(lc(nick));
+      // An appointment makes a moderator of a member (an owner or operator
+      // keeps the higher rank), a removal a plain member again.
+      if (action === 'moderator') { conv.mods.add(lc(nick)); conv.ranks.set(lc(nick), Math.max(rankOf(conv, nick), 1)); }
+      if (action === 'unmoderator' && rankOf(conv, nick) <= 1) { conv.mods.delete(lc(nick)); conv.ranks.delete(lc(nick)); }
       addNotice(conv, text);
       if (conv.key === state.active) { renderHeader(); renderMembers(); }
     } else {
@@ -1691,7 +1712,7 @@
       conv.mods.has(lc(nick)) ? modTag() : null,
       me ? el('span', { class: 'you-tag', text: 'you' }) : null);
       if (me) btn.setAttribute('aria-disabled', 'true');
-      if (me || !canModerate(conv)) return el('li', null, btn);
+      if (me || !canModerate(conv) || !outranks(conv, nick)) return el('li', null, btn);
       const act = (label, frame, id) => el('button', { type: 'button', class: 'link-btn', 'data-testid': 'member-' + (id || frame.type), 'aria-label': `${label} ${nick}`, text: label, onclick: () => modSend(frame) });
       const isMod = conv.mods.has(lc(nick));
       return el('li', { class: 'member-row' }, btn, el('span', { class: 'mod-actions', role: 'group', 'aria-label': `Moderate ${nick}` },

@@ -267,6 +267,7 @@ async function accounts({ base, ctxOpts, outside }) {
     page.on('pageerror', (e) => { log(`${who} page error: ${e.message}`); outside.push(`${who}: page error ${e.message}`); });
   }
   const badge = (page) => page.locator('.me-text [data-testid="account-badge"]');
+  const rowOf = (page, nick) => page.locator('[data-testid="member-list"] li', { has: page.locator(`[data-testid="member"][data-nick="${nick}"]`) });
   await check('accounts: a wrong password is refused in plain words', async () => {
     await boss.goto(base);
     await tid(boss, 'nick-input').waitFor({ state: 'visible', timeout: STEP_TIMEOUT });
@@ -338,6 +339,13 @@ async function accounts({ base, ctxOpts, outside }) {
     await joinRoom(eve, 'evesroom');
     await joinRoom(fred, 'evesroom');
     await memberPresent(eve, 'fred');
+    // gus, a guest: a plain member, whom a moderator outranks.
+    const gus = await (await browser.newContext(ctxOpts)).newPage();
+    pages.gus = gus;
+    gus.on('pageerror', (e) => { log(`gus page error: ${e.message}`); outside.push(`gus: page error ${e.message}`); });
+    await signIn(gus, base, 'gus');
+    await joinRoom(gus, 'evesroom');
+    await memberPresent(fred, 'gus');
     await say(eve, 'my room, my rules');
     await seesOnce(fred, 'my room, my rules');
     if (await tid(fred, 'member-kick').count() || await tid(fred, 'msg-delete').count()) throw new Error('fred has controls before he is appointed');
@@ -347,11 +355,43 @@ async function accounts({ base, ctxOpts, outside }) {
     await fredsRow.hover();
     await fredsRow.locator('[data-testid="member-moderator"]').click();
     await fred.locator('[data-testid="notice"]', { hasText: 'You are now a moderator of this room.' }).waitFor({ timeout: STEP_TIMEOUT });
-    await fred.locator('[data-testid="member-list"] [data-testid="member-kick"]').first().waitFor({ state: 'attached', timeout: STEP_TIMEOUT });
+    await rowOf(fred, 'gus').locator('[data-testid="member-kick"]').waitFor({ state: 'attached', timeout: STEP_TIMEOUT });
     await fred.locator('[data-testid="msg-delete"]').first().waitFor({ state: 'attached', timeout: STEP_TIMEOUT });
     if (await fred.locator('[data-testid="member-moderator"], [data-testid="member-unmoderator"]').count()) throw new Error('a moderator may not appoint');
     await fredsRow.locator('[data-testid="mod-tag"]').waitFor({ timeout: STEP_TIMEOUT });
     await fredsRow.locator('[data-testid="member-unmoderator"]').waitFor({ state: 'attached', timeout: STEP_TIMEOUT });
+  });
+  await check('moderation: kick, mute and ban show only on members one outranks (not on the owner or an operator)', async () => {
+    const fred = pages.fred;
+    const noControls = async (page, nick, who) => {
+      const n = await rowOf(page, nick).locator('[data-testid="member-kick"], [data-testid="member-mute"], [data-testid="member-ban"]').count();
+      if (n) throw new Error(`${who} has ${n} moderation controls on ${nick}, who outranks or equals them`);
+    };
+    // The operator joins: a moderator and the owner rank below him.
+    await joinRoom(boss, 'evesroom');
+    await openRoom(boss, 'modroom');
+    for (const page of [eve, fred]) await memberPresent(page, 'boss');
+    await rowOf(fred, 'gus').locator('[data-testid="member-kick"]').waitFor({ state: 'attached', timeout: STEP_TIMEOUT });
+    await noControls(fred, 'eve', 'a moderator');
+    await noControls(fred, 'boss', 'a moderator');
+    await rowOf(eve, 'fred').locator('[data-testid="member-kick"]').waitFor({ state: 'attached', timeout: STEP_TIMEOUT });
+    await rowOf(eve, 'gus').locator('[data-testid="member-kick"]').waitFor({ state: 'attached', timeout: STEP_TIMEOUT });
+    await noControls(eve, 'boss', 'the owner');
+    // The same from `joined` (its `roles`), after a reload of the owner's page.
+    await eve.reload();
+    await waitState(eve, 'online');
+    await openRoom(eve, 'evesroom');
+    await rowOf(eve, 'fred').locator('[data-testid="member-kick"]').waitFor({ state: 'attached', timeout: STEP_TIMEOUT });
+    await memberPresent(eve, 'boss');
+    await noControls(eve, 'boss', 'the owner, after a reload');
+    // The operator's page has them on everyone.
+    await openRoom(boss, 'evesroom');
+    for (const nick of ['eve', 'fred', 'gus']) await rowOf(boss, nick).locator('[data-testid="member-kick"]').waitFor({ state: 'attached', timeout: STEP_TIMEOUT });
+    await openRoom(boss, 'modroom');
+  });
+  await check('moderation: a moderator deletes the owner\'s message; the owner removes the moderator', async () => {
+    const fred = pages.fred;
+    const fredsRow = rowOf(eve, 'fred');
     // The moderator deletes the owner's message: both pages drop it.
     const msg = fred.locator('[data-testid="message-list"] [data-testid="message"]', { hasText: 'my room, my rules' });
     await msg.hover();
