@@ -794,12 +794,17 @@
     return h && Number.isSafeInteger(h.id) && h.id >= 1 && typeof h.text === 'string' && typeof h.from === 'string';
   }
 
+  // A room message as kept here, from a live one or a history entry: both
+  // carry `registered` (the lock) and `image`.
+  function roomMsg(h) {
+    return withExtras({ id: h.id, from: String(h.from), text: h.text, ts: Number(h.ts) || Date.now(), registered: h.registered === true, image: imageId(h.image) }, h);
+  }
   // Returns true when the message was new to us.
   function addRoomMessage(conv, h) {
     if (h.id > conv.lastId) conv.lastId = h.id;
     if (h.deleted === true) { conv.msgs.delete(h.id); return false; } // a tombstone: nothing to show
     if (conv.msgs.has(h.id)) { withExtras(conv.msgs.get(h.id), h); return false; } // newer reactions, edits
-    conv.msgs.set(h.id, withExtras({ id: h.id, from: String(h.from), text: h.text, ts: Number(h.ts) || Date.now(), registered: h.registered === true, image: imageId(h.image) }, h));
+    conv.msgs.set(h.id, roomMsg(h));
     if (h.id > conv.lastId) conv.lastId = h.id;
     return true;
   }
@@ -1357,6 +1362,7 @@
         el('span', { class: 'search-match' },
           el('span', { class: 'search-meta' },
             el('strong', { text: r.from }),
+            r.registered === true ? registeredBadge(String(r.from)) : null,
             el('time', { datetime: new Date(r.ts).toISOString(), text: fullFmt.format(r.ts) })),
           highlighted(String(r.text), search.query)),
         ...r.after.map(contextLine)))));
@@ -1433,7 +1439,7 @@
     if (exp.room !== ctxView.room || exp.epoch !== ctxView.epoch) return;
     ctxView.loading = null;
     const list = Array.isArray(m.messages) ? m.messages.filter(validMessage) : [];
-    for (const h of list) if (h.deleted !== true) ctxView.msgs.set(h.id, withExtras({ id: h.id, from: String(h.from), text: h.text, ts: Number(h.ts) || Date.now() }, h));
+    for (const h of list) if (h.deleted !== true) ctxView.msgs.set(h.id, roomMsg(h));
     ctxView.msgs = new Map([...ctxView.msgs].sort((a, b) => a[0] - b[0]));
     if (exp.dir !== 'newer') ctxView.complete = m.complete === true;
     if (exp.dir !== 'older') ctxView.latest = m.latest === true;
