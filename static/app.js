@@ -2826,7 +2826,67 @@
     const url = '/uploads/' + m.image;
     const img = el('img', { src: url, alt: `Image from ${m.from}`, loading: 'lazy', decoding: 'async', class: 'msg-image', 'data-testid': 'message-image' });
     img.addEventListener('error', () => { img.replaceWith(el('span', { class: 'msg-image-gone', text: 'Image no longer available' })); }, { once: true });
-    return el('a', { href: url, target: '_blank', rel: 'noopener noreferrer', class: 'msg-image-link', title: 'Open full size' }, img);
+    // A plain click (or Enter) opens the viewer; a middle or modified click
+    // still opens the image in a tab of its own, as a link does.
+    const a = el('a', { href: url, target: '_blank', rel: 'noopener noreferrer', class: 'msg-image-link', title: 'View full size', 'aria-label': `View the image from ${m.from} full size`, 'aria-haspopup': 'dialog' }, img);
+    a.addEventListener('click', (ev) => {
+      if (ev.button !== 0 || ev.ctrlKey || ev.metaKey || ev.shiftKey || ev.altKey) return;
+      ev.preventDefault();
+      openViewer(m, a);
+    });
+    return a;
+  }
+
+  // The image viewer: a modal dialog over the chat with the image at its
+  // own size (scaled down to fit the window), who sent it, when, and its
+  // caption. Escape, the
+  // close button or a click on the image or around it closes it; focus
+  // goes back to the thumbnail it was opened from.
+  const viewer = { dialog: null, img: null, from: null, when: null, caption: null, open: null, back: null };
+  function buildViewer() {
+    const d = el('dialog', { class: 'image-viewer', id: 'image-viewer', 'data-testid': 'image-viewer' });
+    viewer.from = el('strong', { class: 'viewer-from' });
+    viewer.when = el('time', { class: 'viewer-when' });
+    viewer.caption = el('p', { class: 'viewer-caption', dir: 'auto', 'data-testid': 'viewer-caption' });
+    viewer.open = el('a', { class: 'icon-btn viewer-btn', target: '_blank', rel: 'noopener noreferrer', 'aria-label': 'Open the original in a new tab', title: 'Open the original in a new tab', 'data-testid': 'viewer-original' },
+      svgIcon(['M14 4h6v6', 'M20 4l-9 9', 'M18 14v5a1 1 0 0 1-1 1H5a1 1 0 0 1-1-1V7a1 1 0 0 1 1-1h5']));
+    const close = el('button', { type: 'button', class: 'icon-btn viewer-btn', 'aria-label': 'Close the image', title: 'Close (Esc)', 'data-testid': 'viewer-close', onclick: () => d.close() }, closeIcon());
+    viewer.img = el('img', { class: 'viewer-img', alt: '', 'data-testid': 'viewer-image' });
+    d.append(
+      el('div', { class: 'viewer-bar' },
+        el('div', { class: 'viewer-meta' }, el('div', { class: 'viewer-head' }, viewer.from, viewer.when), viewer.caption),
+        viewer.open, close),
+      el('div', { class: 'viewer-stage' }, viewer.img));
+    // The image and the dark space around it close it; the bar's controls
+    // and text do not.
+    d.addEventListener('click', (ev) => { if (!ev.target.closest('.viewer-bar')) d.close(); });
+    d.addEventListener('close', () => {
+      const back = viewer.back;
+      viewer.back = null;
+      viewer.img.removeAttribute('src');
+      // The list may have been drawn anew meanwhile: the same message's thumbnail.
+      const el2 = back && (back.link.isConnected ? back.link
+        : document.querySelector(`#messages [data-id="${back.id}"] a.msg-image-link, #context-view [data-id="${back.id}"] a.msg-image-link`));
+      (el2 || input).focus();
+    });
+    document.body.append(d);
+    viewer.dialog = d;
+  }
+  function openViewer(m, link) {
+    if (!viewer.dialog) buildViewer();
+    const url = '/uploads/' + m.image;
+    viewer.back = { link, id: m.id };
+    viewer.dialog.setAttribute('aria-label', `Image from ${m.from}`);
+    viewer.img.src = url;
+    viewer.img.alt = `Image from ${m.from}` + (m.text ? `: ${m.text}` : '');
+    viewer.from.textContent = m.from;
+    viewer.when.dateTime = new Date(m.ts).toISOString();
+    viewer.when.textContent = fullFmt.format(m.ts);
+    viewer.caption.textContent = m.text || '';
+    viewer.caption.hidden = !m.text;
+    viewer.open.href = url;
+    if (!viewer.dialog.open) viewer.dialog.showModal();
+    viewer.dialog.querySelector('[data-testid="viewer-close"]').focus();
   }
   function humanSize(n) {
     return n >= 1048576 ? (n / 1048576).toFixed(1) + ' MB' : Math.max(1, Math.round(n / 1024)) + ' KB';

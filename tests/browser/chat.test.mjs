@@ -238,6 +238,47 @@ async function images({ base, boss, eve }) {
     await eve.locator('[data-testid="message"]', { hasText: 'a picture' }).locator('[data-testid="message-image"]').waitFor({ timeout: STEP_TIMEOUT });
     await shotAll(boss, 'images');
   });
+  await check('images: a click opens the image full size in a viewer; Escape or a click closes it, focus goes back', async () => {
+    const link = boss.locator('[data-testid="message-list"] [data-testid="message"]', { hasText: 'a picture' }).locator('a.msg-image-link');
+    const viewer = tid(boss, 'image-viewer');
+    const tabs = boss.context().pages().length;
+    const opened = async () => {
+      await viewer.waitFor({ state: 'visible', timeout: STEP_TIMEOUT });
+      const st = await boss.evaluate(() => {
+        const d = document.querySelector('[data-testid="image-viewer"]');
+        const img = d.querySelector('[data-testid="viewer-image"]');
+        return { modal: d.matches(':modal'), inside: d.contains(document.activeElement), src: img.getAttribute('src'), alt: img.alt,
+          caption: d.querySelector('[data-testid="viewer-caption"]').textContent, label: d.getAttribute('aria-label') };
+      });
+      if (!st.modal || !st.inside) throw new Error(`not a modal dialog holding the focus: ${JSON.stringify(st)}`);
+      if (st.src !== new URL(url).pathname || !st.alt.includes('eve') || st.caption !== 'a picture' || st.label !== 'Image from eve') throw new Error(`viewer shows ${JSON.stringify(st)}`);
+      await boss.waitForFunction(() => { const i = document.querySelector('[data-testid="viewer-image"]'); return i.complete && i.naturalWidth === 320; }, null, { timeout: STEP_TIMEOUT });
+    };
+    const closedToThumb = async (how) => {
+      await viewer.waitFor({ state: 'hidden', timeout: STEP_TIMEOUT });
+      const back = await boss.evaluate(() => document.activeElement?.matches('a.msg-image-link') && document.activeElement.closest('[data-testid="message"]')?.textContent.includes('a picture'));
+      if (!back) throw new Error(`after ${how} the focus is not back on the thumbnail`);
+    };
+    await link.click();
+    await opened();
+    // Full size: its own 320 × 200 px (the thumbnail is at most 240 px wide).
+    const big = await tid(boss, 'viewer-image').boundingBox();
+    if (!big || Math.round(big.width) !== 320 || Math.round(big.height) !== 200) throw new Error(`viewer image ${JSON.stringify(big)}`);
+    await shotAll(boss, 'image-viewer');
+    await boss.keyboard.press('Escape');
+    await closedToThumb('Escape');
+    // By keyboard: Enter on the focused thumbnail opens it; a click on the image closes it.
+    await boss.keyboard.press('Enter');
+    await opened();
+    await tid(boss, 'viewer-image').click();
+    await closedToThumb('a click on the image');
+    // And the close button.
+    await link.click();
+    await opened();
+    await tid(boss, 'viewer-close').click();
+    await closedToThumb('the close button');
+    if (boss.context().pages().length !== tabs) throw new Error('a plain click opened a tab as well');
+  });
   await check('images: a file that is not an image is refused in plain words', async () => {
     await eve.evaluate(() => {
       const dt = new DataTransfer();
