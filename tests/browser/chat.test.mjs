@@ -463,8 +463,15 @@ async function accounts({ base, ctxOpts, outside }) {
     await boss.waitForFunction(() => document.querySelector('[data-testid="my-nick"]')?.textContent === 'boss', null, { timeout: STEP_TIMEOUT });
     await openRoom(boss, 'modroom');
     await seesOnce(boss, 'this one stays');
-    // From the history of `joined` now, not live: the lock shows all the same.
+    // From the history of `joined` now, not live: the lock shows all the same,
+    // and on the message found by search.
     await boss.locator('[data-testid="message-list"] [data-testid="message"]', { hasText: 'this one stays' }).locator('[data-testid="registered-badge"]').waitFor({ timeout: STEP_TIMEOUT });
+    await tid(boss, 'search-toggle').click();
+    await tid(boss, 'search-input').fill('stays');
+    await tid(boss, 'search-submit').click();
+    await tid(boss, 'search-result').filter({ hasText: 'this one stays' }).locator('.search-match [data-testid="registered-badge"]').waitFor({ timeout: STEP_TIMEOUT });
+    await tid(boss, 'search-input').press('Escape');
+    await tid(boss, 'search-panel').waitFor({ state: 'hidden', timeout: STEP_TIMEOUT });
     const texts = await boss.locator('[data-testid="message-list"] [data-testid="message-text"]').allTextContents();
     if (texts.some((t) => t === '' || t.includes('delete me please'))) throw new Error(`shown: ${JSON.stringify(texts)}`);
     if ((await boss.locator('[data-testid="room-topic"]').textContent()) !== 'Be kind here') throw new Error('no topic from joined');
