@@ -1303,7 +1303,11 @@ fn history_keeps_who_posted_registered_across_a_restart() {
     assert!(v.get("registered").is_none(), "{v}");
     let (mut bob, _) = connect_as(&s, "bob");
     assert_eq!(joined(&mut bob, "r")["type"], "joined");
-    assert!(post(&mut bob, "r", "unsigned words by a guest").get("registered").is_none());
+    assert!(
+        post(&mut bob, "r", "unsigned words by a guest")
+            .get("registered")
+            .is_none()
+    );
     drop((alice, bob));
     let s = restart(s, dir.path(), "KILL", &[]);
 
@@ -1373,5 +1377,8 @@ fn joined_names_the_rank_of_each_moderating_member() {
     );
     // A plain room has neither field.
     let j = joined(&mut dan, "plain");
-    assert!(j.get("roles").is_none() && j.get("moderators").is_none(), "{j}");
+    assert!(
+        j.get("roles").is_none() && j.get("moderators").is_none(),
+        "{j}"
+    );
 }
