@@ -1217,3 +1217,47 @@ fn each_moderation_action_by_an_operator_and_a_moderator_and_refused_to_a_plain_
     );
     assert_eq!(v["type"], "moderation", "{v}");
 }
+
+/// The owners table outlives the rooms (a room forgotten and made anew
+/// keeps its owner), so what one account may own is capped, with
+/// `--max-rooms-per-addr`: else one account could grow it without bound,
+/// a room name at a time.
+#[test]
+fn the_rooms_an_account_owns_are_capped_across_forgetting_and_a_restart() {
+    let dir = TempDir::new("owned-cap");
+    let cap = ["--max-rooms-per-addr", "2"];
+    let (s, mut op) = with_operator(dir.path(), &cap);
+    let (mut bob, _) = connect_nick(&s, "bob");
+    let token = register(&mut bob);
+    for r in ["b1", "b2"] {
+        assert_eq!(try_join(&mut bob, r)["role"], "owner");
+        // Left empty, the room is forgotten; its owner is kept.
+        let v = ask(&mut bob, json!({"type":"leave","room":r}), "l");
+        assert_eq!(v["type"], "left", "{v}");
+    }
+    let v = try_join(&mut bob, "b3");
+    assert_eq!(v["code"], "too_many_rooms", "{v}");
+    assert!(v["message"].as_str().unwrap().contains("account"), "{v}");
+    // A room it owns it may make anew; others and operators create rooms.
+    assert_eq!(try_join(&mut bob, "b1")["role"], "owner");
+    let (mut carol, _) = connect_nick(&s, "carol");
+    register(&mut carol);
+    assert_eq!(try_join(&mut carol, "c1")["role"], "owner");
+    for r in ["o1", "o2", "o3"] {
+        assert_eq!(try_join(&mut op, r)["role"], "operator");
+    }
+    // A guest owns nothing, so is not held to it (loopback is exempt
+    // from the per-address cap).
+    let (mut g, _) = connect_nick(&s, "guest");
+    for r in ["g1", "g2", "g3"] {
+        assert_eq!(try_join(&mut g, r)["type"], "joined");
+    }
+    drop((bob, carol, op, g));
+
+    // The count is the store's: a restart (SIGKILL) keeps it.
+    let s = restart(s, dir.path(), "KILL", &cap);
+    let (mut bob, _) = connect_nick(&s, "x");
+    assert_eq!(login_token(&mut bob, &token)["type"], "session");
+    assert_eq!(try_join(&mut bob, "b4")["code"], "too_many_rooms");
+    assert_eq!(try_join(&mut bob, "b2")["role"], "owner");
+}

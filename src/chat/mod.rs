@@ -994,6 +994,7 @@ impl Chat {
             match existing {
                 Some(i) => i,
                 None => {
+                    self.check_owned_rooms(conn, name)?;
                     let i = self.create_room(name, owner, now)?;
                     self.record_creator(conn, name);
                     i

@@ -33,6 +33,9 @@ pub enum ChatError {
     },
     /// The rooms created from this client's address are at their cap.
     TooManyRoomsFromAddress,
+    /// Extension (moderation): the account owns `--max-rooms-per-addr`
+    /// rooms already (ownership is kept after a room is forgotten).
+    TooManyOwnedRooms,
     /// Extension (accounts): the nick is registered to an account this
     /// connection is not logged in to (code `nick_taken`).
     NickRegistered,
@@ -124,7 +127,9 @@ impl ChatError {
             ChatError::NickTaken => "nick_taken",
             ChatError::NotInRoom => "not_in_room",
             ChatError::NoSuchUser => "no_such_user",
-            ChatError::TooManyRooms { .. } | ChatError::TooManyRoomsFromAddress => "too_many_rooms",
+            ChatError::TooManyRooms { .. }
+            | ChatError::TooManyRoomsFromAddress
+            | ChatError::TooManyOwnedRooms => "too_many_rooms",
             ChatError::NickRegistered => "nick_taken",
             ChatError::Busy => "busy",
             ChatError::LoginLimited { .. } => "login_limited",
@@ -243,6 +248,9 @@ impl fmt::Display for ChatError {
             }
             ChatError::TooManyRoomsFromAddress => f.write_str(
                 "too many rooms were created from your address: join an existing one",
+            ),
+            ChatError::TooManyOwnedRooms => f.write_str(
+                "your account owns as many rooms as it may: join an existing one",
             ),
             ChatError::NickRegistered => {
                 f.write_str("that nick is registered: log in to its account to use it")
