@@ -417,3 +417,57 @@ fn a_failing_store_refuses_dms_and_reads_and_keeps_the_old_position() {
     let v = ask(&mut bob, json!({"type":"read","with":"alice","id":2}), "r2");
     assert_eq!((&v["type"], &v["id"]), (&json!("read"), &json!(2)), "{v}");
 }
+
+/// A DM reaches every connection logged in to its account and none that
+/// left it, by a login to another account or a logout (the server keeps an
+/// index account → connections, kept with every login and logout).
+#[test]
+fn a_dm_reaches_exactly_the_connections_logged_in_to_the_account() {
+    let dir = TempDir::new("dm-index");
+    let s = start(dir.path(), &[]);
+    let (mut alice, a_tok) = registered(&s, "alice");
+    let (_bob, b_tok) = registered(&s, "bob");
+    let (mut carol, _) = registered(&s, "carol");
+    let (mut phone, _) = login(&s, &a_tok);
+    let (mut moved, _) = login(&s, &a_tok);
+    let v = ask(&mut moved, json!({"type":"login","token":b_tok}), "m");
+    assert_eq!(v["type"], "session", "{v}");
+    // A session of its own (a logout ends the session for all its holders).
+    let mut gone = connect_as(&s, "x");
+    let v = ask(
+        &mut gone,
+        json!({"type":"login","account":"alice","password":PW}),
+        "p",
+    );
+    assert_eq!(v["type"], "session", "{v}");
+    let v = ask(&mut gone, json!({"type":"logout"}), "o");
+    assert_eq!(v["type"], "logged_out", "{v}");
+    let v = ask(
+        &mut carol,
+        json!({"type":"dm","to":"alice","text":"hello"}),
+        "d",
+    );
+    assert_eq!(v["type"], "dm", "{v}");
+    for ws in [&mut alice, &mut phone] {
+        assert_eq!(recv_type(ws, "dm")["text"], "hello");
+    }
+    // Nothing but events before the answer to a request sent after it.
+    for ws in [&mut moved, &mut gone] {
+        send(ws, json!({"type":"rooms","ref":"sync"}));
+        assert_eq!(recv_type(ws, "rooms")["ref"], "sync");
+    }
+    // A connection that logs in to alice again hears the next one.
+    let v = ask(&mut gone, json!({"type":"login","token":a_tok}), "l");
+    assert_eq!(v["type"], "session", "{v}");
+    let v = ask(
+        &mut carol,
+        json!({"type":"dm","to":"alice","text":"again"}),
+        "d2",
+    );
+    assert_eq!(v["type"], "dm", "{v}");
+    for ws in [&mut alice, &mut phone, &mut gone] {
+        assert_eq!(recv_type(ws, "dm")["text"], "again");
+    }
+    send(&mut moved, json!({"type":"rooms","ref":"sync2"}));
+    assert_eq!(recv_type(&mut moved, "rooms")["ref"], "sync2");
+}
