@@ -279,3 +279,62 @@ fn the_readme_names_exactly_the_settings_sighup_applies() {
     live.sort();
     assert_eq!(shown, live);
 }
+
+/// SIGHUP applies a new motd (to the next welcome) and the chat rate
+/// limit (to every connection, the open ones included).
+#[test]
+fn sighup_applies_the_motd_and_the_chat_rate_limit() {
+    use tungstenite::Message;
+    let dir = TempDir::new("cfg");
+    let path = write(&dir, "motd = \"Before.\"\nrate-burst = 0\n");
+    let (s, log) = Server::start_logged(
+        &["--config", &path, "--no-persist"],
+        &[("RUST_LOG", "info")],
+    );
+    let welcome = |ws: &mut tungstenite::WebSocket<std::net::TcpStream>| -> serde_json::Value {
+        let m = ws.read().expect("welcome");
+        serde_json::from_str(m.to_text().expect("text")).expect("JSON")
+    };
+    let mut old = common::client(&s, "/ws?nick=old");
+    assert_eq!(welcome(&mut old)["motd"], "Before.");
+
+    write(
+        &dir,
+        "motd = \"After.\"\nrate-burst = 2\nrate-per-sec = 1\n",
+    );
+    s.signal("HUP");
+    let applied = wait_log(&log, "applied");
+    for k in ["motd", "rate-burst", "rate-per-sec"] {
+        assert!(applied.contains(k), "{applied}");
+    }
+    let mut new = common::client(&s, "/ws?nick=new");
+    let w = welcome(&mut new);
+    assert_eq!(w["motd"], "After.");
+    assert_eq!(w["limits"]["rate_burst"], 2, "{w}");
+    // The connection opened before the reload (with the limit off) is held
+    // to the new limit, from a full bucket: of five requests at once, the
+    // burst's two are answered and the next three refused.
+    for i in 0..5 {
+        let req = format!(r#"{{"type":"rooms","ref":"r{i}"}}"#);
+        old.send(Message::text(req)).unwrap();
+    }
+    let mut answers = Vec::new();
+    for _ in 0..5 {
+        let m = old.read().expect("an answer");
+        let v: serde_json::Value = serde_json::from_str(m.to_text().unwrap()).unwrap();
+        answers.push(
+            v["code"]
+                .as_str()
+                .unwrap_or(v["type"].as_str().unwrap())
+                .to_string(),
+        );
+    }
+    let want = [
+        "rooms",
+        "rooms",
+        "rate_limited",
+        "rate_limited",
+        "rate_limited",
+    ];
+    assert_eq!(answers, want);
+}

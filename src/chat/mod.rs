@@ -1080,6 +1080,19 @@ impl Chat {
         Ok(())
     }
 
+    /// SIGHUP (README, "Command line"): the chat's settings that may
+    /// change while it runs. The motd is read at each welcome; the rate
+    /// limit at each message (a bucket past the new burst is cut to it on
+    /// its next message), so both hold for everyone at once. Connections
+    /// already open keep the `limits` their welcome told them.
+    pub fn reconfigure(&mut self, motd: &str, rate_burst: u32, rate_per_sec: u32) {
+        if self.cfg.motd != motd {
+            self.cfg.motd = motd.to_string();
+        }
+        self.cfg.rate_burst = rate_burst;
+        self.cfg.rate_per_sec = rate_per_sec;
+    }
+
     /// Creates a room for a client at `owner` (`None`: an exempt client).
     ///
     /// Past `max_rooms_per_addr` rooms from one address, creation is refused.
