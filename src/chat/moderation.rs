@@ -10,7 +10,7 @@ use std::net::IpAddr;
 
 use super::durable::Record;
 use super::protocol::{ChatError, Out, frame};
-use super::{Chat, ConnId, Now, Outbox, send_error};
+use super::{Chat, ConnId, Now, Outbox, send_error, validate};
 
 /// A `moderation` event's fields; `until`, `interval` and `id` only for
 /// the actions that have them.
@@ -584,6 +584,19 @@ impl Chat {
         if !self.is_registered(&account) {
             return Err(ChatError::NoSuchAccount);
         }
+        // The table outlives the room: bounded per room. One pass over
+        // the moderators, once per appointment.
+        if on
+            && !self.is_op(conn)
+            && !self
+                .moder
+                .mods
+                .contains(&(room.to_string(), account.clone()))
+            && self.moder.mods.iter().filter(|(r, _)| r == room).count()
+                >= validate::MAX_ROOM_MODERATORS
+        {
+            return Err(ChatError::TooManyModerators);
+        }
         self.records.push(Record::Moderation(ModRecord::Moderator {
             room: room.into(),
             account: account.as_str().into(),
@@ -682,6 +695,17 @@ impl Chat {
         let target = self.holder(nick);
         if let Some(room) = &room {
             self.check_outranks(conn, room, target, nick)?;
+            if !self.is_op(conn)
+                && self
+                    .moder
+                    .bans
+                    .iter()
+                    .filter(|b| b.room == *room && b.live(now))
+                    .count()
+                    >= validate::MAX_ROOM_BANS
+            {
+                return Err(ChatError::TooManyBans);
+            }
         }
         let key = nick.to_ascii_lowercase();
         // The account: the one the target is logged in to, or the one the
@@ -920,6 +944,8 @@ impl Chat {
                     ban,
                     target_nick,
                 } => {
+                    // Ended bans hold nothing: dropped as a new one comes.
+                    self.moder.bans.retain(|b| b.live(now));
                     self.moder.bans.push(ban.clone());
                     let idx = if ban.room.is_empty() {
                         None

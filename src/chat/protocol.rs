@@ -71,6 +71,10 @@ pub enum ChatError {
     },
     /// `moderator` for a nick that has no account.
     NoSuchAccount,
+    /// Extension (moderation): the room has `MAX_ROOM_MODERATORS`.
+    TooManyModerators,
+    /// Extension (moderation): the room has `MAX_ROOM_BANS` bans in force.
+    TooManyBans,
     /// `delete` of an id the room does not keep (and, extension, a
     /// `reply_to`, `react` or `edit` of one, or of a tombstone).
     NoSuchMessage,
@@ -144,6 +148,8 @@ impl ChatError {
             ChatError::Banned { .. } => "banned",
             ChatError::Muted { .. } => "muted",
             ChatError::NoSuchAccount => "no_such_account",
+            ChatError::TooManyModerators => "too_many_moderators",
+            ChatError::TooManyBans => "too_many_bans",
             ChatError::NoSuchMessage => "no_such_message",
             ChatError::TooManyReactions => "too_many_reactions",
             ChatError::NoSuchUpload => "no_such_upload",
@@ -280,6 +286,16 @@ impl fmt::Display for ChatError {
                 f.write_str("this server requires an account: log in or register first")
             }
             ChatError::NoSuchAccount => f.write_str("no account has that nick"),
+            ChatError::TooManyModerators => write!(
+                f,
+                "the room has {} moderators, as many as it may: remove one first",
+                super::validate::MAX_ROOM_MODERATORS
+            ),
+            ChatError::TooManyBans => write!(
+                f,
+                "the room has {} bans in force, as many as it may: ask an operator",
+                super::validate::MAX_ROOM_BANS
+            ),
             ChatError::NoSuchMessage => f.write_str("the room keeps no message with that id"),
             ChatError::TooManyReactions => write!(
                 f,
