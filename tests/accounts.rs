@@ -10,72 +10,6 @@ use std::path::Path;
 use std::time::Duration;
 use tungstenite::Message;
 
-type Ws = tungstenite::WebSocket<TcpStream>;
-
-const PW: &str = "correct horse battery";
-
-fn start(dir: &Path, extra: &[&str]) -> Server {
-    let mut args = vec!["--rate-burst", "0"];
-    args.extend_from_slice(extra);
-    Server::start_in(dir, &args)
-}
-
-fn connect_as(server: &Server, nick: &str) -> (Ws, String) {
-    let mut ws = client(server, &format!("/ws?nick={nick}"));
-    let w = recv(&mut ws);
-    assert_eq!(w["type"], "welcome", "{w}");
-    let nick = w["nick"].as_str().unwrap().to_string();
-    (ws, nick)
-}
-
-fn send(ws: &mut Ws, v: Value) {
-    ws.send(Message::text(v.to_string())).expect("send");
-}
-
-fn recv(ws: &mut Ws) -> Value {
-    loop {
-        match ws.read().expect("read a frame") {
-            Message::Text(t) => return serde_json::from_str(t.as_str()).expect("JSON"),
-            Message::Ping(_) | Message::Pong(_) => continue,
-            other => panic!("expected a text frame, got {other:?}"),
-        }
-    }
-}
-
-/// The next frame of `type`, skipping presence, typing and nick changes.
-fn recv_type(ws: &mut Ws, ty: &str) -> Value {
-    loop {
-        let v = recv(ws);
-        if v["type"] == ty {
-            return v;
-        }
-        assert!(
-            ["presence", "typing", "nick", "member", "role", "reads"]
-                .contains(&v["type"].as_str().unwrap_or("")),
-            "expected {ty}, got {v}"
-        );
-    }
-}
-
-/// Sends `req` and returns the answer carrying its ref (`session`,
-/// `error`, …), skipping events.
-fn ask(ws: &mut Ws, mut req: Value, r: &str) -> Value {
-    req["ref"] = json!(r);
-    send(ws, req);
-    loop {
-        let v = recv(ws);
-        if v["ref"] == r {
-            return v;
-        }
-    }
-}
-
-fn register(ws: &mut Ws) -> String {
-    let v = ask(ws, json!({"type":"register","password":PW}), "reg");
-    assert_eq!(v["type"], "session", "{v}");
-    v["token"].as_str().unwrap().to_string()
-}
-
 fn login_pw(ws: &mut Ws, account: &str, pw: &str) -> Value {
     ask(
         ws,
@@ -103,7 +37,7 @@ fn nick_of(ws: &mut Ws) -> String {
 fn a_registered_nick_cannot_be_impersonated() {
     let dir = TempDir::new("impersonate");
     let s = start(dir.path(), &[]);
-    let (mut alice, nick) = connect_as(&s, "alice");
+    let (mut alice, nick) = connect_nick(&s, "alice");
     assert_eq!(nick, "alice");
     let token = register(&mut alice);
     assert_eq!(token.len(), 64);
@@ -111,7 +45,7 @@ fn a_registered_nick_cannot_be_impersonated() {
     std::thread::sleep(Duration::from_millis(100));
 
     // Asking for it at connect gives a guest nick, as a taken nick does.
-    let (mut mallory, nick) = connect_as(&s, "Alice");
+    let (mut mallory, nick) = connect_nick(&s, "Alice");
     assert!(nick.starts_with("guest-"), "{nick}");
     let v = ask(&mut mallory, json!({"type":"nick","nick":"ALICE"}), "n");
     assert_eq!(v["code"], "nick_taken", "{v}");
@@ -127,7 +61,7 @@ fn a_registered_nick_cannot_be_impersonated() {
     assert_eq!(v["code"], "forbidden", "{v}");
 
     // Alice, back with her token, gets her nick.
-    let (mut alice, _) = connect_as(&s, "alice");
+    let (mut alice, _) = connect_nick(&s, "alice");
     let v = login_token(&mut alice, &token);
     assert_eq!(v["type"], "session", "{v}");
     assert_eq!(v["account"], "alice");
@@ -138,7 +72,7 @@ fn a_registered_nick_cannot_be_impersonated() {
 fn a_token_logs_in_across_a_restart_and_logout_ends_it() {
     let dir = TempDir::new("restart");
     let mut s = start(dir.path(), &[]);
-    let (mut c, _) = connect_as(&s, "bob");
+    let (mut c, _) = connect_nick(&s, "bob");
     let token = register(&mut c);
     drop(c);
     s.signal("TERM");
@@ -146,7 +80,7 @@ fn a_token_logs_in_across_a_restart_and_logout_ends_it() {
     drop(s);
 
     let s = start(dir.path(), &[]);
-    let (mut g, nick) = connect_as(&s, "bob");
+    let (mut g, nick) = connect_nick(&s, "bob");
     assert!(nick.starts_with("guest-"), "still registered: {nick}");
     let v = login_token(&mut g, &token);
     assert_eq!(v["type"], "session", "{v}");
@@ -166,9 +100,9 @@ fn a_token_logs_in_across_a_restart_and_logout_ends_it() {
 #[test]
 fn a_password_change_ends_the_other_sessions() {
     let s = Server::start(&["--no-persist", "--rate-burst", "0"]);
-    let (mut a1, _) = connect_as(&s, "carol");
+    let (mut a1, _) = connect_nick(&s, "carol");
     let t1 = register(&mut a1);
-    let (mut a2, _) = connect_as(&s, "x");
+    let (mut a2, _) = connect_nick(&s, "x");
     let v = login_pw(&mut a2, "carol", PW);
     assert_eq!(v["type"], "session", "{v}");
     let t2 = v["token"].as_str().unwrap().to_string();
@@ -190,7 +124,7 @@ fn a_password_change_ends_the_other_sessions() {
     let out = recv_type(&mut a2, "logged_out");
     assert_eq!(out["account"], "carol");
 
-    let (mut c, _) = connect_as(&s, "y");
+    let (mut c, _) = connect_nick(&s, "y");
     for old in [&t1, &t2] {
         let v = login_token(&mut c, old);
         assert_eq!(v["code"], "login_failed", "{v}");
@@ -208,22 +142,22 @@ fn a_password_change_ends_the_other_sessions() {
     assert_eq!(v["type"], "logged_out", "{v}");
     let out = recv_type(&mut a1, "logged_out");
     assert_eq!(out["account"], "carol");
-    let (mut d, _) = connect_as(&s, "z");
+    let (mut d, _) = connect_nick(&s, "z");
     assert_eq!(login_token(&mut d, &t3)["code"], "login_failed");
 }
 
 #[test]
 fn failed_logins_are_limited_per_account_and_per_address() {
     let s = Server::start(&["--no-persist", "--rate-burst", "0", "--limit-loopback"]);
-    let (mut owner, _) = connect_as(&s, "dave");
+    let (mut owner, _) = connect_nick(&s, "dave");
     register(&mut owner);
-    let (mut m, _) = connect_as(&s, "m");
+    let (mut m, _) = connect_nick(&s, "m");
     for i in 0..6 {
         let v = login_pw(&mut m, "dave", &format!("guess number {i}"));
         assert_eq!(v["code"], "login_failed", "attempt {i}: {v}");
     }
     // Locked now: even the right password waits, and the error says how long.
-    let (mut other, _) = connect_as(&s, "o");
+    let (mut other, _) = connect_nick(&s, "o");
     let v = login_pw(&mut other, "dave", PW);
     assert_eq!(v["code"], "login_limited", "{v}");
     let wait = v["retry_after"].as_u64().expect("retry_after");
@@ -250,14 +184,16 @@ fn failed_logins_are_limited_per_account_and_per_address() {
 #[test]
 fn guesses_sent_together_do_not_escape_the_lock() {
     let s = Server::start(&["--no-persist", "--rate-burst", "0", "--limit-loopback"]);
-    let (mut owner, _) = connect_as(&s, "gina");
+    let (mut owner, _) = connect_nick(&s, "gina");
     register(&mut owner);
-    let (mut m, _) = connect_as(&s, "m");
+    let (mut m, _) = connect_nick(&s, "m");
     for i in 0..5 {
         let v = login_pw(&mut m, "gina", &format!("guess number {i}"));
         assert_eq!(v["code"], "login_failed", "attempt {i}: {v}");
     }
-    let mut many: Vec<Ws> = (0..4).map(|i| connect_as(&s, &format!("g{i}")).0).collect();
+    let mut many: Vec<Ws> = (0..4)
+        .map(|i| connect_nick(&s, &format!("g{i}")).0)
+        .collect();
     for (i, w) in many.iter_mut().enumerate() {
         send(
             w,
@@ -303,13 +239,13 @@ fn guests_are_refused_with_require_account_and_registration_closed() {
         dir.path(),
         &["--require-account", "--registration", "closed"],
     );
-    let (mut g, _) = connect_as(&s, "guest");
+    let (mut g, _) = connect_nick(&s, "guest");
     let v = ask(&mut g, json!({"type":"join","room":"general"}), "j");
     assert_eq!(v["code"], "account_required", "{v}");
     let v = ask(&mut g, json!({"type":"register","password":PW}), "r");
     assert_eq!(v["code"], "registration_closed", "{v}");
 
-    let (mut op, _) = connect_as(&s, "x");
+    let (mut op, _) = connect_nick(&s, "x");
     assert_eq!(
         login_pw(&mut op, "boss", "first password")["code"],
         "login_failed"
@@ -389,7 +325,7 @@ fn sigkill_during_registrations_keeps_every_answered_account() {
     assert!(done.len() >= 3, "too few registrations: {}", done.len());
 
     let s = start(dir.path(), &[]);
-    let (mut c, _) = connect_as(&s, "checker");
+    let (mut c, _) = connect_nick(&s, "checker");
     for (nick, token) in &done {
         let v = login_token(&mut c, token);
         assert_eq!(v["type"], "session", "{nick}: {v}");
@@ -405,13 +341,13 @@ fn a_registration_the_store_refuses_is_storage_failed_and_changes_nothing() {
     let dir = TempDir::new("fault");
     let fault = dir.path().join("fault");
     let s = start(dir.path(), &["--fault-file", fault.to_str().unwrap()]);
-    let (mut c, _) = connect_as(&s, "erin");
+    let (mut c, _) = connect_nick(&s, "erin");
     std::fs::write(&fault, b"").unwrap();
     let v = ask(&mut c, json!({"type":"register","password":PW}), "r");
     assert_eq!(v["code"], "storage_failed", "{v}");
     let v = ask(&mut c, json!({"type":"logout"}), "o");
     assert_eq!(v["code"], "not_logged_in", "not logged in: {v}");
-    let (mut other, nick) = connect_as(&s, "Erin2");
+    let (mut other, nick) = connect_nick(&s, "Erin2");
     assert_eq!(nick, "Erin2");
     let v = ask(&mut other, json!({"type":"nick","nick":"ERIN"}), "n");
     assert_eq!(v["code"], "nick_taken", "held by c, not registered: {v}");
@@ -425,9 +361,11 @@ fn a_registration_the_store_refuses_is_storage_failed_and_changes_nothing() {
 #[test]
 fn logins_being_hashed_do_not_hold_up_the_chat() {
     let s = Server::start(&["--no-persist", "--rate-burst", "0"]);
-    let (mut owner, _) = connect_as(&s, "frank");
+    let (mut owner, _) = connect_nick(&s, "frank");
     register(&mut owner);
-    let mut waiting: Vec<Ws> = (0..6).map(|i| connect_as(&s, &format!("w{i}")).0).collect();
+    let mut waiting: Vec<Ws> = (0..6)
+        .map(|i| connect_nick(&s, &format!("w{i}")).0)
+        .collect();
     let last = waiting.last_mut().unwrap();
     assert_eq!(
         ask(last, json!({"type":"join","room":"r"}), "j")["type"],
@@ -439,7 +377,7 @@ fn logins_being_hashed_do_not_hold_up_the_chat() {
             json!({"type":"login","account":"frank","password":PW,"ref":"l"}),
         );
     }
-    let (mut poster, _) = connect_as(&s, "poster");
+    let (mut poster, _) = connect_nick(&s, "poster");
     assert_eq!(
         ask(&mut poster, json!({"type":"join","room":"r"}), "j")["type"],
         "joined"
@@ -479,23 +417,19 @@ fn with_operator(dir: &Path, extra: &[&str]) -> (Server, Ws) {
     let (ok, msg) = account_cmd(dir, &["account", "add", "boss", "--op"], PW);
     assert!(ok || msg.contains("exists"), "{msg}");
     let s = start(dir, extra);
-    let (mut op, _) = connect_as(&s, "x");
+    let (mut op, _) = connect_nick(&s, "x");
     assert_eq!(login_pw(&mut op, "boss", PW)["type"], "session");
     (s, op)
-}
-
-fn joined(ws: &mut Ws, room: &str) -> Value {
-    ask(ws, json!({"type":"join","room":room}), "j")
 }
 
 #[test]
 fn an_operator_kicks_and_a_plain_user_cannot() {
     let dir = TempDir::new("kick");
     let (s, mut op) = with_operator(dir.path(), &[]);
-    let (mut bob, _) = connect_as(&s, "bob");
-    let (mut carol, _) = connect_as(&s, "carol");
-    assert_eq!(joined(&mut bob, "r")["type"], "joined");
-    assert_eq!(joined(&mut carol, "r")["type"], "joined");
+    let (mut bob, _) = connect_nick(&s, "bob");
+    let (mut carol, _) = connect_nick(&s, "carol");
+    assert_eq!(try_join(&mut bob, "r")["type"], "joined");
+    assert_eq!(try_join(&mut carol, "r")["type"], "joined");
 
     let v = ask(
         &mut carol,
@@ -544,17 +478,17 @@ fn an_operator_kicks_and_a_plain_user_cannot() {
     );
     assert_eq!(v["code"], "not_in_room", "{v}");
     // A kick is not a ban: bob may come back.
-    assert_eq!(joined(&mut bob, "r")["type"], "joined");
+    assert_eq!(try_join(&mut bob, "r")["type"], "joined");
 }
 
 #[test]
 fn a_room_ban_holds_across_reconnects_a_new_nick_and_a_restart() {
     let dir = TempDir::new("ban");
     let (mut s, mut op) = with_operator(dir.path(), &["--limit-loopback"]);
-    let (mut bob, _) = connect_as(&s, "bob");
+    let (mut bob, _) = connect_nick(&s, "bob");
     let token = register(&mut bob);
-    assert_eq!(joined(&mut bob, "r")["type"], "joined");
-    let (mut plain, _) = connect_as(&s, "plain");
+    assert_eq!(try_join(&mut bob, "r")["type"], "joined");
+    let (mut plain, _) = connect_nick(&s, "plain");
     let v = ask(
         &mut plain,
         json!({"type":"ban","room":"r","nick":"bob"}),
@@ -571,20 +505,20 @@ fn a_room_ban_holds_across_reconnects_a_new_nick_and_a_restart() {
     assert_eq!(v["until"], 0);
     let e = recv_type(&mut bob, "moderation");
     assert_eq!(e["action"], "ban");
-    let v = joined(&mut bob, "r");
+    let v = try_join(&mut bob, "r");
     assert_eq!(v["code"], "banned", "{v}");
     assert!(v["message"].as_str().unwrap().contains("trolling"), "{v}");
     assert_eq!(
-        joined(&mut bob, "elsewhere")["type"],
+        try_join(&mut bob, "elsewhere")["type"],
         "joined",
         "only room r"
     );
     drop(bob);
 
     // Reconnect: logged in, same account.
-    let (mut bob, _) = connect_as(&s, "x");
+    let (mut bob, _) = connect_nick(&s, "x");
     assert_eq!(login_token(&mut bob, &token)["type"], "session");
-    assert_eq!(joined(&mut bob, "r")["code"], "banned");
+    assert_eq!(try_join(&mut bob, "r")["code"], "banned");
     // A new nick, logged out: an IP ban catches that.
     let v = ask(
         &mut op,
@@ -592,18 +526,18 @@ fn a_room_ban_holds_across_reconnects_a_new_nick_and_a_restart() {
         "b2",
     );
     assert_eq!(v["type"], "moderation", "{v}");
-    let (mut other, nick) = connect_as(&s, "robert");
+    let (mut other, nick) = connect_nick(&s, "robert");
     assert_eq!(nick, "robert");
-    assert_eq!(joined(&mut other, "r")["code"], "banned");
+    assert_eq!(try_join(&mut other, "r")["code"], "banned");
     drop((op, bob, other, plain));
 
     s.signal("TERM");
     assert!(s.wait_exit(Duration::from_secs(10)).is_some());
     drop(s);
     let s = start(dir.path(), &["--limit-loopback"]);
-    let (mut bob, _) = connect_as(&s, "x");
+    let (mut bob, _) = connect_nick(&s, "x");
     assert_eq!(login_token(&mut bob, &token)["type"], "session");
-    assert_eq!(joined(&mut bob, "r")["code"], "banned", "after a restart");
+    assert_eq!(try_join(&mut bob, "r")["code"], "banned", "after a restart");
     drop(bob);
     drop(s);
 
@@ -624,8 +558,8 @@ fn a_room_ban_holds_across_reconnects_a_new_nick_and_a_restart() {
 fn a_server_ban_closes_the_connection_and_runs_out() {
     let dir = TempDir::new("server-ban");
     let (s, mut op) = with_operator(dir.path(), &[]);
-    let (mut troll, _) = connect_as(&s, "troll");
-    assert_eq!(joined(&mut troll, "r")["type"], "joined");
+    let (mut troll, _) = connect_nick(&s, "troll");
+    assert_eq!(try_join(&mut troll, "r")["type"], "joined");
     let v = ask(
         &mut op,
         json!({"type":"ban","nick":"troll","duration":2,"reason":"flood"}),
@@ -642,10 +576,10 @@ fn a_server_ban_closes_the_connection_and_runs_out() {
         }
     };
     assert_eq!(closed, Some(1008));
-    let (_, nick) = connect_as(&s, "troll");
+    let (_, nick) = connect_nick(&s, "troll");
     assert!(nick.starts_with("guest-"), "the nick is banned: {nick}");
     std::thread::sleep(Duration::from_millis(2300));
-    let (_, nick) = connect_as(&s, "troll");
+    let (_, nick) = connect_nick(&s, "troll");
     assert_eq!(nick, "troll", "the ban ran out");
 }
 
@@ -653,9 +587,9 @@ fn a_server_ban_closes_the_connection_and_runs_out() {
 fn a_mute_runs_out_and_slow_mode_spaces_messages() {
     let dir = TempDir::new("mute");
     let (s, mut op) = with_operator(dir.path(), &[]);
-    let (mut bob, _) = connect_as(&s, "bob");
-    assert_eq!(joined(&mut bob, "r")["type"], "joined");
-    let (mut plain, _) = connect_as(&s, "plain");
+    let (mut bob, _) = connect_nick(&s, "bob");
+    assert_eq!(try_join(&mut bob, "r")["type"], "joined");
+    let (mut plain, _) = connect_nick(&s, "plain");
     let v = ask(
         &mut plain,
         json!({"type":"mute","room":"r","nick":"bob","duration":60}),
@@ -713,9 +647,9 @@ fn a_mute_runs_out_and_slow_mode_spaces_messages() {
 fn a_room_moderator_acts_in_that_room_only_and_stays_one_after_a_restart() {
     let dir = TempDir::new("moderator");
     let (mut s, mut op) = with_operator(dir.path(), &[]);
-    let (mut bob, _) = connect_as(&s, "bob");
+    let (mut bob, _) = connect_nick(&s, "bob");
     let token = register(&mut bob);
-    let (mut carol, _) = connect_as(&s, "carol");
+    let (mut carol, _) = connect_nick(&s, "carol");
     let v = ask(
         &mut carol,
         json!({"type":"moderator","room":"r","nick":"bob"}),
@@ -749,11 +683,11 @@ fn a_room_moderator_acts_in_that_room_only_and_stays_one_after_a_restart() {
     drop(s);
 
     let s = start(dir.path(), &[]);
-    let (mut bob, _) = connect_as(&s, "x");
+    let (mut bob, _) = connect_nick(&s, "x");
     assert_eq!(login_token(&mut bob, &token)["type"], "session");
-    let (mut carol, _) = connect_as(&s, "carol");
-    assert_eq!(joined(&mut carol, "r")["type"], "joined");
-    assert_eq!(joined(&mut carol, "other")["type"], "joined");
+    let (mut carol, _) = connect_nick(&s, "carol");
+    assert_eq!(try_join(&mut carol, "r")["type"], "joined");
+    assert_eq!(try_join(&mut carol, "other")["type"], "joined");
     let v = ask(
         &mut bob,
         json!({"type":"kick","room":"r","nick":"carol"}),
@@ -783,10 +717,10 @@ fn a_room_moderator_acts_in_that_room_only_and_stays_one_after_a_restart() {
 fn a_topic_set_by_a_moderator_is_in_joined_after_a_restart() {
     let dir = TempDir::new("topic");
     let (mut s, mut op) = with_operator(dir.path(), &[]);
-    let (mut carol, _) = connect_as(&s, "carol");
-    assert_eq!(joined(&mut carol, "r")["type"], "joined");
+    let (mut carol, _) = connect_nick(&s, "carol");
+    assert_eq!(try_join(&mut carol, "r")["type"], "joined");
     assert!(
-        joined(&mut carol, "r").get("topic").is_none(),
+        try_join(&mut carol, "r").get("topic").is_none(),
         "no topic yet"
     );
     let v = ask(
@@ -805,29 +739,29 @@ fn a_topic_set_by_a_moderator_is_in_joined_after_a_restart() {
         (Some("topic"), Some("Release on Friday"))
     );
     assert_eq!(recv_type(&mut carol, "moderation")["action"], "topic");
-    assert_eq!(joined(&mut carol, "r")["topic"], "Release on Friday");
+    assert_eq!(try_join(&mut carol, "r")["topic"], "Release on Friday");
     drop((op, carol));
     s.signal("TERM");
     assert!(s.wait_exit(Duration::from_secs(10)).is_some());
     drop(s);
     let s = start(dir.path(), &[]);
-    let (mut c, _) = connect_as(&s, "dan");
-    assert_eq!(joined(&mut c, "r")["topic"], "Release on Friday");
-    let (mut op, _) = connect_as(&s, "x");
+    let (mut c, _) = connect_nick(&s, "dan");
+    assert_eq!(try_join(&mut c, "r")["topic"], "Release on Friday");
+    let (mut op, _) = connect_nick(&s, "x");
     assert_eq!(login_pw(&mut op, "boss", PW)["type"], "session");
     let v = ask(&mut op, json!({"type":"topic","room":"r","topic":""}), "t0");
     assert_eq!(v["type"], "moderation", "{v}");
-    assert!(joined(&mut c, "r").get("topic").is_none(), "cleared");
+    assert!(try_join(&mut c, "r").get("topic").is_none(), "cleared");
 }
 
 #[test]
 fn a_deleted_message_leaves_a_tombstone_live_in_history_and_after_a_restart() {
     let dir = TempDir::new("delete");
     let (mut s, mut op) = with_operator(dir.path(), &[]);
-    let (mut bob, _) = connect_as(&s, "bob");
-    let (mut carol, _) = connect_as(&s, "carol");
-    assert_eq!(joined(&mut bob, "r")["type"], "joined");
-    assert_eq!(joined(&mut carol, "r")["type"], "joined");
+    let (mut bob, _) = connect_nick(&s, "bob");
+    let (mut carol, _) = connect_nick(&s, "carol");
+    assert_eq!(try_join(&mut bob, "r")["type"], "joined");
+    assert_eq!(try_join(&mut carol, "r")["type"], "joined");
     for t in ["one", "two secret", "three"] {
         let v = ask(&mut bob, json!({"type":"message","room":"r","text":t}), "p");
         assert_eq!(v["type"], "message", "{v}");
@@ -853,7 +787,7 @@ fn a_deleted_message_leaves_a_tombstone_live_in_history_and_after_a_restart() {
     );
     let tomb = json!({"type":"message","room":"r","id":2,"from":"bob","text":"","deleted":true});
     let check = |ws: &mut Ws| {
-        let j = joined(ws, "r");
+        let j = try_join(ws, "r");
         let mut m = j["history"][1].clone();
         m.as_object_mut().unwrap().remove("ts");
         assert_eq!(m, tomb, "{j}");
@@ -879,7 +813,7 @@ fn a_deleted_message_leaves_a_tombstone_live_in_history_and_after_a_restart() {
     assert!(s.wait_exit(Duration::from_secs(10)).is_some());
     drop(s);
     let s = start(dir.path(), &[]);
-    let (mut c, _) = connect_as(&s, "dan");
+    let (mut c, _) = connect_nick(&s, "dan");
     check(&mut c);
 }
 
@@ -915,13 +849,13 @@ fn restart(mut s: Server, dir: &Path, sig: &str, extra: &[&str]) -> Server {
 fn other_members_see_who_is_registered() {
     let dir = TempDir::new("badge");
     let s = start(dir.path(), &[]);
-    let (mut bob, _) = connect_as(&s, "bob");
+    let (mut bob, _) = connect_nick(&s, "bob");
     assert!(
-        joined(&mut bob, "r").get("registered").is_none(),
+        try_join(&mut bob, "r").get("registered").is_none(),
         "none yet"
     );
-    let (mut alice, _) = connect_as(&s, "alice");
-    assert_eq!(joined(&mut alice, "r")["type"], "joined");
+    let (mut alice, _) = connect_nick(&s, "alice");
+    assert_eq!(try_join(&mut alice, "r")["type"], "joined");
     let p = recv_type(&mut bob, "presence");
     assert!(p.get("registered").is_none(), "a guest: {p}");
     // Registering one's own nick keeps it: the room hears `member`.
@@ -940,14 +874,14 @@ fn other_members_see_who_is_registered() {
 
     // A newcomer sees it in `joined`, and a login that takes the nick says
     // it in `nick`.
-    let (mut carol, _) = connect_as(&s, "carol");
-    let j = joined(&mut carol, "r");
+    let (mut carol, _) = connect_nick(&s, "carol");
+    let j = try_join(&mut carol, "r");
     assert_eq!(j["registered"], json!(["alice"]), "{j}");
     drop(alice);
     let p = recv_until(&mut carol, |v| v["type"] == "presence");
     assert_eq!(p["event"], "leave");
-    let (mut again, _) = connect_as(&s, "x");
-    assert_eq!(joined(&mut again, "r")["type"], "joined");
+    let (mut again, _) = connect_nick(&s, "x");
+    assert_eq!(try_join(&mut again, "r")["type"], "joined");
     let p = recv_until(&mut carol, |v| v["type"] == "presence");
     assert!(p.get("registered").is_none(), "not logged in yet: {p}");
     assert_eq!(login_token(&mut again, &token)["type"], "session");
@@ -956,14 +890,14 @@ fn other_members_see_who_is_registered() {
         n,
         json!({"type":"nick","old":"x","nick":"alice","registered":true})
     );
-    assert_eq!(joined(&mut carol, "r")["registered"], json!(["alice"]));
+    assert_eq!(try_join(&mut carol, "r")["registered"], json!(["alice"]));
     // Logging out gives the nick up: the guest nick is nobody's account.
     let v = ask(&mut again, json!({"type":"logout"}), "o");
     assert_eq!(v["type"], "logged_out", "{v}");
     let n = recv_until(&mut carol, |v| v["type"] == "nick");
     assert_eq!(n["old"], "alice");
     assert!(n.get("registered").is_none(), "{n}");
-    assert!(joined(&mut carol, "r").get("registered").is_none());
+    assert!(try_join(&mut carol, "r").get("registered").is_none());
 }
 
 #[test]
@@ -972,16 +906,16 @@ fn a_rooms_owner_appoints_moderators_who_hear_their_role_across_a_restart() {
     let (ok, msg) = account_cmd(dir.path(), &["account", "add", "carol"], PW);
     assert!(ok, "{msg}");
     let s = start(dir.path(), &[]);
-    let (mut bob, _) = connect_as(&s, "bob");
+    let (mut bob, _) = connect_nick(&s, "bob");
     let bob_token = register(&mut bob);
-    let j = joined(&mut bob, "club");
+    let j = try_join(&mut bob, "club");
     assert_eq!(j["role"], "owner", "its creator owns it: {j}");
-    let (mut carol, _) = connect_as(&s, "x");
+    let (mut carol, _) = connect_nick(&s, "x");
     assert_eq!(login_pw(&mut carol, "carol", PW)["type"], "session");
-    let j = joined(&mut carol, "club");
+    let j = try_join(&mut carol, "club");
     assert!(j.get("role").is_none(), "a plain member: {j}");
-    let (mut dan, _) = connect_as(&s, "dan");
-    assert_eq!(joined(&mut dan, "club")["type"], "joined");
+    let (mut dan, _) = connect_nick(&s, "dan");
+    assert_eq!(try_join(&mut dan, "club")["type"], "joined");
 
     // Only the owner (or an operator) appoints.
     let v = ask(
@@ -1046,15 +980,15 @@ fn a_rooms_owner_appoints_moderators_who_hear_their_role_across_a_restart() {
     drop((bob, carol, dan));
 
     let s = restart(s, dir.path(), "KILL", &[]);
-    let (mut bob, _) = connect_as(&s, "x");
-    assert_eq!(joined(&mut bob, "club").get("role"), None, "a guest now");
+    let (mut bob, _) = connect_nick(&s, "x");
+    assert_eq!(try_join(&mut bob, "club").get("role"), None, "a guest now");
     // Logging in tells the role in the rooms already joined.
     assert_eq!(login_token(&mut bob, &bob_token)["type"], "session");
     let r = recv_until(&mut bob, |v| v["type"] == "role");
     assert_eq!(r, json!({"type":"role","room":"club","role":"owner"}));
-    let (mut carol, _) = connect_as(&s, "x");
+    let (mut carol, _) = connect_nick(&s, "x");
     assert_eq!(login_pw(&mut carol, "carol", PW)["type"], "session");
-    assert_eq!(joined(&mut carol, "club")["role"], "moderator");
+    assert_eq!(try_join(&mut carol, "club")["role"], "moderator");
     let v = ask(
         &mut bob,
         json!({"type":"moderator","room":"club","nick":"carol","on":false}),
@@ -1063,8 +997,8 @@ fn a_rooms_owner_appoints_moderators_who_hear_their_role_across_a_restart() {
     assert_eq!(v["action"], "unmoderator", "{v}");
     let r = recv_until(&mut carol, |v| v["type"] == "role");
     assert_eq!(r["role"], "member");
-    let (mut dan, _) = connect_as(&s, "dan");
-    assert_eq!(joined(&mut dan, "club")["type"], "joined");
+    let (mut dan, _) = connect_nick(&s, "dan");
+    assert_eq!(try_join(&mut dan, "club")["type"], "joined");
     let v = ask(
         &mut carol,
         json!({"type":"kick","room":"club","nick":"dan"}),
@@ -1078,10 +1012,10 @@ fn a_rooms_owner_appoints_moderators_who_hear_their_role_across_a_restart() {
     assert_eq!(r["role"], "member");
 
     // A room a guest created has no owner: only operators appoint there.
-    let (mut g, _) = connect_as(&s, "guesty");
-    assert_eq!(joined(&mut g, "open")["type"], "joined");
+    let (mut g, _) = connect_nick(&s, "guesty");
+    assert_eq!(try_join(&mut g, "open")["type"], "joined");
     assert_eq!(login_pw(&mut carol, "carol", PW)["type"], "session");
-    let j = joined(&mut carol, "open");
+    let j = try_join(&mut carol, "open");
     assert!(j.get("role").is_none(), "{j}");
     let v = ask(
         &mut carol,
@@ -1095,7 +1029,7 @@ fn a_rooms_owner_appoints_moderators_who_hear_their_role_across_a_restart() {
 fn mutes_and_slow_mode_hold_across_a_restart_and_a_sigkill() {
     let dir = TempDir::new("mute-kept");
     let (s, mut op) = with_operator(dir.path(), &[]);
-    assert_eq!(joined(&mut op, "r")["type"], "joined");
+    assert_eq!(try_join(&mut op, "r")["type"], "joined");
     // Mutes acknowledged one after another, the server killed right after
     // the last: every acknowledged one is there after the restart.
     let nicks: Vec<String> = (0..20).map(|i| format!("m{i}")).collect();
@@ -1122,14 +1056,14 @@ fn mutes_and_slow_mode_hold_across_a_restart_and_a_sigkill() {
     drop(op);
     let s = restart(s, dir.path(), "KILL", &[]);
     for n in ["m0", "m19"] {
-        let (mut c, nick) = connect_as(&s, n);
+        let (mut c, nick) = connect_nick(&s, n);
         assert_eq!(nick, n);
-        assert_eq!(joined(&mut c, "r")["type"], "joined");
+        assert_eq!(try_join(&mut c, "r")["type"], "joined");
         let v = post(&mut c, "r", "after the kill");
         assert_eq!(v["code"], "muted", "{n}: {v}");
     }
-    let (mut dan, _) = connect_as(&s, "dan");
-    assert_eq!(joined(&mut dan, "r")["type"], "joined");
+    let (mut dan, _) = connect_nick(&s, "dan");
+    assert_eq!(try_join(&mut dan, "r")["type"], "joined");
     assert_eq!(post(&mut dan, "r", "one")["type"], "message");
     let v = post(&mut dan, "r", "two");
     assert_eq!(v["code"], "slow_mode", "slow mode survived: {v}");
@@ -1138,17 +1072,17 @@ fn mutes_and_slow_mode_hold_across_a_restart_and_a_sigkill() {
     // A clean restart too, and the mute that ended is gone from the store.
     std::thread::sleep(Duration::from_millis(1100));
     let s = restart(s, dir.path(), "TERM", &[]);
-    let (mut c, _) = connect_as(&s, "m7");
-    assert_eq!(joined(&mut c, "r")["type"], "joined");
+    let (mut c, _) = connect_nick(&s, "m7");
+    assert_eq!(try_join(&mut c, "r")["type"], "joined");
     assert_eq!(post(&mut c, "r", "still?")["code"], "muted");
-    let (mut b, _) = connect_as(&s, "brief");
-    assert_eq!(joined(&mut b, "r")["type"], "joined");
+    let (mut b, _) = connect_nick(&s, "brief");
+    assert_eq!(try_join(&mut b, "r")["type"], "joined");
     assert_eq!(
         post(&mut b, "r", "free")["type"],
         "message",
         "the mute ended"
     );
-    let (mut op, _) = connect_as(&s, "x");
+    let (mut op, _) = connect_nick(&s, "x");
     assert_eq!(login_pw(&mut op, "boss", PW)["type"], "session");
     let v = ask(&mut op, json!({"type":"slow","room":"r","interval":0}), "s");
     assert_eq!(v["interval"], 0);
@@ -1174,10 +1108,10 @@ fn registrations_are_limited_per_address_and_by_max_accounts() {
         &["--limit-loopback", "--registrations-per-hour", "2"],
     );
     for n in ["a1", "a2"] {
-        let (mut c, _) = connect_as(&s, n);
+        let (mut c, _) = connect_nick(&s, n);
         register(&mut c);
     }
-    let (mut c, _) = connect_as(&s, "a3");
+    let (mut c, _) = connect_nick(&s, "a3");
     let v = ask(&mut c, json!({"type":"register","password":PW}), "r");
     assert_eq!(v["code"], "registration_limited", "{v}");
     let wait = v["retry_after"].as_u64().unwrap();
@@ -1186,9 +1120,9 @@ fn registrations_are_limited_per_address_and_by_max_accounts() {
 
     let dir = TempDir::new("max-accounts");
     let (s, mut op) = with_operator(dir.path(), &["--max-accounts", "2"]);
-    let (mut c, _) = connect_as(&s, "a1");
+    let (mut c, _) = connect_nick(&s, "a1");
     register(&mut c);
-    let (mut c, _) = connect_as(&s, "a2");
+    let (mut c, _) = connect_nick(&s, "a2");
     let v = ask(&mut c, json!({"type":"register","password":PW}), "r");
     assert_eq!(v["code"], "too_many_accounts", "{v}");
     // Operators are not held to it.
@@ -1204,7 +1138,7 @@ fn registrations_are_limited_per_address_and_by_max_accounts() {
 fn each_moderation_action_by_an_operator_and_a_moderator_and_refused_to_a_plain_user() {
     let dir = TempDir::new("each-action");
     let (s, mut op) = with_operator(dir.path(), &[]);
-    let (mut m, _) = connect_as(&s, "mod");
+    let (mut m, _) = connect_nick(&s, "mod");
     register(&mut m);
     let v = ask(
         &mut op,
@@ -1212,13 +1146,13 @@ fn each_moderation_action_by_an_operator_and_a_moderator_and_refused_to_a_plain_
         "a",
     );
     assert_eq!(v["type"], "moderation", "{v}");
-    let (mut plain, _) = connect_as(&s, "plain");
+    let (mut plain, _) = connect_nick(&s, "plain");
     for ws in [&mut op, &mut m, &mut plain] {
-        assert_eq!(joined(ws, "r")["type"], "joined");
+        assert_eq!(try_join(ws, "r")["type"], "joined");
     }
-    assert_eq!(joined(&mut m, "r")["role"], "moderator");
+    assert_eq!(try_join(&mut m, "r")["role"], "moderator");
     // Everyone is told who moderates: the operator and the moderator.
-    let j = joined(&mut plain, "r");
+    let j = try_join(&mut plain, "r");
     assert_eq!(j["moderators"], json!(["boss", "mod"]), "{j}");
     assert!(j.get("role").is_none(), "{j}");
     // The actions, each with its target (a fresh member per actor).
@@ -1234,8 +1168,8 @@ fn each_moderation_action_by_an_operator_and_a_moderator_and_refused_to_a_plain_
     };
     for (who, allowed) in [("op", true), ("mod", true), ("plain", false)] {
         let target = format!("t-{who}");
-        let (mut t, _) = connect_as(&s, &target);
-        assert_eq!(joined(&mut t, "r")["type"], "joined");
+        let (mut t, _) = connect_nick(&s, &target);
+        assert_eq!(try_join(&mut t, "r")["type"], "joined");
         let id = post(&mut t, "r", "to be deleted")["id"].as_u64().unwrap();
         let actor = match who {
             "op" => &mut op,
@@ -1253,7 +1187,7 @@ fn each_moderation_action_by_an_operator_and_a_moderator_and_refused_to_a_plain_
         }
         // Nothing happened for the plain user's attempts: still in, not
         // muted, the message kept; for the others, banned.
-        let j = joined(&mut t, "r");
+        let j = try_join(&mut t, "r");
         if allowed {
             assert_eq!(j["code"], "banned", "{who}: {j}");
         } else {
@@ -1292,7 +1226,7 @@ fn each_moderation_action_by_an_operator_and_a_moderator_and_refused_to_a_plain_
 fn history_keeps_who_posted_registered_across_a_restart() {
     let dir = TempDir::new("reghist");
     let s = start(dir.path(), &[]);
-    let (mut alice, _) = connect_as(&s, "alice");
+    let (mut alice, _) = connect_nick(&s, "alice");
     register(&mut alice);
     assert_eq!(joined(&mut alice, "r")["type"], "joined");
     assert_eq!(post(&mut alice, "r", "signed words")["registered"], true);
@@ -1301,7 +1235,7 @@ fn history_keeps_who_posted_registered_across_a_restart() {
     assert_eq!(v["nick"], "ally", "{v}");
     let v = post(&mut alice, "r", "unsigned words by ally");
     assert!(v.get("registered").is_none(), "{v}");
-    let (mut bob, _) = connect_as(&s, "bob");
+    let (mut bob, _) = connect_nick(&s, "bob");
     assert_eq!(joined(&mut bob, "r")["type"], "joined");
     assert!(
         post(&mut bob, "r", "unsigned words by a guest")
@@ -1327,7 +1261,7 @@ fn history_keeps_who_posted_registered_across_a_restart() {
         ("unsigned words by ally".to_string(), false),
         ("unsigned words by a guest".to_string(), false),
     ];
-    let (mut carol, _) = connect_as(&s, "carol");
+    let (mut carol, _) = connect_nick(&s, "carol");
     let j = joined(&mut carol, "r");
     assert_eq!(marks(&j["history"]), want, "{j}");
     let h = ask(
@@ -1354,10 +1288,10 @@ fn joined_names_the_rank_of_each_moderating_member() {
     let (ok, msg) = account_cmd(dir.path(), &["account", "add", "carol"], PW);
     assert!(ok, "{msg}");
     let (s, mut boss) = with_operator(dir.path(), &[]);
-    let (mut bob, _) = connect_as(&s, "bob");
+    let (mut bob, _) = connect_nick(&s, "bob");
     register(&mut bob);
     assert_eq!(joined(&mut bob, "club")["role"], "owner");
-    let (mut carol, _) = connect_as(&s, "x");
+    let (mut carol, _) = connect_nick(&s, "x");
     assert_eq!(login_pw(&mut carol, "carol", PW)["type"], "session");
     assert_eq!(joined(&mut carol, "club")["type"], "joined");
     let v = ask(
@@ -1367,7 +1301,7 @@ fn joined_names_the_rank_of_each_moderating_member() {
     );
     assert_eq!(v["action"], "moderator", "{v}");
     assert_eq!(joined(&mut boss, "club")["role"], "operator");
-    let (mut dan, _) = connect_as(&s, "dan");
+    let (mut dan, _) = connect_nick(&s, "dan");
     let j = joined(&mut dan, "club");
     assert_eq!(j["moderators"], json!(["bob", "boss", "carol"]), "{j}");
     assert_eq!(
@@ -1381,4 +1315,48 @@ fn joined_names_the_rank_of_each_moderating_member() {
         j.get("roles").is_none() && j.get("moderators").is_none(),
         "{j}"
     );
+}
+
+/// The owners table outlives the rooms (a room forgotten and made anew
+/// keeps its owner), so what one account may own is capped, with
+/// `--max-rooms-per-addr`: else one account could grow it without bound,
+/// a room name at a time.
+#[test]
+fn the_rooms_an_account_owns_are_capped_across_forgetting_and_a_restart() {
+    let dir = TempDir::new("owned-cap");
+    let cap = ["--max-rooms-per-addr", "2"];
+    let (s, mut op) = with_operator(dir.path(), &cap);
+    let (mut bob, _) = connect_nick(&s, "bob");
+    let token = register(&mut bob);
+    for r in ["b1", "b2"] {
+        assert_eq!(try_join(&mut bob, r)["role"], "owner");
+        // Left empty, the room is forgotten; its owner is kept.
+        let v = ask(&mut bob, json!({"type":"leave","room":r}), "l");
+        assert_eq!(v["type"], "left", "{v}");
+    }
+    let v = try_join(&mut bob, "b3");
+    assert_eq!(v["code"], "too_many_rooms", "{v}");
+    assert!(v["message"].as_str().unwrap().contains("account"), "{v}");
+    // A room it owns it may make anew; others and operators create rooms.
+    assert_eq!(try_join(&mut bob, "b1")["role"], "owner");
+    let (mut carol, _) = connect_nick(&s, "carol");
+    register(&mut carol);
+    assert_eq!(try_join(&mut carol, "c1")["role"], "owner");
+    for r in ["o1", "o2", "o3"] {
+        assert_eq!(try_join(&mut op, r)["role"], "operator");
+    }
+    // A guest owns nothing, so is not held to it (loopback is exempt
+    // from the per-address cap).
+    let (mut g, _) = connect_nick(&s, "guest");
+    for r in ["g1", "g2", "g3"] {
+        assert_eq!(try_join(&mut g, r)["type"], "joined");
+    }
+    drop((bob, carol, op, g));
+
+    // The count is the store's: a restart (SIGKILL) keeps it.
+    let s = restart(s, dir.path(), "KILL", &cap);
+    let (mut bob, _) = connect_nick(&s, "x");
+    assert_eq!(login_token(&mut bob, &token)["type"], "session");
+    assert_eq!(try_join(&mut bob, "b4")["code"], "too_many_rooms");
+    assert_eq!(try_join(&mut bob, "b2")["role"], "owner");
 }

@@ -18,8 +18,6 @@ use std::net::TcpStream;
 use tungstenite::Message;
 use tungstenite::client::IntoClientRequest;
 
-type Ws = tungstenite::WebSocket<TcpStream>;
-
 // ---- helpers -------------------------------------------------------------
 
 /// A server with the rate limit off (tests post many messages) and a motd.
@@ -50,29 +48,8 @@ fn connect_as(server: &Server, nick: &str) -> Ws {
     ws
 }
 
-fn send(ws: &mut Ws, v: Value) {
-    ws.send(Message::text(v.to_string())).expect("send");
-}
-
 fn send_text(ws: &mut Ws, s: &str) {
     ws.send(Message::text(s)).expect("send");
-}
-
-/// The next data frame, which must be a text frame holding a JSON object.
-/// Only pongs (answers to our own pings) are passed over.
-fn recv(ws: &mut Ws) -> Value {
-    loop {
-        match ws.read().expect("read a frame") {
-            Message::Text(t) => {
-                let v: Value = serde_json::from_str(t.as_str())
-                    .unwrap_or_else(|e| panic!("server sent invalid JSON {t:?}: {e}"));
-                assert!(v.is_object(), "not a JSON object: {v}");
-                return v;
-            }
-            Message::Pong(_) => continue,
-            other => panic!("expected a text frame, got {other:?}"),
-        }
-    }
 }
 
 /// Reads until the server's close frame and returns its code.

@@ -185,3 +185,156 @@ fn help_names_every_variable() {
         assert!(help.contains(&format!("[env: {v}")), "{v} not in --help");
     }
 }
+
+/// packaging/wschat.toml (the .deb's /etc/wschat/wschat.toml) shows every
+/// flag of `wschat --help` as a key, and each commented one with the
+/// default `--help` gives: a flag added without its line fails here.
+#[test]
+fn the_packaged_config_file_shows_every_flag_with_its_default() {
+    let shipped = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/packaging/wschat.toml"
+    ))
+    .expect("read packaging/wschat.toml");
+    let out = common::server_command()
+        .arg("--help")
+        .output()
+        .expect("run wschat --help");
+    let help = String::from_utf8_lossy(&out.stdout);
+    let mut missing = Vec::new();
+    let mut wrong = Vec::new();
+    let mut flags = 0;
+    for line in help.lines() {
+        let t = line.trim_start();
+        // `-h, --help`: the long name after the short one.
+        let t = match t.get(2..4) {
+            Some(", ") if !t.starts_with("--") => &t[4..],
+            _ => t,
+        };
+        let Some(flag) = t.strip_prefix("--") else {
+            continue;
+        };
+        let key: String = flag
+            .chars()
+            .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-')
+            .collect();
+        if ["config", "help", "version"].contains(&key.as_str()) {
+            continue;
+        }
+        flags += 1;
+        let set = format!("{key} = ");
+        let shown = shipped.lines().find_map(|l| {
+            let (commented, l) = match l.strip_prefix("# ") {
+                Some(r) => (true, r),
+                None => (false, l),
+            };
+            let v = l.strip_prefix(&set)?;
+            // The value, before any trailing comment.
+            let v = match v.strip_prefix('"') {
+                Some(q) => q.split('"').next().unwrap_or_default(),
+                None => v.split_whitespace().next().unwrap_or_default(),
+            };
+            Some((commented, v.to_string()))
+        });
+        let default = line
+            .split("[default: ")
+            .nth(1)
+            .and_then(|d| d.split(']').next());
+        match (shown, default) {
+            (None, _) => missing.push(key),
+            (Some((true, v)), Some(d)) if v != d.trim_matches('"') => {
+                wrong.push(format!("{key}: file {v:?}, default {d:?}"))
+            }
+            _ => {}
+        }
+    }
+    assert!(flags > 50, "{flags} flags read from --help:\n{help}");
+    assert!(
+        missing.is_empty(),
+        "flags not in the packaged file: {missing:?}"
+    );
+    assert!(wrong.is_empty(), "defaults shown wrongly: {wrong:?}");
+}
+
+/// The README's list of what SIGHUP applies is the server's (`LIVE`): a
+/// setting made live, or no longer, without the README fails here.
+#[test]
+fn the_readme_names_exactly_the_settings_sighup_applies() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("read README.md");
+    let list = readme
+        .split("<!-- sighup-live -->")
+        .nth(1)
+        .and_then(|r| r.split("<!-- /sighup-live -->").next())
+        .expect("README.md marks the SIGHUP list");
+    let mut shown: Vec<String> = list
+        .split(',')
+        .map(|k| k.trim().trim_matches('`').to_string())
+        .collect();
+    let mut live: Vec<String> = wschat::server::config_file::LIVE
+        .iter()
+        .map(|id| id.replace('_', "-"))
+        .collect();
+    shown.sort();
+    live.sort();
+    assert_eq!(shown, live);
+}
+
+/// SIGHUP applies a new motd (to the next welcome) and the chat rate
+/// limit (to every connection, the open ones included).
+#[test]
+fn sighup_applies_the_motd_and_the_chat_rate_limit() {
+    use tungstenite::Message;
+    let dir = TempDir::new("cfg");
+    let path = write(&dir, "motd = \"Before.\"\nrate-burst = 0\n");
+    let (s, log) = Server::start_logged(
+        &["--config", &path, "--no-persist"],
+        &[("RUST_LOG", "info")],
+    );
+    let welcome = |ws: &mut tungstenite::WebSocket<std::net::TcpStream>| -> serde_json::Value {
+        let m = ws.read().expect("welcome");
+        serde_json::from_str(m.to_text().expect("text")).expect("JSON")
+    };
+    let mut old = common::client(&s, "/ws?nick=old");
+    assert_eq!(welcome(&mut old)["motd"], "Before.");
+
+    write(
+        &dir,
+        "motd = \"After.\"\nrate-burst = 2\nrate-per-sec = 1\n",
+    );
+    s.signal("HUP");
+    let applied = wait_log(&log, "applied");
+    for k in ["motd", "rate-burst", "rate-per-sec"] {
+        assert!(applied.contains(k), "{applied}");
+    }
+    let mut new = common::client(&s, "/ws?nick=new");
+    let w = welcome(&mut new);
+    assert_eq!(w["motd"], "After.");
+    assert_eq!(w["limits"]["rate_burst"], 2, "{w}");
+    // The connection opened before the reload (with the limit off) is held
+    // to the new limit, from a full bucket: of five requests at once, the
+    // burst's two are answered and the next three refused.
+    for i in 0..5 {
+        let req = format!(r#"{{"type":"rooms","ref":"r{i}"}}"#);
+        old.send(Message::text(req)).unwrap();
+    }
+    let mut answers = Vec::new();
+    for _ in 0..5 {
+        let m = old.read().expect("an answer");
+        let v: serde_json::Value = serde_json::from_str(m.to_text().unwrap()).unwrap();
+        answers.push(
+            v["code"]
+                .as_str()
+                .unwrap_or(v["type"].as_str().unwrap())
+                .to_string(),
+        );
+    }
+    let want = [
+        "rooms",
+        "rooms",
+        "rate_limited",
+        "rate_limited",
+        "rate_limited",
+    ];
+    assert_eq!(answers, want);
+}

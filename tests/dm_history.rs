@@ -6,73 +6,8 @@ use common::*;
 
 use serde_json::{Value, json};
 use std::net::TcpStream;
-use std::path::Path;
 use std::time::Duration;
 use tungstenite::Message;
-
-type Ws = tungstenite::WebSocket<TcpStream>;
-
-const PW: &str = "correct horse battery";
-
-fn start(dir: &Path) -> Server {
-    Server::start_in(dir, &["--rate-burst", "0"])
-}
-
-fn connect_as(server: &Server, nick: &str) -> Ws {
-    let mut ws = client(server, &format!("/ws?nick={nick}"));
-    let w = recv(&mut ws);
-    assert_eq!(w["type"], "welcome", "{w}");
-    ws
-}
-
-fn send(ws: &mut Ws, v: Value) {
-    ws.send(Message::text(v.to_string())).expect("send");
-}
-
-fn recv(ws: &mut Ws) -> Value {
-    loop {
-        match ws.read().expect("read a frame") {
-            Message::Text(t) => return serde_json::from_str(t.as_str()).expect("JSON"),
-            Message::Ping(_) | Message::Pong(_) => continue,
-            other => panic!("expected a text frame, got {other:?}"),
-        }
-    }
-}
-
-/// The next frame of `type`, skipping presence, typing and nick changes.
-fn recv_type(ws: &mut Ws, ty: &str) -> Value {
-    loop {
-        let v = recv(ws);
-        if v["type"] == ty {
-            return v;
-        }
-        assert!(
-            ["presence", "typing", "nick", "message", "reads"]
-                .contains(&v["type"].as_str().unwrap_or("")),
-            "expected {ty}, got {v}"
-        );
-    }
-}
-
-/// Sends `req` and returns the answer carrying its ref, skipping events.
-fn ask(ws: &mut Ws, mut req: Value, r: &str) -> Value {
-    req["ref"] = json!(r);
-    send(ws, req);
-    loop {
-        let v = recv(ws);
-        if v["ref"] == r {
-            return v;
-        }
-    }
-}
-
-/// Connects as `nick`, registers it; returns the connection and token.
-fn registered(server: &Server, nick: &str) -> (Ws, String) {
-    let mut ws = connect_as(server, nick);
-    let v = ask(&mut ws, json!({"type":"register","password":PW}), "reg");
-    assert_eq!(v["type"], "session", "{v}");
-    (ws, v["token"].as_str().unwrap().to_string())
-}
 
 /// A new connection logged in with `token`; returns it and its `reads`.
 fn login(server: &Server, token: &str) -> (Ws, Value) {
@@ -111,7 +46,7 @@ fn texts(page: &Value) -> Vec<(u64, String, String)> {
 #[test]
 fn dm_history_survives_a_restart_and_only_its_two_parties_read_it() {
     let dir = TempDir::new("dm-history");
-    let s = start(dir.path());
+    let s = start(dir.path(), &[]);
     let (mut alice, alice_tok) = registered(&s, "alice");
     let (mut bob, bob_tok) = registered(&s, "Bob");
     let (carol, carol_tok) = registered(&s, "carol");
@@ -168,7 +103,7 @@ fn dm_history_survives_a_restart_and_only_its_two_parties_read_it() {
     drop((alice, bob, phone, guest));
     drop(s);
 
-    let s = start(dir.path());
+    let s = start(dir.path(), &[]);
     let (mut alice, reads) = login(&s, &alice_tok);
     let dms = reads["dms"].as_array().unwrap();
     assert_eq!(dms.len(), 2, "{reads}");
@@ -213,7 +148,7 @@ fn dm_history_survives_a_restart_and_only_its_two_parties_read_it() {
 #[test]
 fn read_positions_follow_the_account_move_forward_and_coalesce() {
     let dir = TempDir::new("dm-reads");
-    let s = start(dir.path());
+    let s = start(dir.path(), &[]);
     let (mut a, tok) = registered(&s, "alice");
     let (mut b, _) = login(&s, &tok);
     let mut poster = connect_as(&s, "poster");
@@ -239,7 +174,7 @@ fn read_positions_follow_the_account_move_forward_and_coalesce() {
 
     let v = ask(&mut a, json!({"type":"read","room":"general","id":3}), "r1");
     assert_eq!((&v["type"], &v["id"]), (&json!("read"), &json!(3)), "{v}");
-    let e = recv_type(&mut b, "read");
+    let e = recv_type_past(&mut b, "read", &["message"]);
     assert_eq!(
         (&e["room"], &e["id"]),
         (&json!("general"), &json!(3)),
@@ -257,7 +192,7 @@ fn read_positions_follow_the_account_move_forward_and_coalesce() {
     );
     assert_eq!(v["id"], 5, "{v}");
     // The next `read` event `b` sees is 5: the backward one told nothing.
-    let e = recv_type(&mut b, "read");
+    let e = recv_type_past(&mut b, "read", &["message"]);
     assert_eq!(e["id"], 5, "{e}");
 
     // Coalescing: reads sent in one write are handled in one loop turn;
@@ -275,10 +210,10 @@ fn read_positions_follow_the_account_move_forward_and_coalesce() {
         a.write(Message::text(req.to_string())).expect("write");
     }
     a.flush().expect("flush");
-    let e = recv_type(&mut b, "read");
+    let e = recv_type_past(&mut b, "read", &["message"]);
     assert_eq!(e["id"], 9, "one event, the final position: {e}");
     send(&mut b, json!({"type":"rooms"}));
-    let v = recv_type(&mut b, "rooms");
+    let v = recv_type_past(&mut b, "rooms", &["message"]);
     assert_eq!(v["type"], "rooms", "no second read event came first: {v}");
 
     // A DM conversation's position too, named by the other party.
@@ -303,7 +238,7 @@ fn read_positions_follow_the_account_move_forward_and_coalesce() {
     drop(s);
 
     // After a restart: joined and the login carry the positions.
-    let s = start(dir.path());
+    let s = start(dir.path(), &[]);
     let (mut c, reads) = login(&s, &tok);
     assert_eq!(reads["dms"][0]["with"], "bob", "{reads}");
     assert_eq!(reads["dms"][0]["read"], 1, "{reads}");
@@ -321,7 +256,7 @@ fn read_positions_follow_the_account_move_forward_and_coalesce() {
 #[test]
 fn sigkill_during_dms_and_reads_keeps_every_answered_one() {
     let dir = TempDir::new("kill-dms");
-    let mut s = start(dir.path());
+    let mut s = start(dir.path(), &[]);
     let (_alice, alice_tok) = registered(&s, "alice");
     let (_bob, bob_tok) = registered(&s, "bob");
     let workers: Vec<_> = [(alice_tok.clone(), "bob"), (bob_tok, "alice")]
@@ -385,7 +320,7 @@ fn sigkill_during_dms_and_reads_keeps_every_answered_one() {
     assert!(acked.len() >= 4, "too few DMs: {}", acked.len());
     let alice_read = results[0].1;
 
-    let s = start(dir.path());
+    let s = start(dir.path(), &[]);
     let (mut alice, reads) = login(&s, &alice_tok);
     assert!(
         reads["dms"][0]["read"].as_u64().unwrap() >= alice_read,
@@ -481,4 +416,58 @@ fn a_failing_store_refuses_dms_and_reads_and_keeps_the_old_position() {
     assert_eq!(recv_type(&mut bob, "dm")["text"], "two");
     let v = ask(&mut bob, json!({"type":"read","with":"alice","id":2}), "r2");
     assert_eq!((&v["type"], &v["id"]), (&json!("read"), &json!(2)), "{v}");
+}
+
+/// A DM reaches every connection logged in to its account and none that
+/// left it, by a login to another account or a logout (the server keeps an
+/// index account → connections, kept with every login and logout).
+#[test]
+fn a_dm_reaches_exactly_the_connections_logged_in_to_the_account() {
+    let dir = TempDir::new("dm-index");
+    let s = start(dir.path(), &[]);
+    let (mut alice, a_tok) = registered(&s, "alice");
+    let (_bob, b_tok) = registered(&s, "bob");
+    let (mut carol, _) = registered(&s, "carol");
+    let (mut phone, _) = login(&s, &a_tok);
+    let (mut moved, _) = login(&s, &a_tok);
+    let v = ask(&mut moved, json!({"type":"login","token":b_tok}), "m");
+    assert_eq!(v["type"], "session", "{v}");
+    // A session of its own (a logout ends the session for all its holders).
+    let mut gone = connect_as(&s, "x");
+    let v = ask(
+        &mut gone,
+        json!({"type":"login","account":"alice","password":PW}),
+        "p",
+    );
+    assert_eq!(v["type"], "session", "{v}");
+    let v = ask(&mut gone, json!({"type":"logout"}), "o");
+    assert_eq!(v["type"], "logged_out", "{v}");
+    let v = ask(
+        &mut carol,
+        json!({"type":"dm","to":"alice","text":"hello"}),
+        "d",
+    );
+    assert_eq!(v["type"], "dm", "{v}");
+    for ws in [&mut alice, &mut phone] {
+        assert_eq!(recv_type(ws, "dm")["text"], "hello");
+    }
+    // Nothing but events before the answer to a request sent after it.
+    for ws in [&mut moved, &mut gone] {
+        send(ws, json!({"type":"rooms","ref":"sync"}));
+        assert_eq!(recv_type(ws, "rooms")["ref"], "sync");
+    }
+    // A connection that logs in to alice again hears the next one.
+    let v = ask(&mut gone, json!({"type":"login","token":a_tok}), "l");
+    assert_eq!(v["type"], "session", "{v}");
+    let v = ask(
+        &mut carol,
+        json!({"type":"dm","to":"alice","text":"again"}),
+        "d2",
+    );
+    assert_eq!(v["type"], "dm", "{v}");
+    for ws in [&mut alice, &mut phone, &mut gone] {
+        assert_eq!(recv_type(ws, "dm")["text"], "again");
+    }
+    send(&mut moved, json!({"type":"rooms","ref":"sync2"}));
+    assert_eq!(recv_type(&mut moved, "rooms")["ref"], "sync2");
 }

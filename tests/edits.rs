@@ -6,41 +6,12 @@ mod common;
 use common::*;
 
 use serde_json::{Value, json};
-use std::net::TcpStream;
 use std::path::Path;
 use std::time::Duration;
 use tungstenite::Message;
 
-type Ws = tungstenite::WebSocket<TcpStream>;
-
 const THUMBS: &str = "\u{1F44D}";
 const PARTY: &str = "\u{1F389}";
-
-fn start(dir: &Path) -> Server {
-    Server::start_in(dir, &["--rate-burst", "0"])
-}
-
-fn connect_as(server: &Server, nick: &str) -> Ws {
-    let mut ws = client(server, &format!("/ws?nick={nick}"));
-    let w = recv(&mut ws);
-    assert_eq!(w["type"], "welcome", "{w}");
-    assert_eq!(w["nick"], nick);
-    ws
-}
-
-fn send(ws: &mut Ws, v: Value) {
-    ws.send(Message::text(v.to_string())).expect("send");
-}
-
-fn recv(ws: &mut Ws) -> Value {
-    loop {
-        match ws.read().expect("read a frame") {
-            Message::Text(t) => return serde_json::from_str(t.as_str()).expect("JSON"),
-            Message::Ping(_) | Message::Pong(_) => continue,
-            other => panic!("expected a text frame, got {other:?}"),
-        }
-    }
-}
 
 /// The next frame that is not presence or typing.
 fn next(ws: &mut Ws) -> Value {
@@ -50,24 +21,6 @@ fn next(ws: &mut Ws) -> Value {
             return v;
         }
     }
-}
-
-/// Sends `req` with `ref` and returns the frame answering it.
-fn ask(ws: &mut Ws, mut req: Value, r: &str) -> Value {
-    req["ref"] = json!(r);
-    send(ws, req);
-    loop {
-        let v = recv(ws);
-        if v["ref"] == r {
-            return v;
-        }
-    }
-}
-
-fn joined(ws: &mut Ws, room: &str) -> Value {
-    let v = ask(ws, json!({"type":"join","room":room}), "j");
-    assert_eq!(v["type"], "joined", "{v}");
-    v
 }
 
 fn post(ws: &mut Ws, room: &str, text: &str) -> u64 {
@@ -102,13 +55,13 @@ fn restart(mut s: Server, dir: &Path, sig: &str) -> Server {
     s.signal(sig);
     assert!(s.wait_exit(Duration::from_secs(10)).is_some());
     drop(s);
-    start(dir)
+    start(dir, &[])
 }
 
 #[test]
 fn only_the_author_edits_or_deletes_and_every_member_sees_it() {
     let dir = TempDir::new("edits-author");
-    let s = start(dir.path());
+    let s = start(dir.path(), &[]);
     let (mut alice, mut bob) = alice_and_bob(&s);
     let id = post(&mut alice, "r", "helo");
     assert_eq!(next(&mut bob)["text"], "helo");
@@ -225,7 +178,7 @@ fn only_the_author_edits_or_deletes_and_every_member_sees_it() {
 #[test]
 fn reactions_toggle_count_who_and_persist() {
     let dir = TempDir::new("edits-react");
-    let s = start(dir.path());
+    let s = start(dir.path(), &[]);
     let (mut alice, mut bob) = alice_and_bob(&s);
     let id = post(&mut alice, "r", "ship it?");
     next(&mut bob);
@@ -328,7 +281,7 @@ fn reactions_toggle_count_who_and_persist() {
 #[test]
 fn a_reply_quotes_its_parent_which_follows_edits_and_deletes() {
     let dir = TempDir::new("edits-reply");
-    let s = start(dir.path());
+    let s = start(dir.path(), &[]);
     let (mut alice, mut bob) = alice_and_bob(&s);
     let parent = post(&mut alice, "r", "lunch at noon?\nor at one");
     next(&mut bob);
@@ -394,7 +347,7 @@ fn a_reply_quotes_its_parent_which_follows_edits_and_deletes() {
 #[test]
 fn sigkill_during_edits_and_reactions_keeps_every_acknowledged_one() {
     let dir = TempDir::new("edits-kill");
-    let s = start(dir.path());
+    let s = start(dir.path(), &[]);
     let mut author = connect_as(&s, "author");
     let mut fan = connect_as(&s, "fan");
     joined(&mut author, "load");

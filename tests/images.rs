@@ -7,54 +7,12 @@ use common::*;
 use serde_json::{Value, json};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
-use tungstenite::Message;
-
-type Ws = tungstenite::WebSocket<TcpStream>;
-
-const PW: &str = "correct horse battery";
 
 /// A tiny valid PNG (1×1, red), and some bytes behind it to vary it.
 fn png(tag: u8) -> Vec<u8> {
     let mut v = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x01\0\0\0\x01\x08\x02\0\0\0\x90wS\xde\0\0\0\x0cIDATx\x9cc\xf8\xcf\xc0\0\0\x03\x01\x01\0\xc9\xfe\x92\xef\0\0\0\0IEND\xaeB`\x82".to_vec();
     v.push(tag);
     v
-}
-
-fn start(dir: &Path, extra: &[&str]) -> Server {
-    let mut args = vec!["--rate-burst", "0"];
-    args.extend_from_slice(extra);
-    Server::start_in(dir, &args)
-}
-
-fn recv(ws: &mut Ws) -> Value {
-    loop {
-        match ws.read().expect("read a frame") {
-            Message::Text(t) => return serde_json::from_str(t.as_str()).expect("JSON"),
-            Message::Ping(_) | Message::Pong(_) => continue,
-            other => panic!("expected a text frame, got {other:?}"),
-        }
-    }
-}
-
-fn ask(ws: &mut Ws, mut req: Value, r: &str) -> Value {
-    req["ref"] = json!(r);
-    ws.send(Message::text(req.to_string())).expect("send");
-    loop {
-        let v = recv(ws);
-        if v["ref"] == r {
-            return v;
-        }
-    }
-}
-
-/// A connection as `nick`, registered (returns its session token).
-fn user(s: &Server, nick: &str) -> (Ws, String) {
-    let mut ws = client(s, &format!("/ws?nick={nick}"));
-    assert_eq!(recv(&mut ws)["type"], "welcome");
-    let v = ask(&mut ws, json!({"type":"register","password":PW}), "reg");
-    assert_eq!(v["type"], "session", "{v}");
-    (ws, v["token"].as_str().unwrap().to_string())
 }
 
 /// A whole HTTP response: status, head, body (by Content-Length).
@@ -106,7 +64,7 @@ fn get(addr: SocketAddr, path: &str, extra: &str) -> (u16, String, Vec<u8>) {
 fn an_upload_is_stored_and_served_back_with_safe_headers() {
     let dir = TempDir::new("img-serve");
     let s = start(dir.path(), &[]);
-    let (_ws, token) = user(&s, "alice");
+    let (_ws, token) = registered(&s, "alice");
     let img = png(1);
     let id = upload(s.addr, &token, &img);
     assert_eq!(id.len(), 16);
@@ -150,7 +108,7 @@ fn an_upload_is_stored_and_served_back_with_safe_headers() {
 fn uploads_that_are_not_images_too_big_or_unauthenticated_are_refused() {
     let dir = TempDir::new("img-refuse");
     let s = start(dir.path(), &["--max-upload-size", "1KiB"]);
-    let (_ws, token) = user(&s, "alice");
+    let (_ws, token) = registered(&s, "alice");
     let t = Some(token.as_str());
     let html = b"<html><script>alert(1)</script></html>";
     assert_eq!(post(s.addr, t, "", html).0, 415);
@@ -203,7 +161,7 @@ fn uploads_that_are_not_images_too_big_or_unauthenticated_are_refused() {
 fn uploads_can_be_turned_off() {
     let dir = TempDir::new("img-off");
     let s = start(dir.path(), &["--no-uploads"]);
-    let (_ws, token) = user(&s, "alice");
+    let (_ws, token) = registered(&s, "alice");
     assert_eq!(post(s.addr, Some(&token), "", &png(0)).0, 404);
 }
 
@@ -211,7 +169,7 @@ fn uploads_can_be_turned_off() {
 fn the_rate_and_the_quota_answer_429() {
     let dir = TempDir::new("img-rate");
     let s = start(dir.path(), &["--upload-rate", "2"]);
-    let (_ws, token) = user(&s, "alice");
+    let (_ws, token) = registered(&s, "alice");
     upload(s.addr, &token, &png(1));
     upload(s.addr, &token, &png(2));
     let (status, head, _) = post(s.addr, Some(&token), "", &png(3));
@@ -219,7 +177,7 @@ fn the_rate_and_the_quota_answer_429() {
     let wait: u64 = header(&head, "retry-after").unwrap().parse().unwrap();
     assert!((1..=60).contains(&wait), "{head}");
     // Another account has its own rate.
-    let (_ws2, token2) = user(&s, "bob");
+    let (_ws2, token2) = registered(&s, "bob");
     upload(s.addr, &token2, &png(4));
     drop(s);
 
@@ -227,7 +185,7 @@ fn the_rate_and_the_quota_answer_429() {
     let len = png(0).len();
     let quota = format!("{}", len * 2 + len / 2);
     let s = start(dir.path(), &["--upload-quota", &quota]);
-    let (_ws, token) = user(&s, "alice");
+    let (_ws, token) = registered(&s, "alice");
     upload(s.addr, &token, &png(1));
     upload(s.addr, &token, &png(2));
     let (status, head, _) = post(s.addr, Some(&token), "", &png(3));
@@ -237,14 +195,9 @@ fn the_rate_and_the_quota_answer_429() {
     let dir = TempDir::new("img-budget");
     let budget = format!("{}", len + len / 2);
     let s = start(dir.path(), &["--max-upload-disk", &budget]);
-    let (_ws, token) = user(&s, "alice");
+    let (_ws, token) = registered(&s, "alice");
     upload(s.addr, &token, &png(1));
     assert_eq!(post(s.addr, Some(&token), "", &png(2)).0, 507);
-}
-
-fn joined(ws: &mut Ws, room: &str) {
-    let v = ask(ws, json!({"type":"join","room":room}), "j");
-    assert_eq!(v["type"], "joined", "{v}");
 }
 
 /// The next `message` event (skipping presence and the like).
@@ -261,8 +214,8 @@ fn next_message(ws: &mut Ws) -> Value {
 fn a_message_shows_only_its_senders_unused_upload() {
     let dir = TempDir::new("img-msg");
     let s = start(dir.path(), &[]);
-    let (mut alice, ta) = user(&s, "alice");
-    let (mut bob, tb) = user(&s, "bob");
+    let (mut alice, ta) = registered(&s, "alice");
+    let (mut bob, tb) = registered(&s, "bob");
     let mut guest = client(&s, "/ws?nick=guest");
     assert_eq!(recv(&mut guest)["type"], "welcome");
     joined(&mut alice, "r");
@@ -328,7 +281,7 @@ fn a_deleted_message_takes_its_image_and_restarts_keep_the_rest() {
         "l",
     );
     assert_eq!(v["type"], "session");
-    let (mut alice, token) = user(&s, "alice");
+    let (mut alice, token) = registered(&s, "alice");
     joined(&mut alice, "r");
     joined(&mut op, "r");
     let gone = upload(s.addr, &token, &png(1));
@@ -378,7 +331,7 @@ fn a_deleted_message_takes_its_image_and_restarts_keep_the_rest() {
 fn uploads_acknowledged_before_a_sigkill_survive_it() {
     let dir = TempDir::new("img-kill");
     let s = start(dir.path(), &["--upload-rate", "0"]);
-    let (_ws, token) = user(&s, "alice");
+    let (_ws, token) = registered(&s, "alice");
     let addr = s.addr;
     // Uploads back to back from a thread; the kill lands among them.
     let worker = std::thread::spawn(move || {

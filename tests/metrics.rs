@@ -129,3 +129,43 @@ fn metrics_only_on_their_port() {
     let (status, _) = http_request(plain.addr, req);
     assert_eq!(status, 404);
 }
+
+/// A `/metrics` scrape on a kept-alive connection of its own, left open.
+fn held_scrape(addr: SocketAddr) -> std::net::TcpStream {
+    let mut s = connect(addr);
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let (status, head) = common::read_http_response(&mut s);
+    assert_eq!(status, 200, "{head}");
+    s
+}
+
+/// Connections to `--metrics-addr` have slots of their own: they do not
+/// take the public port's `--max-connections`, and a full public port does
+/// not stop a scrape.
+#[test]
+fn metrics_connections_are_outside_max_connections() {
+    let maddr = free_port();
+    let s = Server::start(&[
+        "--metrics-addr",
+        &maddr.to_string(),
+        "--max-connections",
+        "2",
+    ]);
+    // Three scrapers hold their connections open (each was answered, so
+    // each is admitted before the public clients below come).
+    let held: Vec<_> = (0..3).map(|_| held_scrape(maddr)).collect();
+    // The public port still has its two connections...
+    let mut public: Vec<_> = (0..2).map(|_| client(&s, "/echo")).collect();
+    for ws in &mut public {
+        ws.send(Message::text("x")).unwrap();
+        assert_eq!(ws.read().unwrap(), Message::text("x"));
+    }
+    // ... and no third: it is full.
+    let (status, head) = http_request(s.addr, "GET / HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    assert_eq!(status, 503, "{head}");
+    // A full public port does not stop a new scrape.
+    let m = scrape(maddr);
+    assert_eq!(get(&m, "wschat_connections{endpoint=\"echo\"}"), 2.0);
+    drop((held, public));
+}

@@ -6,53 +6,8 @@ use common::*;
 
 use serde_json::{Value, json};
 use std::io::Write;
-use std::net::TcpStream;
 use std::path::Path;
 use std::time::Duration;
-use tungstenite::Message;
-
-type Ws = tungstenite::WebSocket<TcpStream>;
-
-fn start(dir: &Path, extra: &[&str]) -> Server {
-    let mut args = vec!["--rate-burst", "0"];
-    args.extend_from_slice(extra);
-    Server::start_in(dir, &args)
-}
-
-fn connect_as(server: &Server, nick: &str) -> Ws {
-    let mut ws = client(server, &format!("/ws?nick={nick}"));
-    let w = recv(&mut ws);
-    assert_eq!(w["type"], "welcome", "{w}");
-    ws
-}
-
-fn send(ws: &mut Ws, v: Value) {
-    ws.send(Message::text(v.to_string())).expect("send");
-}
-
-fn recv(ws: &mut Ws) -> Value {
-    loop {
-        match ws.read().expect("read a frame") {
-            Message::Text(t) => return serde_json::from_str(t.as_str()).expect("JSON"),
-            Message::Ping(_) | Message::Pong(_) => continue,
-            other => panic!("expected a text frame, got {other:?}"),
-        }
-    }
-}
-
-/// The next frame of `type`, skipping presence and typing.
-fn recv_type(ws: &mut Ws, ty: &str) -> Value {
-    loop {
-        let v = recv(ws);
-        if v["type"] == ty {
-            return v;
-        }
-        assert!(
-            v["type"] == "presence" || v["type"] == "typing",
-            "expected {ty}, got {v}"
-        );
-    }
-}
 
 fn join(ws: &mut Ws, room: &str, extra: Value) -> Value {
     let mut req = json!({"type":"join","room":room,"ref":"j"});

@@ -194,6 +194,10 @@ pub(super) struct Accounts {
     /// Logged-in connections (kept out of `Conn`, which idle guests fill
     /// by the thousand).
     auth: HashMap<ConnId, Auth>,
+    /// Account key -> its logged-in connections (the keys of `auth`, by
+    /// account): a DM, a read position or a role change reaches an
+    /// account's connections without a pass over every logged-in one.
+    by_account: HashMap<Box<str>, Vec<ConnId>>,
     /// Token hash -> account key.
     sessions: HashMap<[u8; 32], String>,
     /// Names being registered (hash running or commit pending).
@@ -207,6 +211,31 @@ pub(super) struct Accounts {
     /// An entry needs a registration started, and those are capped by
     /// `max_accounts` (and the window forgets them), so this stays small.
     registrations: HashMap<AddrKey, (u32, u64)>,
+}
+
+impl Accounts {
+    /// `conn` is logged in as `auth` (replacing what it was logged in to).
+    fn auth_insert(&mut self, conn: ConnId, auth: Auth) {
+        self.auth_remove(conn);
+        self.by_account
+            .entry(auth.key.clone())
+            .or_default()
+            .push(conn);
+        self.auth.insert(conn, auth);
+    }
+
+    /// `conn` is logged in to nothing.
+    fn auth_remove(&mut self, conn: ConnId) {
+        let Some(old) = self.auth.remove(&conn) else {
+            return;
+        };
+        if let Some(v) = self.by_account.get_mut(&old.key) {
+            v.retain(|&c| c != conn);
+            if v.is_empty() {
+                self.by_account.remove(&old.key);
+            }
+        }
+    }
 }
 
 /// The keys a failed password check of a job counts against.
@@ -843,7 +872,7 @@ impl Chat {
     fn end_local_session(&mut self, conn: ConnId) {
         // The session stays valid for its other holders (a token login):
         // only this connection leaves it.
-        self.acct.auth.remove(&conn);
+        self.acct.auth_remove(conn);
     }
 
     /// `conn` is logged in to `key` with the session `h`: it takes the
@@ -868,7 +897,7 @@ impl Chat {
         let roles = self.roles_of(conn);
         let kept_nick = self.conns.nick(conn) == Some(&*name);
         let again = self.acct.auth.get(&conn).is_some_and(|a| *a.key == *key);
-        self.acct.auth.insert(
+        self.acct.auth_insert(
             conn,
             Auth {
                 key: Box::from(key),
@@ -952,7 +981,7 @@ impl Chat {
         };
         let had = c.nick.as_str().eq_ignore_ascii_case(name);
         let roles = self.roles_of(conn);
-        self.acct.auth.remove(&conn);
+        self.acct.auth_remove(conn);
         out.send(
             conn,
             &frame(&Out::LoggedOut {
@@ -971,10 +1000,12 @@ impl Chat {
     pub(super) fn account_conns(&self, key: &str, except: ConnId) -> Vec<ConnId> {
         let mut v: Vec<ConnId> = self
             .acct
-            .auth
+            .by_account
+            .get(key)
+            .map_or(&[][..], Vec::as_slice)
             .iter()
-            .filter(|(c, a)| **c != except && *a.key == *key)
-            .map(|(c, _)| *c)
+            .copied()
+            .filter(|&c| c != except)
             .collect();
         v.sort_unstable();
         v
@@ -1177,7 +1208,7 @@ impl Chat {
 
     /// A connection is gone: its jobs are answered to nobody.
     pub(super) fn forget_jobs_of(&mut self, conn: ConnId) {
-        self.acct.auth.remove(&conn);
+        self.acct.auth_remove(conn);
         // Bounded by max_auth_jobs; the job ids keep a reused id from
         // getting another connection's answer.
         let gone: Vec<u64> = self

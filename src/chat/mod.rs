@@ -994,6 +994,7 @@ impl Chat {
             match existing {
                 Some(i) => i,
                 None => {
+                    self.check_owned_rooms(conn, name)?;
                     let i = self.create_room(name, owner, now)?;
                     self.record_creator(conn, name);
                     i
@@ -1082,6 +1083,19 @@ impl Chat {
             broadcast(out, &room.members, Some(conn), &f);
         }
         Ok(())
+    }
+
+    /// SIGHUP (README, "Command line"): the chat's settings that may
+    /// change while it runs. The motd is read at each welcome; the rate
+    /// limit at each message (a bucket past the new burst is cut to it on
+    /// its next message), so both hold for everyone at once. Connections
+    /// already open keep the `limits` their welcome told them.
+    pub fn reconfigure(&mut self, motd: &str, rate_burst: u32, rate_per_sec: u32) {
+        if self.cfg.motd != motd {
+            self.cfg.motd = motd.to_string();
+        }
+        self.cfg.rate_burst = rate_burst;
+        self.cfg.rate_per_sec = rate_per_sec;
     }
 
     /// Creates a room for a client at `owner` (`None`: an exempt client).

@@ -10,7 +10,7 @@ use std::net::IpAddr;
 
 use super::durable::Record;
 use super::protocol::{ChatError, Out, frame};
-use super::{Chat, ConnId, Now, Outbox, send_error};
+use super::{Chat, ConnId, Now, Outbox, send_error, validate};
 
 /// A `moderation` event's fields; `until`, `interval` and `id` only for
 /// the actions that have them.
@@ -194,6 +194,11 @@ pub(super) struct Moderation {
     mods: std::collections::HashSet<(String, String)>,
     /// Room -> the account key that created it: its owner.
     creators: std::collections::HashMap<String, String>,
+    /// Account key -> how many rooms of `creators` it owns (at most
+    /// `max_rooms_per_addr` each, operators aside): `creators`, and the
+    /// topics and moderators only owners (or operators) can set, grow
+    /// with the accounts, not with every room name a user tries.
+    owned: std::collections::HashMap<String, u32>,
     /// Room -> slow-mode interval, ms.
     slow: std::collections::HashMap<String, u64>,
     /// (room, nick lowercase) -> monotonic ms of the last message posted
@@ -415,6 +420,25 @@ impl Chat {
     /// Loads the rooms' creators, (room, account) pairs.
     pub fn restore_creators(&mut self, creators: Vec<(String, String)>) {
         self.moder.creators = creators.into_iter().collect();
+        self.moder.owned.clear();
+        for account in self.moder.creators.values() {
+            *self.moder.owned.entry(account.clone()).or_insert(0) += 1;
+        }
+    }
+
+    /// Whether `conn` creating `room` now would make its account own more
+    /// rooms than `max_rooms_per_addr` (0: no limit). Operators, guests and
+    /// a room that has an owner already (it keeps it) are not held to it.
+    pub(super) fn check_owned_rooms(&self, conn: ConnId, room: &str) -> Result<(), ChatError> {
+        let cap = self.cfg.max_rooms_per_addr;
+        let Some(account) = self.account_key(conn) else {
+            return Ok(());
+        };
+        let owned = self.moder.owned.get(account).copied().unwrap_or(0) as usize;
+        if cap > 0 && owned >= cap && !self.moder.creators.contains_key(room) && !self.is_op(conn) {
+            return Err(ChatError::TooManyOwnedRooms);
+        }
+        Ok(())
     }
 
     /// Loads the mutes in force and the rooms' slow modes (ms).
@@ -437,6 +461,7 @@ impl Chat {
             room: room.into(),
             account: account.as_str().into(),
         }));
+        *self.moder.owned.entry(account.clone()).or_insert(0) += 1;
         self.moder.creators.insert(room.to_string(), account);
     }
 
@@ -559,6 +584,19 @@ impl Chat {
         if !self.is_registered(&account) {
             return Err(ChatError::NoSuchAccount);
         }
+        // The table outlives the room: bounded per room. One pass over
+        // the moderators, once per appointment.
+        if on
+            && !self.is_op(conn)
+            && !self
+                .moder
+                .mods
+                .contains(&(room.to_string(), account.clone()))
+            && self.moder.mods.iter().filter(|(r, _)| r == room).count()
+                >= validate::MAX_ROOM_MODERATORS
+        {
+            return Err(ChatError::TooManyModerators);
+        }
         self.records.push(Record::Moderation(ModRecord::Moderator {
             room: room.into(),
             account: account.as_str().into(),
@@ -657,6 +695,17 @@ impl Chat {
         let target = self.holder(nick);
         if let Some(room) = &room {
             self.check_outranks(conn, room, target, nick)?;
+            if !self.is_op(conn)
+                && self
+                    .moder
+                    .bans
+                    .iter()
+                    .filter(|b| b.room == *room && b.live(now))
+                    .count()
+                    >= validate::MAX_ROOM_BANS
+            {
+                return Err(ChatError::TooManyBans);
+            }
         }
         let key = nick.to_ascii_lowercase();
         // The account: the one the target is logged in to, or the one the
@@ -895,6 +944,8 @@ impl Chat {
                     ban,
                     target_nick,
                 } => {
+                    // Ended bans hold nothing: dropped as a new one comes.
+                    self.moder.bans.retain(|b| b.live(now));
                     self.moder.bans.push(ban.clone());
                     let idx = if ban.room.is_empty() {
                         None

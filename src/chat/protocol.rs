@@ -33,6 +33,9 @@ pub enum ChatError {
     },
     /// The rooms created from this client's address are at their cap.
     TooManyRoomsFromAddress,
+    /// Extension (moderation): the account owns `--max-rooms-per-addr`
+    /// rooms already (ownership is kept after a room is forgotten).
+    TooManyOwnedRooms,
     /// Extension (accounts): the nick is registered to an account this
     /// connection is not logged in to (code `nick_taken`).
     NickRegistered,
@@ -68,6 +71,10 @@ pub enum ChatError {
     },
     /// `moderator` for a nick that has no account.
     NoSuchAccount,
+    /// Extension (moderation): the room has `MAX_ROOM_MODERATORS`.
+    TooManyModerators,
+    /// Extension (moderation): the room has `MAX_ROOM_BANS` bans in force.
+    TooManyBans,
     /// `delete` of an id the room does not keep (and, extension, a
     /// `reply_to`, `react` or `edit` of one, or of a tombstone).
     NoSuchMessage,
@@ -124,7 +131,9 @@ impl ChatError {
             ChatError::NickTaken => "nick_taken",
             ChatError::NotInRoom => "not_in_room",
             ChatError::NoSuchUser => "no_such_user",
-            ChatError::TooManyRooms { .. } | ChatError::TooManyRoomsFromAddress => "too_many_rooms",
+            ChatError::TooManyRooms { .. }
+            | ChatError::TooManyRoomsFromAddress
+            | ChatError::TooManyOwnedRooms => "too_many_rooms",
             ChatError::NickRegistered => "nick_taken",
             ChatError::Busy => "busy",
             ChatError::LoginLimited { .. } => "login_limited",
@@ -139,6 +148,8 @@ impl ChatError {
             ChatError::Banned { .. } => "banned",
             ChatError::Muted { .. } => "muted",
             ChatError::NoSuchAccount => "no_such_account",
+            ChatError::TooManyModerators => "too_many_moderators",
+            ChatError::TooManyBans => "too_many_bans",
             ChatError::NoSuchMessage => "no_such_message",
             ChatError::TooManyReactions => "too_many_reactions",
             ChatError::NoSuchUpload => "no_such_upload",
@@ -244,6 +255,9 @@ impl fmt::Display for ChatError {
             ChatError::TooManyRoomsFromAddress => f.write_str(
                 "too many rooms were created from your address: join an existing one",
             ),
+            ChatError::TooManyOwnedRooms => f.write_str(
+                "your account owns as many rooms as it may: join an existing one",
+            ),
             ChatError::NickRegistered => {
                 f.write_str("that nick is registered: log in to its account to use it")
             }
@@ -272,6 +286,16 @@ impl fmt::Display for ChatError {
                 f.write_str("this server requires an account: log in or register first")
             }
             ChatError::NoSuchAccount => f.write_str("no account has that nick"),
+            ChatError::TooManyModerators => write!(
+                f,
+                "the room has {} moderators, as many as it may: remove one first",
+                super::validate::MAX_ROOM_MODERATORS
+            ),
+            ChatError::TooManyBans => write!(
+                f,
+                "the room has {} bans in force, as many as it may: ask an operator",
+                super::validate::MAX_ROOM_BANS
+            ),
             ChatError::NoSuchMessage => f.write_str("the room keeps no message with that id"),
             ChatError::TooManyReactions => write!(
                 f,

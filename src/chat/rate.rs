@@ -36,7 +36,13 @@ impl Bucket {
     /// A full bucket.
     pub fn new(burst: u32, now_ms: u64) -> Bucket {
         Bucket {
-            milli: u64::from(burst) * 1000,
+            // With the limit off, full for whatever burst a reload (SIGHUP)
+            // turns it on with: `take` cuts it to the burst.
+            milli: if burst == 0 {
+                u64::MAX
+            } else {
+                u64::from(burst) * 1000
+            },
             last_ms: now_ms,
             strikes: [0; MAX_STRIKES],
             nstrikes_plus_one: std::num::NonZeroU8::MIN,

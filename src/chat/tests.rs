@@ -2187,3 +2187,100 @@ fn chat_room_owner_and_registered_marks() {
     );
     err(&v, "forbidden");
 }
+
+/// The moderators and room bans a room's owner (or its moderators) can add
+/// outlive the room, so each room has a cap (`MAX_ROOM_MODERATORS`,
+/// `MAX_ROOM_BANS`), with a clear error past it; ended bans do not count,
+/// and operators are not held to either.
+#[test]
+fn chat_moderators_and_room_bans_are_capped_per_room() {
+    use validate::{MAX_ROOM_BANS, MAX_ROOM_MODERATORS};
+    let mut h = H::new();
+    let (owner_tok, op_tok) = ([7u8; 32], [8u8; 32]);
+    let mut accounts: Vec<_> = (0..=MAX_ROOM_MODERATORS)
+        .map(|i| accounts::RestoredAccount {
+            name: format!("m{i}"),
+            hash: "unused".into(),
+            op: false,
+        })
+        .collect();
+    for (name, op) in [("bob", false), ("boss", true)] {
+        accounts.push(accounts::RestoredAccount {
+            name: name.into(),
+            hash: "unused".into(),
+            op,
+        });
+    }
+    h.chat.restore_accounts(
+        accounts,
+        vec![
+            (accounts::token_hash(&owner_tok).to_vec(), "bob".into()),
+            (accounts::token_hash(&op_tok).to_vec(), "boss".into()),
+        ],
+    );
+    h.chat.restore_creators(vec![("club".into(), "bob".into())]);
+    h.chat.restore_moderators(
+        (0..MAX_ROOM_MODERATORS)
+            .map(|i| ("club".to_string(), format!("m{i}")))
+            .collect(),
+    );
+    let ban = |nick: String, until: u64| moderation::Ban {
+        room: "club".into(),
+        nick,
+        account: String::new(),
+        ip: None,
+        until,
+        reason: String::new(),
+        ip_shown: String::new(),
+    };
+    // All but one in force; the last ended an hour ago.
+    let ended = h.now.wall_ms - 3_600_000;
+    h.chat.restore_bans(
+        (0..MAX_ROOM_BANS)
+            .map(|i| ban(format!("t{i}"), if i == 0 { ended } else { 0 }))
+            .collect(),
+    );
+    let hex = |t: &[u8; 32]| -> String { t.iter().map(|b| format!("{b:02x}")).collect() };
+    for (id, tok) in [(1, &owner_tok), (2, &op_tok)] {
+        h.connect(id, Some("x"));
+        h.send(id, json!({"type": "login", "token": hex(tok)}));
+        assert_eq!(h.drain()[0].1["type"], "session");
+    }
+    h.join(1, "club");
+    h.drain();
+    h.chat.take_records();
+
+    let v = h.ask(
+        1,
+        json!({"type": "moderator", "room": "club", "nick": format!("m{MAX_ROOM_MODERATORS}")}),
+    );
+    err(&v, "too_many_moderators");
+    // Appointing one already there, or removing one, is not adding.
+    for on in [true, false] {
+        h.send(
+            1,
+            json!({"type": "moderator", "room": "club", "nick": "m1", "on": on}),
+        );
+        assert!(h.drain().is_empty());
+        assert!(!h.chat.take_records().is_empty(), "stored");
+    }
+    // An operator is not held to it.
+    h.send(
+        2,
+        json!({"type": "moderator", "room": "club", "nick": format!("m{MAX_ROOM_MODERATORS}")}),
+    );
+    assert!(h.drain().is_empty());
+    assert!(!h.chat.take_records().is_empty());
+
+    // The ended ban leaves room for one more; then the room is full.
+    h.send(1, json!({"type": "ban", "room": "club", "nick": "zed"}));
+    assert!(h.drain().iter().all(|(_, v)| v["type"] != "error"));
+    assert!(!h.chat.take_records().is_empty());
+    h.chat.committed(&mut h.out);
+    assert!(h.drain().iter().any(|(_, v)| v["action"] == "ban"));
+    let v = h.ask(1, json!({"type": "ban", "room": "club", "nick": "zoe"}));
+    err(&v, "too_many_bans");
+    // Nor is an operator held to this one.
+    h.send(2, json!({"type": "ban", "room": "club", "nick": "zoe"}));
+    assert!(h.drain().iter().all(|(_, v)| v["type"] != "error"));
+}

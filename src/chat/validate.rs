@@ -27,6 +27,12 @@ pub const MAX_SEARCH_CONTEXT: u64 = 3;
 /// small; Argon2 costs the same for any length).
 pub const MIN_PASSWORD_CHARS: usize = 8;
 pub const MAX_PASSWORD_CHARS: usize = 256;
+/// Moderators one room may have (appointed by its owner or an operator;
+/// operators are not held to it): the table outlives the room.
+pub const MAX_ROOM_MODERATORS: usize = 100;
+/// Room bans in force in one room, set by its owner or moderators
+/// (operators are not held to it).
+pub const MAX_ROOM_BANS: usize = 1000;
 
 /// Nick rule: 1–32 characters from `A–Z a–z 0–9 _ - .`.
 pub fn valid_nick(s: &str) -> bool {

@@ -2,7 +2,10 @@
 //! the Host check, and the admission of a new connection.
 
 use super::queue::WriteQueue;
-use super::{Conn, EMFILE_PAUSE_MS, MAX_LOGGED_HOSTS, Phase, REJECT_SLACK, Server, addr, http, ms};
+use super::{
+    Conn, EMFILE_PAUSE_MS, MAX_LOGGED_HOSTS, METRICS_SLOTS, Phase, REJECT_SLACK, Server, addr,
+    http, ms,
+};
 use crate::chat::rate::Verdict;
 use crate::ws::handshake::{HeadScanner, Request};
 use log::{debug, info, warn};
@@ -21,7 +24,7 @@ impl Server {
                 return;
             };
             match listener.accept() {
-                Ok((sock, addr)) => self.admit(sock, addr, true),
+                Ok((sock, addr)) => self.admit(sock, addr, true, false),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
                     self.out_of_descriptors();
@@ -177,7 +180,17 @@ impl Server {
     }
 
     /// `secure`: from the main listener, which speaks TLS when configured.
-    pub(super) fn admit(&mut self, mut sock: TcpStream, addr: SocketAddr, secure: bool) {
+    /// `metrics`: from `--metrics-addr`, whose connections have slots of
+    /// their own (`METRICS_SLOTS`) and are not counted per address: the
+    /// scraper is the operator's, and must be served when the public port
+    /// is full.
+    pub(super) fn admit(
+        &mut self,
+        mut sock: TcpStream,
+        addr: SocketAddr,
+        secure: bool,
+        metrics: bool,
+    ) {
         // On a dual-stack listener IPv4 clients appear as ::ffff:a.b.c.d;
         // count them (and recognise loopback) by their IPv4 address.
         let peer = addr.ip().to_canonical();
@@ -186,11 +199,15 @@ impl Server {
         let ip = addr::key(peer, self.cfg.ipv6_prefix_len);
         // A trusted proxy carries many clients: they are counted by their
         // forwarded addresses once the request head is read.
-        let counted = limited && !self.is_trusted_proxy(peer);
+        let counted = limited && !metrics && !self.is_trusted_proxy(peer);
         // Connections only being told 503/429 live in the slack, not in the
         // table proper: otherwise one address, refused over and over, could
         // fill the table and lock everyone else out.
-        let over_total = self.conns.len() - self.refusing >= self.max_connections;
+        let over_total = if metrics {
+            self.metrics_open >= METRICS_SLOTS
+        } else {
+            self.conns.len() - self.refusing - self.metrics_open >= self.max_connections
+        };
         let over_ip = counted && self.over_ip(ip);
         let refusal = if over_total {
             Some((503, "too many connections"))
@@ -231,7 +248,7 @@ impl Server {
             paused: false,
             shutdown_when_flushed: false,
             refused: refusal.is_some(),
-            metrics: false,
+            metrics,
             tls: match &self.tls {
                 // Never plain on the TLS port: without its state, no connection.
                 Some(t) if secure => match t.accept() {
@@ -243,6 +260,8 @@ impl Server {
         });
         if refusal.is_some() {
             self.refusing += 1;
+        } else if metrics {
+            self.metrics_open += 1;
         } else if counted {
             *self.per_ip.entry(ip).or_insert(0) += 1;
         }

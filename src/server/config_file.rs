@@ -26,8 +26,12 @@ use toml::de::{DeTable, DeValue};
 
 /// Settings that a SIGHUP applies to the running server (by clap id);
 /// every other one, a flag added later included, needs a restart. Each
-/// one here is read where it is used (`Server::cfg`), not copied at start.
+/// one here is read where it is used (`Server::cfg`), not copied at start,
+/// but for the chat's (`motd`, `rate_*`), which a reload hands to the chat.
 pub const LIVE: &[&str] = &[
+    "motd",
+    "rate_burst",
+    "rate_per_sec",
     "allowed_host",
     "allow_origin",
     "trusted_proxy",
@@ -53,6 +57,9 @@ pub const LIVE: &[&str] = &[
 
 /// Copies the `LIVE` settings of `new` into `cur`.
 pub fn apply_live(cur: &mut Config, new: &Config) {
+    cur.motd = new.motd.clone();
+    cur.rate_burst = new.rate_burst;
+    cur.rate_per_sec = new.rate_per_sec;
     cur.allowed_host = new.allowed_host.clone();
     cur.allow_origin = new.allow_origin.clone();
     cur.trusted_proxy = new.trusted_proxy.clone();
@@ -256,6 +263,8 @@ impl Server {
         match src.reload(&mut self.cfg) {
             Ok(r) => {
                 self.sweep_every = super::sweep_every(&self.cfg);
+                let c = &self.cfg;
+                self.chat.reconfigure(&c.motd, c.rate_burst, c.rate_per_sec);
                 if r.applied.is_empty() && r.need_restart.is_empty() {
                     info!("SIGHUP: {} read again: nothing changed", path.display());
                 }

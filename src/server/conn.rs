@@ -271,6 +271,8 @@ impl Server {
         };
         if c.refused {
             self.refusing -= 1;
+        } else if c.metrics {
+            self.metrics_open -= 1;
         } else if c.counted {
             self.uncount(c.ip);
         }

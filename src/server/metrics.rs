@@ -210,13 +210,7 @@ impl Server {
                 return;
             };
             match l.accept() {
-                Ok((sock, addr)) => {
-                    let k = self.conns.vacant_key();
-                    self.admit(sock, addr, false);
-                    if let Some(c) = self.conns.get_mut(k) {
-                        c.metrics = true;
-                    }
-                }
+                Ok((sock, addr)) => self.admit(sock, addr, false, true),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) => {

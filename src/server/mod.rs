@@ -67,6 +67,10 @@ const READ_BUF: usize = 256 * 1024;
 const READS_PER_TURN: usize = 16;
 /// Connections accepted past `--max-connections` only to be told 503 or 429.
 const REJECT_SLACK: usize = 64;
+/// Connections to `--metrics-addr` open at once. They are not counted in
+/// `--max-connections`, so a full public port never blinds the scraper;
+/// past this many, a new one is told 503.
+const METRICS_SLOTS: usize = 8;
 /// How long accepting pauses when the process is out of file descriptors.
 const EMFILE_PAUSE_MS: u64 = 100;
 /// How often freed memory is handed back to the system.
@@ -234,6 +238,9 @@ pub struct Server {
     settling: bool,
     /// Connections admitted only to be refused, at most `REJECT_SLACK`.
     refusing: usize,
+    /// Connections to `--metrics-addr` admitted (not refused), at most
+    /// `METRICS_SLOTS`: outside `--max-connections`.
+    metrics_open: usize,
     /// Wall-clock milliseconds at the start of this turn (chat timestamps).
     wall: u64,
     /// The store (none with --no-persist) and what it still has to take.
@@ -314,9 +321,11 @@ impl Server {
     pub fn bind(cfg: Config) -> io::Result<Server> {
         let nofile = raise_nofile_limit();
         // Keep a reserve of descriptors for the listener, files, logs and the 503s.
-        let derived = usize::try_from(nofile.saturating_sub(100 + REJECT_SLACK as u64))
-            .unwrap_or(usize::MAX)
-            .max(16);
+        let derived = usize::try_from(
+            nofile.saturating_sub(100 + REJECT_SLACK as u64 + METRICS_SLOTS as u64),
+        )
+        .unwrap_or(usize::MAX)
+        .max(16);
         let max_connections = cfg.max_connections.unwrap_or(derived);
         let poll = Poll::new()?;
         let mut listener = listen(cfg.addr, cfg.backlog)?;
@@ -422,6 +431,7 @@ impl Server {
             chat_closes: Vec::new(),
             settling: false,
             refusing: 0,
+            metrics_open: 0,
             wall: wall_ms(),
             storage,
             tls,

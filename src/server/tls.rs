@@ -624,7 +624,7 @@ impl Server {
                 return;
             };
             match l.accept() {
-                Ok((sock, addr)) => self.admit(sock, addr, false),
+                Ok((sock, addr)) => self.admit(sock, addr, false, false),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) => {

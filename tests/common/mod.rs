@@ -538,3 +538,134 @@ pub fn account_cmd(dir: &Path, args: &[&str], pw: &str) -> (bool, String) {
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
     )
 }
+
+// ---- chat client (tungstenite, JSON) --------------------------------------
+
+/// A chat connection through the independent client.
+pub type Ws = tungstenite::WebSocket<TcpStream>;
+
+/// The password the tests register accounts with.
+pub const PW: &str = "correct horse battery";
+
+/// A server on `dir` with the rate limit off (tests post many messages) and
+/// `extra` flags.
+pub fn start(dir: &Path, extra: &[&str]) -> Server {
+    let mut args = vec!["--rate-burst", "0"];
+    args.extend_from_slice(extra);
+    Server::start_in(dir, &args)
+}
+
+/// Connects to `/ws?nick=NICK`; returns the client and its welcome, which
+/// must be the first frame.
+pub fn welcome(server: &Server, nick: &str) -> (Ws, serde_json::Value) {
+    let mut ws = client(server, &format!("/ws?nick={nick}"));
+    let w = recv(&mut ws);
+    assert_eq!(w["type"], "welcome", "{w}");
+    (ws, w)
+}
+
+/// `welcome` without the welcome.
+pub fn connect_as(server: &Server, nick: &str) -> Ws {
+    welcome(server, nick).0
+}
+
+/// `welcome` with the nick the server gave (another one when `nick` is taken).
+pub fn connect_nick(server: &Server, nick: &str) -> (Ws, String) {
+    let (ws, w) = welcome(server, nick);
+    let nick = w["nick"]
+        .as_str()
+        .expect("a nick in the welcome")
+        .to_string();
+    (ws, nick)
+}
+
+/// Sends one JSON text frame.
+pub fn send(ws: &mut Ws, v: serde_json::Value) {
+    ws.send(tungstenite::Message::text(v.to_string()))
+        .expect("send");
+}
+
+/// The next data frame, which must be a text frame holding a JSON object;
+/// pings and pongs are passed over.
+pub fn recv(ws: &mut Ws) -> serde_json::Value {
+    use tungstenite::Message;
+    loop {
+        match ws.read().expect("read a frame") {
+            Message::Text(t) => {
+                let v: serde_json::Value = serde_json::from_str(t.as_str())
+                    .unwrap_or_else(|e| panic!("server sent invalid JSON {t:?}: {e}"));
+                assert!(v.is_object(), "not a JSON object: {v}");
+                return v;
+            }
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+}
+
+/// Events that `recv_type` passes over: they follow from what others do,
+/// not from the request a test waits on.
+pub const EVENTS: &[&str] = &["presence", "typing", "nick", "member", "role", "reads"];
+
+/// The next frame of type `ty`, passing over `EVENTS`; any other frame fails.
+pub fn recv_type(ws: &mut Ws, ty: &str) -> serde_json::Value {
+    recv_type_past(ws, ty, &[])
+}
+
+/// `recv_type` that also passes over the types in `also`.
+pub fn recv_type_past(ws: &mut Ws, ty: &str, also: &[&str]) -> serde_json::Value {
+    loop {
+        let v = recv(ws);
+        if v["type"] == ty {
+            return v;
+        }
+        let t = v["type"].as_str().unwrap_or("");
+        assert!(
+            EVENTS.contains(&t) || also.contains(&t),
+            "expected {ty}, got {v}"
+        );
+    }
+}
+
+/// Sends `req` with ref `r` and returns the frame carrying that ref (the
+/// answer or an `error`), passing over everything else.
+pub fn ask(ws: &mut Ws, mut req: serde_json::Value, r: &str) -> serde_json::Value {
+    req["ref"] = serde_json::json!(r);
+    send(ws, req);
+    loop {
+        let v = recv(ws);
+        if v["ref"] == r {
+            return v;
+        }
+    }
+}
+
+/// The answer to joining `room`: `joined` or an `error`.
+pub fn try_join(ws: &mut Ws, room: &str) -> serde_json::Value {
+    ask(ws, serde_json::json!({"type":"join","room":room}), "j")
+}
+
+/// Joins `room`, which must succeed; returns the `joined`.
+pub fn joined(ws: &mut Ws, room: &str) -> serde_json::Value {
+    let v = try_join(ws, room);
+    assert_eq!(v["type"], "joined", "{v}");
+    v
+}
+
+/// Registers the connection's nick with `PW`; returns the session token.
+pub fn register(ws: &mut Ws) -> String {
+    let v = ask(
+        ws,
+        serde_json::json!({"type":"register","password":PW}),
+        "reg",
+    );
+    assert_eq!(v["type"], "session", "{v}");
+    v["token"].as_str().expect("a token").to_string()
+}
+
+/// Connects as `nick` and registers it; returns the connection and token.
+pub fn registered(server: &Server, nick: &str) -> (Ws, String) {
+    let mut ws = connect_as(server, nick);
+    let token = register(&mut ws);
+    (ws, token)
+}
