@@ -184,8 +184,12 @@ struct Conn {
 /// Where a connection's rate-limit bucket lives.
 enum Limit {
     /// Its own (a client the server exempts from per-address rules, such as
-    /// loopback without `--limit-loopback`).
-    Own(Bucket),
+    /// loopback without `--limit-loopback`), made at its first message: a
+    /// new bucket is full, and a full bucket stays full until a message
+    /// takes a token, so one made later holds exactly what one made at
+    /// connect would. Boxed: an idle connection (or one with a shared
+    /// bucket) pays 16 bytes here, not the bucket's 48.
+    Own(Option<Box<Bucket>>),
     /// Shared with the other connections of its address: a slot of
     /// `Chat::limits`, holding one reference.
     Shared(u32),
@@ -485,7 +489,7 @@ impl Chat {
                     Some(a) => {
                         Limit::Shared(self.limits.acquire(a, self.cfg.rate_burst, now.mono_ms))
                     }
-                    None => Limit::Own(Bucket::new(self.cfg.rate_burst, now.mono_ms)),
+                    None => Limit::Own(None),
                 },
                 closing: false,
                 busy: false,
@@ -731,7 +735,10 @@ impl Chat {
         // The rate limit comes first, before parsing.
         let (burst, per_sec) = (self.cfg.rate_burst, self.cfg.rate_per_sec);
         let verdict = match &mut c.limit {
-            Limit::Own(b) => b.take(now.mono_ms, burst, per_sec),
+            Limit::Own(_) if burst == 0 => Verdict::Pass,
+            Limit::Own(b) => b
+                .get_or_insert_with(|| Box::new(Bucket::new(burst, now.mono_ms)))
+                .take(now.mono_ms, burst, per_sec),
             Limit::Shared(slot) => self
                 .limits
                 .bucket_mut(*slot)
