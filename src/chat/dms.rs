@@ -575,7 +575,7 @@ impl Chat {
                 with: self.shown(other(&room.name, &key)),
                 read: self.position(&room.name, &key),
                 last: room.stored_next().saturating_sub(1),
-                ts: room.last_ts,
+                ts: room.last_ts(),
             })
             .collect();
         dms.sort_unstable_by_key(|d| std::cmp::Reverse(d.ts));

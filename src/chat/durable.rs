@@ -19,7 +19,7 @@
 use std::rc::Rc;
 
 use super::protocol::{ChatError, MsgOut};
-use super::room::{Durable, Msg, Order, Room};
+use super::room::{Durable, Log, Msg, Order, Room};
 use super::{Chat, ConnId, Now, Outbox, protocol::frame, send_error};
 
 /// Something the store must keep, in the order the chat decided it.
@@ -132,18 +132,24 @@ impl Chat {
             self.epoch_counter += 1;
             let name: Rc<str> = Rc::from(r.name.as_str());
             let mut room = Room::new(name.clone(), self.epoch_counter, &r.epoch, now.mono_ms);
-            room.next_id = r.next_id.max(1);
-            room.aged = now.wall_ms.saturating_sub(r.last_active);
-            room.durable = Some(Durable {
-                first_id: r.first_id.min(room.next_id),
-                pending: 0,
-                stored: true,
-                touched: now.mono_ms,
-            });
+            room.durable = true;
+            let next_id = r.next_id.max(1);
+            *room.log_mut() = Log {
+                next_id,
+                aged: now.wall_ms.saturating_sub(r.last_active),
+                durable: Durable {
+                    first_id: r.first_id.min(next_id),
+                    pending: 0,
+                    stored: true,
+                    touched: now.mono_ms,
+                },
+                ..Log::default()
+            };
             let idx = self.rooms.len() as u32;
             let skip = r.messages.len().saturating_sub(window);
             for m in r.messages.into_iter().skip(skip) {
-                room.last_ts = room.last_ts.max(m.ts);
+                let log = room.log_mut();
+                log.last_ts = log.last_ts.max(m.ts);
                 order.push((
                     m.ts,
                     Order {
@@ -154,8 +160,8 @@ impl Chat {
                 ));
                 room.keep(m, window);
             }
-            self.history_bytes += room.bytes;
-            self.kept += room.history.len();
+            self.history_bytes += room.bytes();
+            self.kept += room.history().len();
             self.rooms.push(Some(room));
             self.dms.restored(&name);
             self.room_names.insert(&self.rooms, idx);
@@ -289,10 +295,10 @@ impl Chat {
             run.clear();
             return;
         };
-        if let Some(d) = room.durable.as_mut() {
+        if let Some(d) = room.durable_mut() {
             d.pending = d.pending.saturating_sub(run.len() as u64);
         }
-        let (bytes_before, kept_before) = (room.bytes, room.history.len());
+        let (bytes_before, kept_before) = (room.bytes(), room.history().len());
         for p in run.drain(..) {
             let id = p.msg.id;
             room.keep(p.msg, window);
@@ -300,8 +306,8 @@ impl Chat {
                 self.order.push_back(Order { slot, serial, id });
             }
         }
-        self.history_bytes = self.history_bytes - bytes_before + room.bytes;
-        self.kept = self.kept - kept_before + room.history.len();
+        self.history_bytes = self.history_bytes - bytes_before + room.bytes();
+        self.kept = self.kept - kept_before + room.history().len();
     }
 
     /// The records taken last could not be stored: every pending message is
@@ -322,11 +328,10 @@ impl Chat {
                 .and_then(Option::as_mut)
                 .filter(|r| r.serial == p.serial)
             {
-                room.next_id = room.next_id.min(p.msg.id);
-                if let Some(d) = room.durable.as_mut() {
-                    d.pending = 0;
-                    d.first_id = d.first_id.min(room.next_id);
-                }
+                let log = room.log_mut();
+                log.next_id = log.next_id.min(p.msg.id);
+                log.durable.pending = 0;
+                log.durable.first_id = log.durable.first_id.min(log.next_id);
                 if room.members.is_empty() && !room.has_messages() {
                     emptied.push(p.slot);
                 }
@@ -351,19 +356,22 @@ impl Chat {
         let Some(r) = self.rooms.get_mut(idx as usize).and_then(Option::as_mut) else {
             return;
         };
-        let Some(d) = r.durable.as_mut() else { return };
-        d.first_id = d.first_id.max(first_id.min(r.next_id));
+        if !r.durable {
+            return;
+        }
+        let log = r.log_mut();
+        log.durable.first_id = log.durable.first_id.max(first_id.min(log.next_id));
         self.drop_images_below(room, first_id);
         let Some(r) = self.rooms.get_mut(idx as usize).and_then(Option::as_mut) else {
             return;
         };
-        let (bytes_before, kept_before) = (r.bytes, r.history.len());
-        while r.history.front().is_some_and(|m| m.id < first_id) {
+        let (bytes_before, kept_before) = (r.bytes(), r.history().len());
+        while r.history().front().is_some_and(|m| m.id < first_id) {
             r.pop_oldest();
         }
         let gone = r.members.is_empty() && !r.has_messages();
-        self.history_bytes = self.history_bytes - bytes_before + r.bytes;
-        self.kept = self.kept - kept_before + r.history.len();
+        self.history_bytes = self.history_bytes - bytes_before + r.bytes();
+        self.kept = self.kept - kept_before + r.history().len();
         if gone {
             self.forget(idx);
         } else {
@@ -375,7 +383,7 @@ impl Chat {
     /// until now (its retention starts at the next start).
     pub fn shutdown(&mut self, now: Now) {
         for r in self.rooms.iter().flatten() {
-            if !r.members.is_empty() && r.durable.as_ref().is_some_and(|d| d.stored) {
+            if !r.members.is_empty() && r.stored() {
                 self.records.push(Record::Touch {
                     room: r.name.clone(),
                     last_active: now.wall_ms,
@@ -392,7 +400,9 @@ impl Chat {
             if r.members.is_empty() {
                 continue;
             }
-            if let Some(d) = r.durable.as_mut()
+            // Read first: an idle room without messages has no `Log` to
+            // make here.
+            if let Some(d) = r.log.as_deref_mut().map(|l| &mut l.durable)
                 && d.stored
                 && now.mono_ms.saturating_sub(d.touched) >= every
             {
@@ -420,15 +430,21 @@ impl Chat {
         let Some(room) = self.rooms.get_mut(idx as usize).and_then(Option::as_mut) else {
             return;
         };
-        let Some(d) = room.durable.as_mut() else {
+        if !room.durable {
             return;
-        };
+        }
+        let epoch = &room.epoch;
+        let log = room.log.get_or_insert_with(Box::default);
+        let d = &mut log.durable;
         if !d.stored {
             d.stored = true;
+            // The row says the room was active now: its next `Touch` is
+            // due a period from here.
+            d.touched = now.mono_ms;
             self.records.push(Record::Room {
                 name: room.name.clone(),
-                epoch: room.epoch.as_str().into(),
-                next_id: room.next_id,
+                epoch: epoch.as_str().into(),
+                next_id: log.next_id,
                 last_active: now.wall_ms,
             });
         }
@@ -456,7 +472,7 @@ impl Chat {
 
     /// A durable room was forgotten: the store forgets it too.
     pub(super) fn forget_stored(&mut self, room: &Room) {
-        if room.durable.as_ref().is_some_and(|d| d.stored) {
+        if room.stored() {
             self.records.push(Record::Forget {
                 room: room.name.clone(),
             });
@@ -573,6 +589,47 @@ mod tests {
                 (2, &Value::from(1), &Value::Null)
             ]
         );
+    }
+
+    #[test]
+    fn an_idle_room_holds_no_log_and_its_first_message_makes_one() {
+        let mut c = chat();
+        let mut out = Out::default();
+        c.connect(1, Some("al"), NOW, &mut out);
+        text(&mut c, 1, r#"{"type":"join","room":"r"}"#, &mut out);
+        let idx = c.room_index("r").unwrap();
+        // Ticks past the touch period: a room without messages has nothing
+        // stored to touch, and its state stays inline.
+        let mut later = NOW;
+        for _ in 0..3 {
+            later.mono_ms += TOUCH_EVERY_MS;
+            later.wall_ms += TOUCH_EVERY_MS;
+            c.tick(later);
+        }
+        assert!(c.room(idx).unwrap().log.is_none());
+        assert!(c.take_records().is_empty());
+        c.on_text(
+            1,
+            br#"{"type":"message","room":"r","text":"a"}"#,
+            later,
+            &mut out,
+        );
+        let recs = c.take_records();
+        assert!(matches!(
+            &recs[..],
+            [Record::Room { .. }, Record::Message { .. }]
+        ));
+        c.committed(&mut out);
+        let r = c.room(idx).unwrap();
+        assert!(r.log.is_some() && r.stored());
+        assert_eq!((r.next_id(), r.history().len()), (2, 1));
+        // The room's row said "active now": the next touch is a period on.
+        later.mono_ms += TOUCH_EVERY_MS - 1;
+        c.tick(later);
+        assert!(c.take_records().is_empty());
+        later.mono_ms += 1;
+        c.tick(later);
+        assert!(matches!(&c.take_records()[..], [Record::Touch { .. }]));
     }
 
     /// Records each `send_run` apart from single sends.

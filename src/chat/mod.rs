@@ -589,7 +589,7 @@ impl Chat {
                     && now
                     .mono_ms
                     .saturating_sub(r.empty_since)
-                    .saturating_add(r.aged)
+                    .saturating_add(r.aged())
                     >= self.cfg.room_retention_ms)
     }
 
@@ -608,8 +608,8 @@ impl Chat {
                 }
             }
             self.free_rooms.push(idx);
-            self.history_bytes -= r.bytes;
-            self.kept -= r.history.len();
+            self.history_bytes -= r.bytes();
+            self.kept -= r.history().len();
             self.trim_order();
         }
     }
@@ -628,7 +628,7 @@ impl Chat {
             // Entries older than `e` are all gone from the queue, and a room's
             // messages were queued in id order, so a live `e` is its room's
             // oldest kept message; anything else is stale.
-            if room.serial != e.serial || room.history.front().map(|m| m.id) != Some(e.id) {
+            if room.serial != e.serial || room.history().front().map(|m| m.id) != Some(e.id) {
                 continue;
             }
             if let Some(m) = room.pop_oldest() {
@@ -702,10 +702,12 @@ impl Chat {
         remove_member_id(&mut r.members, conn);
         if r.members.is_empty() {
             r.empty_since = now.mono_ms;
-            r.aged = 0;
+            if let Some(l) = r.log.as_mut() {
+                l.aged = 0;
+            }
             if !r.has_messages() {
                 self.forget(idx);
-            } else if r.durable.as_ref().is_some_and(|d| d.stored) {
+            } else if r.stored() {
                 let room = r.name.clone();
                 self.records.push(durable::Record::Touch {
                     room,
@@ -1154,13 +1156,7 @@ impl Chat {
         if let Some(k) = owner {
             *self.room_owners.entry(k).or_insert(0) += 1;
         }
-        if self.cfg.durable {
-            room.durable = Some(room::Durable {
-                first_id: room.next_id,
-                touched: now.mono_ms,
-                ..room::Durable::default()
-            });
-        }
+        room.durable = self.cfg.durable;
         let idx = match self.free_rooms.pop() {
             Some(i) => {
                 self.rooms[i as usize] = Some(room);
@@ -1238,9 +1234,9 @@ impl Chat {
     fn post_in_memory(&mut self, idx: u32, draft: room::Draft, now: Now) -> Option<Msg> {
         let keep = self.cfg.history;
         let room = self.room_mut(idx)?;
-        let (bytes_before, kept_before) = (room.bytes, room.history.len());
+        let (bytes_before, kept_before) = (room.bytes(), room.history().len());
         let msg = room.post(draft, now.wall_ms, keep);
-        let (bytes_after, kept_after, serial) = (room.bytes, room.history.len(), room.serial);
+        let (bytes_after, kept_after, serial) = (room.bytes(), room.history().len(), room.serial);
         let name = room.name.clone();
         self.attach_image(msg.image, &name, msg.id);
         // The room's totals are part of the server's, so these never underflow.
@@ -1360,12 +1356,12 @@ impl Chat {
         let before = before.unwrap_or(u64::MAX);
         let limit = usize::try_from(limit).unwrap_or(usize::MAX);
         // One more than asked tells whether older matches exist.
-        let mut found: Vec<Msg> = if room.durable.is_some() {
+        let mut found: Vec<Msg> = if room.durable {
             out.search(&room.name, query, before, limit + 1)
                 .map_err(|ArchiveError| ChatError::StorageFailed)?
         } else {
             let words: Vec<String> = query.split_whitespace().map(str::to_lowercase).collect();
-            room.history
+            room.history()
                 .iter()
                 .rev()
                 .filter(|m| m.id < before)

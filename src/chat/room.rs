@@ -128,6 +128,12 @@ pub struct Draft {
     pub image: Option<std::num::NonZeroU64>,
 }
 
+/// A room. Kept small: a room per person is normal, and most rooms are
+/// idle. What only a room that has had a message needs (its history ring,
+/// ids, timestamps, its store state) is in [`Log`], boxed and made with the
+/// first message; an idle room holds its name, members and a few words.
+/// The fan-out reads `members`, inline here: no extra indirection per
+/// delivery.
 #[derive(Debug)]
 pub struct Room {
     pub name: Rc<str>,
@@ -137,6 +143,23 @@ pub struct Room {
     pub epoch: Epoch,
     /// In the order `joined` lists them (see `insert_member`).
     pub members: Members,
+    /// Monotonic time the last member left; meaningful while `members` is empty.
+    pub empty_since: u64,
+    /// `None` until the first message (or a restore from the store): every
+    /// field then holds its [`Log::default`] value, which the accessors
+    /// below answer without allocating.
+    pub log: Option<Box<Log>>,
+    /// The address that created the room (`None`: an exempt client); the
+    /// room counts against its `max_rooms_per_addr` while it exists.
+    pub owner: Option<super::AddrKey>,
+    /// Durable rooms only (see `ChatConfig::durable`): the store keeps its
+    /// messages, and [`Log::durable`] tracks what it holds.
+    pub durable: bool,
+}
+
+/// A room's messages and what goes with them (see [`Room::log`]).
+#[derive(Debug)]
+pub struct Log {
     /// Kept messages, ids contiguous and increasing. Changed only through
     /// [`Room::post`] and [`Room::pop_oldest`], which keep `bytes` exact.
     pub history: VecDeque<Msg>,
@@ -146,17 +169,24 @@ pub struct Room {
     pub next_id: u64,
     /// `ts` of the last message, so that `ts` never decreases as `id` grows.
     pub last_ts: u64,
-    /// Monotonic time the last member left; meaningful while `members` is empty.
-    pub empty_since: u64,
-    /// The address that created the room (`None`: an exempt client); the
-    /// room counts against its `max_rooms_per_addr` while it exists.
-    pub owner: Option<super::AddrKey>,
     /// Retention already used up before `empty_since` (a room restored from
     /// the store was memberless before the server started).
     pub aged: u64,
-    /// Durable rooms only (see `ChatConfig::durable`). Inline: durable is
-    /// the default, and a box of its own cost every room an allocation.
-    pub durable: Option<Durable>,
+    /// Meaningful for durable rooms only.
+    pub durable: Durable,
+}
+
+impl Default for Log {
+    fn default() -> Log {
+        Log {
+            history: VecDeque::new(),
+            bytes: 0,
+            next_id: 1,
+            last_ts: 0,
+            aged: 0,
+            durable: NO_MESSAGES,
+        }
+    }
 }
 
 /// A durable room's state beside its in-memory window: `history` holds only
@@ -170,9 +200,21 @@ pub struct Durable {
     pub pending: u64,
     /// The store has this room (its row is written with its first message).
     pub stored: bool,
-    /// Monotonic ms of the last `Touch` record while the room had members.
+    /// Monotonic ms of the last `Touch` record (or of the room's row) while
+    /// the room had members; meaningful once `stored`.
     pub touched: u64,
 }
+
+/// The store state of a durable room without a [`Log`].
+const NO_MESSAGES: Durable = Durable {
+    first_id: 1,
+    pending: 0,
+    stored: false,
+    touched: 0,
+};
+
+/// The history of a room without a [`Log`].
+const NO_HISTORY: &VecDeque<Msg> = &VecDeque::new();
 
 /// A run of kept message ids, `lo..hi`, and whether it reaches as far back
 /// as asked.
@@ -190,23 +232,72 @@ impl Room {
             serial,
             epoch: Epoch::new(epoch),
             members: Members::new(),
-            history: VecDeque::new(),
-            bytes: 0,
-            next_id: 1,
-            last_ts: 0,
             empty_since: now_ms,
+            log: None,
             owner: None,
-            aged: 0,
-            durable: None,
+            durable: false,
+        }
+    }
+
+    /// The room's [`Log`], made now if it has none.
+    pub fn log_mut(&mut self) -> &mut Log {
+        self.log.get_or_insert_with(Box::default)
+    }
+
+    /// Kept messages (see [`Log::history`]).
+    pub fn history(&self) -> &VecDeque<Msg> {
+        self.log.as_ref().map_or(NO_HISTORY, |l| &l.history)
+    }
+
+    /// Sum of [`Msg::cost`] over the kept messages.
+    pub fn bytes(&self) -> usize {
+        self.log.as_ref().map_or(0, |l| l.bytes)
+    }
+
+    /// Id of the next message.
+    pub fn next_id(&self) -> u64 {
+        self.log.as_ref().map_or(1, |l| l.next_id)
+    }
+
+    /// `ts` of the last message (0: none yet).
+    pub fn last_ts(&self) -> u64 {
+        self.log.as_ref().map_or(0, |l| l.last_ts)
+    }
+
+    /// Retention used up before `empty_since` (see [`Log::aged`]).
+    pub fn aged(&self) -> u64 {
+        self.log.as_ref().map_or(0, |l| l.aged)
+    }
+
+    /// A durable room's store state; `None` for a room that is not durable.
+    pub fn durable(&self) -> Option<&Durable> {
+        self.durable
+            .then(|| self.log.as_ref().map_or(&NO_MESSAGES, |l| &l.durable))
+    }
+
+    /// Whether the store has this durable room (its first message was
+    /// stored): reads, never makes a [`Log`].
+    pub fn stored(&self) -> bool {
+        self.durable().is_some_and(|d| d.stored)
+    }
+
+    /// A durable room's store state, to change (makes its [`Log`] if it has
+    /// none); `None` for a room that is not durable.
+    pub fn durable_mut(&mut self) -> Option<&mut Durable> {
+        if self.durable {
+            Some(&mut self.log_mut().durable)
+        } else {
+            None
         }
     }
 
     /// Hands out the next id and `ts` (`ts` never decreases as ids grow).
     pub fn assign(&mut self, draft: Draft, wall_ms: u64) -> Msg {
-        let ts = wall_ms.max(self.last_ts);
-        self.last_ts = ts;
+        let log = self.log_mut();
+        let ts = wall_ms.max(log.last_ts);
+        log.last_ts = ts;
         let msg = Msg {
-            id: self.next_id,
+            id: log.next_id,
             ts,
             from: draft.from,
             text: draft.text,
@@ -214,32 +305,33 @@ impl Room {
             extra: draft.extra,
             image: draft.image,
         };
-        self.next_id += 1;
+        log.next_id += 1;
         msg
     }
 
     /// Appends a message to the in-memory window, keeping at most `keep`.
     pub fn keep(&mut self, msg: Msg, keep: usize) {
         if keep > 0 {
-            while self.history.len() >= keep {
-                if let Some(old) = self.history.pop_front() {
-                    self.bytes -= old.cost();
+            let log = self.log_mut();
+            while log.history.len() >= keep {
+                if let Some(old) = log.history.pop_front() {
+                    log.bytes -= old.cost();
                 }
             }
-            self.bytes += msg.cost();
-            self.history.push_back(msg);
+            log.bytes += msg.cost();
+            log.history.push_back(msg);
         }
     }
 
     /// The id after the last message stored (or, for a room that is not
     /// durable, kept): ids still pending commit are not yet part of it.
     pub fn stored_next(&self) -> u64 {
-        self.next_id - self.durable.as_ref().map_or(0, |d| d.pending)
+        self.next_id() - self.durable().map_or(0, |d| d.pending)
     }
 
     /// Oldest id kept anywhere (memory or store); `stored_next` when none.
     pub fn first_kept(&self) -> u64 {
-        match &self.durable {
+        match self.durable() {
             Some(d) => d.first_id,
             None => self.window_first(),
         }
@@ -247,7 +339,7 @@ impl Room {
 
     /// Oldest id in the in-memory window; `stored_next` when empty.
     pub fn window_first(&self) -> u64 {
-        self.history
+        self.history()
             .front()
             .map_or_else(|| self.stored_next(), |m| m.id)
     }
@@ -255,9 +347,9 @@ impl Room {
     /// Whether the room has messages (kept, or pending commit): a room with
     /// neither members nor messages is forgotten.
     pub fn has_messages(&self) -> bool {
-        match &self.durable {
-            Some(d) => d.first_id < self.next_id,
-            None => !self.history.is_empty(),
+        match self.durable() {
+            Some(d) => d.first_id < self.next_id(),
+            None => !self.history().is_empty(),
         }
     }
 
@@ -267,10 +359,11 @@ impl Room {
         if lo < first && lo < hi {
             return None;
         }
-        let len = self.history.len();
+        let history = self.history();
+        let len = history.len();
         let a = usize::try_from(lo.saturating_sub(first)).map_or(len, |n| n.min(len));
         let b = usize::try_from(hi.saturating_sub(first)).map_or(len, |n| n.min(len));
-        Some(self.history.range(a..b.max(a)))
+        Some(history.range(a..b.max(a)))
     }
 
     /// Ids of the newest `n` kept messages; complete when no older kept one
@@ -389,11 +482,12 @@ impl Room {
     /// never passes that bound either. So a ring emptied by the global
     /// budget does not keep its peak allocation.
     pub fn pop_oldest(&mut self) -> Option<Msg> {
-        let old = self.history.pop_front()?;
-        self.bytes -= old.cost();
-        let len = self.history.len();
-        if self.history.capacity() > 2 * len + 4 {
-            self.history.shrink_to(len + len / 2);
+        let log = self.log.as_mut()?;
+        let old = log.history.pop_front()?;
+        log.bytes -= old.cost();
+        let len = log.history.len();
+        if log.history.capacity() > 2 * len + 4 {
+            log.history.shrink_to(len + len / 2);
         }
         Some(old)
     }
@@ -526,14 +620,18 @@ mod tests {
 
     /// An idle room's cost is mostly this struct (README, Performance: a
     /// connection and its room in ≤ 512 B): keep it from growing unnoticed.
+    /// Its messages' state is in a `Log` of its own.
     #[test]
     fn room_state_stays_small() {
-        assert!(std::mem::size_of::<Option<Room>>() <= 200);
+        assert!(std::mem::size_of::<Option<Room>>() <= 112);
         // The figures of a 64-bit machine (armv7's are smaller).
         #[cfg(target_pointer_width = "64")]
         {
+            assert_eq!(std::mem::size_of::<Option<Room>>(), 112);
             assert_eq!(std::mem::size_of::<Epoch>(), 24);
             assert_eq!(std::mem::size_of::<Members>(), 24);
+            // Boxed, made with the first message: not part of an idle room.
+            assert_eq!(std::mem::size_of::<Option<Box<Log>>>(), 8);
         }
     }
 

@@ -1392,19 +1392,19 @@ fn check_budget(chat: &Chat) {
     let rooms: Vec<&room::Room> = chat.rooms.iter().flatten().collect();
     let bytes: usize = rooms
         .iter()
-        .flat_map(|r| r.history.iter())
+        .flat_map(|r| r.history().iter())
         .map(room::Msg::cost)
         .sum();
-    let kept: usize = rooms.iter().map(|r| r.history.len()).sum();
+    let kept: usize = rooms.iter().map(|r| r.history().len()).sum();
     assert_eq!(chat.history_bytes(), bytes);
     assert!(chat.history_bytes() <= chat.cfg.max_history_bytes);
     assert_eq!(chat.kept, kept);
     for r in &rooms {
         assert_eq!(
-            r.bytes,
-            r.history.iter().map(room::Msg::cost).sum::<usize>()
+            r.bytes(),
+            r.history().iter().map(room::Msg::cost).sum::<usize>()
         );
-        assert!(r.history.capacity() <= 2 * r.history.len() + 4);
+        assert!(r.history().capacity() <= 2 * r.history().len() + 4);
     }
     // One live queue entry per kept message, in posting order per room.
     let live: Vec<&Order> = chat
@@ -1420,7 +1420,7 @@ fn check_budget(chat: &Chat) {
             .filter(|e| e.serial == r.serial)
             .map(|e| e.id)
             .collect();
-        let kept_ids: Vec<u64> = r.history.iter().map(|m| m.id).collect();
+        let kept_ids: Vec<u64> = r.history().iter().map(|m| m.id).collect();
         assert_eq!(ids, kept_ids, "room {}", r.name);
     }
 }
