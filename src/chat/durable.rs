@@ -134,7 +134,9 @@ impl Chat {
             let mut room = Room::new(name.clone(), self.epoch_counter, &r.epoch, now.mono_ms);
             room.durable = true;
             let next_id = r.next_id.max(1);
-            *room.log_mut() = Log {
+            let log = room.log_mut();
+            *log = Log {
+                epoch_text: log.epoch_text.take(),
                 next_id,
                 aged: now.wall_ms.saturating_sub(r.last_active),
                 durable: Durable {
@@ -433,7 +435,7 @@ impl Chat {
         if !room.durable {
             return;
         }
-        let epoch = &room.epoch;
+        let epoch = room.epoch();
         let log = room.log.get_or_insert_with(Box::default);
         let d = &mut log.durable;
         if !d.stored {
@@ -701,6 +703,34 @@ mod tests {
                 (2, vec![1], false),
             ]
         );
+    }
+
+    #[test]
+    fn a_restored_room_keeps_its_epoch_in_either_form() {
+        let mut c = chat();
+        let mut out = Out::default();
+        let room = |name: &str, epoch: &str| Restored {
+            name: name.into(),
+            epoch: epoch.into(),
+            // Four stored messages, none restored into the window.
+            next_id: 5,
+            first_id: 1,
+            last_active: NOW.wall_ms,
+            messages: Vec::new(),
+        };
+        // Base 36 (kept as its number) and not (kept as text).
+        c.restore(vec![room("a", "3w5e11264sgsf"), room("b", "Ep-01")], NOW);
+        c.connect(1, Some("al"), NOW, &mut out);
+        for (name, epoch) in [("a", "3w5e11264sgsf"), ("b", "Ep-01")] {
+            let join = format!(r#"{{"type":"join","room":"{name}","since":4,"epoch":"{epoch}"}}"#);
+            text(&mut c, 1, &join, &mut out);
+            let j = &out.sent.last().unwrap().1;
+            assert_eq!(
+                (j["type"].as_str(), j["epoch"].as_str()),
+                (Some("joined"), Some(epoch))
+            );
+            assert_eq!(j["complete"], true, "the same epoch: `since` holds");
+        }
     }
 
     #[test]

@@ -1011,7 +1011,7 @@ impl Chat {
         };
         let span = match self.room(idx) {
             Some(room) => match since {
-                Some(s) if epoch.is_none_or(|e| e == &*room.epoch) => {
+                Some(s) if epoch.is_none_or(|e| e == &*room.epoch()) => {
                     room.after_span(s, validate::JOIN_SINCE_MAX)
                 }
                 _ => room.newest_span(validate::JOIN_NEWEST),
@@ -1061,9 +1061,10 @@ impl Chat {
         } else {
             (Vec::new(), Vec::new())
         };
+        let epoch = room.epoch();
         let f = frame(&Out::Joined {
             room: &room.name,
-            epoch: &room.epoch,
+            epoch: &epoch,
             members,
             registered,
             moderators,

@@ -140,7 +140,10 @@ pub struct Room {
     /// Unique per room creation within a run: tells a recreated room in a
     /// reused slot from the one an old `Order` entry points to.
     pub serial: u64,
-    pub epoch: Epoch,
+    /// The epoch (see [`Room::epoch`]): the number whose base 36 form it
+    /// is, when it is one (every epoch this server makes is); else 0, and
+    /// [`Log::epoch_text`] holds it.
+    epoch: u64,
     /// In the order `joined` lists them (see `insert_member`).
     pub members: Members,
     /// Monotonic time the last member left; meaningful while `members` is empty.
@@ -174,6 +177,10 @@ pub struct Log {
     pub aged: u64,
     /// Meaningful for durable rooms only.
     pub durable: Durable,
+    /// An epoch that is not the base 36 form of a u64 (from a store
+    /// written otherwise): only a restored room has one, and a restored
+    /// room has a `Log`.
+    pub epoch_text: Option<Box<str>>,
 }
 
 impl Default for Log {
@@ -185,6 +192,7 @@ impl Default for Log {
             last_ts: 0,
             aged: 0,
             durable: NO_MESSAGES,
+            epoch_text: None,
         }
     }
 }
@@ -227,15 +235,28 @@ pub struct Span {
 
 impl Room {
     pub fn new(name: Rc<str>, serial: u64, epoch: &str, now_ms: u64) -> Room {
-        Room {
+        let mut room = Room {
             name,
             serial,
-            epoch: Epoch::new(epoch),
+            epoch: 0,
             members: Members::new(),
             empty_since: now_ms,
             log: None,
             owner: None,
             durable: false,
+        };
+        match parse_base36(epoch) {
+            Some(n) => room.epoch = n,
+            None => room.log_mut().epoch_text = Some(epoch.into()),
+        }
+        room
+    }
+
+    /// The room's epoch, as `joined` sends it.
+    pub fn epoch(&self) -> Epoch {
+        match self.log.as_ref().and_then(|l| l.epoch_text.as_deref()) {
+            Some(text) => Epoch::new(text),
+            None => Epoch::base36(self.epoch),
         }
     }
 
@@ -498,10 +519,11 @@ impl Room {
     }
 }
 
-/// A room's epoch, inline: the epochs this server makes are at most 13
-/// characters (a u64 in base 36), so a room pays no allocation for its
-/// epoch (idle rooms are many: a room per person is normal). A longer one,
-/// from a store written otherwise, is boxed.
+/// A room's epoch as text, inline: the epochs this server makes are at
+/// most 13 characters (a u64 in base 36). A room keeps the number (8
+/// bytes: idle rooms are many, a room per person is normal) and makes this
+/// when it is asked; a longer epoch, from a store written otherwise, is
+/// boxed.
 #[derive(Clone, PartialEq, Eq)]
 pub enum Epoch {
     Inline { len: u8, bytes: [u8; EPOCH_INLINE] },
@@ -512,7 +534,43 @@ pub enum Epoch {
 /// length in the 24 bytes the boxed form takes anyway.
 const EPOCH_INLINE: usize = 22;
 
+/// The base 36 digits, in order.
+const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+
+/// `n` when `s` is exactly `n`'s base 36 form (lowercase, no leading
+/// zero), as [`Epoch::base36`] writes it; so the text reads back the same.
+fn parse_base36(s: &str) -> Option<u64> {
+    if s.is_empty() || (s.len() > 1 && s.starts_with('0')) {
+        return None;
+    }
+    s.bytes().try_fold(0u64, |n, b| {
+        let d = DIGITS.iter().position(|&c| c == b)?;
+        n.checked_mul(36)?.checked_add(d as u64)
+    })
+}
+
 impl Epoch {
+    /// `n` in base 36, lowercase (at most 13 digits).
+    pub fn base36(mut n: u64) -> Epoch {
+        let mut buf = [0u8; 13];
+        let mut i = buf.len();
+        loop {
+            i -= 1;
+            buf[i] = DIGITS[(n % 36) as usize];
+            n /= 36;
+            if n == 0 {
+                break;
+            }
+        }
+        let mut bytes = [0u8; EPOCH_INLINE];
+        let len = buf.len() - i;
+        bytes[..len].copy_from_slice(&buf[i..]);
+        Epoch::Inline {
+            len: len as u8,
+            bytes,
+        }
+    }
+
     pub fn new(s: &str) -> Epoch {
         if s.len() <= EPOCH_INLINE {
             let mut bytes = [0u8; EPOCH_INLINE];
@@ -623,11 +681,11 @@ mod tests {
     /// Its messages' state is in a `Log` of its own.
     #[test]
     fn room_state_stays_small() {
-        assert!(std::mem::size_of::<Option<Room>>() <= 112);
+        assert!(std::mem::size_of::<Option<Room>>() <= 96);
         // The figures of a 64-bit machine (armv7's are smaller).
         #[cfg(target_pointer_width = "64")]
         {
-            assert_eq!(std::mem::size_of::<Option<Room>>(), 112);
+            assert_eq!(std::mem::size_of::<Option<Room>>(), 96);
             assert_eq!(std::mem::size_of::<Epoch>(), 24);
             assert_eq!(std::mem::size_of::<Members>(), 24);
             // Boxed, made with the first message: not part of an idle room.
@@ -646,6 +704,26 @@ mod tests {
         ] {
             assert_eq!(Epoch::new(s).as_str(), s);
         }
+        // A room keeps the number of a base 36 epoch, the text of any
+        // other, and gives back what it was given.
+        for (s, as_number) in [
+            ("0", true),
+            ("ep", true),
+            ("3w5e11264sgsf", true), // u64::MAX
+            ("3w5e11264sgsg", false),
+            ("", false),
+            ("00", false),
+            ("0ep", false),
+            ("EP", false),
+            ("e-p", false),
+            ("a longer epoch than fits inline", false),
+        ] {
+            let room = Room::new(Rc::from("r"), 1, s, 0);
+            assert_eq!(room.epoch().as_str(), s);
+            assert_eq!(room.log.is_none(), as_number, "{s:?}");
+        }
+        assert_eq!(Epoch::base36(u64::MAX).as_str(), "3w5e11264sgsf");
+        assert_eq!(Epoch::base36(0).as_str(), "0");
         assert!(matches!(Epoch::new("3w5e11264sgsf"), Epoch::Inline { .. }));
         assert!(matches!(
             Epoch::new("a longer epoch than fits inline"),
