@@ -19,7 +19,7 @@
 use std::rc::Rc;
 
 use super::protocol::{ChatError, MsgOut};
-use super::room::{Durable, Log, Msg, Order, Room};
+use super::room::{Durable, Log, Msg, Order, Room, RoomName};
 use super::{Chat, ConnId, Now, Outbox, protocol::frame, send_error};
 
 /// Something the store must keep, in the order the chat decided it.
@@ -27,18 +27,18 @@ use super::{Chat, ConnId, Now, Outbox, protocol::frame, send_error};
 pub enum Record {
     /// A room is stored from now on (its first message follows).
     Room {
-        name: Rc<str>,
+        name: RoomName,
         epoch: Box<str>,
         next_id: u64,
         last_active: u64,
     },
     /// A message of a stored room.
-    Message { room: Rc<str>, msg: Msg },
+    Message { room: RoomName, msg: Msg },
     /// Wall-clock ms of a stored room's last activity (its last member left,
     /// or it still has members): its retention starts there.
-    Touch { room: Rc<str>, last_active: u64 },
+    Touch { room: RoomName, last_active: u64 },
     /// The room was forgotten: delete it with its messages.
-    Forget { room: Rc<str> },
+    Forget { room: RoomName },
     /// A change to the accounts (see [`super::accounts`]).
     Account(super::accounts::AccountRecord),
     /// A ban or an audit line (see [`super::moderation`]).
@@ -50,7 +50,7 @@ pub enum Record {
     /// An account's read position in a room or DM conversation (see
     /// [`super::dms`]); one per account and room per turn.
     Read {
-        room: Rc<str>,
+        room: RoomName,
         account: Box<str>,
         id: u64,
     },
@@ -96,7 +96,7 @@ pub struct Restored {
 pub(super) struct Pending {
     pub slot: u32,
     pub serial: u64,
-    pub room: Rc<str>,
+    pub room: RoomName,
     pub msg: Msg,
     pub sender: ConnId,
     pub r#ref: Option<Box<str>>,
@@ -130,13 +130,14 @@ impl Chat {
                 continue;
             }
             self.epoch_counter += 1;
-            let name: Rc<str> = Rc::from(r.name.as_str());
-            let mut room = Room::new(name.clone(), self.epoch_counter, &r.epoch, now.mono_ms);
+            let name = RoomName::new(&r.name);
+            let mut room = Room::new(name.clone(), self.epoch_counter, &r.epoch);
             room.durable = true;
             let next_id = r.next_id.max(1);
             let log = room.log_mut();
             *log = Log {
                 epoch_text: log.epoch_text.take(),
+                empty_since: now.mono_ms,
                 next_id,
                 aged: now.wall_ms.saturating_sub(r.last_active),
                 durable: Durable {

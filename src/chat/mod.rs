@@ -588,7 +588,7 @@ impl Chat {
                 || !dms::is_dm(&r.name)
                     && now
                     .mono_ms
-                    .saturating_sub(r.empty_since)
+                    .saturating_sub(r.empty_since())
                     .saturating_add(r.aged())
                     >= self.cfg.room_retention_ms)
     }
@@ -701,8 +701,8 @@ impl Chat {
         };
         remove_member_id(&mut r.members, conn);
         if r.members.is_empty() {
-            r.empty_since = now.mono_ms;
             if let Some(l) = r.log.as_mut() {
+                l.empty_since = now.mono_ms;
                 l.aged = 0;
             }
             if !r.has_messages() {
@@ -1003,7 +1003,7 @@ impl Chat {
             match existing {
                 Some(i) => i,
                 None => {
-                    let i = self.create_room(name, owner, now)?;
+                    let i = self.create_room(name, owner)?;
                     self.record_creator(conn, name);
                     i
                 }
@@ -1100,12 +1100,7 @@ impl Chat {
     /// own, while a newcomer still gets a room. The room forgotten is the
     /// longest memberless one of an address over its share if there is one,
     /// else the longest memberless one.
-    fn create_room(
-        &mut self,
-        name: &str,
-        owner: Option<AddrKey>,
-        now: Now,
-    ) -> Result<u32, ChatError> {
+    fn create_room(&mut self, name: &str, owner: Option<AddrKey>) -> Result<u32, ChatError> {
         let held = owner
             .and_then(|k| self.room_owners.get(&k).copied())
             .unwrap_or(0) as usize;
@@ -1134,24 +1129,24 @@ impl Chat {
                 .enumerate()
                 .filter_map(|(i, r)| r.as_ref().map(|r| (i, r)))
                 .filter(|(_, r)| r.members.is_empty() && !dms::is_dm(&r.name))
-                .min_by_key(|(_, r)| (!over_share(r), r.empty_since))
+                .min_by_key(|(_, r)| (!over_share(r), r.empty_since()))
                 .map(|(i, _)| i as u32);
             match oldest {
                 Some(i) => self.forget(i),
                 None => return Err(ChatError::TooManyRooms { server: true }),
             }
         }
-        Ok(self.new_room(name, owner, now))
+        Ok(self.new_room(name, owner))
     }
 
     /// Puts a new room in the slab (caps already checked).
-    fn new_room(&mut self, name: &str, owner: Option<AddrKey>, now: Now) -> u32 {
+    fn new_room(&mut self, name: &str, owner: Option<AddrKey>) -> u32 {
         self.epoch_counter += 1;
         let epoch = base36(mix(self
             .epoch_seed
             .wrapping_add(self.epoch_counter.wrapping_mul(0x9e37_79b9_7f4a_7c15))));
-        let name: Rc<str> = Rc::from(name);
-        let room = Room::new(name, self.epoch_counter, &epoch, now.mono_ms);
+        let name = room::RoomName::new(name);
+        let room = Room::new(name, self.epoch_counter, &epoch);
         let mut room = room;
         room.owner = owner;
         if let Some(k) = owner {

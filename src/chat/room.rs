@@ -136,7 +136,7 @@ pub struct Draft {
 /// delivery.
 #[derive(Debug)]
 pub struct Room {
-    pub name: Rc<str>,
+    pub name: RoomName,
     /// Unique per room creation within a run: tells a recreated room in a
     /// reused slot from the one an old `Order` entry points to.
     pub serial: u64,
@@ -146,8 +146,6 @@ pub struct Room {
     epoch: u64,
     /// In the order `joined` lists them (see `insert_member`).
     pub members: Members,
-    /// Monotonic time the last member left; meaningful while `members` is empty.
-    pub empty_since: u64,
     /// `None` until the first message (or a restore from the store): every
     /// field then holds its [`Log::default`] value, which the accessors
     /// below answer without allocating.
@@ -172,6 +170,10 @@ pub struct Log {
     pub next_id: u64,
     /// `ts` of the last message, so that `ts` never decreases as `id` grows.
     pub last_ts: u64,
+    /// Monotonic time the last member left; meaningful while the room has
+    /// no members. Here, not in `Room`: a room with neither members nor
+    /// messages is forgotten at once, so a memberless room has a `Log`.
+    pub empty_since: u64,
     /// Retention already used up before `empty_since` (a room restored from
     /// the store was memberless before the server started).
     pub aged: u64,
@@ -190,6 +192,7 @@ impl Default for Log {
             bytes: 0,
             next_id: 1,
             last_ts: 0,
+            empty_since: 0,
             aged: 0,
             durable: NO_MESSAGES,
             epoch_text: None,
@@ -234,13 +237,12 @@ pub struct Span {
 }
 
 impl Room {
-    pub fn new(name: Rc<str>, serial: u64, epoch: &str, now_ms: u64) -> Room {
+    pub fn new(name: RoomName, serial: u64, epoch: &str) -> Room {
         let mut room = Room {
             name,
             serial,
             epoch: 0,
             members: Members::new(),
-            empty_since: now_ms,
             log: None,
             owner: None,
             durable: false,
@@ -283,6 +285,11 @@ impl Room {
     /// `ts` of the last message (0: none yet).
     pub fn last_ts(&self) -> u64 {
         self.log.as_ref().map_or(0, |l| l.last_ts)
+    }
+
+    /// When the last member left (see [`Log::empty_since`]).
+    pub fn empty_since(&self) -> u64 {
+        self.log.as_ref().map_or(0, |l| l.empty_since)
     }
 
     /// Retention used up before `empty_since` (see [`Log::aged`]).
@@ -608,6 +615,91 @@ impl fmt::Debug for Epoch {
     }
 }
 
+/// A room's name. Names of up to [`NAME_INLINE`] bytes (most: `lobby`,
+/// a name per person) are held inline, so an idle room pays no allocation
+/// for its name; longer ones share one `Rc<str>`. Cloned into the store's
+/// records and the pending messages: a copy of 24 bytes, or a count.
+#[derive(Clone)]
+pub enum RoomName {
+    Inline { len: u8, bytes: [u8; NAME_INLINE] },
+    Shared(Rc<str>),
+}
+
+/// Bytes a [`RoomName`] holds inline: as many as fit beside its tag and
+/// length in 24 bytes (the `Rc<str>` takes 16 at an 8-byte offset).
+pub const NAME_INLINE: usize = 22;
+
+impl RoomName {
+    pub fn new(s: &str) -> RoomName {
+        if s.len() <= NAME_INLINE {
+            let mut bytes = [0u8; NAME_INLINE];
+            bytes[..s.len()].copy_from_slice(s.as_bytes());
+            RoomName::Inline {
+                len: s.len() as u8,
+                bytes,
+            }
+        } else {
+            RoomName::Shared(Rc::from(s))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            // Copied whole from a `&str` in `new`, so always UTF-8.
+            RoomName::Inline { len, bytes } => {
+                std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default()
+            }
+            RoomName::Shared(s) => s,
+        }
+    }
+}
+
+impl From<&str> for RoomName {
+    fn from(s: &str) -> RoomName {
+        RoomName::new(s)
+    }
+}
+
+impl Deref for RoomName {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::borrow::Borrow<str> for RoomName {
+    fn borrow(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl PartialEq for RoomName {
+    fn eq(&self, other: &RoomName) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for RoomName {}
+
+/// As `str` hashes, which `Borrow<str>` requires of map keys.
+impl std::hash::Hash for RoomName {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl fmt::Debug for RoomName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Display for RoomName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Room name → slot of `Chat::rooms`. The table keeps only the slot (4
 /// bytes a room, where a map keyed by the name kept a 16-byte pointer beside
 /// it); the name is read back from the room in its slot.
@@ -682,11 +774,13 @@ mod tests {
     #[test]
     fn room_state_stays_small() {
         assert!(std::mem::size_of::<Option<Room>>() <= 96);
+        // The name inline, no allocation (see `RoomName`).
         // The figures of a 64-bit machine (armv7's are smaller).
         #[cfg(target_pointer_width = "64")]
         {
             assert_eq!(std::mem::size_of::<Option<Room>>(), 96);
             assert_eq!(std::mem::size_of::<Epoch>(), 24);
+            assert_eq!(std::mem::size_of::<RoomName>(), 24);
             assert_eq!(std::mem::size_of::<Members>(), 24);
             // Boxed, made with the first message: not part of an idle room.
             assert_eq!(std::mem::size_of::<Option<Box<Log>>>(), 8);
@@ -718,7 +812,7 @@ mod tests {
             ("e-p", false),
             ("a longer epoch than fits inline", false),
         ] {
-            let room = Room::new(Rc::from("r"), 1, s, 0);
+            let room = Room::new(RoomName::new("r"), 1, s);
             assert_eq!(room.epoch().as_str(), s);
             assert_eq!(room.log.is_none(), as_number, "{s:?}");
         }
@@ -732,15 +826,33 @@ mod tests {
     }
 
     #[test]
+    fn room_names_of_any_length_read_back() {
+        let long = "a-room-name-longer-than-22";
+        for s in ["", "r", "own-9999", "0123456789012345678901", long] {
+            assert_eq!(RoomName::new(s).as_str(), s);
+            assert_eq!(RoomName::new(s), RoomName::new(s));
+        }
+        assert!(matches!(
+            RoomName::new("0123456789012345678901"),
+            RoomName::Inline { .. }
+        ));
+        assert!(matches!(RoomName::new(long), RoomName::Shared(_)));
+        // A map keyed by names finds them by `&str` (`Borrow`).
+        let mut m = std::collections::HashMap::new();
+        m.insert(RoomName::new("own-1"), 1);
+        m.insert(RoomName::new(long), 2);
+        assert_eq!((m.get("own-1"), m.get(long)), (Some(&1), Some(&2)));
+    }
+
+    #[test]
     fn the_index_finds_rooms_by_name_and_forgets_them_by_slot() {
         let mut rooms: Vec<Option<Room>> = Vec::new();
         let mut index = RoomIndex::default();
         for i in 0..100u32 {
             rooms.push(Some(Room::new(
-                Rc::from(format!("r{i}")),
+                RoomName::new(&format!("r{i}")),
                 u64::from(i),
                 "e",
-                0,
             )));
             index.insert(&rooms, i);
         }
