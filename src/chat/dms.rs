@@ -26,7 +26,7 @@ use serde::Serialize;
 
 use super::durable::{Pending, Record};
 use super::protocol::{ChatError, Page, ReadTarget, frame};
-use super::room::{Draft, Msg};
+use super::room::{Draft, Msg, RoomName};
 use super::{Chat, ConnId, Now, Outbox, archive, send_error};
 
 /// Whether a room name is a DM conversation's.
@@ -62,11 +62,11 @@ pub const MAX_LISTED: usize = 500;
 #[derive(Default)]
 pub(super) struct Dms {
     /// Account key -> the room names of its conversations.
-    convs: HashMap<Box<str>, Vec<Rc<str>>>,
+    convs: HashMap<Box<str>, Vec<RoomName>>,
     /// Conversations kept (at most `--max-rooms`).
     count: usize,
     /// Room name -> account key -> last-read id.
-    reads: HashMap<Rc<str>, HashMap<Box<str>, u64>>,
+    reads: HashMap<RoomName, HashMap<Box<str>, u64>>,
     /// Positions moved this turn, one entry per account and room.
     dirty: Vec<Moved>,
     /// Positions whose commit is under way.
@@ -74,7 +74,7 @@ pub(super) struct Dms {
 }
 
 struct Moved {
-    room: Rc<str>,
+    room: RoomName,
     key: Box<str>,
     /// The position before this turn's moves: back to it if the commit fails.
     old: u64,
@@ -90,7 +90,7 @@ impl Dms {
 
     /// A room was restored from the store or created: index it when it is
     /// a conversation.
-    pub fn restored(&mut self, name: &Rc<str>) {
+    pub fn restored(&mut self, name: &RoomName) {
         let Some((a, b)) = parties(name) else {
             return;
         };
@@ -259,7 +259,7 @@ impl Chat {
         let idx = match self.room_index(name.as_str()) {
             Some(i) => i,
             None => {
-                let i = self.new_room(&name, None, now);
+                let i = self.new_room(&name, None);
                 if let Some(n) = self.room(i).map(|r| r.name.clone()) {
                     self.dms.restored(&n);
                 }
@@ -575,7 +575,7 @@ impl Chat {
                 with: self.shown(other(&room.name, &key)),
                 read: self.position(&room.name, &key),
                 last: room.stored_next().saturating_sub(1),
-                ts: room.last_ts,
+                ts: room.last_ts(),
             })
             .collect();
         dms.sort_unstable_by_key(|d| std::cmp::Reverse(d.ts));

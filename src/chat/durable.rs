@@ -19,7 +19,7 @@
 use std::rc::Rc;
 
 use super::protocol::{ChatError, MsgOut};
-use super::room::{Durable, Msg, Order, Room};
+use super::room::{Durable, Log, Msg, Order, Room, RoomName};
 use super::{Chat, ConnId, Now, Outbox, protocol::frame, send_error};
 
 /// Something the store must keep, in the order the chat decided it.
@@ -27,18 +27,18 @@ use super::{Chat, ConnId, Now, Outbox, protocol::frame, send_error};
 pub enum Record {
     /// A room is stored from now on (its first message follows).
     Room {
-        name: Rc<str>,
+        name: RoomName,
         epoch: Box<str>,
         next_id: u64,
         last_active: u64,
     },
     /// A message of a stored room.
-    Message { room: Rc<str>, msg: Msg },
+    Message { room: RoomName, msg: Msg },
     /// Wall-clock ms of a stored room's last activity (its last member left,
     /// or it still has members): its retention starts there.
-    Touch { room: Rc<str>, last_active: u64 },
+    Touch { room: RoomName, last_active: u64 },
     /// The room was forgotten: delete it with its messages.
-    Forget { room: Rc<str> },
+    Forget { room: RoomName },
     /// A change to the accounts (see [`super::accounts`]).
     Account(super::accounts::AccountRecord),
     /// A ban or an audit line (see [`super::moderation`]).
@@ -50,7 +50,7 @@ pub enum Record {
     /// An account's read position in a room or DM conversation (see
     /// [`super::dms`]); one per account and room per turn.
     Read {
-        room: Rc<str>,
+        room: RoomName,
         account: Box<str>,
         id: u64,
     },
@@ -96,7 +96,7 @@ pub struct Restored {
 pub(super) struct Pending {
     pub slot: u32,
     pub serial: u64,
-    pub room: Rc<str>,
+    pub room: RoomName,
     pub msg: Msg,
     pub sender: ConnId,
     pub r#ref: Option<Box<str>>,
@@ -128,20 +128,29 @@ impl Chat {
                 continue;
             }
             self.epoch_counter += 1;
-            let name: Rc<str> = Rc::from(r.name.as_str());
-            let mut room = Room::new(name.clone(), self.epoch_counter, &r.epoch, now.mono_ms);
-            room.next_id = r.next_id.max(1);
-            room.aged = now.wall_ms.saturating_sub(r.last_active);
-            room.durable = Some(Durable {
-                first_id: r.first_id.min(room.next_id),
-                pending: 0,
-                stored: true,
-                touched: now.mono_ms,
-            });
+            let name = RoomName::new(&r.name);
+            let mut room = Room::new(name.clone(), self.epoch_counter, &r.epoch);
+            room.durable = true;
+            let next_id = r.next_id.max(1);
+            let log = room.log_mut();
+            *log = Log {
+                epoch_text: log.epoch_text.take(),
+                empty_since: now.mono_ms,
+                next_id,
+                aged: now.wall_ms.saturating_sub(r.last_active),
+                durable: Durable {
+                    first_id: r.first_id.min(next_id),
+                    pending: 0,
+                    stored: true,
+                    touched: now.mono_ms,
+                },
+                ..Log::default()
+            };
             let idx = self.rooms.len() as u32;
             let skip = r.messages.len().saturating_sub(window);
             for m in r.messages.into_iter().skip(skip) {
-                room.last_ts = room.last_ts.max(m.ts);
+                let log = room.log_mut();
+                log.last_ts = log.last_ts.max(m.ts);
                 order.push((
                     m.ts,
                     Order {
@@ -152,8 +161,8 @@ impl Chat {
                 ));
                 room.keep(m, window);
             }
-            self.history_bytes += room.bytes;
-            self.kept += room.history.len();
+            self.history_bytes += room.bytes();
+            self.kept += room.history().len();
             self.rooms.push(Some(room));
             self.dms.restored(&name);
             self.room_names.insert(&self.rooms, idx);
@@ -285,10 +294,10 @@ impl Chat {
             run.clear();
             return;
         };
-        if let Some(d) = room.durable.as_mut() {
+        if let Some(d) = room.durable_mut() {
             d.pending = d.pending.saturating_sub(run.len() as u64);
         }
-        let (bytes_before, kept_before) = (room.bytes, room.history.len());
+        let (bytes_before, kept_before) = (room.bytes(), room.history().len());
         for p in run.drain(..) {
             let id = p.msg.id;
             room.keep(p.msg, window);
@@ -296,8 +305,8 @@ impl Chat {
                 self.order.push_back(Order { slot, serial, id });
             }
         }
-        self.history_bytes = self.history_bytes - bytes_before + room.bytes;
-        self.kept = self.kept - kept_before + room.history.len();
+        self.history_bytes = self.history_bytes - bytes_before + room.bytes();
+        self.kept = self.kept - kept_before + room.history().len();
     }
 
     /// The records taken last could not be stored: every pending message is
@@ -318,11 +327,10 @@ impl Chat {
                 .and_then(Option::as_mut)
                 .filter(|r| r.serial == p.serial)
             {
-                room.next_id = room.next_id.min(p.msg.id);
-                if let Some(d) = room.durable.as_mut() {
-                    d.pending = 0;
-                    d.first_id = d.first_id.min(room.next_id);
-                }
+                let log = room.log_mut();
+                log.next_id = log.next_id.min(p.msg.id);
+                log.durable.pending = 0;
+                log.durable.first_id = log.durable.first_id.min(log.next_id);
                 if room.members.is_empty() && !room.has_messages() {
                     emptied.push(p.slot);
                 }
@@ -347,19 +355,22 @@ impl Chat {
         let Some(r) = self.rooms.get_mut(idx as usize).and_then(Option::as_mut) else {
             return;
         };
-        let Some(d) = r.durable.as_mut() else { return };
-        d.first_id = d.first_id.max(first_id.min(r.next_id));
+        if !r.durable {
+            return;
+        }
+        let log = r.log_mut();
+        log.durable.first_id = log.durable.first_id.max(first_id.min(log.next_id));
         self.drop_images_below(room, first_id);
         let Some(r) = self.rooms.get_mut(idx as usize).and_then(Option::as_mut) else {
             return;
         };
-        let (bytes_before, kept_before) = (r.bytes, r.history.len());
-        while r.history.front().is_some_and(|m| m.id < first_id) {
+        let (bytes_before, kept_before) = (r.bytes(), r.history().len());
+        while r.history().front().is_some_and(|m| m.id < first_id) {
             r.pop_oldest();
         }
         let gone = r.members.is_empty() && !r.has_messages();
-        self.history_bytes = self.history_bytes - bytes_before + r.bytes;
-        self.kept = self.kept - kept_before + r.history.len();
+        self.history_bytes = self.history_bytes - bytes_before + r.bytes();
+        self.kept = self.kept - kept_before + r.history().len();
         if gone {
             self.forget(idx);
         } else {
@@ -371,7 +382,7 @@ impl Chat {
     /// until now (its retention starts at the next start).
     pub fn shutdown(&mut self, now: Now) {
         for r in self.rooms.iter().flatten() {
-            if !r.members.is_empty() && r.durable.as_ref().is_some_and(|d| d.stored) {
+            if !r.members.is_empty() && r.stored() {
                 self.records.push(Record::Touch {
                     room: r.name.clone(),
                     last_active: now.wall_ms,
@@ -388,7 +399,9 @@ impl Chat {
             if r.members.is_empty() {
                 continue;
             }
-            if let Some(d) = r.durable.as_mut()
+            // Read first: an idle room without messages has no `Log` to
+            // make here.
+            if let Some(d) = r.log.as_deref_mut().map(|l| &mut l.durable)
                 && d.stored
                 && now.mono_ms.saturating_sub(d.touched) >= every
             {
@@ -415,15 +428,21 @@ impl Chat {
         let Some(room) = self.rooms.get_mut(idx as usize).and_then(Option::as_mut) else {
             return;
         };
-        let Some(d) = room.durable.as_mut() else {
+        if !room.durable {
             return;
-        };
+        }
+        let epoch = room.epoch();
+        let log = room.log.get_or_insert_with(Box::default);
+        let d = &mut log.durable;
         if !d.stored {
             d.stored = true;
+            // The row says the room was active now: its next `Touch` is
+            // due a period from here.
+            d.touched = now.mono_ms;
             self.records.push(Record::Room {
                 name: room.name.clone(),
-                epoch: room.epoch.as_str().into(),
-                next_id: room.next_id,
+                epoch: epoch.as_str().into(),
+                next_id: log.next_id,
                 last_active: now.wall_ms,
             });
         }
@@ -450,7 +469,7 @@ impl Chat {
 
     /// A durable room was forgotten: the store forgets it too.
     pub(super) fn forget_stored(&mut self, room: &Room) {
-        if room.durable.as_ref().is_some_and(|d| d.stored) {
+        if room.stored() {
             self.records.push(Record::Forget {
                 room: room.name.clone(),
             });
@@ -569,6 +588,47 @@ mod tests {
         );
     }
 
+    #[test]
+    fn an_idle_room_holds_no_log_and_its_first_message_makes_one() {
+        let mut c = chat();
+        let mut out = Out::default();
+        c.connect(1, Some("al"), NOW, &mut out);
+        text(&mut c, 1, r#"{"type":"join","room":"r"}"#, &mut out);
+        let idx = c.room_index("r").unwrap();
+        // Ticks past the touch period: a room without messages has nothing
+        // stored to touch, and its state stays inline.
+        let mut later = NOW;
+        for _ in 0..3 {
+            later.mono_ms += TOUCH_EVERY_MS;
+            later.wall_ms += TOUCH_EVERY_MS;
+            c.tick(later);
+        }
+        assert!(c.room(idx).unwrap().log.is_none());
+        assert!(c.take_records().is_empty());
+        c.on_text(
+            1,
+            br#"{"type":"message","room":"r","text":"a"}"#,
+            later,
+            &mut out,
+        );
+        let recs = c.take_records();
+        assert!(matches!(
+            &recs[..],
+            [Record::Room { .. }, Record::Message { .. }]
+        ));
+        c.committed(&mut out);
+        let r = c.room(idx).unwrap();
+        assert!(r.log.is_some() && r.stored());
+        assert_eq!((r.next_id(), r.history().len()), (2, 1));
+        // The room's row said "active now": the next touch is a period on.
+        later.mono_ms += TOUCH_EVERY_MS - 1;
+        c.tick(later);
+        assert!(c.take_records().is_empty());
+        later.mono_ms += 1;
+        c.tick(later);
+        assert!(matches!(&c.take_records()[..], [Record::Touch { .. }]));
+    }
+
     /// Records each `send_run` apart from single sends.
     #[derive(Default)]
     struct Runs {
@@ -638,6 +698,34 @@ mod tests {
                 (2, vec![1], false),
             ]
         );
+    }
+
+    #[test]
+    fn a_restored_room_keeps_its_epoch_in_either_form() {
+        let mut c = chat();
+        let mut out = Out::default();
+        let room = |name: &str, epoch: &str| Restored {
+            name: name.into(),
+            epoch: epoch.into(),
+            // Four stored messages, none restored into the window.
+            next_id: 5,
+            first_id: 1,
+            last_active: NOW.wall_ms,
+            messages: Vec::new(),
+        };
+        // Base 36 (kept as its number) and not (kept as text).
+        c.restore(vec![room("a", "3w5e11264sgsf"), room("b", "Ep-01")], NOW);
+        c.connect(1, Some("al"), NOW, &mut out);
+        for (name, epoch) in [("a", "3w5e11264sgsf"), ("b", "Ep-01")] {
+            let join = format!(r#"{{"type":"join","room":"{name}","since":4,"epoch":"{epoch}"}}"#);
+            text(&mut c, 1, &join, &mut out);
+            let j = &out.sent.last().unwrap().1;
+            assert_eq!(
+                (j["type"].as_str(), j["epoch"].as_str()),
+                (Some("joined"), Some(epoch))
+            );
+            assert_eq!(j["complete"], true, "the same epoch: `since` holds");
+        }
     }
 
     #[test]

@@ -426,16 +426,19 @@ impl Chat {
             return;
         }
         let first = room.window_first();
+        let Some(log) = room.log.as_deref_mut() else {
+            return;
+        };
         let Some(m) = usize::try_from(id - first)
             .ok()
-            .and_then(|i| room.history.get_mut(i))
+            .and_then(|i| log.history.get_mut(i))
         else {
             return;
         };
         let before = m.cost();
         f(m);
         let after = m.cost();
-        room.bytes = room.bytes - before + after;
+        log.bytes = log.bytes - before + after;
         self.history_bytes = self.history_bytes - before + after;
     }
 
@@ -443,11 +446,16 @@ impl Chat {
     /// (empty: it was deleted). Replies come after their parent: the walk
     /// stops there.
     fn requote(&mut self, idx: u32, id: u64, excerpt: &str) {
-        let Some(room) = self.rooms.get_mut(idx as usize).and_then(Option::as_mut) else {
+        let Some(log) = self
+            .rooms
+            .get_mut(idx as usize)
+            .and_then(Option::as_mut)
+            .and_then(|r| r.log.as_deref_mut())
+        else {
             return;
         };
         let mut delta: isize = 0;
-        for m in room.history.iter_mut().rev() {
+        for m in log.history.iter_mut().rev() {
             if m.id <= id {
                 break;
             }
@@ -461,7 +469,7 @@ impl Chat {
                 q.text = Box::from(excerpt);
             }
         }
-        room.bytes = room.bytes.saturating_add_signed(delta);
+        log.bytes = log.bytes.saturating_add_signed(delta);
         self.history_bytes = self.history_bytes.saturating_add_signed(delta);
     }
 

@@ -184,8 +184,12 @@ struct Conn {
 /// Where a connection's rate-limit bucket lives.
 enum Limit {
     /// Its own (a client the server exempts from per-address rules, such as
-    /// loopback without `--limit-loopback`).
-    Own(Bucket),
+    /// loopback without `--limit-loopback`), made at its first message: a
+    /// new bucket is full, and a full bucket stays full until a message
+    /// takes a token, so one made later holds exactly what one made at
+    /// connect would. Boxed: an idle connection (or one with a shared
+    /// bucket) pays 16 bytes here, not the bucket's 48.
+    Own(Option<Box<Bucket>>),
     /// Shared with the other connections of its address: a slot of
     /// `Chat::limits`, holding one reference.
     Shared(u32),
@@ -485,7 +489,7 @@ impl Chat {
                     Some(a) => {
                         Limit::Shared(self.limits.acquire(a, self.cfg.rate_burst, now.mono_ms))
                     }
-                    None => Limit::Own(Bucket::new(self.cfg.rate_burst, now.mono_ms)),
+                    None => Limit::Own(None),
                 },
                 closing: false,
                 busy: false,
@@ -584,8 +588,8 @@ impl Chat {
                 || !dms::is_dm(&r.name)
                     && now
                     .mono_ms
-                    .saturating_sub(r.empty_since)
-                    .saturating_add(r.aged)
+                    .saturating_sub(r.empty_since())
+                    .saturating_add(r.aged())
                     >= self.cfg.room_retention_ms)
     }
 
@@ -604,8 +608,8 @@ impl Chat {
                 }
             }
             self.free_rooms.push(idx);
-            self.history_bytes -= r.bytes;
-            self.kept -= r.history.len();
+            self.history_bytes -= r.bytes();
+            self.kept -= r.history().len();
             self.trim_order();
         }
     }
@@ -624,7 +628,7 @@ impl Chat {
             // Entries older than `e` are all gone from the queue, and a room's
             // messages were queued in id order, so a live `e` is its room's
             // oldest kept message; anything else is stale.
-            if room.serial != e.serial || room.history.front().map(|m| m.id) != Some(e.id) {
+            if room.serial != e.serial || room.history().front().map(|m| m.id) != Some(e.id) {
                 continue;
             }
             if let Some(m) = room.pop_oldest() {
@@ -697,11 +701,13 @@ impl Chat {
         };
         remove_member_id(&mut r.members, conn);
         if r.members.is_empty() {
-            r.empty_since = now.mono_ms;
-            r.aged = 0;
+            if let Some(l) = r.log.as_mut() {
+                l.empty_since = now.mono_ms;
+                l.aged = 0;
+            }
             if !r.has_messages() {
                 self.forget(idx);
-            } else if r.durable.as_ref().is_some_and(|d| d.stored) {
+            } else if r.stored() {
                 let room = r.name.clone();
                 self.records.push(durable::Record::Touch {
                     room,
@@ -731,7 +737,10 @@ impl Chat {
         // The rate limit comes first, before parsing.
         let (burst, per_sec) = (self.cfg.rate_burst, self.cfg.rate_per_sec);
         let verdict = match &mut c.limit {
-            Limit::Own(b) => b.take(now.mono_ms, burst, per_sec),
+            Limit::Own(_) if burst == 0 => Verdict::Pass,
+            Limit::Own(b) => b
+                .get_or_insert_with(|| Box::new(Bucket::new(burst, now.mono_ms)))
+                .take(now.mono_ms, burst, per_sec),
             Limit::Shared(slot) => self
                 .limits
                 .bucket_mut(*slot)
@@ -995,7 +1004,7 @@ impl Chat {
                 Some(i) => i,
                 None => {
                     self.check_owned_rooms(conn, name)?;
-                    let i = self.create_room(name, owner, now)?;
+                    let i = self.create_room(name, owner)?;
                     self.record_creator(conn, name);
                     i
                 }
@@ -1003,7 +1012,7 @@ impl Chat {
         };
         let span = match self.room(idx) {
             Some(room) => match since {
-                Some(s) if epoch.is_none_or(|e| e == &*room.epoch) => {
+                Some(s) if epoch.is_none_or(|e| e == &*room.epoch()) => {
                     room.after_span(s, validate::JOIN_SINCE_MAX)
                 }
                 _ => room.newest_span(validate::JOIN_NEWEST),
@@ -1057,9 +1066,10 @@ impl Chat {
                 (Vec::new(), Vec::new())
             };
         let moderators = ranked.iter().map(|&(n, _)| n).collect();
+        let epoch = room.epoch();
         let f = frame(&Out::Joined {
             room: &room.name,
-            epoch: &room.epoch,
+            epoch: &epoch,
             members,
             registered,
             moderators,
@@ -1109,12 +1119,7 @@ impl Chat {
     /// own, while a newcomer still gets a room. The room forgotten is the
     /// longest memberless one of an address over its share if there is one,
     /// else the longest memberless one.
-    fn create_room(
-        &mut self,
-        name: &str,
-        owner: Option<AddrKey>,
-        now: Now,
-    ) -> Result<u32, ChatError> {
+    fn create_room(&mut self, name: &str, owner: Option<AddrKey>) -> Result<u32, ChatError> {
         let held = owner
             .and_then(|k| self.room_owners.get(&k).copied())
             .unwrap_or(0) as usize;
@@ -1143,36 +1148,30 @@ impl Chat {
                 .enumerate()
                 .filter_map(|(i, r)| r.as_ref().map(|r| (i, r)))
                 .filter(|(_, r)| r.members.is_empty() && !dms::is_dm(&r.name))
-                .min_by_key(|(_, r)| (!over_share(r), r.empty_since))
+                .min_by_key(|(_, r)| (!over_share(r), r.empty_since()))
                 .map(|(i, _)| i as u32);
             match oldest {
                 Some(i) => self.forget(i),
                 None => return Err(ChatError::TooManyRooms { server: true }),
             }
         }
-        Ok(self.new_room(name, owner, now))
+        Ok(self.new_room(name, owner))
     }
 
     /// Puts a new room in the slab (caps already checked).
-    fn new_room(&mut self, name: &str, owner: Option<AddrKey>, now: Now) -> u32 {
+    fn new_room(&mut self, name: &str, owner: Option<AddrKey>) -> u32 {
         self.epoch_counter += 1;
         let epoch = base36(mix(self
             .epoch_seed
             .wrapping_add(self.epoch_counter.wrapping_mul(0x9e37_79b9_7f4a_7c15))));
-        let name: Rc<str> = Rc::from(name);
-        let room = Room::new(name, self.epoch_counter, &epoch, now.mono_ms);
+        let name = room::RoomName::new(name);
+        let room = Room::new(name, self.epoch_counter, &epoch);
         let mut room = room;
         room.owner = owner;
         if let Some(k) = owner {
             *self.room_owners.entry(k).or_insert(0) += 1;
         }
-        if self.cfg.durable {
-            room.durable = Some(room::Durable {
-                first_id: room.next_id,
-                touched: now.mono_ms,
-                ..room::Durable::default()
-            });
-        }
+        room.durable = self.cfg.durable;
         let idx = match self.free_rooms.pop() {
             Some(i) => {
                 self.rooms[i as usize] = Some(room);
@@ -1249,9 +1248,9 @@ impl Chat {
     fn post_in_memory(&mut self, idx: u32, draft: room::Draft, now: Now) -> Option<Msg> {
         let keep = self.cfg.history;
         let room = self.room_mut(idx)?;
-        let (bytes_before, kept_before) = (room.bytes, room.history.len());
+        let (bytes_before, kept_before) = (room.bytes(), room.history().len());
         let msg = room.post(draft, now.wall_ms, keep);
-        let (bytes_after, kept_after, serial) = (room.bytes, room.history.len(), room.serial);
+        let (bytes_after, kept_after, serial) = (room.bytes(), room.history().len(), room.serial);
         let name = room.name.clone();
         self.attach_image(msg.image, &name, msg.id);
         // The room's totals are part of the server's, so these never underflow.
@@ -1371,12 +1370,12 @@ impl Chat {
         let before = before.unwrap_or(u64::MAX);
         let limit = usize::try_from(limit).unwrap_or(usize::MAX);
         // One more than asked tells whether older matches exist.
-        let mut found: Vec<Msg> = if room.durable.is_some() {
+        let mut found: Vec<Msg> = if room.durable {
             out.search(&room.name, query, before, limit + 1)
                 .map_err(|ArchiveError| ChatError::StorageFailed)?
         } else {
             let words: Vec<String> = query.split_whitespace().map(str::to_lowercase).collect();
-            room.history
+            room.history()
                 .iter()
                 .rev()
                 .filter(|m| m.id < before)

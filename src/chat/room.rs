@@ -128,15 +128,39 @@ pub struct Draft {
     pub image: Option<std::num::NonZeroU64>,
 }
 
+/// A room. Kept small: a room per person is normal, and most rooms are
+/// idle. What only a room that has had a message needs (its history ring,
+/// ids, timestamps, its store state) is in [`Log`], boxed and made with the
+/// first message; an idle room holds its name, members and a few words.
+/// The fan-out reads `members`, inline here: no extra indirection per
+/// delivery.
 #[derive(Debug)]
 pub struct Room {
-    pub name: Rc<str>,
+    pub name: RoomName,
     /// Unique per room creation within a run: tells a recreated room in a
     /// reused slot from the one an old `Order` entry points to.
     pub serial: u64,
-    pub epoch: Epoch,
+    /// The epoch (see [`Room::epoch`]): the number whose base 36 form it
+    /// is, when it is one (every epoch this server makes is); else 0, and
+    /// [`Log::epoch_text`] holds it.
+    epoch: u64,
     /// In the order `joined` lists them (see `insert_member`).
     pub members: Members,
+    /// `None` until the first message (or a restore from the store): every
+    /// field then holds its [`Log::default`] value, which the accessors
+    /// below answer without allocating.
+    pub log: Option<Box<Log>>,
+    /// The address that created the room (`None`: an exempt client); the
+    /// room counts against its `max_rooms_per_addr` while it exists.
+    pub owner: Option<super::AddrKey>,
+    /// Durable rooms only (see `ChatConfig::durable`): the store keeps its
+    /// messages, and [`Log::durable`] tracks what it holds.
+    pub durable: bool,
+}
+
+/// A room's messages and what goes with them (see [`Room::log`]).
+#[derive(Debug)]
+pub struct Log {
     /// Kept messages, ids contiguous and increasing. Changed only through
     /// [`Room::post`] and [`Room::pop_oldest`], which keep `bytes` exact.
     pub history: VecDeque<Msg>,
@@ -146,17 +170,34 @@ pub struct Room {
     pub next_id: u64,
     /// `ts` of the last message, so that `ts` never decreases as `id` grows.
     pub last_ts: u64,
-    /// Monotonic time the last member left; meaningful while `members` is empty.
+    /// Monotonic time the last member left; meaningful while the room has
+    /// no members. Here, not in `Room`: a room with neither members nor
+    /// messages is forgotten at once, so a memberless room has a `Log`.
     pub empty_since: u64,
-    /// The address that created the room (`None`: an exempt client); the
-    /// room counts against its `max_rooms_per_addr` while it exists.
-    pub owner: Option<super::AddrKey>,
     /// Retention already used up before `empty_since` (a room restored from
     /// the store was memberless before the server started).
     pub aged: u64,
-    /// Durable rooms only (see `ChatConfig::durable`). Inline: durable is
-    /// the default, and a box of its own cost every room an allocation.
-    pub durable: Option<Durable>,
+    /// Meaningful for durable rooms only.
+    pub durable: Durable,
+    /// An epoch that is not the base 36 form of a u64 (from a store
+    /// written otherwise): only a restored room has one, and a restored
+    /// room has a `Log`.
+    pub epoch_text: Option<Box<str>>,
+}
+
+impl Default for Log {
+    fn default() -> Log {
+        Log {
+            history: VecDeque::new(),
+            bytes: 0,
+            next_id: 1,
+            last_ts: 0,
+            empty_since: 0,
+            aged: 0,
+            durable: NO_MESSAGES,
+            epoch_text: None,
+        }
+    }
 }
 
 /// A durable room's state beside its in-memory window: `history` holds only
@@ -170,9 +211,21 @@ pub struct Durable {
     pub pending: u64,
     /// The store has this room (its row is written with its first message).
     pub stored: bool,
-    /// Monotonic ms of the last `Touch` record while the room had members.
+    /// Monotonic ms of the last `Touch` record (or of the room's row) while
+    /// the room had members; meaningful once `stored`.
     pub touched: u64,
 }
+
+/// The store state of a durable room without a [`Log`].
+const NO_MESSAGES: Durable = Durable {
+    first_id: 1,
+    pending: 0,
+    stored: false,
+    touched: 0,
+};
+
+/// The history of a room without a [`Log`].
+const NO_HISTORY: &VecDeque<Msg> = &VecDeque::new();
 
 /// A run of kept message ids, `lo..hi`, and whether it reaches as far back
 /// as asked.
@@ -184,29 +237,95 @@ pub struct Span {
 }
 
 impl Room {
-    pub fn new(name: Rc<str>, serial: u64, epoch: &str, now_ms: u64) -> Room {
-        Room {
+    pub fn new(name: RoomName, serial: u64, epoch: &str) -> Room {
+        let mut room = Room {
             name,
             serial,
-            epoch: Epoch::new(epoch),
+            epoch: 0,
             members: Members::new(),
-            history: VecDeque::new(),
-            bytes: 0,
-            next_id: 1,
-            last_ts: 0,
-            empty_since: now_ms,
+            log: None,
             owner: None,
-            aged: 0,
-            durable: None,
+            durable: false,
+        };
+        match parse_base36(epoch) {
+            Some(n) => room.epoch = n,
+            None => room.log_mut().epoch_text = Some(epoch.into()),
+        }
+        room
+    }
+
+    /// The room's epoch, as `joined` sends it.
+    pub fn epoch(&self) -> Epoch {
+        match self.log.as_ref().and_then(|l| l.epoch_text.as_deref()) {
+            Some(text) => Epoch::new(text),
+            None => Epoch::base36(self.epoch),
+        }
+    }
+
+    /// The room's [`Log`], made now if it has none.
+    pub fn log_mut(&mut self) -> &mut Log {
+        self.log.get_or_insert_with(Box::default)
+    }
+
+    /// Kept messages (see [`Log::history`]).
+    pub fn history(&self) -> &VecDeque<Msg> {
+        self.log.as_ref().map_or(NO_HISTORY, |l| &l.history)
+    }
+
+    /// Sum of [`Msg::cost`] over the kept messages.
+    pub fn bytes(&self) -> usize {
+        self.log.as_ref().map_or(0, |l| l.bytes)
+    }
+
+    /// Id of the next message.
+    pub fn next_id(&self) -> u64 {
+        self.log.as_ref().map_or(1, |l| l.next_id)
+    }
+
+    /// `ts` of the last message (0: none yet).
+    pub fn last_ts(&self) -> u64 {
+        self.log.as_ref().map_or(0, |l| l.last_ts)
+    }
+
+    /// When the last member left (see [`Log::empty_since`]).
+    pub fn empty_since(&self) -> u64 {
+        self.log.as_ref().map_or(0, |l| l.empty_since)
+    }
+
+    /// Retention used up before `empty_since` (see [`Log::aged`]).
+    pub fn aged(&self) -> u64 {
+        self.log.as_ref().map_or(0, |l| l.aged)
+    }
+
+    /// A durable room's store state; `None` for a room that is not durable.
+    pub fn durable(&self) -> Option<&Durable> {
+        self.durable
+            .then(|| self.log.as_ref().map_or(&NO_MESSAGES, |l| &l.durable))
+    }
+
+    /// Whether the store has this durable room (its first message was
+    /// stored): reads, never makes a [`Log`].
+    pub fn stored(&self) -> bool {
+        self.durable().is_some_and(|d| d.stored)
+    }
+
+    /// A durable room's store state, to change (makes its [`Log`] if it has
+    /// none); `None` for a room that is not durable.
+    pub fn durable_mut(&mut self) -> Option<&mut Durable> {
+        if self.durable {
+            Some(&mut self.log_mut().durable)
+        } else {
+            None
         }
     }
 
     /// Hands out the next id and `ts` (`ts` never decreases as ids grow).
     pub fn assign(&mut self, draft: Draft, wall_ms: u64) -> Msg {
-        let ts = wall_ms.max(self.last_ts);
-        self.last_ts = ts;
+        let log = self.log_mut();
+        let ts = wall_ms.max(log.last_ts);
+        log.last_ts = ts;
         let msg = Msg {
-            id: self.next_id,
+            id: log.next_id,
             ts,
             from: draft.from,
             text: draft.text,
@@ -214,32 +333,33 @@ impl Room {
             extra: draft.extra,
             image: draft.image,
         };
-        self.next_id += 1;
+        log.next_id += 1;
         msg
     }
 
     /// Appends a message to the in-memory window, keeping at most `keep`.
     pub fn keep(&mut self, msg: Msg, keep: usize) {
         if keep > 0 {
-            while self.history.len() >= keep {
-                if let Some(old) = self.history.pop_front() {
-                    self.bytes -= old.cost();
+            let log = self.log_mut();
+            while log.history.len() >= keep {
+                if let Some(old) = log.history.pop_front() {
+                    log.bytes -= old.cost();
                 }
             }
-            self.bytes += msg.cost();
-            self.history.push_back(msg);
+            log.bytes += msg.cost();
+            log.history.push_back(msg);
         }
     }
 
     /// The id after the last message stored (or, for a room that is not
     /// durable, kept): ids still pending commit are not yet part of it.
     pub fn stored_next(&self) -> u64 {
-        self.next_id - self.durable.as_ref().map_or(0, |d| d.pending)
+        self.next_id() - self.durable().map_or(0, |d| d.pending)
     }
 
     /// Oldest id kept anywhere (memory or store); `stored_next` when none.
     pub fn first_kept(&self) -> u64 {
-        match &self.durable {
+        match self.durable() {
             Some(d) => d.first_id,
             None => self.window_first(),
         }
@@ -247,7 +367,7 @@ impl Room {
 
     /// Oldest id in the in-memory window; `stored_next` when empty.
     pub fn window_first(&self) -> u64 {
-        self.history
+        self.history()
             .front()
             .map_or_else(|| self.stored_next(), |m| m.id)
     }
@@ -255,9 +375,9 @@ impl Room {
     /// Whether the room has messages (kept, or pending commit): a room with
     /// neither members nor messages is forgotten.
     pub fn has_messages(&self) -> bool {
-        match &self.durable {
-            Some(d) => d.first_id < self.next_id,
-            None => !self.history.is_empty(),
+        match self.durable() {
+            Some(d) => d.first_id < self.next_id(),
+            None => !self.history().is_empty(),
         }
     }
 
@@ -267,10 +387,11 @@ impl Room {
         if lo < first && lo < hi {
             return None;
         }
-        let len = self.history.len();
+        let history = self.history();
+        let len = history.len();
         let a = usize::try_from(lo.saturating_sub(first)).map_or(len, |n| n.min(len));
         let b = usize::try_from(hi.saturating_sub(first)).map_or(len, |n| n.min(len));
-        Some(self.history.range(a..b.max(a)))
+        Some(history.range(a..b.max(a)))
     }
 
     /// Ids of the newest `n` kept messages; complete when no older kept one
@@ -389,11 +510,12 @@ impl Room {
     /// never passes that bound either. So a ring emptied by the global
     /// budget does not keep its peak allocation.
     pub fn pop_oldest(&mut self) -> Option<Msg> {
-        let old = self.history.pop_front()?;
-        self.bytes -= old.cost();
-        let len = self.history.len();
-        if self.history.capacity() > 2 * len + 4 {
-            self.history.shrink_to(len + len / 2);
+        let log = self.log.as_mut()?;
+        let old = log.history.pop_front()?;
+        log.bytes -= old.cost();
+        let len = log.history.len();
+        if log.history.capacity() > 2 * len + 4 {
+            log.history.shrink_to(len + len / 2);
         }
         Some(old)
     }
@@ -404,10 +526,11 @@ impl Room {
     }
 }
 
-/// A room's epoch, inline: the epochs this server makes are at most 13
-/// characters (a u64 in base 36), so a room pays no allocation for its
-/// epoch (idle rooms are many: a room per person is normal). A longer one,
-/// from a store written otherwise, is boxed.
+/// A room's epoch as text, inline: the epochs this server makes are at
+/// most 13 characters (a u64 in base 36). A room keeps the number (8
+/// bytes: idle rooms are many, a room per person is normal) and makes this
+/// when it is asked; a longer epoch, from a store written otherwise, is
+/// boxed.
 #[derive(Clone, PartialEq, Eq)]
 pub enum Epoch {
     Inline { len: u8, bytes: [u8; EPOCH_INLINE] },
@@ -418,7 +541,43 @@ pub enum Epoch {
 /// length in the 24 bytes the boxed form takes anyway.
 const EPOCH_INLINE: usize = 22;
 
+/// The base 36 digits, in order.
+const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+
+/// `n` when `s` is exactly `n`'s base 36 form (lowercase, no leading
+/// zero), as [`Epoch::base36`] writes it; so the text reads back the same.
+fn parse_base36(s: &str) -> Option<u64> {
+    if s.is_empty() || (s.len() > 1 && s.starts_with('0')) {
+        return None;
+    }
+    s.bytes().try_fold(0u64, |n, b| {
+        let d = DIGITS.iter().position(|&c| c == b)?;
+        n.checked_mul(36)?.checked_add(d as u64)
+    })
+}
+
 impl Epoch {
+    /// `n` in base 36, lowercase (at most 13 digits).
+    pub fn base36(mut n: u64) -> Epoch {
+        let mut buf = [0u8; 13];
+        let mut i = buf.len();
+        loop {
+            i -= 1;
+            buf[i] = DIGITS[(n % 36) as usize];
+            n /= 36;
+            if n == 0 {
+                break;
+            }
+        }
+        let mut bytes = [0u8; EPOCH_INLINE];
+        let len = buf.len() - i;
+        bytes[..len].copy_from_slice(&buf[i..]);
+        Epoch::Inline {
+            len: len as u8,
+            bytes,
+        }
+    }
+
     pub fn new(s: &str) -> Epoch {
         if s.len() <= EPOCH_INLINE {
             let mut bytes = [0u8; EPOCH_INLINE];
@@ -453,6 +612,91 @@ impl Deref for Epoch {
 impl fmt::Debug for Epoch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+/// A room's name. Names of up to [`NAME_INLINE`] bytes (most: `lobby`,
+/// a name per person) are held inline, so an idle room pays no allocation
+/// for its name; longer ones share one `Rc<str>`. Cloned into the store's
+/// records and the pending messages: a copy of 24 bytes, or a count.
+#[derive(Clone)]
+pub enum RoomName {
+    Inline { len: u8, bytes: [u8; NAME_INLINE] },
+    Shared(Rc<str>),
+}
+
+/// Bytes a [`RoomName`] holds inline: as many as fit beside its tag and
+/// length in 24 bytes (the `Rc<str>` takes 16 at an 8-byte offset).
+pub const NAME_INLINE: usize = 22;
+
+impl RoomName {
+    pub fn new(s: &str) -> RoomName {
+        if s.len() <= NAME_INLINE {
+            let mut bytes = [0u8; NAME_INLINE];
+            bytes[..s.len()].copy_from_slice(s.as_bytes());
+            RoomName::Inline {
+                len: s.len() as u8,
+                bytes,
+            }
+        } else {
+            RoomName::Shared(Rc::from(s))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            // Copied whole from a `&str` in `new`, so always UTF-8.
+            RoomName::Inline { len, bytes } => {
+                std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default()
+            }
+            RoomName::Shared(s) => s,
+        }
+    }
+}
+
+impl From<&str> for RoomName {
+    fn from(s: &str) -> RoomName {
+        RoomName::new(s)
+    }
+}
+
+impl Deref for RoomName {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::borrow::Borrow<str> for RoomName {
+    fn borrow(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl PartialEq for RoomName {
+    fn eq(&self, other: &RoomName) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for RoomName {}
+
+/// As `str` hashes, which `Borrow<str>` requires of map keys.
+impl std::hash::Hash for RoomName {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl fmt::Debug for RoomName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Display for RoomName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -526,14 +770,20 @@ mod tests {
 
     /// An idle room's cost is mostly this struct (README, Performance: a
     /// connection and its room in ≤ 512 B): keep it from growing unnoticed.
+    /// Its messages' state is in a `Log` of its own.
     #[test]
     fn room_state_stays_small() {
-        assert!(std::mem::size_of::<Option<Room>>() <= 200);
+        assert!(std::mem::size_of::<Option<Room>>() <= 96);
+        // The name inline, no allocation (see `RoomName`).
         // The figures of a 64-bit machine (armv7's are smaller).
         #[cfg(target_pointer_width = "64")]
         {
+            assert_eq!(std::mem::size_of::<Option<Room>>(), 96);
             assert_eq!(std::mem::size_of::<Epoch>(), 24);
+            assert_eq!(std::mem::size_of::<RoomName>(), 24);
             assert_eq!(std::mem::size_of::<Members>(), 24);
+            // Boxed, made with the first message: not part of an idle room.
+            assert_eq!(std::mem::size_of::<Option<Box<Log>>>(), 8);
         }
     }
 
@@ -548,6 +798,26 @@ mod tests {
         ] {
             assert_eq!(Epoch::new(s).as_str(), s);
         }
+        // A room keeps the number of a base 36 epoch, the text of any
+        // other, and gives back what it was given.
+        for (s, as_number) in [
+            ("0", true),
+            ("ep", true),
+            ("3w5e11264sgsf", true), // u64::MAX
+            ("3w5e11264sgsg", false),
+            ("", false),
+            ("00", false),
+            ("0ep", false),
+            ("EP", false),
+            ("e-p", false),
+            ("a longer epoch than fits inline", false),
+        ] {
+            let room = Room::new(RoomName::new("r"), 1, s);
+            assert_eq!(room.epoch().as_str(), s);
+            assert_eq!(room.log.is_none(), as_number, "{s:?}");
+        }
+        assert_eq!(Epoch::base36(u64::MAX).as_str(), "3w5e11264sgsf");
+        assert_eq!(Epoch::base36(0).as_str(), "0");
         assert!(matches!(Epoch::new("3w5e11264sgsf"), Epoch::Inline { .. }));
         assert!(matches!(
             Epoch::new("a longer epoch than fits inline"),
@@ -556,15 +826,33 @@ mod tests {
     }
 
     #[test]
+    fn room_names_of_any_length_read_back() {
+        let long = "a-room-name-longer-than-22";
+        for s in ["", "r", "own-9999", "0123456789012345678901", long] {
+            assert_eq!(RoomName::new(s).as_str(), s);
+            assert_eq!(RoomName::new(s), RoomName::new(s));
+        }
+        assert!(matches!(
+            RoomName::new("0123456789012345678901"),
+            RoomName::Inline { .. }
+        ));
+        assert!(matches!(RoomName::new(long), RoomName::Shared(_)));
+        // A map keyed by names finds them by `&str` (`Borrow`).
+        let mut m = std::collections::HashMap::new();
+        m.insert(RoomName::new("own-1"), 1);
+        m.insert(RoomName::new(long), 2);
+        assert_eq!((m.get("own-1"), m.get(long)), (Some(&1), Some(&2)));
+    }
+
+    #[test]
     fn the_index_finds_rooms_by_name_and_forgets_them_by_slot() {
         let mut rooms: Vec<Option<Room>> = Vec::new();
         let mut index = RoomIndex::default();
         for i in 0..100u32 {
             rooms.push(Some(Room::new(
-                Rc::from(format!("r{i}")),
+                RoomName::new(&format!("r{i}")),
                 u64::from(i),
                 "e",
-                0,
             )));
             index.insert(&rooms, i);
         }

@@ -1392,19 +1392,19 @@ fn check_budget(chat: &Chat) {
     let rooms: Vec<&room::Room> = chat.rooms.iter().flatten().collect();
     let bytes: usize = rooms
         .iter()
-        .flat_map(|r| r.history.iter())
+        .flat_map(|r| r.history().iter())
         .map(room::Msg::cost)
         .sum();
-    let kept: usize = rooms.iter().map(|r| r.history.len()).sum();
+    let kept: usize = rooms.iter().map(|r| r.history().len()).sum();
     assert_eq!(chat.history_bytes(), bytes);
     assert!(chat.history_bytes() <= chat.cfg.max_history_bytes);
     assert_eq!(chat.kept, kept);
     for r in &rooms {
         assert_eq!(
-            r.bytes,
-            r.history.iter().map(room::Msg::cost).sum::<usize>()
+            r.bytes(),
+            r.history().iter().map(room::Msg::cost).sum::<usize>()
         );
-        assert!(r.history.capacity() <= 2 * r.history.len() + 4);
+        assert!(r.history().capacity() <= 2 * r.history().len() + 4);
     }
     // One live queue entry per kept message, in posting order per room.
     let live: Vec<&Order> = chat
@@ -1420,7 +1420,7 @@ fn check_budget(chat: &Chat) {
             .filter(|e| e.serial == r.serial)
             .map(|e| e.id)
             .collect();
-        let kept_ids: Vec<u64> = r.history.iter().map(|m| m.id).collect();
+        let kept_ids: Vec<u64> = r.history().iter().map(|m| m.id).collect();
         assert_eq!(ids, kept_ids, "room {}", r.name);
     }
 }
@@ -1771,6 +1771,27 @@ fn chat_rate_limit_bucket() {
 }
 
 #[test]
+fn chat_exempt_bucket_is_made_at_the_first_message_and_holds_the_burst() {
+    let mut h = limited(3, 2);
+    // Idle: no bucket held (an idle connection is kept small).
+    assert!(matches!(
+        h.chat.conns.get(&1).map(|c| &c.limit),
+        Some(Limit::Own(None))
+    ));
+    // Made full at the first message, however long the connection waited:
+    // the burst, and not a token more.
+    h.advance(600_000);
+    for _ in 0..3 {
+        assert_eq!(h.ask(1, json!({"type": "rooms"}))["type"], "rooms");
+    }
+    assert!(matches!(
+        h.chat.conns.get(&1).map(|c| &c.limit),
+        Some(Limit::Own(Some(_)))
+    ));
+    err(&h.ask(1, json!({"type": "rooms"})), "rate_limited");
+}
+
+#[test]
 fn chat_rate_limited_frame_has_no_effect() {
     let mut h = limited(1, 0);
     h.join(1, "r");
@@ -1876,9 +1897,13 @@ fn chat_large_messages_are_sent_whole() {
 #[test]
 fn chat_connection_state_is_compact() {
     // Idle connections must stay small (< 0.5 KiB with the server's own
-    // state): nick (inline, no allocation), room list, bucket and a flag,
-    // no per-connection maps.
-    assert!(std::mem::size_of::<super::Conn>() <= 112);
+    // state and a room): nick (inline, no allocation), room list, where the
+    // bucket is and two flags, no per-connection maps.
+    assert!(std::mem::size_of::<super::Conn>() <= 80);
+    // An exempt client's own bucket is boxed (and made at its first
+    // message): 16 bytes, as a shared bucket's slot.
+    #[cfg(target_pointer_width = "64")]
+    assert_eq!(std::mem::size_of::<super::Limit>(), 16);
     // id, ts, nick, text, author, the pointer to the rare extras (replies,
     // edits, reactions) and the image id (a NonZeroU64 niche, 8 bytes).
     assert!(std::mem::size_of::<room::Msg>() <= 80);

@@ -13,9 +13,9 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::num::NonZeroU64;
-use std::rc::Rc;
 
 use super::durable::Record;
+use super::room::RoomName;
 use super::{Chat, ConnId, Now};
 
 /// The limits of [`Chat`]'s uploads (all from flags).
@@ -91,7 +91,7 @@ pub(super) struct Upload {
     /// Committed: it may be served and attached.
     stored: bool,
     /// The message showing it: (room, message id).
-    attached: Option<(Rc<str>, u64)>,
+    attached: Option<(RoomName, u64)>,
 }
 
 #[derive(Default)]
@@ -143,7 +143,7 @@ impl Chat {
             let Some(mime) = known_mime(&r.mime) else {
                 continue;
             };
-            let attached = r.attached.map(|(room, id)| (Rc::from(room), id));
+            let attached = r.attached.map(|(room, id)| (RoomName::new(&room), id));
             self.uploads.insert(
                 r.id,
                 Upload {
@@ -287,7 +287,7 @@ impl Chat {
         NonZeroU64::new(image).ok_or(())
     }
 
-    pub(super) fn attach_image(&mut self, image: Option<NonZeroU64>, room: &Rc<str>, id: u64) {
+    pub(super) fn attach_image(&mut self, image: Option<NonZeroU64>, room: &RoomName, id: u64) {
         if let Some(u) = image.and_then(|i| self.uploads.by_id.get_mut(&i.get())) {
             u.attached = Some((room.clone(), id));
         }
