@@ -81,6 +81,8 @@ impl Server {
     }
 
     pub(super) fn on_ws_bytes(&mut self, k: usize, data: &mut [u8]) {
+        let max_pending = self.cfg.max_pending_output;
+        let threshold = self.cfg.deflate_threshold;
         let mut pos = 0;
         while pos < data.len() {
             let Some(c) = self.conns.get_mut(k) else {
@@ -91,7 +93,31 @@ impl Server {
             let (n, r) = ws.rx.read(&mut data[pos..]);
             pos += n;
             match r {
-                Ok(Some(ev)) => self.on_event(k, endpoint, ev),
+                Ok(Some(ev)) => {
+                    // The echo of a small message that goes uncompressed,
+                    // queued as `echo` would, without looking the
+                    // connection up again for each step.
+                    if let Some((opcode, p)) = ev.as_data()
+                        && endpoint == Endpoint::Echo
+                        && !ws.close_sent
+                        && p.len() < 4096
+                        && (ws.deflate.is_none() || p.len() < threshold)
+                    {
+                        self.metrics.message_in(Endpoint::Echo);
+                        c.out.push_frame(opcode, p);
+                        // Backpressure: stop reading until the peer takes its echoes.
+                        if c.out.pending() > max_pending {
+                            c.paused = true;
+                        }
+                        self.metrics.message_out(Endpoint::Echo, 1);
+                        if !c.dirty {
+                            c.dirty = true;
+                            self.dirty.push(k);
+                        }
+                        continue;
+                    }
+                    self.on_event(k, endpoint, ev)
+                }
                 Ok(None) if n == 0 => break,
                 Ok(None) => {}
                 Err(e) => {
