@@ -58,6 +58,18 @@ impl Server {
             }
         }
         self.rbuf = rbuf;
+        // An echo's replies leave as soon as its input is read, not with
+        // the rest at the end of the turn: still one write per connection
+        // and turn, but the coalescing buffer just filled is written while
+        // it is in the cache and goes back to the pool for the next
+        // connection, as one buffer serves them all. (Echo touches no
+        // store, so nothing waits for the turn's commit; /ws does.)
+        if let Some(c) = self.conns.get(k)
+            && c.dirty
+            && matches!(&c.phase, Phase::Ws(ws) if ws.endpoint == Endpoint::Echo)
+        {
+            self.flush(k);
+        }
     }
 
     pub(super) fn on_eof(&mut self, k: usize) {
