@@ -58,6 +58,18 @@ impl Server {
             }
         }
         self.rbuf = rbuf;
+        // An echo's replies leave as soon as its input is read, not with
+        // the rest at the end of the turn: still one write per connection
+        // and turn, but the coalescing buffer just filled is written while
+        // it is in the cache and goes back to the pool for the next
+        // connection, as one buffer serves them all. (Echo touches no
+        // store, so nothing waits for the turn's commit; /ws does.)
+        if let Some(c) = self.conns.get(k)
+            && c.dirty
+            && matches!(&c.phase, Phase::Ws(ws) if ws.endpoint == Endpoint::Echo)
+        {
+            self.flush(k);
+        }
     }
 
     pub(super) fn on_eof(&mut self, k: usize) {
@@ -81,6 +93,8 @@ impl Server {
     }
 
     pub(super) fn on_ws_bytes(&mut self, k: usize, data: &mut [u8]) {
+        let max_pending = self.cfg.max_pending_output;
+        let threshold = self.cfg.deflate_threshold;
         let mut pos = 0;
         while pos < data.len() {
             let Some(c) = self.conns.get_mut(k) else {
@@ -91,7 +105,31 @@ impl Server {
             let (n, r) = ws.rx.read(&mut data[pos..]);
             pos += n;
             match r {
-                Ok(Some(ev)) => self.on_event(k, endpoint, ev),
+                Ok(Some(ev)) => {
+                    // The echo of a small message that goes uncompressed,
+                    // queued as `echo` would, without looking the
+                    // connection up again for each step.
+                    if let Some((opcode, p)) = ev.as_data()
+                        && endpoint == Endpoint::Echo
+                        && !ws.close_sent
+                        && p.len() < 4096
+                        && (ws.deflate.is_none() || p.len() < threshold)
+                    {
+                        self.metrics.message_in(Endpoint::Echo);
+                        c.out.push_frame(opcode, p);
+                        // Backpressure: stop reading until the peer takes its echoes.
+                        if c.out.pending() > max_pending {
+                            c.paused = true;
+                        }
+                        self.metrics.message_out(Endpoint::Echo, 1);
+                        if !c.dirty {
+                            c.dirty = true;
+                            self.dirty.push(k);
+                        }
+                        continue;
+                    }
+                    self.on_event(k, endpoint, ev)
+                }
                 Ok(None) if n == 0 => break,
                 Ok(None) => {}
                 Err(e) => {

@@ -183,6 +183,8 @@ impl Handler for Bcast {
                     _ => {}
                 }
             }
+            // Only echo sets `raw`.
+            Event::Raw { .. } => {}
             Event::Closed(why) => {
                 if !c.ready {
                     self.settled += 1;

@@ -52,6 +52,15 @@ pub enum Event<'a> {
         compressed: bool,
     },
     Closed(CloseReason),
+    /// Only for a connection with `raw` set: the unparsed bytes of an open
+    /// connection, whole frames and a partial one at the end. The handler
+    /// sets `used` to the bytes of the whole frames it took; the frame
+    /// after them, if complete, goes the ordinary way (as `Message`, or a
+    /// ping answered, a close), then the handler gets the rest.
+    Raw {
+        bytes: &'a [u8],
+        used: &'a mut usize,
+    },
 }
 
 pub struct Conn {
@@ -72,6 +81,8 @@ pub struct Conn {
     pub deflate: bool,
     /// Inflate compressed messages (a broadcast inflates on a sample only).
     pub inflate: bool,
+    /// Hand the received bytes to the handler first (`Event::Raw`).
+    pub raw: bool,
     zbuf: Vec<u8>,
     accept: String,
     rng: XorShift,
@@ -115,6 +126,7 @@ impl Conn {
             frag_rsv1: false,
             deflate: false,
             inflate: true,
+            raw: false,
             zbuf: Vec::new(),
             accept,
             rng,
@@ -152,6 +164,12 @@ impl Conn {
         } else {
             wire::push_frame(&mut self.wbuf, opcode, payload, key);
         }
+    }
+
+    /// Queues bytes already framed and masked by the caller (RFC 6455 §5.1:
+    /// every frame a client sends is masked); flushed at the end of the turn.
+    pub fn send_raw(&mut self, frames: &[u8]) {
+        self.wbuf.extend_from_slice(frames);
     }
 
     /// Delivers one whole message, inflated if it is compressed and this
@@ -360,6 +378,20 @@ impl Conn {
             }
         }
         while self.state == State::Open {
+            if self.raw {
+                let mut n = 0;
+                on(
+                    self,
+                    Event::Raw {
+                        bytes: &buf[used..],
+                        used: &mut n,
+                    },
+                );
+                used += n.min(buf.len() - used);
+                if self.state != State::Open {
+                    return buf.len();
+                }
+            }
             let f = match wire::decode_frame(&buf[used..], MAX_MESSAGE) {
                 Ok(Some(f)) => f,
                 Ok(None) => break,

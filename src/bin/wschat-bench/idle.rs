@@ -56,6 +56,8 @@ impl Handler for Idle {
                     self.settled += 1;
                 }
             }
+            // Only echo sets `raw`.
+            Event::Raw { .. } => {}
             Event::Closed(why) => {
                 if !c.ready {
                     self.settled += 1;

@@ -54,7 +54,7 @@ pub struct Common {
     /// Print one JSON object with the results instead of the table.
     #[arg(long)]
     pub json: bool,
-    /// PID of the server: its CPU time (/proc/PID/stat) and RSS
+    /// PID of the server: its CPU time (/proc/PID/task/*/schedstat) and RSS
     /// (/proc/PID/status) are sampled at the start and end of the measured period.
     #[arg(long, value_name = "PID")]
     pub server_pid: Option<u32>,
@@ -104,6 +104,12 @@ struct EchoArgs {
     /// Send binary messages instead of text.
     #[arg(long)]
     binary: bool,
+    /// Encode, mask, parse and check every message on its own instead of
+    /// sending prepared frames and comparing each echo with the frame
+    /// expected (the generator costs more per message; the figures should
+    /// agree while the server is the limit).
+    #[arg(long)]
+    classic: bool,
     #[command(flatten)]
     common: Common,
 }
@@ -458,6 +464,7 @@ fn main() {
                 binary: a.binary,
                 warmup: a.common.warmup,
                 duration: a.duration,
+                classic: a.classic,
             };
             let (st, s) = run_measured(&a.common, &shared, a.duration, |th| {
                 let paths: Vec<(usize, String)> = ids_for(th, shared.threads, a.connections)
