@@ -51,4 +51,37 @@ fn main() {
     }
     table.push(']');
     std::fs::write(Path::new(&out_dir).join("embedded.rs"), table).expect("write embedded.rs");
+    release_link_args(&out_dir);
+}
+
+/// How the release server is linked (`cargo build --release`; not the
+/// tests, whose profile unwinds, nor wschat-bench), for a smaller binary:
+///
+/// - no unwind tables (`.eh_frame`, `.eh_frame_hdr`, 0.29 MiB on x86_64):
+///   with `panic = "abort"` nothing unwinds; a panic still prints its
+///   message and place, only the frames of `RUST_BACKTRACE` are gone.
+///   (`-C force-unwind-tables=no` cannot be set per profile, and the test
+///   profile needs them: a linker script drops them at the link instead.)
+/// - x86_64 glibc, where rustc links with lld: identical code folding.
+///   The GNU linkers of the cross targets have no `--icf` (gold has, but
+///   not the linker script above).
+fn release_link_args(out_dir: &str) {
+    println!("cargo::rerun-if-env-changed=PROFILE");
+    let target = std::env::var("TARGET").unwrap_or_default();
+    if std::env::var("PROFILE").as_deref() != Ok("release") || !target.contains("-linux-") {
+        return;
+    }
+    let script = Path::new(out_dir).join("no-unwind-tables.ld");
+    std::fs::write(
+        &script,
+        "SECTIONS { /DISCARD/ : { *(.eh_frame) *(.eh_frame_hdr) } } INSERT AFTER .text;\n",
+    )
+    .expect("write the linker script");
+    println!(
+        "cargo::rustc-link-arg-bin=wschat=-Wl,-T,{}",
+        script.display()
+    );
+    if target == "x86_64-unknown-linux-gnu" {
+        println!("cargo::rustc-link-arg-bin=wschat=-Wl,--icf=all");
+    }
 }
