@@ -57,18 +57,21 @@ fn main() {
 /// How the release server is linked (`cargo build --release`; not the
 /// tests, whose profile unwinds, nor wschat-bench), for a smaller binary:
 ///
-/// - no unwind tables (`.eh_frame`, `.eh_frame_hdr`, 0.29 MiB on x86_64):
-///   with `panic = "abort"` nothing unwinds; a panic still prints its
-///   message and place, only the frames of `RUST_BACKTRACE` are gone.
-///   (`-C force-unwind-tables=no` cannot be set per profile, and the test
-///   profile needs them: a linker script drops them at the link instead.)
-/// - x86_64 glibc, where rustc links with lld: identical code folding.
-///   The GNU linkers of the cross targets have no `--icf` (gold has, but
-///   not the linker script above).
+/// - glibc targets: no unwind tables (`.eh_frame`, `.eh_frame_hdr`, 0.28
+///   MiB on x86_64): with `panic = "abort"` nothing unwinds; a panic still
+///   prints its message and place, only the frames of `RUST_BACKTRACE` are
+///   gone. (`-C force-unwind-tables=no` cannot be set per profile, and the
+///   test profile needs them: a linker script drops them at the link
+///   instead.) Not musl: its static start files register `.eh_frame`.
+/// - identical code folding where the linker is lld: x86_64 glibc (rustc's
+///   default) and aarch64 glibc (Rust's own lld, through gcc's `-B`, in
+///   place of Debian's GNU ld, which has no `--icf`).
 fn release_link_args(out_dir: &str) {
     println!("cargo::rerun-if-env-changed=PROFILE");
     let target = std::env::var("TARGET").unwrap_or_default();
-    if std::env::var("PROFILE").as_deref() != Ok("release") || !target.contains("-linux-") {
+    if std::env::var("PROFILE").as_deref() != Ok("release")
+        || !target.ends_with("-linux-gnu") && !target.ends_with("-linux-gnueabihf")
+    {
         return;
     }
     let script = Path::new(out_dir).join("no-unwind-tables.ld");
@@ -83,5 +86,25 @@ fn release_link_args(out_dir: &str) {
     );
     if target == "x86_64-unknown-linux-gnu" {
         println!("cargo::rustc-link-arg-bin=wschat=-Wl,--icf=all");
+    } else if target == "aarch64-unknown-linux-gnu"
+        && let Some(dir) = rust_lld_dir()
+    {
+        println!("cargo::rustc-link-arg-bin=wschat=-B{}", dir.display());
+        println!("cargo::rustc-link-arg-bin=wschat=-fuse-ld=lld");
+        println!("cargo::rustc-link-arg-bin=wschat=-Wl,--icf=all");
     }
+}
+
+/// The directory of the toolchain's `ld.lld` (a wrapper of rust-lld) for
+/// gcc's `-B`, if this toolchain has one.
+fn rust_lld_dir() -> Option<std::path::PathBuf> {
+    let rustc = std::env::var("RUSTC").ok()?;
+    let host = std::env::var("HOST").ok()?;
+    let out = std::process::Command::new(rustc)
+        .args(["--print", "sysroot"])
+        .output()
+        .ok()?;
+    let sysroot = String::from_utf8(out.stdout).ok()?;
+    let dir = Path::new(sysroot.trim()).join(format!("lib/rustlib/{host}/bin/gcc-ld"));
+    dir.join("ld.lld").is_file().then_some(dir)
 }
