@@ -1,8 +1,11 @@
 //! Compresses the built-in web client once, at build time: each file of
-//! `static/` gets a gzip and a brotli copy (kept only when smaller) and an
-//! ETag, all compiled into the binary as static data, so serving them costs
-//! no CPU and no heap at run time. Writes `$OUT_DIR/embedded.rs`, included
-//! by `src/server/files.rs`.
+//! `static/` is compiled into the binary gzipped only, with its length and
+//! an ETag, so serving it costs no CPU and no heap at run time. Every
+//! browser accepts gzip; the rare client that does not (curl without
+//! `--compressed`) gets the file inflated once and kept (src/server/files.rs).
+//! The file as is and a brotli copy beside it were 0.23 MiB of the binary;
+//! brotli saved 8 KiB of a first visit, and browsers offer it only over
+//! HTTPS. Writes `$OUT_DIR/embedded.rs`, included by `src/server/files.rs`.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -27,17 +30,6 @@ fn gzip(data: &[u8]) -> Vec<u8> {
     e.finish().expect("gzip")
 }
 
-fn brotli(data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    let params = brotli::enc::BrotliEncoderParams {
-        quality: 11,
-        lgwin: 22,
-        ..Default::default()
-    };
-    brotli::BrotliCompress(&mut &data[..], &mut out, &params).expect("brotli");
-    out
-}
-
 fn main() {
     let root = std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR");
     let out_dir = std::env::var("OUT_DIR").expect("OUT_DIR");
@@ -46,25 +38,73 @@ fn main() {
         let src = Path::new(&root).join("static").join(name);
         println!("cargo::rerun-if-changed={}", src.display());
         let data = std::fs::read(&src).unwrap_or_else(|e| panic!("{}: {e}", src.display()));
-        let variant = |ext: &str, packed: Vec<u8>| -> String {
-            if packed.len() >= data.len() {
-                return "None".into();
-            }
-            let path = Path::new(&out_dir).join(format!("{name}.{ext}"));
-            std::fs::write(&path, packed).expect("write a compressed copy");
-            format!("Some(include_bytes!({:?}))", path.display().to_string())
-        };
-        let gz = variant("gz", gzip(&data));
-        let br = variant("br", brotli(&data));
+        let gz = Path::new(&out_dir).join(format!("{name}.gz"));
+        std::fs::write(&gz, gzip(&data)).expect("write the gzip copy");
         writeln!(
             table,
-            "    Asset {{ name: {name:?}, etag: \"{:016x}\", identity: include_bytes!({:?}), \
-             gzip: {gz}, br: {br} }},",
+            "    Asset {{ name: {name:?}, etag: \"{:016x}\", len: {}, gzip: include_bytes!({:?}) }},",
             fnv1a(&data),
-            src.display().to_string()
+            data.len(),
+            gz.display().to_string()
         )
         .expect("format");
     }
     table.push(']');
     std::fs::write(Path::new(&out_dir).join("embedded.rs"), table).expect("write embedded.rs");
+    release_link_args(&out_dir);
+}
+
+/// How the release server is linked (`cargo build --release`; not the
+/// tests, whose profile unwinds, nor wschat-bench), for a smaller binary:
+///
+/// - glibc targets: no unwind tables (`.eh_frame`, `.eh_frame_hdr`, 0.28
+///   MiB on x86_64): with `panic = "abort"` nothing unwinds; a panic still
+///   prints its message and place, only the frames of `RUST_BACKTRACE` are
+///   gone. (`-C force-unwind-tables=no` cannot be set per profile, and the
+///   test profile needs them: a linker script drops them at the link
+///   instead.) Not musl: its static start files register `.eh_frame`.
+/// - identical code folding where the linker is lld: x86_64 glibc (rustc's
+///   default) and aarch64 glibc (Rust's own lld, through gcc's `-B`, in
+///   place of Debian's GNU ld, which has no `--icf`).
+fn release_link_args(out_dir: &str) {
+    println!("cargo::rerun-if-env-changed=PROFILE");
+    let target = std::env::var("TARGET").unwrap_or_default();
+    if std::env::var("PROFILE").as_deref() != Ok("release")
+        || !target.ends_with("-linux-gnu") && !target.ends_with("-linux-gnueabihf")
+    {
+        return;
+    }
+    let script = Path::new(out_dir).join("no-unwind-tables.ld");
+    std::fs::write(
+        &script,
+        "SECTIONS { /DISCARD/ : { *(.eh_frame) *(.eh_frame_hdr) } } INSERT AFTER .text;\n",
+    )
+    .expect("write the linker script");
+    println!(
+        "cargo::rustc-link-arg-bin=wschat=-Wl,-T,{}",
+        script.display()
+    );
+    if target == "x86_64-unknown-linux-gnu" {
+        println!("cargo::rustc-link-arg-bin=wschat=-Wl,--icf=all");
+    } else if target == "aarch64-unknown-linux-gnu"
+        && let Some(dir) = rust_lld_dir()
+    {
+        println!("cargo::rustc-link-arg-bin=wschat=-B{}", dir.display());
+        println!("cargo::rustc-link-arg-bin=wschat=-fuse-ld=lld");
+        println!("cargo::rustc-link-arg-bin=wschat=-Wl,--icf=all");
+    }
+}
+
+/// The directory of the toolchain's `ld.lld` (a wrapper of rust-lld) for
+/// gcc's `-B`, if this toolchain has one.
+fn rust_lld_dir() -> Option<std::path::PathBuf> {
+    let rustc = std::env::var("RUSTC").ok()?;
+    let host = std::env::var("HOST").ok()?;
+    let out = std::process::Command::new(rustc)
+        .args(["--print", "sysroot"])
+        .output()
+        .ok()?;
+    let sysroot = String::from_utf8(out.stdout).ok()?;
+    let dir = Path::new(sysroot.trim()).join(format!("lib/rustlib/{host}/bin/gcc-ld"));
+    dir.join("ld.lld").is_file().then_some(dir)
 }

@@ -1,5 +1,5 @@
 use std::io::{BufRead, IsTerminal, Write};
-use wschat::server::{AccountCommand, Command, Config, LogFormat, Server, config_file};
+use wschat::server::{AccountCommand, Command, Config, LogFormat, Server, config, config_file};
 use wschat::store::{Op, Store, sqlite};
 
 /// The text log line, as env_logger's default format writes it
@@ -23,7 +23,18 @@ fn main() {
     // Flags > WSCHAT_* variables > the --config file > defaults.
     let (cfg, source) = match config_file::load(std::env::args_os().collect()) {
         Ok(c) => c,
-        Err(config_file::ConfigError::Clap(e)) => e.exit(),
+        Err(config_file::ConfigError::Early(config::Early::Help(text))) => {
+            print!("{text}");
+            return;
+        }
+        Err(config_file::ConfigError::Early(config::Early::Version)) => {
+            println!("wschat {}", env!("CARGO_PKG_VERSION"));
+            return;
+        }
+        Err(config_file::ConfigError::Usage(m)) => {
+            eprintln!("error: {m}\n\nFor more information, try '--help'.");
+            std::process::exit(2);
+        }
         Err(e) => {
             eprintln!("wschat: cannot start: {e}");
             std::process::exit(2);

@@ -256,7 +256,7 @@ fn the_packaged_config_file_shows_every_flag_with_its_default() {
     assert!(wrong.is_empty(), "defaults shown wrongly: {wrong:?}");
 }
 
-/// The README's list of what SIGHUP applies is the server's (`LIVE`): a
+/// The README's list of what SIGHUP applies is the server's (`Flag::live` in `FLAGS`): a
 /// setting made live, or no longer, without the README fails here.
 #[test]
 fn the_readme_names_exactly_the_settings_sighup_applies() {
@@ -271,9 +271,10 @@ fn the_readme_names_exactly_the_settings_sighup_applies() {
         .split(',')
         .map(|k| k.trim().trim_matches('`').to_string())
         .collect();
-    let mut live: Vec<String> = wschat::server::config_file::LIVE
+    let mut live: Vec<String> = wschat::server::config::FLAGS
         .iter()
-        .map(|id| id.replace('_', "-"))
+        .filter(|f| f.live)
+        .map(|f| f.long.to_string())
         .collect();
     shown.sort();
     live.sort();

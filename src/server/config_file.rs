@@ -3,20 +3,18 @@
 //! precedence, above the defaults.
 //!
 //! Nothing here lists the settings: the file's keys and the variables'
-//! names are derived from the clap definitions in `config.rs` (the key is
+//! names are those of the table in `config.rs` (`config::FLAGS`: the key is
 //! the flag's name without its dashes, `max-message-size`; the variable is
 //! `WSCHAT_MAX_MESSAGE_SIZE`), and every value goes through the flag's own
 //! parser, so a flag added there is at once a key and a variable.
 //!
-//! The file is turned into arguments placed before the command line's; a
-//! setting the command line or the environment gives is left out of them,
-//! so that they win (lists too: `--allowed-host` on the command line
-//! replaces the file's list rather than adding to it).
+//! Each source gives a setting's words (`--allowed-host a --allowed-host
+//! b` is `["a", "b"]`); the highest source that gives a setting wins whole,
+//! so a list on the command line replaces the file's rather than adding to
+//! it.
 
 use super::Server;
-use super::config::Config;
-use clap::parser::ValueSource;
-use clap::{Arg, ArgAction, ArgMatches, Command, CommandFactory, FromArgMatches};
+use super::config::{self, Config, Early, FLAGS, Flag, Kind};
 use log::{info, warn};
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -24,73 +22,14 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use toml::de::{DeTable, DeValue};
 
-/// Settings that a SIGHUP applies to the running server (by clap id);
-/// every other one, a flag added later included, needs a restart. Each
-/// one here is read where it is used (`Server::cfg`), not copied at start,
-/// but for the chat's (`motd`, `rate_*`), which a reload hands to the chat.
-pub const LIVE: &[&str] = &[
-    "motd",
-    "rate_burst",
-    "rate_per_sec",
-    "allowed_host",
-    "allow_origin",
-    "trusted_proxy",
-    "limit_loopback",
-    "max_connections_per_ip",
-    "handshake_rate_burst",
-    "handshake_rate_per_sec",
-    "max_head_size",
-    "max_message_size",
-    "max_ws_message_size",
-    "max_pending_output",
-    "no_deflate",
-    "deflate_threshold",
-    "handshake_timeout",
-    "keepalive_timeout",
-    "keepalive_requests",
-    "ping_interval",
-    "idle_timeout",
-    "message_timeout",
-    "close_timeout",
-    "shutdown_timeout",
-];
-
-/// Copies the `LIVE` settings of `new` into `cur`.
-pub fn apply_live(cur: &mut Config, new: &Config) {
-    cur.motd = new.motd.clone();
-    cur.rate_burst = new.rate_burst;
-    cur.rate_per_sec = new.rate_per_sec;
-    cur.allowed_host = new.allowed_host.clone();
-    cur.allow_origin = new.allow_origin.clone();
-    cur.trusted_proxy = new.trusted_proxy.clone();
-    cur.limit_loopback = new.limit_loopback;
-    cur.max_connections_per_ip = new.max_connections_per_ip;
-    cur.handshake_rate_burst = new.handshake_rate_burst;
-    cur.handshake_rate_per_sec = new.handshake_rate_per_sec;
-    cur.max_head_size = new.max_head_size;
-    cur.max_message_size = new.max_message_size;
-    cur.max_ws_message_size = new.max_ws_message_size;
-    cur.max_pending_output = new.max_pending_output;
-    cur.no_deflate = new.no_deflate;
-    cur.deflate_threshold = new.deflate_threshold;
-    cur.handshake_timeout = new.handshake_timeout;
-    cur.keepalive_timeout = new.keepalive_timeout;
-    cur.keepalive_requests = new.keepalive_requests;
-    cur.ping_interval = new.ping_interval;
-    cur.idle_timeout = new.idle_timeout;
-    cur.message_timeout = new.message_timeout;
-    cur.close_timeout = new.close_timeout;
-    cur.shutdown_timeout = new.shutdown_timeout;
-}
-
-/// Arguments that are not settings: no key, no variable.
-const NOT_SETTINGS: &[&str] = &["config", "help", "version"];
-
 /// A configuration that cannot be used, said in a way that names its place.
 #[derive(Debug)]
 pub enum ConfigError {
-    /// `--help`, `--version` or a bad command line: clap prints and exits.
-    Clap(clap::Error),
+    /// `--help` or `--version`: printed, then exit 0.
+    Early(Early),
+    /// A bad command line or variable: printed with a pointer to --help,
+    /// then exit 2.
+    Usage(String),
     /// The file cannot be read.
     Read(PathBuf, std::io::Error),
     /// A fault at a line of the file.
@@ -106,7 +45,9 @@ pub enum ConfigError {
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ConfigError::Clap(e) => write!(f, "{}", first_line(&e.to_string())),
+            ConfigError::Early(Early::Help(_)) => write!(f, "--help"),
+            ConfigError::Early(Early::Version) => write!(f, "--version"),
+            ConfigError::Usage(m) => write!(f, "{m}"),
             ConfigError::Read(p, e) => write!(f, "{}: cannot read: {e}", p.display()),
             ConfigError::At {
                 path,
@@ -123,41 +64,6 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// clap's message on one line, without its "error:" and its hints.
-fn first_line(s: &str) -> String {
-    let words: Vec<&str> = s
-        .lines()
-        .map(str::trim)
-        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
-        .filter(|l| !l.is_empty())
-        .collect();
-    let l = words.join(" ");
-    l.strip_prefix("error: ").unwrap_or(&l).to_owned()
-}
-
-/// The environment variable of a flag: `--max-message-size` is
-/// `WSCHAT_MAX_MESSAGE_SIZE`.
-pub fn env_name(long: &str) -> String {
-    format!("WSCHAT_{}", long.to_ascii_uppercase().replace('-', "_"))
-}
-
-/// The clap command with a `WSCHAT_*` variable on every flag (shown by
-/// `--help`). Lists take commas in a variable.
-pub fn command() -> Command {
-    Config::command().mut_args(|a| {
-        let id = a.get_id().as_str().to_owned();
-        if id == "help" || id == "version" {
-            return a;
-        }
-        let Some(long) = a.get_long().map(str::to_owned) else {
-            return a;
-        };
-        let list = matches!(a.get_action(), ArgAction::Append);
-        let a = a.env(env_name(&long));
-        if list { a.value_delimiter(',') } else { a }
-    })
-}
-
 /// Where the running configuration came from, kept to read it again on
 /// SIGHUP.
 #[derive(Debug, Clone)]
@@ -165,9 +71,9 @@ pub struct Source {
     /// The command line as given (program name first).
     args: Vec<OsString>,
     pub path: Option<PathBuf>,
-    /// Every setting's raw values in force (by clap id), to tell what a
-    /// reload changes.
-    values: BTreeMap<String, Vec<OsString>>,
+    /// Every setting's words in force (by flag), to tell what a reload
+    /// changes.
+    values: BTreeMap<&'static str, Vec<String>>,
 }
 
 /// What a reload found.
@@ -179,71 +85,125 @@ pub struct Reload {
     pub need_restart: Vec<String>,
 }
 
+/// The words a variable gives a flag: a switch takes true/false (also
+/// 1/0, yes/no, on/off), a list commas.
+fn env_words(f: &Flag, v: &str) -> Result<Vec<String>, String> {
+    Ok(match f.kind {
+        Kind::Switch(_) => match v.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => vec!["true".into()],
+            "false" | "0" | "no" | "off" | "" => vec!["false".into()],
+            _ => return Err(format!("expects true or false, not {v:?}")),
+        },
+        Kind::List(..) => v.split(',').map(str::to_owned).collect(),
+        Kind::One(..) => vec![v.to_owned()],
+    })
+}
+
+/// The message for a value its flag's parser refused.
+fn invalid(f: &Flag, w: &str, m: &str) -> String {
+    format!("invalid value '{w}' for '{}': {m}", f.usage())
+}
+
 /// Reads the configuration from `args`, the environment and the file named
 /// by `--config` (or `WSCHAT_CONFIG`).
 pub fn load(args: Vec<OsString>) -> Result<(Config, Source), ConfigError> {
-    let cmd = command();
-    // First pass, errors ignored: which settings the command line and the
-    // environment give, and the file's name. The second reports the errors.
-    let first = cmd
-        .clone()
-        .ignore_errors(true)
-        .try_get_matches_from(&args)
-        .map_err(ConfigError::Clap)?;
-    let path = first.get_one::<PathBuf>("config").cloned();
-    let mut argv: Vec<OsString> = args.iter().take(1).cloned().collect();
+    load_with(args, |name| std::env::var_os(name))
+}
+
+/// `load` with the environment given by `env` (tests).
+pub fn load_with(
+    args: Vec<OsString>,
+    env: impl Fn(&str) -> Option<OsString>,
+) -> Result<(Config, Source), ConfigError> {
+    let cli = config::parse_args(&args).map_err(|e| ConfigError::Usage(e.0))?;
+    if let Some(early) = cli.early {
+        return Err(ConfigError::Early(early));
+    }
+    let mut from_env: BTreeMap<&'static str, Vec<String>> = BTreeMap::new();
+    for f in FLAGS {
+        let name = f.env();
+        let Some(v) = env(&name) else { continue };
+        let Some(v) = v.to_str() else {
+            return Err(ConfigError::Usage(format!("{name} is not UTF-8")));
+        };
+        let words = env_words(f, v).map_err(|m| ConfigError::Usage(format!("{name}: {m}")))?;
+        from_env.insert(f.long, words);
+    }
+    let given = |long: &str| cli.given.get(long).or_else(|| from_env.get(long));
+    let path = given("config").and_then(|w| w.last()).map(PathBuf::from);
+    let mut from_file = BTreeMap::new();
     if let Some(p) = &path {
         let text = std::fs::read_to_string(p).map_err(|e| ConfigError::Read(p.clone(), e))?;
-        let given = |id: &str| {
-            matches!(
-                first.value_source(id),
-                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
-            )
-        };
-        argv.extend(file_args(&cmd, p, &text, given)?);
+        from_file = file_values(p, &text)?;
     }
-    argv.extend(args.iter().skip(1).cloned());
-    let matches = cmd.try_get_matches_from(&argv).map_err(|e| {
-        if path.is_some()
-            && !matches!(
-                e.kind(),
-                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
-            )
-        {
-            ConfigError::Whole(path.clone(), first_line(&e.to_string()))
+    let mut cfg = Config::defaults();
+    let mut values = BTreeMap::new();
+    for f in FLAGS {
+        // Where the words come from, for the error.
+        let (words, from) = if let Some(w) = cli.given.get(f.long) {
+            (w.clone(), "")
+        } else if let Some(w) = from_env.get(f.long) {
+            (w.clone(), "env")
+        } else if let Some(w) = from_file.get(f.long) {
+            (w.clone(), "file")
         } else {
-            ConfigError::Clap(e)
+            (Vec::new(), "")
+        };
+        // The file's values were checked with their line; the others here.
+        f.apply(&mut cfg, &words).map_err(|m| {
+            let w = words.last().map_or("", String::as_str);
+            match from {
+                "file" => ConfigError::Whole(path.clone(), invalid(f, w, &m)),
+                "env" => ConfigError::Usage(format!("{}: {}", f.env(), invalid(f, w, &m))),
+                _ => ConfigError::Usage(invalid(f, w, &m)),
+            }
+        })?;
+        values.insert(f.long, words);
+    }
+    for f in FLAGS {
+        if let Some(other) = f.requires {
+            let set = |l: &str| values.get(l).is_some_and(|w| !w.is_empty());
+            if set(f.long) && !set(other) {
+                let m = format!(
+                    "the following required arguments were not provided: --{other} (with --{})",
+                    f.long
+                );
+                return Err(if path.is_some() {
+                    ConfigError::Whole(path.clone(), m)
+                } else {
+                    ConfigError::Usage(m)
+                });
+            }
         }
-    })?;
-    let config = Config::from_arg_matches(&matches).map_err(ConfigError::Clap)?;
-    let values = raw_values(&command(), &matches);
-    Ok((config, Source { args, path, values }))
+    }
+    cfg.command = cli.command;
+    Ok((cfg, Source { args, path, values }))
 }
 
 impl Source {
     /// Reads everything again (SIGHUP). On success `cur` holds the new
-    /// values of the `LIVE` settings; the others keep their running value.
+    /// values of the live settings (`Flag::live`); the others keep their
+    /// running value.
     pub fn reload(&mut self, cur: &mut Config) -> Result<Reload, ConfigError> {
-        let (new, src) = load(self.args.clone())?;
+        let (_, src) = load(self.args.clone())?;
         let mut out = Reload::default();
-        let cmd = command();
-        for a in cmd.get_arguments() {
-            let id = a.get_id().as_str();
-            let (Some(old), Some(now)) = (self.values.get(id), src.values.get(id)) else {
+        for f in FLAGS {
+            let (Some(old), Some(now)) = (self.values.get(f.long), src.values.get(f.long)) else {
                 continue;
             };
             if old == now {
                 continue;
             }
-            let name = a.get_long().unwrap_or(id).to_owned();
-            if LIVE.contains(&id) {
-                self.values.insert(id.to_owned(), now.clone());
-                out.applied.push(name);
+            if f.live {
+                // Parsed once already by `load`: cannot fail here.
+                f.apply(cur, now)
+                    .map_err(|m| ConfigError::Whole(src.path.clone(), m))?;
+                self.values.insert(f.long, now.clone());
+                out.applied.push(f.long.to_owned());
             } else {
-                out.need_restart.push(name);
+                out.need_restart.push(f.long.to_owned());
             }
         }
-        apply_live(cur, &new);
         Ok(out)
     }
 }
@@ -263,6 +223,7 @@ impl Server {
         match src.reload(&mut self.cfg) {
             Ok(r) => {
                 self.sweep_every = super::sweep_every(&self.cfg);
+                // The chat copied these at start: a reload hands them over.
                 let c = &self.cfg;
                 self.chat.reconfigure(&c.motd, c.rate_burst, c.rate_per_sec);
                 if r.applied.is_empty() && r.need_restart.is_empty() {
@@ -288,20 +249,6 @@ impl Server {
     }
 }
 
-fn raw_values(cmd: &Command, m: &ArgMatches) -> BTreeMap<String, Vec<OsString>> {
-    cmd.get_arguments()
-        .map(|a| a.get_id().as_str())
-        .filter(|id| !NOT_SETTINGS.contains(id))
-        .map(|id| {
-            let v = m
-                .get_raw(id)
-                .map(|r| r.map(OsString::from).collect())
-                .unwrap_or_default();
-            (id.to_owned(), v)
-        })
-        .collect()
-}
-
 /// The 1-based line of byte `offset` in `text`.
 fn line_of(text: &str, offset: usize) -> usize {
     let end = offset.min(text.len());
@@ -312,14 +259,11 @@ fn line_of(text: &str, offset: usize) -> usize {
         + 1
 }
 
-/// The file's settings as arguments, each value checked by its flag's own
-/// parser; those `given` elsewhere are left out.
-fn file_args(
-    cmd: &Command,
+/// The file's settings as words, each checked by its flag's own parser.
+fn file_values(
     path: &Path,
     text: &str,
-    given: impl Fn(&str) -> bool,
-) -> Result<Vec<OsString>, ConfigError> {
+) -> Result<BTreeMap<&'static str, Vec<String>>, ConfigError> {
     let at = |offset: usize, message: String| ConfigError::At {
         path: path.to_owned(),
         line: line_of(text, offset),
@@ -329,62 +273,50 @@ fn file_args(
         let offset = e.span().map_or(0, |s| s.start);
         at(offset, format!("not TOML: {}", e.message()))
     })?;
-    let mut out = Vec::new();
+    let mut out = BTreeMap::new();
     // Keys in the order they appear, so the first fault is the one reported.
     let mut entries: Vec<_> = table.get_ref().iter().collect();
     entries.sort_by_key(|(k, _)| k.span().start);
     for (key, value) in entries {
         let k = key.get_ref().as_ref();
         let line_at = key.span().start;
-        let arg = cmd
-            .get_arguments()
-            .find(|a| a.get_long() == Some(k) && !NOT_SETTINGS.contains(&a.get_id().as_str()))
-            .ok_or_else(|| at(line_at, unknown_key(cmd, k, value.get_ref().is_table())))?;
-        let words = words_of(arg, value.get_ref())
+        let f = config::flag(k)
+            .filter(|f| f.long != "config")
+            .ok_or_else(|| at(line_at, unknown_key(k, value.get_ref().is_table())))?;
+        let words = words_of(f, value.get_ref())
             .map_err(|m| at(value.span().start, format!("{k}: {m}")))?;
-        for w in words.iter().flatten() {
-            check_value(arg, w).map_err(|m| at(value.span().start, format!("{k}: {m}")))?;
+        for w in &words {
+            f.check(w)
+                .map_err(|m| at(value.span().start, format!("{k}: invalid value '{w}': {m}")))?;
         }
-        if given(arg.get_id().as_str()) {
-            continue;
-        }
-        for w in words {
-            out.push(OsString::from(format!("--{k}")));
-            if let Some(w) = w {
-                out.push(OsString::from(w));
-            }
-        }
+        out.insert(f.long, words);
     }
     Ok(out)
 }
 
-fn unknown_key(cmd: &Command, k: &str, table: bool) -> String {
+fn unknown_key(k: &str, table: bool) -> String {
     if table {
         return format!("[{k}]: the file has no sections; every key is a flag's name at the top");
     }
     let dashed = k.replace('_', "-");
-    if dashed != k && cmd.get_arguments().any(|a| a.get_long() == Some(&dashed)) {
+    if dashed != k && config::flag(&dashed).is_some() {
         return format!("unknown key {k:?} (did you mean {dashed:?}? keys are the flags' names)");
     }
     format!("unknown key {k:?} (keys are the flags' names, see wschat --help)")
 }
 
-/// The argument words of one value: `None` for a flag that takes none.
-fn words_of(arg: &Arg, v: &DeValue<'_>) -> Result<Vec<Option<String>>, String> {
-    match arg.get_action() {
-        ArgAction::SetTrue => match v.as_bool() {
-            Some(true) => Ok(vec![None]),
-            Some(false) => Ok(vec![]),
+/// The words of one value: `true`/`false` for a switch.
+fn words_of(f: &Flag, v: &DeValue<'_>) -> Result<Vec<String>, String> {
+    match f.kind {
+        Kind::Switch(_) => match v.as_bool() {
+            Some(b) => Ok(vec![b.to_string()]),
             None => Err(format!("expects true or false, not {}", v.type_str())),
         },
-        ArgAction::Append => match v {
-            DeValue::Array(items) => items
-                .iter()
-                .map(|i| scalar(i.get_ref()).map(Some))
-                .collect(),
-            other => Ok(vec![Some(scalar(other)?)]),
+        Kind::List(..) => match v {
+            DeValue::Array(items) => items.iter().map(|i| scalar(i.get_ref())).collect(),
+            other => Ok(vec![scalar(other)?]),
         },
-        _ => Ok(vec![Some(scalar(v)?)]),
+        Kind::One(..) => Ok(vec![scalar(v)?]),
     }
 }
 
@@ -400,25 +332,6 @@ fn scalar(v: &DeValue<'_>) -> Result<String, String> {
             other.type_str()
         )),
     }
-}
-
-/// Runs `value` through the flag's own parser.
-fn check_value(arg: &Arg, value: &str) -> Result<(), String> {
-    let long = arg.get_long().unwrap_or("");
-    let probe = Arg::new("v")
-        .long(long.to_owned())
-        .action(ArgAction::Set)
-        .value_parser(arg.get_value_parser().clone());
-    Command::new("wschat")
-        .no_binary_name(true)
-        .arg(probe)
-        .try_get_matches_from([format!("--{long}"), value.to_owned()])
-        .map(|_| ())
-        .map_err(|e| {
-            let msg = first_line(&e.to_string());
-            // clap names the flag; the message says it again.
-            msg.replace(&format!(" for '--{long} <v>'"), "")
-        })
 }
 
 #[cfg(test)]
@@ -439,17 +352,65 @@ mod tests {
     }
 
     #[test]
-    fn every_flag_has_a_key_and_live_names_exist() {
-        let cmd = command();
-        for id in LIVE {
-            assert!(cmd.get_arguments().any(|a| a.get_id() == *id), "{id}");
-        }
-        for a in cmd.get_arguments() {
-            if !NOT_SETTINGS.contains(&a.get_id().as_str()) {
-                assert!(a.get_long().is_some(), "{:?} has no long name", a.get_id());
-                assert!(a.get_env().is_some(), "{:?} has no variable", a.get_id());
+    fn every_flag_is_named_once_and_its_default_parses() {
+        let mut seen = std::collections::BTreeSet::new();
+        for f in FLAGS {
+            assert!(seen.insert(f.long), "--{} twice", f.long);
+            assert!(
+                f.long
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'),
+                "{}",
+                f.long
+            );
+            assert!(!f.help.is_empty(), "--{} has no help", f.long);
+            if let Some(d) = f.default {
+                f.check(d)
+                    .unwrap_or_else(|e| panic!("--{}'s default: {e}", f.long));
+            }
+            if let Some(r) = f.requires {
+                assert!(config::flag(r).is_some(), "--{} requires {r}", f.long);
             }
         }
+    }
+
+    #[test]
+    fn environment_between_file_and_flags() {
+        let dir = std::env::temp_dir().join(format!("wschat-cfg-env-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("wschat.toml");
+        std::fs::write(&p, "backlog = 7\nno-deflate = true\nmotd = \"file\"\n").unwrap();
+        let env = |n: &str| match n {
+            "WSCHAT_CONFIG" => Some(OsString::from(&p)),
+            "WSCHAT_BACKLOG" => Some("8".into()),
+            "WSCHAT_NO_DEFLATE" => Some("false".into()),
+            "WSCHAT_ALLOWED_HOST" => Some("a.example,b.example".into()),
+            _ => None,
+        };
+        let args = |a: &[&str]| -> Vec<OsString> {
+            std::iter::once("wschat")
+                .chain(a.iter().copied())
+                .map(OsString::from)
+                .collect()
+        };
+        let (c, _) = load_with(args(&[]), env).unwrap();
+        assert_eq!(
+            (c.backlog, c.no_deflate, c.motd.as_str()),
+            (8, false, "file")
+        );
+        assert_eq!(c.allowed_host, ["a.example", "b.example"]);
+        let (c, _) = load_with(args(&["--backlog", "9", "--no-deflate"]), env).unwrap();
+        assert_eq!((c.backlog, c.no_deflate), (9, true));
+        let e = load_with(args(&[]), |n: &str| {
+            (n == "WSCHAT_BACKLOG").then(|| OsString::from("many"))
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("invalid value 'many' for '--backlog <N>'"),
+            "{e}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -14,15 +14,16 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::SystemTime;
 
-/// A file of the built-in web client, with the compressed copies build.rs
-/// made of it (each only when smaller).
+/// A file of the built-in web client, gzipped by build.rs: the only copy
+/// in the binary (every browser takes gzip; the file as is and a brotli
+/// copy were 0.23 MiB of it).
 pub struct Asset {
     pub name: &'static str,
     /// A hash of the file: the ETag of its uncompressed copy, unquoted.
     pub etag: &'static str,
-    pub identity: &'static [u8],
-    pub gzip: Option<&'static [u8]>,
-    pub br: Option<&'static [u8]>,
+    /// The file's length uncompressed.
+    pub len: usize,
+    pub gzip: &'static [u8],
 }
 
 /// The web client, built into the binary so that one file is all a user
@@ -44,6 +45,9 @@ pub const STREAM_CHUNK: usize = 64 * 1024;
 pub enum Content {
     /// Compiled into the binary.
     Static(&'static [u8]),
+    /// A file of the built-in client as is (index into the client's
+    /// files): inflated from its gzip copy by `StaticFiles::identity`.
+    Embedded(usize),
     /// In the cache, shared with every other response of the same file.
     Shared(Rc<[u8]>),
     /// Too large to cache (or no budget left): read as the socket drains.
@@ -59,9 +63,8 @@ pub struct Found {
     /// Names this version of the file (its uncompressed bytes), unquoted:
     /// a hash for the built-in client, time and length for `--static-dir`.
     pub tag: String,
-    /// Compressed copies (the built-in client's).
+    /// The gzip copy (the built-in client's).
     pub gzip: Option<&'static [u8]>,
-    pub br: Option<&'static [u8]>,
 }
 
 /// The rest of a file still to be sent.
@@ -121,6 +124,10 @@ pub struct StaticFiles {
     cache: RefCell<Cache>,
     /// File bytes that may still be read from disk in this loop turn.
     turn_left: Cell<usize>,
+    /// The built-in client's files inflated, each the first time a client
+    /// that takes no gzip asks for it, then shared by every response: at
+    /// most the client's size (0.19 MiB), whoever asks.
+    inflated: RefCell<Vec<Option<Rc<[u8]>>>>,
 }
 
 impl StaticFiles {
@@ -132,7 +139,31 @@ impl StaticFiles {
             budget,
             cache: RefCell::new(Cache::default()),
             turn_left: Cell::new(READ_PER_TURN),
+            inflated: RefCell::new(vec![None; EMBEDDED.len()]),
         }
+    }
+
+    /// A built-in file as is (`Content::Embedded`), inflated from its gzip
+    /// copy the first time; `None` should that copy not inflate to its
+    /// length (it is the build's own, so never).
+    pub fn identity(&self, i: usize) -> Option<Rc<[u8]>> {
+        let asset = EMBEDDED.get(i)?;
+        let mut inflated = self.inflated.borrow_mut();
+        let slot = inflated.get_mut(i)?;
+        if let Some(b) = slot {
+            return Some(Rc::clone(b));
+        }
+        let mut out = Vec::with_capacity(asset.len);
+        flate2::read::GzDecoder::new(asset.gzip)
+            .take(asset.len as u64 + 1)
+            .read_to_end(&mut out)
+            .ok()?;
+        if out.len() != asset.len {
+            return None;
+        }
+        let b: Rc<[u8]> = out.into();
+        *slot = Some(Rc::clone(&b));
+        Some(b)
     }
 
     /// A new loop turn: its budget of file reads starts again.
@@ -164,14 +195,13 @@ impl StaticFiles {
         let Some(dir) = self.dir.as_deref() else {
             return EMBEDDED
                 .iter()
-                .find(|a| a.name == name)
-                .map(|a| Found {
-                    content: Content::Static(a.identity),
-                    len: a.identity.len() as u64,
+                .position(|a| a.name == name)
+                .map(|i| Found {
+                    content: Content::Embedded(i),
+                    len: EMBEDDED[i].len as u64,
                     content_type,
-                    tag: a.etag.to_string(),
-                    gzip: a.gzip,
-                    br: a.br,
+                    tag: EMBEDDED[i].etag.to_string(),
+                    gzip: Some(EMBEDDED[i].gzip),
                 })
                 .ok_or(StaticError::NotFound);
         };
@@ -199,7 +229,6 @@ impl StaticFiles {
             content_type,
             tag,
             gzip: None,
-            br: None,
         })
     }
 
@@ -309,10 +338,19 @@ mod tests {
         assert!(files.lookup("/").is_ok());
         assert!(files.lookup("/app.js").is_ok());
         assert!(files.lookup("/nope").is_err());
-        assert!(matches!(
-            files.lookup("/index.html").map(|f| f.content),
-            Ok(Content::Static(_))
-        ));
+        let Ok(Found {
+            content: Content::Embedded(i),
+            len,
+            ..
+        }) = files.lookup("/index.html")
+        else {
+            panic!("index.html is not the built-in one");
+        };
+        let a = files.identity(i).expect("inflates");
+        assert_eq!(&a[..], include_bytes!("../../static/index.html"));
+        assert_eq!(a.len() as u64, len);
+        let b = files.identity(i).expect("inflates");
+        assert!(Rc::ptr_eq(&a, &b), "inflated once, then shared");
     }
 
     fn dir(tag: &str) -> PathBuf {

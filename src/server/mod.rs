@@ -19,8 +19,9 @@
 
 mod accept;
 mod addr;
+mod args;
 pub mod auth;
-mod config;
+pub mod config;
 pub mod config_file;
 mod conn;
 mod files;

@@ -174,13 +174,8 @@ impl Server {
                 return Route::Respond(http::error(503, "server busy", "Retry-After: 5\r\n"), None);
             }
         };
-        use http::Encoding::{Br, Gzip, Identity};
-        let offered: &[http::Encoding] = match (found.br.is_some(), found.gzip.is_some()) {
-            (true, true) => &[Br, Gzip],
-            (true, false) => &[Br],
-            (false, true) => &[Gzip],
-            (false, false) => &[],
-        };
+        use http::Encoding::{Gzip, Identity};
+        let offered: &[http::Encoding] = if found.gzip.is_some() { &[Gzip] } else { &[] };
         let Some(encoding) = http::negotiate(meta.accept_encoding, offered) else {
             return error_response(
                 406,
@@ -189,9 +184,15 @@ impl Server {
                 keep_alive,
             );
         };
-        let (content, len) = match (encoding, found.br, found.gzip) {
-            (Br, Some(b), _) | (Gzip, _, Some(b)) => (Content::Static(b), b.len() as u64),
-            _ => (found.content, found.len),
+        let (content, len) = match (encoding, found.gzip, found.content) {
+            (Gzip, Some(b), _) => (Content::Static(b), b.len() as u64),
+            // A client that takes no gzip (rare: every browser does), not
+            // for a HEAD: the file inflated, once, shared from then on.
+            (_, _, Content::Embedded(i)) if !head_only => match self.files.identity(i) {
+                Some(b) => (Content::Shared(b), found.len),
+                None => return error_response(500, "built-in file damaged", false, keep_alive),
+            },
+            (_, _, content) => (content, found.len),
         };
         // Each coding is a representation of its own, with its own tag
         // (RFC 9110 §8.8.3).
@@ -227,6 +228,7 @@ impl Server {
             Content::Static(b) => (Some(Chunk::Static(b)), None),
             Content::Shared(b) => (Some(Chunk::Shared(b)), None),
             Content::Stream(s) => (None, Some(Box::new(s))),
+            Content::Embedded(_) => (None, None),
         };
         Route::Serve(Response {
             head,

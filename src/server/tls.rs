@@ -75,6 +75,24 @@ impl std::fmt::Display for LoadError {
     }
 }
 
+/// ring's provider with only what a server uses, so that the link leaves
+/// out the rest: every cipher suite (TLS 1.3, and TLS 1.2 ECDHE with
+/// AES-GCM or ChaCha20-Poly1305), key exchange by X25519 or P-256 (every
+/// browser and TLS library offers one of them; P-384 is left out), keys of
+/// every kind a certificate has (ECDSA P-256/P-384, RSA, Ed25519). No
+/// signature verification: that is for client certificates, which the
+/// server never asks for (`with_no_client_auth`).
+fn provider() -> rustls::crypto::CryptoProvider {
+    use rustls::crypto::ring::{self, kx_group};
+    let mut p = ring::default_provider();
+    p.kx_groups = vec![kx_group::X25519, kx_group::SECP256R1];
+    p.signature_verification_algorithms = rustls::crypto::WebPkiSupportedAlgorithms {
+        all: &[],
+        mapping: &[],
+    };
+    p
+}
+
 /// Reads the PEM certificate chain and key and builds a server config.
 fn load(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, LoadError> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
@@ -88,7 +106,7 @@ fn load(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, LoadError> {
     }
     let key = PrivateKeyDer::from_pem_file(key)
         .map_err(|e| LoadError(format!("{}: {e}", key.display())))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(provider());
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| LoadError(e.to_string()))?
