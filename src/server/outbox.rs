@@ -2,7 +2,6 @@
 //! this side frames each once (plain, and compressed per server window for
 //! permessage-deflate peers), shared by every recipient's queue.
 
-use super::queue::Chunk;
 use super::{Conn, Endpoint, Phase, Server, storage};
 use crate::chat::{Chat, ConnId, Now, Outbox};
 use crate::ws::deflate;
@@ -240,7 +239,7 @@ impl ServerOutbox<'_> {
             self.deflate_threshold,
             ws.deflate,
         );
-        c.out.push(Chunk::Shared(f));
+        c.out.push_shared(f);
         self.delivered += n;
         if c.out.batch_just_filled() {
             // A burst (say presence for a thousand joins in one turn) would
