@@ -531,6 +531,9 @@ impl Server {
             self.watchdog();
             self.flush_dirty();
             self.turn_ends();
+            // After the flush: the turn's messages are out before the
+            // store copies its WAL and syncs the disk.
+            self.checkpoint_if_due();
             if let Some(deadline) = self.shutdown_deadline
                 && (self.conns.is_empty() || self.now >= deadline)
             {
