@@ -383,7 +383,9 @@ impl Queue {
             } else if self.head_written == 0 && is_pong(front) {
                 self.pongs_waiting -= 1;
             }
-            self.chunks.clear();
+            // pop_front, not clear: clear's truncate costs three times as
+            // much for the one chunk (callgrind).
+            self.chunks.pop_front();
             self.head_written = 0;
             self.fence_end = 0;
             return;
