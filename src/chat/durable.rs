@@ -251,15 +251,15 @@ impl Chat {
             run.clear();
             return;
         };
+        // Every member but the senders gets the run alike; the senders
+        // that are members get each message, their own with its `ref`.
+        out.send_run_to_members(&room.members, &senders, &shared);
         let mut senders_in = vec![false; senders.len()];
-        for &m in &room.members {
-            match senders.iter().position(|&s| s == m) {
-                None => out.send_run(m, &shared),
-                Some(i) => {
-                    senders_in[i] = true;
-                    for (j, p) in run.iter().enumerate() {
-                        out.send(m, if p.sender == m { &own[j] } else { &shared[j] });
-                    }
+        for (i, &m) in senders.iter().enumerate() {
+            if room.members.contains(&m) {
+                senders_in[i] = true;
+                for (j, p) in run.iter().enumerate() {
+                    out.send(m, if p.sender == m { &own[j] } else { &shared[j] });
                 }
             }
         }

@@ -64,6 +64,16 @@ pub trait Outbox {
             self.send(to, p);
         }
     }
+    /// [`Outbox::send_run`] to each of `members` that is not in `skip` (a
+    /// run's senders), in one call per room and run rather than one per
+    /// member.
+    fn send_run_to_members(&mut self, members: &[ConnId], skip: &[ConnId], payloads: &[Rc<[u8]>]) {
+        for &m in members {
+            if !skip.contains(&m) {
+                self.send_run(m, payloads);
+            }
+        }
+    }
     /// Ask the server to close this connection with a WebSocket close code
     /// and reason. The server will later call [`Chat::disconnect`] for it.
     fn close(&mut self, to: ConnId, code: u16, reason: &str);

@@ -294,11 +294,17 @@ impl Server {
     }
 
     pub(super) fn flush_dirty(&mut self) {
+        // The two lists swap, keeping their capacity: a turn's broadcast to
+        // a thousand members no longer grows a fresh list from nothing.
+        let mut batch = std::mem::take(&mut self.flushing);
         while !self.dirty.is_empty() {
-            for k in std::mem::take(&mut self.dirty) {
+            std::mem::swap(&mut batch, &mut self.dirty);
+            for &k in &batch {
                 self.flush(k);
             }
+            batch.clear();
         }
+        self.flushing = batch;
     }
 
     pub(super) fn flush(&mut self, k: usize) {

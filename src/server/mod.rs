@@ -215,6 +215,9 @@ pub struct Server {
     chat: Chat,
     rbuf: Vec<u8>,
     dirty: Vec<usize>,
+    /// The dirty list being flushed (see `flush_dirty`), kept for its
+    /// capacity; both lists are shrunk at the periodic trim.
+    flushing: Vec<usize>,
     again: Vec<usize>,
     start: Instant,
     now: u64,
@@ -407,6 +410,7 @@ impl Server {
             chat,
             rbuf: vec![0; READ_BUF],
             dirty: Vec::new(),
+            flushing: Vec::new(),
             again: Vec::new(),
             start: Instant::now(),
             now: 0,
