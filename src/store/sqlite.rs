@@ -173,6 +173,14 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (account, room)
     ) WITHOUT ROWID;
     CREATE INDEX reads_room ON reads(room);",
+    // 8 -> 9: new messages are indexed for search by the commit, with one
+    // statement for each run of inserted messages, not by a trigger per
+    // row: FTS5 writes its pending terms to disk as a new segment (and
+    // merges segments) at every statement savepoint, so the trigger wrote a
+    // segment per message, which made a commit of 32 messages cost 80% of a
+    // broadcast's instructions (docs/benchmarks.md). Deletions still go
+    // through `messages_fts_delete`.
+    "DROP TRIGGER messages_fts_insert;",
 ];
 
 /// The schema version this build writes.
@@ -727,7 +735,14 @@ impl Store for SqliteStore {
         })?;
         let result = (|| -> rusqlite::Result<Trimmed> {
             let mut touched: HashMap<i64, Touched> = HashMap::new();
+            // Rows (seq) inserted and not yet in the search index: indexed
+            // before any other op, which may edit or delete them, and
+            // before retention.
+            let mut unindexed: Option<(i64, i64)> = None;
             for op in ops {
+                if !matches!(op, Op::PutMessage { .. }) {
+                    index_new(&tx, &mut unindexed)?;
+                }
                 match *op {
                     Op::PutRoom {
                         name,
@@ -781,6 +796,8 @@ impl Store for SqliteStore {
                             reply_text,
                             image.map(int)
                         ])?;
+                        let seq = tx.last_insert_rowid();
+                        unindexed = Some(unindexed.map_or((seq, seq), |(lo, _)| (lo, seq)));
                         if let Some(image) = image {
                             tx.prepare_cached(
                                 "UPDATE uploads SET room = ?2, msg = ?3 WHERE id = ?1",
@@ -1057,6 +1074,7 @@ impl Store for SqliteStore {
                     }
                 }
             }
+            index_new(&tx, &mut unindexed)?;
             let mut trimmed = Trimmed::default();
             for (&rid, t) in &touched {
                 tx.prepare_cached(
@@ -1107,6 +1125,21 @@ impl Store for SqliteStore {
             }
         }
     }
+}
+
+/// Adds the messages `lo..=hi` (by `seq`) inserted by this commit to the
+/// search index, in one statement (see migration 9), and clears the range.
+fn index_new(
+    tx: &rusqlite::Transaction<'_>,
+    range: &mut Option<(i64, i64)>,
+) -> rusqlite::Result<()> {
+    if let Some((lo, hi)) = range.take() {
+        tx.prepare_cached(
+            "INSERT INTO messages_fts(rowid, text) SELECT seq, text FROM messages WHERE seq BETWEEN ?1 AND ?2",
+        )?
+        .execute(params![lo, hi])?;
+    }
+    Ok(())
 }
 
 /// The columns [`message_row`] reads, in its order.
