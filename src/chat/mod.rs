@@ -64,14 +64,11 @@ pub trait Outbox {
             self.send(to, p);
         }
     }
-    /// [`Outbox::send_run`] to each of `members` that is not in `skip` (a
-    /// run's senders), in one call per room and run rather than one per
-    /// member.
-    fn send_run_to_members(&mut self, members: &[ConnId], skip: &[ConnId], payloads: &[Rc<[u8]>]) {
+    /// [`Outbox::send_run`] to each of `members`, in order: one call per
+    /// stretch of a room's members rather than one per member.
+    fn send_run_to_members(&mut self, members: &[ConnId], payloads: &[Rc<[u8]>]) {
         for &m in members {
-            if !skip.contains(&m) {
-                self.send_run(m, payloads);
-            }
+            self.send_run(m, payloads);
         }
     }
     /// Ask the server to close this connection with a WebSocket close code

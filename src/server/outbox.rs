@@ -278,13 +278,11 @@ impl Outbox for ServerOutbox<'_> {
         }
     }
 
-    fn send_run_to_members(&mut self, members: &[ConnId], skip: &[ConnId], payloads: &[Rc<[u8]>]) {
+    fn send_run_to_members(&mut self, members: &[ConnId], payloads: &[Rc<[u8]>]) {
         // The loop here rather than in the chat: one call through the
-        // `dyn Outbox` per room and run, not one per member.
+        // `dyn Outbox` per stretch of members, not one per member.
         for &m in members {
-            if !skip.contains(&m) {
-                self.send_run(m, payloads);
-            }
+            self.send_run(m, payloads);
         }
     }
 
