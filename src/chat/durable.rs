@@ -256,18 +256,22 @@ impl Chat {
             run.clear();
             return;
         };
+        // Every member but the senders gets the run alike, a stretch of
+        // members per call; the senders that are members get each message,
+        // their own with its `ref`, in their place in the member order.
         let mut senders_in = vec![false; senders.len()];
-        for &m in &room.members {
-            match senders.iter().position(|&s| s == m) {
-                None => out.send_run(m, &shared),
-                Some(i) => {
-                    senders_in[i] = true;
-                    for (j, p) in run.iter().enumerate() {
-                        out.send(m, if p.sender == m { &own[j] } else { &shared[j] });
-                    }
+        let mut from = 0;
+        for (at, &m) in room.members.iter().enumerate() {
+            if let Some(i) = senders.iter().position(|&s| s == m) {
+                out.send_run_to_members(&room.members[from..at], &shared);
+                from = at + 1;
+                senders_in[i] = true;
+                for (j, p) in run.iter().enumerate() {
+                    out.send(m, if p.sender == m { &own[j] } else { &shared[j] });
                 }
             }
         }
+        out.send_run_to_members(&room.members[from..], &shared);
         for (p, f) in run.iter().zip(&own) {
             let member = senders
                 .iter()

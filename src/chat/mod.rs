@@ -64,6 +64,13 @@ pub trait Outbox {
             self.send(to, p);
         }
     }
+    /// [`Outbox::send_run`] to each of `members`, in order: one call per
+    /// stretch of a room's members rather than one per member.
+    fn send_run_to_members(&mut self, members: &[ConnId], payloads: &[Rc<[u8]>]) {
+        for &m in members {
+            self.send_run(m, payloads);
+        }
+    }
     /// Ask the server to close this connection with a WebSocket close code
     /// and reason. The server will later call [`Chat::disconnect`] for it.
     fn close(&mut self, to: ConnId, code: u16, reason: &str);

@@ -334,17 +334,24 @@ impl Server {
     }
 
     pub(super) fn flush_dirty(&mut self) {
+        // The two lists swap, keeping their capacity: a turn's broadcast to
+        // a thousand members no longer grows a fresh list from nothing.
+        let mut batch = std::mem::take(&mut self.flushing);
         while !self.dirty.is_empty() {
-            for k in std::mem::take(&mut self.dirty) {
+            std::mem::swap(&mut batch, &mut self.dirty);
+            for &k in &batch {
                 self.flush(k);
             }
+            batch.clear();
         }
+        self.flushing = batch;
     }
 
     pub(super) fn flush(&mut self, k: usize) {
         let max_pending = self.cfg.max_pending_output;
-        let close_timeout = ms(self.cfg.close_timeout);
-        let message_timeout = ms(self.cfg.message_timeout);
+        // Converted where used: a flush per receiver per turn is the common
+        // case, and each conversion is a 128-bit division.
+        let close_timeout = self.cfg.close_timeout;
         // A streamed file's unsent bytes count against --max-pending-output.
         let chunk = super::files::STREAM_CHUNK.min(max_pending).max(1);
         let Some(c) = self.conns.get_mut(k) else {
@@ -365,7 +372,7 @@ impl Server {
         if w.progress && responding {
             // An answer gets --close-timeout between two pieces the client
             // takes, however long it is in all.
-            c.deadline = self.now + close_timeout;
+            c.deadline = self.now + ms(close_timeout);
         }
         let drained = w.queue_empty;
         // Writable interest only while output waits.
@@ -391,7 +398,7 @@ impl Server {
             self.again.push(k);
             // A message cut short by our not reading gets its time again.
             if matches!(&c.phase, Phase::Ws(ws) if !ws.close_sent) && c.deadline != u64::MAX {
-                c.deadline = self.now.saturating_add(message_timeout);
+                c.deadline = self.now.saturating_add(ms(self.cfg.message_timeout));
             }
         }
         if w.done && responding && !c.shutdown_when_flushed {
@@ -405,7 +412,7 @@ impl Server {
             c.shutdown_when_flushed = false;
             c.shutdown_write();
             c.phase = Phase::Linger;
-            c.deadline = self.now + close_timeout;
+            c.deadline = self.now + ms(close_timeout);
             if responding {
                 // Input that waited while we answered (the peer's FIN, say)
                 // raises no new event: look at it next turn.

@@ -220,6 +220,9 @@ pub struct Server {
     chat: Chat,
     rbuf: Vec<u8>,
     dirty: Vec<usize>,
+    /// The dirty list being flushed (see `flush_dirty`), kept for its
+    /// capacity; both lists are shrunk at the periodic trim.
+    flushing: Vec<usize>,
     again: Vec<usize>,
     start: Instant,
     now: u64,
@@ -417,6 +420,7 @@ impl Server {
             chat,
             rbuf: vec![0; READ_BUF],
             dirty: Vec::new(),
+            flushing: Vec::new(),
             again: Vec::new(),
             start: Instant::now(),
             now: 0,
@@ -542,6 +546,9 @@ impl Server {
             self.watchdog();
             self.flush_dirty();
             self.turn_ends();
+            // After the flush: the turn's messages are out before the
+            // store copies its WAL and syncs the disk.
+            self.checkpoint_if_due();
             if let Some(deadline) = self.shutdown_deadline
                 && (self.conns.is_empty() || self.now >= deadline)
             {

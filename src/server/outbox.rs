@@ -2,7 +2,6 @@
 //! this side frames each once (plain, and compressed per server window for
 //! permessage-deflate peers), shared by every recipient's queue.
 
-use super::queue::Chunk;
 use super::{Conn, Endpoint, Phase, Server, storage};
 use crate::chat::{Chat, ConnId, Now, Outbox};
 use crate::ws::deflate;
@@ -240,7 +239,7 @@ impl ServerOutbox<'_> {
             self.deflate_threshold,
             ws.deflate,
         );
-        c.out.push(Chunk::Shared(f));
+        c.out.push_shared(f);
         self.delivered += n;
         if c.out.batch_just_filled() {
             // A burst (say presence for a thousand joins in one turn) would
@@ -276,6 +275,14 @@ impl Outbox for ServerOutbox<'_> {
             run => self.queue(to, run.len() as u64, |_, runs, threshold, deflate| {
                 runs.get(run, deflate, threshold)
             }),
+        }
+    }
+
+    fn send_run_to_members(&mut self, members: &[ConnId], payloads: &[Rc<[u8]>]) {
+        // The loop here rather than in the chat: one call through the
+        // `dyn Outbox` per stretch of members, not one per member.
+        for &m in members {
+            self.send_run(m, payloads);
         }
     }
 

@@ -38,6 +38,11 @@ pub(super) struct Storage {
     /// [`Server::with_cpu_clock`]): unlike the wall time, it does not grow
     /// when other processes take the machine.
     commit_cpu_us_total: u64,
+    /// WAL checkpoints run between turns, and the longest one.
+    checkpoints: u64,
+    checkpoint_us_max: u64,
+    /// The last checkpoint failed (logged once, and again on recovery).
+    checkpoint_failing: bool,
 }
 
 fn op<'a>(r: &'a Record, blobs: &'a super::upload::Committing) -> Op<'a> {
@@ -310,6 +315,9 @@ impl Storage {
             commit_us_total: 0,
             commit_us_max: 0,
             commit_cpu_us_total: 0,
+            checkpoints: 0,
+            checkpoint_us_max: 0,
+            checkpoint_failing: false,
         })
     }
 
@@ -328,6 +336,9 @@ impl Storage {
             commit_us_total: 0,
             commit_us_max: 0,
             commit_cpu_us_total: 0,
+            checkpoints: 0,
+            checkpoint_us_max: 0,
+            checkpoint_failing: false,
         }
     }
 
@@ -377,6 +388,12 @@ impl Storage {
                 self.commit_cpu_us_total / self.commits
             );
         }
+        if self.checkpoints > 0 {
+            info!(
+                "store: {} checkpoints between turns, max {} us",
+                self.checkpoints, self.checkpoint_us_max
+            );
+        }
     }
 }
 
@@ -393,6 +410,30 @@ fn to_msg(m: crate::store::MessageRow) -> Msg {
 }
 
 impl Server {
+    /// The store's WAL checkpoint, when one is due, between two turns (see
+    /// `Store::checkpoint`). A failed one is logged and tried again after a
+    /// later commit: the WAL keeps everything meanwhile.
+    pub(super) fn checkpoint_if_due(&mut self) {
+        let Some(st) = self.storage.as_mut().filter(|st| st.store.checkpoint_due()) else {
+            return;
+        };
+        let t0 = Instant::now();
+        let result = st.store.checkpoint();
+        let us = u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX);
+        st.checkpoints += 1;
+        st.checkpoint_us_max = st.checkpoint_us_max.max(us);
+        match result {
+            Ok(()) if std::mem::replace(&mut st.checkpoint_failing, false) => {
+                info!("store: checkpoints succeed again");
+            }
+            Ok(()) => {}
+            Err(e) if !std::mem::replace(&mut st.checkpoint_failing, true) => {
+                warn!("store: {e}");
+            }
+            Err(_) => {}
+        }
+    }
+
     /// Commits the turn's records in one transaction, then tells the chat:
     /// on success it keeps and sends the turn's messages; on failure it
     /// refuses them (`storage_failed`) and everyone else goes on. The next

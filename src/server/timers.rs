@@ -74,6 +74,8 @@ impl Server {
         if self.now >= self.next_trim {
             self.next_trim = self.now + TRIM_EVERY_MS;
             super::queue::release_spares();
+            self.dirty.shrink_to(1024);
+            self.flushing.shrink_to(1024);
             deflate::release_pools();
             if let Some(trim) = self.memory_trim {
                 trim();

@@ -339,6 +339,16 @@ pub trait Store {
     -> Result<Vec<MessageRow>>;
     /// Applies `ops` in one transaction, then retention: all or nothing.
     fn commit(&mut self, ops: &[Op<'_>]) -> Result<Trimmed>;
+    /// Whether [`Store::checkpoint`] has work: cheap, asked once per turn.
+    fn checkpoint_due(&self) -> bool {
+        false
+    }
+    /// Housekeeping the caller runs between its commits, once their results
+    /// are out (the server: after a loop turn's flush), so that no commit
+    /// waits for it: for SQLite, the WAL checkpoint.
+    fn checkpoint(&mut self) -> Result<()> {
+        Ok(())
+    }
     /// Every account.
     fn accounts(&mut self) -> Result<Vec<AccountRow>>;
     /// Every session, oldest first.

@@ -7,12 +7,21 @@
 //! WAL, in the OS, when it returns: it survives the process being killed,
 //! not a power cut. `fsync: true` (`--fsync`) uses `synchronous=FULL`, so
 //! each commit is on the disk before it returns.
+//!
+//! Checkpoints (copying the WAL back into the database file, where SQLite
+//! syncs the disk in either mode) are not run inside a commit, as SQLite's
+//! auto-checkpoint does, but by the caller between commits
+//! ([`Store::checkpoint`]), on the same connection.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use rusqlite::wal::CheckpointMode;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
@@ -164,6 +173,14 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (account, room)
     ) WITHOUT ROWID;
     CREATE INDEX reads_room ON reads(room);",
+    // 8 -> 9: new messages are indexed for search by the commit, with one
+    // statement for each run of inserted messages, not by a trigger per
+    // row: FTS5 writes its pending terms to disk as a new segment (and
+    // merges segments) at every statement savepoint, so the trigger wrote a
+    // segment per message, which made a commit of 32 messages cost 80% of a
+    // broadcast's instructions (docs/benchmarks.md). Deletions still go
+    // through `messages_fts_delete`.
+    "DROP TRIGGER messages_fts_insert;",
 ];
 
 /// The schema version this build writes.
@@ -188,8 +205,41 @@ pub struct SqliteStore {
     bytes: u64,
     limits: Limits,
     fault_file: Option<PathBuf>,
+    /// The WAL's size in pages after the last commit, from the WAL hook.
+    wal_pages: Arc<AtomicI32>,
     /// Holds the directory's lock while open.
     _lock: File,
+}
+
+/// WAL pages (4 KiB) past which a checkpoint is due: SQLite's own
+/// auto-checkpoint threshold. Each checkpoint syncs the disk twice (the
+/// WAL, then the database file).
+const CHECKPOINT_PAGES: i32 = 1000;
+
+/// Past this many WAL pages a commit checkpoints inline after all: a safety
+/// net for a caller that never calls [`Store::checkpoint`] (64 MiB).
+const INLINE_CHECKPOINT_PAGES: i32 = 16_384;
+
+/// Replaces SQLite's auto-checkpoint, which copied the WAL into the
+/// database and synced both inside the commit that passed 1000 pages: that
+/// loop turn's messages, and the turns behind it, waited for two disk syncs
+/// and the copy (the p99 of a steady broadcast). The hook, run after each
+/// commit with the WAL's size, only notes the size; the server checkpoints
+/// after the turn's output is flushed (`Store::checkpoint`). A checkpoint
+/// copies what is already durable in the WAL, so a crash at any point of
+/// it loses nothing a commit returned; it runs on the one connection, so
+/// no commit ever finds the database busy (a checkpoint thread with a
+/// connection of its own did: docs/benchmarks.md).
+fn hook_wal(conn: &mut Connection, pages: &Arc<AtomicI32>) -> rusqlite::Result<()> {
+    let seen = Arc::clone(pages);
+    conn.wal_hook(Some(move |wal: &mut rusqlite::hooks::Wal, n: i32| {
+        seen.store(n, Ordering::Relaxed);
+        if n >= INLINE_CHECKPOINT_PAGES {
+            wal.checkpoint()?;
+            seen.store(0, Ordering::Relaxed);
+        }
+        Ok(())
+    }))
 }
 
 fn int(v: u64) -> i64 {
@@ -298,10 +348,12 @@ impl SqliteStore {
                 max_bytes: 0,
             }),
             fault_file: opts.fault_file,
+            wal_pages: Arc::new(AtomicI32::new(0)),
             _lock: lock,
         };
         store.migrate(version)?;
         store.load_ids().map_err(|e| bad(&e))?;
+        hook_wal(&mut store.conn, &store.wal_pages).map_err(|e| bad(&e))?;
         Ok(store)
     }
 
@@ -371,6 +423,20 @@ struct Touched {
 }
 
 impl Store for SqliteStore {
+    fn checkpoint_due(&self) -> bool {
+        self.wal_pages.load(Ordering::Relaxed) >= CHECKPOINT_PAGES
+    }
+
+    fn checkpoint(&mut self) -> Result<()> {
+        // Passive: nothing else holds the database, so it copies the whole
+        // WAL, and the next commit starts the WAL again from its beginning.
+        self.wal_pages.store(0, Ordering::Relaxed);
+        self.conn
+            .wal_checkpoint_v2(None::<&str>, CheckpointMode::PASSIVE)
+            .map_err(|e| StoreError::Io(format!("{}: checkpoint: {e}", self.path.display())))?;
+        Ok(())
+    }
+
     fn uploads(&mut self) -> Result<Vec<UploadRow>> {
         let run = || -> rusqlite::Result<Vec<UploadRow>> {
             let mut st = self
@@ -669,7 +735,14 @@ impl Store for SqliteStore {
         })?;
         let result = (|| -> rusqlite::Result<Trimmed> {
             let mut touched: HashMap<i64, Touched> = HashMap::new();
+            // Rows (seq) inserted and not yet in the search index: indexed
+            // before any other op, which may edit or delete them, and
+            // before retention.
+            let mut unindexed: Option<(i64, i64)> = None;
             for op in ops {
+                if !matches!(op, Op::PutMessage { .. }) {
+                    index_new(&tx, &mut unindexed)?;
+                }
                 match *op {
                     Op::PutRoom {
                         name,
@@ -723,6 +796,8 @@ impl Store for SqliteStore {
                             reply_text,
                             image.map(int)
                         ])?;
+                        let seq = tx.last_insert_rowid();
+                        unindexed = Some(unindexed.map_or((seq, seq), |(lo, _)| (lo, seq)));
                         if let Some(image) = image {
                             tx.prepare_cached(
                                 "UPDATE uploads SET room = ?2, msg = ?3 WHERE id = ?1",
@@ -999,6 +1074,7 @@ impl Store for SqliteStore {
                     }
                 }
             }
+            index_new(&tx, &mut unindexed)?;
             let mut trimmed = Trimmed::default();
             for (&rid, t) in &touched {
                 tx.prepare_cached(
@@ -1049,6 +1125,21 @@ impl Store for SqliteStore {
             }
         }
     }
+}
+
+/// Adds the messages `lo..=hi` (by `seq`) inserted by this commit to the
+/// search index, in one statement (see migration 9), and clears the range.
+fn index_new(
+    tx: &rusqlite::Transaction<'_>,
+    range: &mut Option<(i64, i64)>,
+) -> rusqlite::Result<()> {
+    if let Some((lo, hi)) = range.take() {
+        tx.prepare_cached(
+            "INSERT INTO messages_fts(rowid, text) SELECT seq, text FROM messages WHERE seq BETWEEN ?1 AND ?2",
+        )?
+        .execute(params![lo, hi])?;
+    }
+    Ok(())
 }
 
 /// The columns [`message_row`] reads, in its order.

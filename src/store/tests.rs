@@ -147,6 +147,58 @@ fn search(s: &mut dyn Store) {
     assert!(s.search("b", "hello", u64::MAX, 10).unwrap().is_empty());
 }
 
+/// Messages are indexed for search by their commit, a run at a time
+/// (migration 9): one edited, deleted or trimmed in the same commit that
+/// inserted it leaves the index as if each had been committed alone, and
+/// FTS5's own integrity check agrees.
+#[test]
+fn sqlite_search_index_follows_a_commits_own_edits_and_deletes() {
+    let d = Dir::new("fts-batch");
+    let mut s = SqliteStore::open(
+        &d.0,
+        Options {
+            limits: Some(Limits {
+                per_room: 3,
+                max_bytes: 0,
+            }),
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    let ids = |v: Vec<MessageRow>| v.into_iter().map(|m| m.id).collect::<Vec<_>>();
+    s.commit(&[
+        room("a", "e"),
+        msg("a", 1, "apple one"),
+        msg("a", 2, "banana two"),
+        Op::DeleteMessage { room: "a", id: 1 },
+        Op::EditMessage {
+            room: "a",
+            id: 2,
+            text: "cherry two",
+            edited: 7,
+            excerpt: "cherry two",
+        },
+        msg("a", 3, "apple three"),
+        msg("a", 4, "apple four"),
+        msg("a", 5, "apple five"),
+    ])
+    .unwrap();
+    // Retention (3 per room) dropped 1 and 2 in the same commit.
+    assert_eq!(
+        ids(s.search("a", "apple", u64::MAX, 10).unwrap()),
+        [5, 4, 3]
+    );
+    assert!(s.search("a", "banana", u64::MAX, 10).unwrap().is_empty());
+    assert!(s.search("a", "cherry", u64::MAX, 10).unwrap().is_empty());
+    s.commit(&[msg("a", 6, "date six"), msg("a", 7, "date seven")])
+        .unwrap();
+    assert_eq!(ids(s.search("a", "date", u64::MAX, 10).unwrap()), [7, 6]);
+    drop(s);
+    let c = rusqlite::Connection::open(d.0.join(sqlite::DB_FILE)).unwrap();
+    c.execute_batch("INSERT INTO messages_fts(messages_fts, rank) VALUES ('integrity-check', 1)")
+        .unwrap();
+}
+
 #[test]
 fn memory_store_search() {
     search(&mut MemoryStore::new(Limits {
