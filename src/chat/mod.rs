@@ -318,19 +318,9 @@ fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-fn base36(mut n: u64) -> String {
-    const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
-    let mut buf = [0u8; 13];
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = DIGITS[(n % 36) as usize];
-        n /= 36;
-        if n == 0 {
-            break;
-        }
-    }
-    String::from_utf8_lossy(&buf[i..]).into_owned()
+/// `n` in base 36, lowercase: the digits of a room's epoch.
+fn base36(n: u64) -> String {
+    room::Epoch::base36(n).as_str().to_owned()
 }
 
 /// Puts `conn` (not yet a member) into a room's member list, which is kept
