@@ -84,9 +84,12 @@ fn release_link_args(out_dir: &str) {
         "cargo::rustc-link-arg-bin=wschat=-Wl,-T,{}",
         script.display()
     );
-    if target == "x86_64-unknown-linux-gnu" {
-        println!("cargo::rustc-link-arg-bin=wschat=-Wl,--icf=all");
-    } else if target == "aarch64-unknown-linux-gnu"
+    // Only where the toolchain has its lld: `--icf=all` is an lld option,
+    // and a toolchain linking with GNU ld (an older or a distribution's
+    // rustc, another linker chosen) would fail the link with it. With rustc's
+    // own lld (the default on x86_64 since 1.90), naming it again is a
+    // no-op there.
+    if (target == "x86_64-unknown-linux-gnu" || target == "aarch64-unknown-linux-gnu")
         && let Some(dir) = rust_lld_dir()
     {
         println!("cargo::rustc-link-arg-bin=wschat=-B{}", dir.display());

@@ -281,8 +281,9 @@ fn the_readme_names_exactly_the_settings_sighup_applies() {
     assert_eq!(shown, live);
 }
 
-/// SIGHUP applies a new motd (to the next welcome) and the chat rate
-/// limit (to every connection, the open ones included).
+/// SIGHUP applies a new motd (to the next welcome), the chat rate
+/// limit (to every connection, the open ones included) and the largest
+/// chat message (enforced, and advertised by the next welcome).
 #[test]
 fn sighup_applies_the_motd_and_the_chat_rate_limit() {
     use tungstenite::Message;
@@ -301,17 +302,19 @@ fn sighup_applies_the_motd_and_the_chat_rate_limit() {
 
     write(
         &dir,
-        "motd = \"After.\"\nrate-burst = 2\nrate-per-sec = 1\n",
+        "motd = \"After.\"\nrate-burst = 2\nrate-per-sec = 1\nmax-ws-message-size = \"32KiB\"\n",
     );
     s.signal("HUP");
     let applied = wait_log(&log, "applied");
-    for k in ["motd", "rate-burst", "rate-per-sec"] {
+    for k in ["motd", "rate-burst", "rate-per-sec", "max-ws-message-size"] {
         assert!(applied.contains(k), "{applied}");
     }
     let mut new = common::client(&s, "/ws?nick=new");
     let w = welcome(&mut new);
     assert_eq!(w["motd"], "After.");
     assert_eq!(w["limits"]["rate_burst"], 2, "{w}");
+    // The limit a welcome advertises is the one the receiver now enforces.
+    assert_eq!(w["limits"]["message_bytes"], 32 << 10, "{w}");
     // The connection opened before the reload (with the limit off) is held
     // to the new limit, from a full bucket: of five requests at once, the
     // burst's two are answered and the next three refused.

@@ -1097,12 +1097,20 @@ impl Chat {
     /// limit at each message (a bucket past the new burst is cut to it on
     /// its next message), so both hold for everyone at once. Connections
     /// already open keep the `limits` their welcome told them.
-    pub fn reconfigure(&mut self, motd: &str, rate_burst: u32, rate_per_sec: u32) {
+    pub fn reconfigure(
+        &mut self,
+        motd: &str,
+        rate_burst: u32,
+        rate_per_sec: u32,
+        max_message_bytes: usize,
+    ) {
         if self.cfg.motd != motd {
             self.cfg.motd = motd.to_string();
         }
         self.cfg.rate_burst = rate_burst;
         self.cfg.rate_per_sec = rate_per_sec;
+        // What the welcome advertises must be what the receiver enforces.
+        self.cfg.max_message_bytes = max_message_bytes;
     }
 
     /// Creates a room for a client at `owner` (`None`: an exempt client).

@@ -774,7 +774,9 @@ pub static FLAGS: &[Flag] = &[
         "N",
         "64",
         "Rooms created from one address that may exist at \
-        once (they count until forgotten, see --room-retention). 0: no cap.",
+        once (they count until forgotten, see --room-retention); also the \
+        rooms one account may own, forgotten ones included (ownership \
+        outlives the room; operators are not held to it). 0: no cap.",
         |c, v| put(&mut c.max_rooms_per_addr, parse_num(v, 0, usize::MAX)),
     ),
     one(

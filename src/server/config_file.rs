@@ -225,7 +225,8 @@ impl Server {
                 self.sweep_every = super::sweep_every(&self.cfg);
                 // The chat copied these at start: a reload hands them over.
                 let c = &self.cfg;
-                self.chat.reconfigure(&c.motd, c.rate_burst, c.rate_per_sec);
+                self.chat
+                    .reconfigure(&c.motd, c.rate_burst, c.rate_per_sec, c.max_ws_message_size);
                 if r.applied.is_empty() && r.need_restart.is_empty() {
                     info!("SIGHUP: {} read again: nothing changed", path.display());
                 }
