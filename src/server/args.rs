@@ -136,7 +136,14 @@ pub fn parse_args(args: &[std::ffi::OsString]) -> Result<Args, UsageError> {
                 "true".to_owned()
             }
             Kind::One(..) | Kind::List(..) => {
-                match inline.or_else(|| words.next().and_then(|w| w.to_str()).map(str::to_owned)) {
+                // A next word that is itself a flag is not taken as the
+                // value (`--motd --fsync`: a forgotten value, not a motd);
+                // a value that starts with `--` is given as `--motd=--x`.
+                let next = || match words.clone().next().and_then(|w| w.to_str()) {
+                    Some(w) if w.starts_with("--") && w.len() > 2 => None,
+                    _ => words.next().and_then(|w| w.to_str()).map(str::to_owned),
+                };
+                match inline.or_else(next) {
                     Some(w) => w,
                     None => {
                         return err(format!(

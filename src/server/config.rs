@@ -1080,6 +1080,10 @@ mod tests {
         );
         let e = parse(&["--backlog"]).unwrap_err();
         assert!(e.contains("a value is required for '--backlog <N>'"), "{e}");
+        // The next flag is not taken for a forgotten value.
+        let e = parse(&["--motd", "--fsync"]).unwrap_err();
+        assert!(e.contains("a value is required for '--motd"), "{e}");
+        assert_eq!(parse(&["--motd=--fsync"]).unwrap().motd, "--fsync");
         let e = parse(&["--backlog", "1", "--backlog", "2"]).unwrap_err();
         assert!(e.contains("cannot be used multiple times"), "{e}");
         let e = parse(&["--keepalive-requests", "0"]).unwrap_err();
