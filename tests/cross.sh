@@ -188,8 +188,12 @@ healthz() {
             return 1
         fi ;;
     esac
+    # A data directory of its own: the default (./wschat-data) may be held
+    # by another server started from the checkout (the README's step).
+    local data
+    data=$(mktemp -d)
     # shellcheck disable=SC2046 # the runner is words
-    $(runner_of "$t") "$bin" --addr "127.0.0.1:$port" >"$log" 2>&1 &
+    $(runner_of "$t") "$bin" --addr "127.0.0.1:$port" --data-dir "$data" >"$log" 2>&1 &
     local pid=$! ok=1
     for _ in $(seq 300); do
         if curl -fs "http://127.0.0.1:$port/healthz" >/dev/null 2>&1; then ok=0; break; fi
@@ -199,6 +203,7 @@ healthz() {
     kill -TERM "$pid" 2>/dev/null
     wait "$pid"
     local rc=$?
+    rm -rf "$data"
     if [ $ok -ne 0 ]; then echo "$t: no answer on /healthz"; cat "$log"; return 1; fi
     if [ $rc -ne 0 ]; then echo "$t: exit status $rc after SIGTERM"; cat "$log"; return 1; fi
 }
