@@ -130,6 +130,21 @@ fn flood(
     flood_padded(addr, nick, room, 0, None)
 }
 
+/// Kills the server with SIGKILL while `flooders` post, then gathers every
+/// message they saw acknowledged before it died.
+fn kill_mid_flood(
+    mut s: Server,
+    flooders: Vec<std::thread::JoinHandle<Vec<(u64, String)>>>,
+) -> Vec<(u64, String)> {
+    s.signal("KILL");
+    assert!(s.wait_exit(Duration::from_secs(10)).is_some());
+    drop(s);
+    flooders
+        .into_iter()
+        .flat_map(|h| h.join().expect("flooder"))
+        .collect()
+}
+
 /// [`flood`] with `pad` bytes of padding in each text, starting to post
 /// once `gate` opens (when given): after every flooder has joined.
 fn flood_padded(
@@ -194,18 +209,12 @@ fn flood_padded(
 #[test]
 fn sigkill_under_load_loses_no_acknowledged_message() {
     let dir = TempDir::new("kill");
-    let mut s = start(dir.path(), &[]);
+    let s = start(dir.path(), &[]);
     let flooders: Vec<_> = (0..3)
         .map(|i| flood(s.addr, &format!("f{i}"), "load"))
         .collect();
     std::thread::sleep(Duration::from_millis(700));
-    s.signal("KILL");
-    assert!(s.wait_exit(Duration::from_secs(10)).is_some());
-    drop(s);
-    let acked: Vec<(u64, String)> = flooders
-        .into_iter()
-        .flat_map(|h| h.join().expect("flooder"))
-        .collect();
+    let acked = kill_mid_flood(s, flooders);
     assert!(
         acked.len() > 100,
         "too few messages acknowledged: {}",
@@ -264,7 +273,7 @@ fn assert_acked_kept(dir: &Path, room: &str, acked: &[(u64, String)]) {
 #[test]
 fn sigkill_while_checkpointing_loses_no_acknowledged_message() {
     let dir = TempDir::new("kill-ckpt");
-    let mut s = start(dir.path(), &[]);
+    let s = start(dir.path(), &[]);
     let db = dir.path().join("wschat.db");
     let empty = std::fs::metadata(&db).map(|m| m.len()).unwrap_or(0);
     let gate = std::sync::Arc::new(std::sync::Barrier::new(4));
@@ -284,13 +293,7 @@ fn sigkill_while_checkpointing_loses_no_acknowledged_message() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(grown(2 << 20), "no checkpoint ran under load");
-    s.signal("KILL");
-    assert!(s.wait_exit(Duration::from_secs(10)).is_some());
-    drop(s);
-    let acked: Vec<(u64, String)> = flooders
-        .into_iter()
-        .flat_map(|h| h.join().expect("flooder"))
-        .collect();
+    let acked = kill_mid_flood(s, flooders);
     assert!(acked.len() > 1000, "too few acknowledged: {}", acked.len());
     assert_acked_kept(dir.path(), "ckpt", &acked);
 }
