@@ -516,6 +516,7 @@
       case 'moderation': return onModeration(m);
       case 'member': return onMember(m);
       case 'role': return onRole(m);
+      case 'rank': return onRank(m);
       case 'reaction': return onReaction(m);
       case 'edited': return onEdited(m);
       case 'dm_history': return onDmHistory(m);
@@ -1165,6 +1166,16 @@
     const words = { operator: 'You moderate this room as a server operator.', owner: 'You own this room: you moderate it and appoint its moderators.', moderator: 'You are now a moderator of this room.' };
     addNotice(conv, role ? (words[role] || `Your role here: ${role}.`) : 'You no longer moderate this room.');
     if (conv.key === state.active) { renderHeader(); renderMembers(); scheduleRender(conv); }
+  }
+  // Another member's role here changed (a login, a logout, an appointment):
+  // the controls offered on them follow the rank the server now checks.
+  function onRank(m) {
+    const conv = roomConv(String(m.room || ''), false);
+    const nick = lc(String(m.nick || ''));
+    if (!conv || !nick) return;
+    const rank = RANK(m.role);
+    if (rank) { conv.mods.add(nick); conv.ranks.set(nick, rank); } else { conv.mods.delete(nick); conv.ranks.delete(nick); }
+    if (conv.key === state.active) renderMembers();
   }
   function registeredBadge(nick) {
     return el('span', { class: 'reg-badge', 'data-testid': 'registered-badge', title: `${nick} is logged in to this registered nick`, 'aria-label': 'registered', text: '🔒' });

@@ -982,10 +982,19 @@ fn a_rooms_owner_appoints_moderators_who_hear_their_role_across_a_restart() {
     let s = restart(s, dir.path(), "KILL", &[]);
     let (mut bob, _) = connect_nick(&s, "x");
     assert_eq!(try_join(&mut bob, "club").get("role"), None, "a guest now");
-    // Logging in tells the role in the rooms already joined.
+    let (mut eve, _) = connect_nick(&s, "eve");
+    let j = try_join(&mut eve, "club");
+    assert!(j.get("roles").is_none(), "nobody ranks yet: {j}");
+    // Logging in tells the role in the rooms already joined, and their
+    // members the new rank, under the nick the login gave.
     assert_eq!(login_token(&mut bob, &bob_token)["type"], "session");
     let r = recv_until(&mut bob, |v| v["type"] == "role");
     assert_eq!(r, json!({"type":"role","room":"club","role":"owner"}));
+    let r = recv_until(&mut eve, |v| v["type"] == "rank");
+    assert_eq!(
+        r,
+        json!({"type":"rank","room":"club","nick":"bob","role":"owner"})
+    );
     let (mut carol, _) = connect_nick(&s, "x");
     assert_eq!(login_pw(&mut carol, "carol", PW)["type"], "session");
     assert_eq!(try_join(&mut carol, "club")["role"], "moderator");
@@ -997,6 +1006,11 @@ fn a_rooms_owner_appoints_moderators_who_hear_their_role_across_a_restart() {
     assert_eq!(v["action"], "unmoderator", "{v}");
     let r = recv_until(&mut carol, |v| v["type"] == "role");
     assert_eq!(r["role"], "member");
+    let r = recv_until(&mut eve, |v| v["type"] == "rank");
+    assert_eq!(
+        r,
+        json!({"type":"rank","room":"club","nick":"carol","role":"member"})
+    );
     let (mut dan, _) = connect_nick(&s, "dan");
     assert_eq!(try_join(&mut dan, "club")["type"], "joined");
     let v = ask(
@@ -1010,6 +1024,13 @@ fn a_rooms_owner_appoints_moderators_who_hear_their_role_across_a_restart() {
     assert_eq!(v["type"], "logged_out");
     let r = recv_until(&mut bob, |v| v["type"] == "role");
     assert_eq!(r["role"], "member");
+    // The room hears the rename to a guest nick, then that nick's rank.
+    let n = recv_until(&mut eve, |v| v["type"] == "nick" && v["old"] == "bob");
+    let r = recv_until(&mut eve, |v| v["type"] == "rank");
+    assert_eq!(
+        r,
+        json!({"type":"rank","room":"club","nick":n["nick"],"role":"member"})
+    );
 
     // A room a guest created has no owner: only operators appoint there.
     let (mut g, _) = connect_nick(&s, "guesty");

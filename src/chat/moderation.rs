@@ -393,26 +393,41 @@ impl Chat {
     }
 
     /// Sends `conn` a `role` event for each joined room whose role is no
-    /// longer the one in `before` (a login, a logout, an appointment).
+    /// longer the one in `before` (a login, a logout, an appointment), and
+    /// the room's other members a `rank` event naming it, so that their
+    /// clients offer kick, mute and ban by the rank the server now checks
+    /// (docs/protocol.md, "Roles").
     pub(super) fn send_role_changes(
         &self,
         conn: ConnId,
         before: &[(u32, Option<&'static str>)],
         out: &mut dyn Outbox,
     ) {
+        let nick = self.conns.nick(conn).unwrap_or_default();
         for (idx, now) in self.roles_of(conn) {
             let was = before.iter().find(|(i, _)| *i == idx).and_then(|(_, r)| *r);
             if was == now {
                 continue;
             }
-            if let Some(room) = self.room(idx) {
-                out.send(
-                    conn,
-                    &frame(&Out::Role {
-                        room: &room.name,
-                        role: now.unwrap_or("member"),
-                    }),
-                );
+            let Some(room) = self.room(idx) else {
+                continue;
+            };
+            let role = now.unwrap_or("member");
+            out.send(
+                conn,
+                &frame(&Out::Role {
+                    room: &room.name,
+                    role,
+                }),
+            );
+            // One frame for the whole room, as for every broadcast.
+            let f = frame(&Out::Rank {
+                room: &room.name,
+                nick,
+                role,
+            });
+            for &m in room.members.iter().filter(|&&m| m != conn) {
+                out.send(m, &f);
             }
         }
     }

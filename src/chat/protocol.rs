@@ -1184,6 +1184,13 @@ pub enum Out<'a> {
     /// Extension (moderation): this connection's role in a joined room
     /// changed (`operator`, `owner`, `moderator` or `member`).
     Role { room: &'a str, role: &'a str },
+    /// Extension (moderation): a member's role in a room changed, to the
+    /// room's other members (the member itself hears `role`).
+    Rank {
+        room: &'a str,
+        nick: &'a str,
+        role: &'a str,
+    },
     Joined {
         room: &'a str,
         epoch: &'a str,
