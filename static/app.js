@@ -731,6 +731,14 @@
 
   // Everything in `conv` up to its newest message is read.
   let readSaveTimer = null;
+  // Written at most every 400 ms while reading, and at once when the page
+  // goes (a reload or a closed tab within those 400 ms kept the old place).
+  function saveReadNow() {
+    clearTimeout(readSaveTimer);
+    readSaveTimer = null;
+    save(STORE.read, state.read);
+  }
+  window.addEventListener('pagehide', () => { if (readSaveTimer !== null) saveReadNow(); });
   function markRead(conv) {
     if (!conv) return;
     conv.readId = Math.max(conv.readId, conv.lastId);
@@ -740,7 +748,7 @@
       if (!st || st.e !== conv.epoch || st.id !== conv.readId) {
         state.read[conv.name] = { e: conv.epoch, id: conv.readId };
         clearTimeout(readSaveTimer);
-        readSaveTimer = setTimeout(() => save(STORE.read, state.read), 400);
+        readSaveTimer = setTimeout(saveReadNow, 400);
       }
     }
     syncRead(conv);
@@ -1204,6 +1212,7 @@
     switch (action) {
       case 'kick': text = `${nick} was removed from the room by ${by}${why}.`; break;
       case 'ban': text = `${nick} was banned from ${conv ? 'the room' : 'the server'} by ${by} ${whenText(m.until)}${why}.`; break;
+      case 'unban': text = `${by} lifted the ban on ${nick}${conv ? ' here' : ' from the server'}.`; break;
       case 'mute': text = `${nick} was muted by ${by} ${whenText(m.until)}${why}.`; break;
       case 'slow': text = Number(m.interval) > 0 ? `${by} turned on slow mode: one message every ${Number(m.interval)} s.` : `${by} turned slow mode off.`; break;
       case 'topic': text = reason ? `${by} set the topic: ${reason}` : `${by} cleared the topic.`; break;
@@ -1211,6 +1220,9 @@
       case 'unmoderator': text = `${nick} is no longer a moderator here.`; break;
       default: text = `${by}: ${action} ${nick}${why}`.trim();
     }
+    // The one who banned can take it back from the notice (`unban`).
+    const undo = action === 'ban' && isMe(by) && nick
+      ? { action: { label: 'Lift ban', run: () => modSend(conv ? { type: 'unban', room: conv.name, nick } : { type: 'unban', nick }) } } : {};
     if (conv) {
       if (action === 'topic') conv.topic = reason;
       if ((action === 'moderator' || action === 'unmoderator') && isMe(nick)) conv.mod = action === 'moderator';
@@ -1218,11 +1230,11 @@
       // keeps the higher rank), a removal a plain member again.
       if (action === 'moderator') { conv.mods.add(lc(nick)); conv.ranks.set(lc(nick), Math.max(rankOf(conv, nick), 1)); }
       if (action === 'unmoderator' && rankOf(conv, nick) <= 1) { conv.mods.delete(lc(nick)); conv.ranks.delete(lc(nick)); }
-      addNotice(conv, text);
+      addNotice(conv, text, undo);
       if (conv.key === state.active) { renderHeader(); renderMembers(); }
     } else {
       const c = activeConv();
-      if (c) addNotice(c, text);
+      if (c) addNotice(c, text, undo);
     }
   }
 
@@ -1932,7 +1944,7 @@
     const n = e.n;
     const li = el('li', { class: 'notice ' + n.tone, 'data-key': e.k, 'data-testid': 'notice' },
       el('span', { class: 'notice-text', text: n.text }));
-    if (n.action) li.append(el('button', { type: 'button', class: 'link-btn', onclick: n.action.run, text: n.action.label }));
+    if (n.action) li.append(el('button', { type: 'button', class: 'link-btn', 'data-testid': 'notice-action', onclick: n.action.run, text: n.action.label }));
     return li;
   }
 
@@ -2317,6 +2329,7 @@
     '/rooms — list rooms with people in them',
     '/topic text — set the room’s topic (moderators)',
     '/slow seconds — slow mode, 0 for off (moderators)',
+    '/unban nick — lift a ban from the room (moderators; operators: /unban nick server)',
   ];
 
   function submitComposer() {
@@ -2397,6 +2410,14 @@
           if (!Number.isInteger(n) || n < 0 || n > 86400) { composerError('Usage: /slow seconds (0 turns slow mode off)'); return false; }
           modSend({ type: 'slow', room: conv.name, interval: n });
         }
+        return true;
+      }
+      case '/unban': {
+        const m = /^(\S+)(?:\s+(server))?$/i.exec(arg);
+        if (!m) { composerError('Usage: /unban nick (or, for operators, /unban nick server)'); return false; }
+        if (!m[2] && (!conv || conv.kind !== 'room')) { composerError('/unban nick works in a room; /unban nick server lifts a server ban.'); return false; }
+        if (state.conn !== 'online') { composerError('You are offline; try again once connected.'); return false; }
+        modSend(m[2] ? { type: 'unban', nick: m[1] } : { type: 'unban', room: conv.name, nick: m[1] });
         return true;
       }
       case '/help':

@@ -554,6 +554,105 @@ fn a_room_ban_holds_across_reconnects_a_new_nick_and_a_restart() {
     assert_eq!(rows, vec![want("ban", "r", "bob"), want("ban", "r", "bob")]);
 }
 
+/// A ban of a nick already banned in the room replaces that ban, in memory
+/// and in the store (one row); `unban` lifts a room ban or a server ban,
+/// and both outlive a SIGKILL.
+#[test]
+fn a_ban_again_replaces_the_ban_and_unban_lifts_it_across_a_kill() {
+    let dir = TempDir::new("unban");
+    let (s, mut op) = with_operator(dir.path(), &[]);
+    let (mut bob, _) = connect_nick(&s, "bob");
+    assert_eq!(try_join(&mut bob, "r")["type"], "joined");
+    let (mut plain, _) = connect_nick(&s, "plain");
+    assert_eq!(try_join(&mut plain, "r")["type"], "joined");
+    let v = ask(
+        &mut op,
+        json!({"type":"unban","room":"r","nick":"bob"}),
+        "u0",
+    );
+    assert_eq!(v["code"], "not_banned", "{v}");
+    let v = ask(
+        &mut op,
+        json!({"type":"ban","room":"r","nick":"bob","duration":3600}),
+        "b",
+    );
+    assert_eq!(v["type"], "moderation", "{v}");
+    let v = ask(
+        &mut op,
+        json!({"type":"ban","room":"r","nick":"bob","reason":"again"}),
+        "b2",
+    );
+    assert_eq!(v["until"], 0, "for good now: {v}");
+    assert_eq!(try_join(&mut bob, "r")["code"], "banned");
+    // Also a server ban of another nick, to lift after the restart.
+    let v = ask(&mut op, json!({"type":"ban","nick":"troll"}), "b3");
+    assert_eq!(v["type"], "moderation", "{v}");
+    drop(op);
+    let s = restart(s, dir.path(), "KILL", &[]);
+    let (mut bob, _) = connect_nick(&s, "bob");
+    assert_eq!(try_join(&mut bob, "r")["code"], "banned", "after the kill");
+    let rows: i64 = rusqlite::Connection::open(dir.path().join("wschat.db"))
+        .unwrap()
+        .query_row(
+            "SELECT count(*) FROM bans WHERE room = 'r' AND nick = 'bob'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(rows, 1, "the second ban replaced the first");
+    let (mut plain, _) = connect_nick(&s, "plain");
+    assert_eq!(try_join(&mut plain, "r")["type"], "joined");
+    let v = ask(
+        &mut plain,
+        json!({"type":"unban","room":"r","nick":"bob"}),
+        "u1",
+    );
+    assert_eq!(v["code"], "forbidden", "{v}");
+    let (mut op, _) = connect_nick(&s, "x");
+    assert_eq!(login_pw(&mut op, "boss", PW)["type"], "session");
+    let v = ask(
+        &mut op,
+        json!({"type":"unban","room":"r","nick":"BOB"}),
+        "u2",
+    );
+    assert_eq!(
+        v,
+        json!({"type":"moderation","action":"unban","room":"r","nick":"BOB","by":"boss","reason":"","ref":"u2"})
+    );
+    let e = recv_type(&mut plain, "moderation");
+    assert_eq!((e["action"].as_str(), e.get("ref")), (Some("unban"), None));
+    assert_eq!(try_join(&mut bob, "r")["type"], "joined", "lifted");
+    let v = ask(&mut plain, json!({"type":"unban","nick":"troll"}), "u3");
+    assert_eq!(
+        v["code"], "forbidden",
+        "server bans are the operators': {v}"
+    );
+    let v = ask(&mut op, json!({"type":"unban","nick":"troll"}), "u4");
+    assert_eq!(v["action"], "unban", "{v}");
+    assert!(v.get("room").is_none(), "{v}");
+    drop((op, bob, plain));
+
+    let s = restart(s, dir.path(), "KILL", &[]);
+    let (mut bob, _) = connect_nick(&s, "bob");
+    assert_eq!(try_join(&mut bob, "r")["type"], "joined", "still lifted");
+    let (_, nick) = connect_nick(&s, "troll");
+    assert_eq!(nick, "troll", "the server ban is lifted too");
+    drop((bob, s));
+    let db = rusqlite::Connection::open(dir.path().join("wschat.db")).unwrap();
+    let n: i64 = db
+        .query_row("SELECT count(*) FROM bans", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 0, "no ban rows left");
+    let actions: Vec<String> = db
+        .prepare("SELECT action FROM audit ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(actions, ["ban", "ban", "ban", "unban", "unban"]);
+}
+
 #[test]
 fn a_server_ban_closes_the_connection_and_runs_out() {
     let dir = TempDir::new("server-ban");

@@ -842,6 +842,7 @@ impl Chat {
                 ip,
                 reason,
             } => self.ban(conn, room, &nick, duration, ip, reason, r, now),
+            Request::Unban { room, nick } => self.unban(conn, room, &nick, r, now),
             Request::Mute {
                 room,
                 nick,

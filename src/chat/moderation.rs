@@ -73,6 +73,11 @@ impl Ban {
 #[derive(Clone, Debug)]
 pub enum ModRecord {
     Ban(Ban, Box<str>, u64),
+    /// The ban of `nick` (lowercase) in `room` ("": the server) is lifted.
+    Unban {
+        room: Box<str>,
+        nick: Box<str>,
+    },
     Moderator {
         room: Box<str>,
         account: Box<str>,
@@ -117,6 +122,13 @@ pub enum ModRecord {
 }
 
 pub(super) enum ModApply {
+    Unban {
+        actor: ConnId,
+        r#ref: Option<Box<str>>,
+        by: String,
+        room: String,
+        nick: String,
+    },
     Delete {
         actor: ConnId,
         r#ref: Option<Box<str>>,
@@ -708,21 +720,23 @@ impl Chat {
             None => self.operator_name(conn)?,
         };
         let target = self.holder(nick);
+        let key = nick.to_ascii_lowercase();
         if let Some(room) = &room {
             self.check_outranks(conn, room, target, nick)?;
+            // A ban of a nick already banned here replaces that one (see
+            // `ModApply::Ban`), so it is not one more.
             if !self.is_op(conn)
                 && self
                     .moder
                     .bans
                     .iter()
-                    .filter(|b| b.room == *room && b.live(now))
+                    .filter(|b| b.room == *room && b.live(now) && b.nick != key)
                     .count()
                     >= validate::MAX_ROOM_BANS
             {
                 return Err(ChatError::TooManyBans);
             }
         }
-        let key = nick.to_ascii_lowercase();
         // The account: the one the target is logged in to, or the one the
         // nick is registered to.
         let account = target
@@ -777,6 +791,49 @@ impl Chat {
         Ok(())
     }
 
+    /// Lifts the ban of `nick` in `room` (None: the server ban), for those
+    /// who may ban there. Stored first, like the ban; then the room (or,
+    /// for a server ban, the operator) hears `"action":"unban"`.
+    pub(super) fn unban(
+        &mut self,
+        conn: ConnId,
+        room: Option<String>,
+        nick: &str,
+        r: Option<&str>,
+        now: Now,
+    ) -> Result<(), ChatError> {
+        let by = match &room {
+            Some(room) => self.moderator_name(conn, room)?,
+            None => self.operator_name(conn)?,
+        };
+        let room = room.unwrap_or_default();
+        let key = nick.to_ascii_lowercase();
+        if !self
+            .moder
+            .bans
+            .iter()
+            .any(|b| b.room == room && b.nick == key && b.live(now))
+        {
+            return Err(ChatError::NotBanned);
+        }
+        self.records.push(Record::Moderation(ModRecord::Unban {
+            room: room.as_str().into(),
+            nick: key.as_str().into(),
+        }));
+        self.audit(now, &by, "unban", &room, nick, "");
+        self.moder.pending.push((
+            now,
+            ModApply::Unban {
+                actor: conn,
+                r#ref: r.map(Box::from),
+                by,
+                room,
+                nick: nick.to_string(),
+            },
+        ));
+        Ok(())
+    }
+
     /// Sends the `moderation` event to a room's members and to the actor
     /// (its own copy `own`, with its `ref`; once, member or not).
     fn announce(
@@ -802,6 +859,31 @@ impl Chat {
     pub(super) fn mod_committed(&mut self, out: &mut dyn Outbox) {
         for (now, p) in std::mem::take(&mut self.moder.pending) {
             match p {
+                ModApply::Unban {
+                    actor,
+                    r#ref,
+                    by,
+                    room,
+                    nick,
+                } => {
+                    let key = nick.to_ascii_lowercase();
+                    self.moder
+                        .bans
+                        .retain(|b| b.live(now) && !(b.room == room && b.nick == key));
+                    let ev = Event {
+                        action: "unban",
+                        room: (!room.is_empty()).then_some(room.as_str()),
+                        nick: &nick,
+                        by: &by,
+                        ..Event::default()
+                    };
+                    let idx = if room.is_empty() {
+                        None
+                    } else {
+                        self.room_index(room.as_str())
+                    };
+                    self.announce(idx, actor, &ev, r#ref.as_deref(), out);
+                }
                 ModApply::Delete {
                     actor,
                     r#ref,
@@ -960,7 +1042,11 @@ impl Chat {
                     target_nick,
                 } => {
                     // Ended bans hold nothing: dropped as a new one comes.
-                    self.moder.bans.retain(|b| b.live(now));
+                    // A ban of the same nick in the same room (or server-
+                    // wide) is replaced, as the store replaces its row.
+                    self.moder
+                        .bans
+                        .retain(|b| b.live(now) && !(b.room == ban.room && b.nick == ban.nick));
                     self.moder.bans.push(ban.clone());
                     let idx = if ban.room.is_empty() {
                         None
@@ -1206,6 +1292,7 @@ impl Chat {
             let (actor, r) = match p {
                 ModApply::Kick { actor, r#ref, .. }
                 | ModApply::Ban { actor, r#ref, .. }
+                | ModApply::Unban { actor, r#ref, .. }
                 | ModApply::Moderator { actor, r#ref, .. }
                 | ModApply::Topic { actor, r#ref, .. }
                 | ModApply::Delete { actor, r#ref, .. }

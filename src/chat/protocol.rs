@@ -75,6 +75,9 @@ pub enum ChatError {
     TooManyModerators,
     /// Extension (moderation): the room has `MAX_ROOM_BANS` bans in force.
     TooManyBans,
+    /// Extension (moderation): an `unban` of a nick no ban in force names
+    /// (in that room, or server-wide).
+    NotBanned,
     /// `delete` of an id the room does not keep (and, extension, a
     /// `reply_to`, `react` or `edit` of one, or of a tombstone).
     NoSuchMessage,
@@ -150,6 +153,7 @@ impl ChatError {
             ChatError::NoSuchAccount => "no_such_account",
             ChatError::TooManyModerators => "too_many_moderators",
             ChatError::TooManyBans => "too_many_bans",
+            ChatError::NotBanned => "not_banned",
             ChatError::NoSuchMessage => "no_such_message",
             ChatError::TooManyReactions => "too_many_reactions",
             ChatError::NoSuchUpload => "no_such_upload",
@@ -296,6 +300,7 @@ impl fmt::Display for ChatError {
                 "the room has {} bans in force, as many as it may: ask an operator",
                 super::validate::MAX_ROOM_BANS
             ),
+            ChatError::NotBanned => f.write_str("no ban in force names that nick there"),
             ChatError::NoSuchMessage => f.write_str("the room keeps no message with that id"),
             ChatError::TooManyReactions => write!(
                 f,
@@ -465,6 +470,12 @@ pub enum Request {
         ip: bool,
         reason: Option<String>,
     },
+    /// Extension (moderation): lift the ban of `nick` in `room`, or without
+    /// `room` the server ban (operators).
+    Unban {
+        room: Option<String>,
+        nick: String,
+    },
 }
 
 /// How a `login` proves who it is.
@@ -529,6 +540,7 @@ enum Kind {
     Passwd,
     Kick,
     Ban,
+    Unban,
     Mute,
     Slow,
     Moderator,
@@ -558,6 +570,7 @@ impl Kind {
             "passwd" => Kind::Passwd,
             "kick" => Kind::Kick,
             "ban" => Kind::Ban,
+            "unban" => Kind::Unban,
             "mute" => Kind::Mute,
             "slow" => Kind::Slow,
             "moderator" => Kind::Moderator,
@@ -574,6 +587,16 @@ impl Kind {
 
 fn invalid(field: &'static str, reason: Reason) -> ChatError {
     ChatError::Invalid { field, reason }
+}
+
+/// An optional `room` (a `ban` or `unban` without one is server-wide).
+fn opt_room(map: &mut Map<String, Value>) -> Result<Option<String>, ChatError> {
+    match take(map, "room") {
+        None => Ok(None),
+        Some(Value::String(r)) if validate::valid_room(&r) => Ok(Some(r)),
+        Some(Value::String(_)) => Err(invalid("room", Reason::Room)),
+        Some(_) => Err(invalid("room", Reason::NotString)),
+    }
 }
 
 /// Removes a field; `null` counts as absent.
@@ -923,13 +946,12 @@ fn request(
                 opt_int(map, "id", 0, validate::MAX_INT)?.ok_or(invalid("id", Reason::Missing))?;
             Request::Read { target, id }
         }
+        Kind::Unban => Request::Unban {
+            room: opt_room(map)?,
+            nick: nick_field(map, "nick")?.ok_or(invalid("nick", Reason::Missing))?,
+        },
         Kind::Ban => {
-            let room = match take(map, "room") {
-                None => None,
-                Some(Value::String(r)) if validate::valid_room(&r) => Some(r),
-                Some(Value::String(_)) => return Err(invalid("room", Reason::Room)),
-                Some(_) => return Err(invalid("room", Reason::NotString)),
-            };
+            let room = opt_room(map)?;
             Request::Ban {
                 room,
                 nick: nick_field(map, "nick")?.ok_or(invalid("nick", Reason::Missing))?,

@@ -2305,6 +2305,18 @@ fn chat_moderators_and_room_bans_are_capped_per_room() {
     assert!(h.drain().iter().any(|(_, v)| v["action"] == "ban"));
     let v = h.ask(1, json!({"type": "ban", "room": "club", "nick": "zoe"}));
     err(&v, "too_many_bans");
+    // Banning a nick banned already replaces its ban: not one more, so
+    // the room being full does not stop it, and it stays full after.
+    h.send(
+        1,
+        json!({"type": "ban", "room": "club", "nick": "t5", "duration": 60}),
+    );
+    assert!(h.drain().iter().all(|(_, v)| v["type"] != "error"));
+    assert!(!h.chat.take_records().is_empty());
+    h.chat.committed(&mut h.out);
+    assert!(h.drain().iter().any(|(_, v)| v["action"] == "ban"));
+    let v = h.ask(1, json!({"type": "ban", "room": "club", "nick": "zoe"}));
+    err(&v, "too_many_bans");
     // Nor is an operator held to this one.
     h.send(2, json!({"type": "ban", "room": "club", "nick": "zoe"}));
     assert!(h.drain().iter().all(|(_, v)| v["type"] != "error"));

@@ -159,6 +159,7 @@ fn op<'a>(r: &'a Record, blobs: &'a super::upload::Committing) -> Op<'a> {
                 reason: &b.reason,
                 created: *created,
             },
+            ModRecord::Unban { room, nick } => Op::DeleteBan { room, nick },
             ModRecord::Topic { room, topic } => Op::PutTopic { room, topic },
             ModRecord::Creator { room, account } => Op::PutCreator { room, account },
             ModRecord::Mute {

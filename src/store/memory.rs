@@ -222,7 +222,8 @@ impl Store for MemoryStore {
         // All or nothing: the account tables change only if every op applies.
         let mut accounts = self.accounts.clone();
         let mut sessions = self.sessions.clone();
-        let (mut bans, mut audit) = (Vec::new(), Vec::new());
+        let mut bans: Vec<BanRow> = self.bans.clone();
+        let mut audit = Vec::new();
         let mut moderators = self.moderators.clone();
         let mut topics = self.topics.clone();
         let mut creators = self.creators.clone();
@@ -373,14 +374,21 @@ impl Store for MemoryStore {
                     until,
                     reason,
                     ..
-                } => bans.push(BanRow {
-                    room: room.into(),
-                    nick: nick.into(),
-                    account: account.into(),
-                    ip: ip.into(),
-                    until,
-                    reason: reason.into(),
-                }),
+                } => {
+                    // One ban per nick and room: a new one replaces it.
+                    bans.retain(|b| !(b.room == room && b.nick == nick));
+                    bans.push(BanRow {
+                        room: room.into(),
+                        nick: nick.into(),
+                        account: account.into(),
+                        ip: ip.into(),
+                        until,
+                        reason: reason.into(),
+                    });
+                }
+                Op::DeleteBan { room, nick } => {
+                    bans.retain(|b| !(b.room == room && b.nick == nick));
+                }
                 Op::DeleteMessage { room, id } => {
                     if let Some(r) = self.rooms.get_mut(room)
                         && let Some((_, m)) = r.msgs.iter_mut().find(|(_, m)| m.id == id)
@@ -525,7 +533,7 @@ impl Store for MemoryStore {
         }
         self.accounts = accounts;
         self.sessions = sessions;
-        self.bans.extend(bans);
+        self.bans = bans;
         self.moderators = moderators;
         self.topics = topics;
         self.creators = creators;

@@ -152,6 +152,8 @@ pub enum Op<'a> {
         reason: &'a str,
         created: u64,
     },
+    /// The ban of `nick` (lowercase) in `room` ("": the server) is lifted.
+    DeleteBan { room: &'a str, nick: &'a str },
     /// `account` (lowercase) moderates `room` (`on`), or no longer does.
     PutModerator {
         room: &'a str,

@@ -890,6 +890,10 @@ impl Store for SqliteStore {
                         reason,
                         created,
                     } => {
+                        // One ban per nick and room: a new one replaces it
+                        // (the chat replaces it in memory the same way).
+                        tx.prepare_cached("DELETE FROM bans WHERE room = ?1 AND nick = ?2")?
+                            .execute([room, nick])?;
                         tx.prepare_cached(
                             "INSERT INTO bans (room, nick, account, ip, until, by, reason, created)
                              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -904,6 +908,10 @@ impl Store for SqliteStore {
                             reason,
                             int(created)
                         ])?;
+                    }
+                    Op::DeleteBan { room, nick } => {
+                        tx.prepare_cached("DELETE FROM bans WHERE room = ?1 AND nick = ?2")?
+                            .execute([room, nick])?;
                     }
                     Op::DeleteMessage { room, id } => {
                         if let Some(&rid) = ids.get(room) {

@@ -450,6 +450,21 @@ async function accounts({ base, ctxOpts, outside }) {
     await fred.locator('[data-testid="member-list"] [data-testid="member-kick"]').first().waitFor({ state: 'detached', timeout: STEP_TIMEOUT });
     await openRoom(eve, 'modroom');
   });
+  await check('moderation: the owner bans a member and lifts the ban from the notice; the member joins again', async () => {
+    const gus = pages.gus;
+    await openRoom(eve, 'evesroom');
+    const gusRow = rowOf(eve, 'gus');
+    await gusRow.hover();
+    await gusRow.locator('[data-testid="member-ban"]').click();
+    await memberPresent(eve, 'gus', false);
+    const note = eve.locator('[data-testid="notice"]', { hasText: 'gus was banned from the room by eve' });
+    await note.waitFor({ timeout: STEP_TIMEOUT });
+    await note.locator('[data-testid="notice-action"]', { hasText: 'Lift ban' }).click();
+    await eve.locator('[data-testid="notice"]', { hasText: 'eve lifted the ban on gus here.' }).waitFor({ timeout: STEP_TIMEOUT });
+    await joinRoom(gus, 'evesroom');
+    await memberPresent(eve, 'gus');
+    await openRoom(eve, 'modroom');
+  });
   await check('moderation: the topic shows in the header; the event is a quiet line', async () => {
     await say(boss, '/topic Be kind here');
     await eve.waitForFunction(() => document.querySelector('[data-testid="room-topic"]')?.textContent === 'Be kind here', null, { timeout: STEP_TIMEOUT });
