@@ -79,6 +79,17 @@ fn a_bad_file_stops_the_start_naming_its_line() {
         err.contains(&format!("{path}:2: unknown key \"max-head-sise\"")),
         "{err}"
     );
+    // A pair half given: the file's fault when the file gave the half,
+    // the command line's when it did (the file then is not named).
+    let path = write(&dir, "tls-cert = \"/etc/wschat/cert.pem\"\n");
+    let (st, err) = Server::refuse(&["--config", &path, "--no-persist"]);
+    assert!(!st.success());
+    let want = "the following required arguments were not provided: --tls-key (with --tls-cert)";
+    assert!(err.contains(&format!("{path}: {want}")), "{err}");
+    let path = write(&dir, "motd = \"hi\"\n");
+    let (st, err) = Server::refuse(&["--config", &path, "--tls-cert", "c.pem", "--no-persist"]);
+    assert!(!st.success());
+    assert!(err.contains(want) && !err.contains(&path), "{err}");
     let (st, err) = Server::refuse(&["--config", "/nonexistent/wschat.toml", "--no-persist"]);
     assert!(!st.success());
     assert!(

@@ -61,6 +61,10 @@ fn nearest(name: &str) -> Option<&'static str> {
         .map(|(_, l)| l)
 }
 
+/// The flags that mean something to `wschat account` (it opens the store
+/// in `--data-dir`, which `--config` may set).
+const ACCOUNT_FLAGS: &[&str] = &["data-dir", "config"];
+
 /// Reads the command line (program name first). The values are checked
 /// by their parsers when the configuration is put together.
 pub fn parse_args(args: &[std::ffi::OsString]) -> Result<Args, UsageError> {
@@ -70,27 +74,20 @@ pub fn parse_args(args: &[std::ffi::OsString]) -> Result<Args, UsageError> {
     // the name.
     let mut sub: Vec<String> = Vec::new();
     let mut op = false;
+    // After `--`, every word is a positional one (`account add -- -bob`:
+    // a nick may start with a dash).
+    let mut positional_only = false;
     let mut words = args.iter().skip(1);
     while let Some(raw) = words.next() {
         let Some(arg) = raw.to_str() else {
             return err(format!("argument is not UTF-8: {raw:?}"));
         };
-        if arg == "-h" || arg == "--help" {
-            out.early = Some(Early::Help(if sub.is_empty() {
-                help()
-            } else {
-                account_help()
-            }));
-            return Ok(out);
+        if arg == "--" && !positional_only {
+            positional_only = true;
+            continue;
         }
-        if arg == "-V" || arg == "--version" {
-            out.early = Some(Early::Version);
-            return Ok(out);
-        }
-        let Some(name) = arg.strip_prefix("--") else {
-            if arg.starts_with('-') && arg.len() > 1 {
-                return err(format!("unexpected argument '{arg}' found"));
-            }
+        let flag_like = !positional_only && arg.starts_with('-') && arg.len() > 1;
+        if !flag_like {
             let ok = match sub.len() {
                 0 => arg == "account",
                 1 => arg == "add" || arg == "passwd",
@@ -107,6 +104,21 @@ pub fn parse_args(args: &[std::ffi::OsString]) -> Result<Args, UsageError> {
             }
             sub.push(arg.to_owned());
             continue;
+        }
+        if arg == "-h" || arg == "--help" {
+            out.early = Some(Early::Help(if sub.is_empty() {
+                help()
+            } else {
+                account_help()
+            }));
+            return Ok(out);
+        }
+        if arg == "-V" || arg == "--version" {
+            out.early = Some(Early::Version);
+            return Ok(out);
+        }
+        let Some(name) = arg.strip_prefix("--") else {
+            return err(format!("unexpected argument '{arg}' found"));
         };
         let (name, inline) = match name.split_once('=') {
             Some((n, v)) => (n, Some(v.to_owned())),
@@ -122,6 +134,14 @@ pub fn parse_args(args: &[std::ffi::OsString]) -> Result<Args, UsageError> {
             });
             return err(format!("unexpected argument '--{name}' found{tip}"));
         };
+        // The account commands read only where the store is: a server
+        // flag after `account` would be taken and silently unused.
+        if !sub.is_empty() && !ACCOUNT_FLAGS.contains(&f.long) {
+            return err(format!(
+                "'--{}' is a server flag; 'wschat account' takes --data-dir, --config and, with add, --op",
+                f.long
+            ));
+        }
         if !matches!(f.kind, Kind::List(..)) && out.given.contains_key(f.long) {
             return err(format!(
                 "the argument '{}' cannot be used multiple times",
@@ -255,7 +275,14 @@ fn account_help() -> String {
     s.push_str(
         "\nUsage: wschat [--data-dir DIR] account <COMMAND>\n\nCommands:\n  add NAME [--op]  \
          Create an account (--op: a server operator)\n  passwd NAME      Set an account's \
-         password (ends all its sessions)\n",
+         password (ends all its sessions)\n\n",
+    );
+    wrap(
+        &mut s,
+        "A NAME that starts with '-' comes after '--' (wschat account add -- -bob). \
+         After 'account', only --data-dir and --config are taken.",
+        0,
+        80,
     );
     s
 }

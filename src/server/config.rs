@@ -1115,6 +1115,31 @@ mod tests {
         assert!(parse(&["account", "add"]).is_err());
         assert!(parse(&["account", "remove", "x"]).is_err());
         assert!(parse(&["--op"]).is_err());
+        // A nick may start with a dash: after `--` it is the name.
+        let c = parse(&["account", "add", "--op", "--", "-bob"]).unwrap();
+        assert!(matches!(
+            c.command,
+            Some(Command::Account(AccountCommand::Add { ref name, op: true })) if name == "-bob"
+        ));
+        assert!(parse(&["account", "add", "-bob"]).is_err());
+        // A server flag after `account` would go unused: refused.
+        let e = parse(&["account", "add", "bob", "--tls-cert", "c.pem"])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("'--tls-cert' is a server flag"), "{e}");
+        assert!(
+            parse(&[
+                "--tls-cert",
+                "c.pem",
+                "--tls-key",
+                "k.pem",
+                "account",
+                "passwd",
+                "bob"
+            ])
+            .is_ok()
+        );
     }
 
     #[test]

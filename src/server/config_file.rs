@@ -38,8 +38,9 @@ pub enum ConfigError {
         line: usize,
         message: String,
     },
-    /// The settings together are refused (e.g. `tls-cert` without `tls-key`).
-    Whole(Option<PathBuf>, String),
+    /// A fault of the file's settings with no one line to name (e.g.
+    /// `tls-cert` in the file, and `tls-key` nowhere).
+    File(PathBuf, String),
 }
 
 impl fmt::Display for ConfigError {
@@ -54,10 +55,7 @@ impl fmt::Display for ConfigError {
                 line,
                 message,
             } => write!(f, "{}:{line}: {message}", path.display()),
-            ConfigError::Whole(Some(p), m) => {
-                write!(f, "{} with the command line: {m}", p.display())
-            }
-            ConfigError::Whole(None, m) => write!(f, "{m}"),
+            ConfigError::File(p, m) => write!(f, "{}: {m}", p.display()),
         }
     }
 }
@@ -138,6 +136,8 @@ pub fn load_with(
     }
     let mut cfg = Config::defaults();
     let mut values = BTreeMap::new();
+    // Each setting given: whether it came from the file.
+    let mut in_file = BTreeMap::new();
     for f in FLAGS {
         // Where the words come from, for the error.
         let (words, from) = if let Some(w) = cli.given.get(f.long) {
@@ -152,12 +152,13 @@ pub fn load_with(
         // The file's values were checked with their line; the others here.
         f.apply(&mut cfg, &words).map_err(|m| {
             let w = words.last().map_or("", String::as_str);
-            match from {
-                "file" => ConfigError::Whole(path.clone(), invalid(f, w, &m)),
-                "env" => ConfigError::Usage(format!("{}: {}", f.env(), invalid(f, w, &m))),
+            match (from, &path) {
+                ("file", Some(p)) => ConfigError::File(p.clone(), invalid(f, w, &m)),
+                ("env", _) => ConfigError::Usage(format!("{}: {}", f.env(), invalid(f, w, &m))),
                 _ => ConfigError::Usage(invalid(f, w, &m)),
             }
         })?;
+        in_file.insert(f.long, from == "file");
         values.insert(f.long, words);
     }
     for f in FLAGS {
@@ -168,10 +169,13 @@ pub fn load_with(
                     "the following required arguments were not provided: --{other} (with --{})",
                     f.long
                 );
-                return Err(if path.is_some() {
-                    ConfigError::Whole(path.clone(), m)
-                } else {
-                    ConfigError::Usage(m)
+                // The file's fault when it set the one missing its pair;
+                // otherwise the command line's (or the environment's).
+                return Err(match &path {
+                    Some(p) if in_file.get(f.long).copied().unwrap_or(false) => {
+                        ConfigError::File(p.clone(), m)
+                    }
+                    _ => ConfigError::Usage(m),
                 });
             }
         }
@@ -196,8 +200,10 @@ impl Source {
             }
             if f.live {
                 // Parsed once already by `load`: cannot fail here.
-                f.apply(cur, now)
-                    .map_err(|m| ConfigError::Whole(src.path.clone(), m))?;
+                f.apply(cur, now).map_err(|m| match &src.path {
+                    Some(p) => ConfigError::File(p.clone(), m),
+                    None => ConfigError::Usage(m),
+                })?;
                 self.values.insert(f.long, now.clone());
                 out.applied.push(f.long.to_owned());
             } else {
