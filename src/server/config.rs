@@ -107,6 +107,7 @@ pub struct Config {
     pub no_persist: bool,
     pub fsync: bool,
     pub max_disk: usize,
+    pub max_audit_rows: u64,
     pub no_uploads: bool,
     pub max_upload_size: usize,
     pub max_upload_disk: usize,
@@ -689,6 +690,15 @@ pub static FLAGS: &[Flag] = &[
         text and nick bytes plus 64 for its row and index entries. 0: none.",
         |c, v| put(&mut c.max_disk, parse_size(v)),
     ),
+    one(
+        "max-audit-rows",
+        "N",
+        "100000",
+        "The moderation audit log (the store's `audit` table: who banned, \
+        kicked, muted, appointed whom) keeps its newest N entries; older ones are deleted as \
+        new ones come. 0: every entry.",
+        |c, v| put(&mut c.max_audit_rows, parse_num(v, 0, u64::MAX)),
+    ),
     switch(
         "no-uploads",
         "Images: turn uploads off (`POST /upload` answers 404).",
@@ -960,6 +970,7 @@ impl Config {
             no_persist: false,
             fsync: false,
             max_disk: 0,
+            max_audit_rows: 0,
             no_uploads: false,
             max_upload_size: 0,
             max_upload_disk: 0,

@@ -379,7 +379,7 @@ impl Server {
                 .unwrap_or(0),
         );
         let storage = if cfg.no_persist {
-            Some(storage::Storage::memory())
+            Some(storage::Storage::memory(cfg.max_audit_rows))
         } else {
             let now = Now {
                 mono_ms: 0,

@@ -274,6 +274,7 @@ impl Storage {
                     per_room: cfg.history() as u64,
                     max_bytes: cfg.max_disk as u64,
                 }),
+                audit_rows: cfg.max_audit_rows,
                 fault_file: cfg.fault_file.clone(),
             },
         )
@@ -325,12 +326,15 @@ impl Storage {
     /// With --no-persist: a store in memory, for the accounts only (the
     /// chat keeps its rooms in memory itself), so that account changes go
     /// through the same commit-then-answer path.
-    pub fn memory() -> Storage {
+    pub fn memory(audit_rows: u64) -> Storage {
         Storage {
-            store: Box::new(MemoryStore::new(Limits {
-                per_room: 0,
-                max_bytes: 0,
-            })),
+            store: Box::new(
+                MemoryStore::new(Limits {
+                    per_room: 0,
+                    max_bytes: 0,
+                })
+                .with_audit_rows(audit_rows),
+            ),
             retry: Vec::new(),
             failing: false,
             commits: 0,

@@ -27,6 +27,8 @@ pub struct MemoryStore {
     sessions: Vec<SessionRow>,
     bans: Vec<BanRow>,
     audit: Vec<AuditRow>,
+    /// As [`super::sqlite::Options::audit_rows`] (0: every row).
+    audit_rows: usize,
     moderators: std::collections::BTreeSet<(String, String)>,
     topics: BTreeMap<String, String>,
     creators: BTreeMap<String, String>,
@@ -40,6 +42,12 @@ pub struct MemoryStore {
 }
 
 impl MemoryStore {
+    /// Keeps the newest `n` audit rows (0: every row).
+    pub fn with_audit_rows(mut self, n: u64) -> MemoryStore {
+        self.audit_rows = usize::try_from(n).unwrap_or(usize::MAX);
+        self
+    }
+
     pub fn new(limits: Limits) -> MemoryStore {
         MemoryStore {
             rooms: BTreeMap::new(),
@@ -50,6 +58,7 @@ impl MemoryStore {
             sessions: Vec::new(),
             bans: Vec::new(),
             audit: Vec::new(),
+            audit_rows: 0,
             moderators: Default::default(),
             topics: BTreeMap::new(),
             creators: BTreeMap::new(),
@@ -540,6 +549,10 @@ impl Store for MemoryStore {
         self.mutes = mutes;
         self.slow = slow;
         self.audit.extend(audit);
+        if self.audit_rows > 0 && self.audit.len() > self.audit_rows {
+            let over = self.audit.len() - self.audit_rows;
+            self.audit.drain(..over);
+        }
         let mut trimmed: BTreeMap<String, u64> = BTreeMap::new();
         touched.sort();
         touched.dedup();

@@ -191,6 +191,9 @@ pub struct Options {
     /// `synchronous=FULL`: every commit reaches the disk before it returns.
     pub fsync: bool,
     pub limits: Option<Limits>,
+    /// The audit log keeps its newest this many rows (older ones are
+    /// deleted as new ones come); 0: every row.
+    pub audit_rows: u64,
     /// Fault injection for tests: while this file exists, every commit
     /// fails after its writes (which are rolled back).
     pub fault_file: Option<PathBuf>,
@@ -204,6 +207,7 @@ pub struct SqliteStore {
     /// Sum of `rooms.bytes`.
     bytes: u64,
     limits: Limits,
+    audit_rows: u64,
     fault_file: Option<PathBuf>,
     /// The WAL's size in pages after the last commit, from the WAL hook.
     wal_pages: Arc<AtomicI32>,
@@ -355,6 +359,7 @@ impl SqliteStore {
                 per_room: u64::MAX,
                 max_bytes: 0,
             }),
+            audit_rows: opts.audit_rows,
             fault_file: opts.fault_file,
             wal_pages: Arc::new(AtomicI32::new(0)),
             _lock: lock,
@@ -733,6 +738,7 @@ impl Store for SqliteStore {
         let mut undo: Vec<(String, Option<i64>)> = Vec::new();
         let mut bytes = self.bytes;
         let limits = self.limits;
+        let audit_rows = self.audit_rows;
         let fault = self.fault_file.as_ref().is_some_and(|f| f.exists());
         let path = self.path.clone();
         let tx = self.conn.transaction().map_err(|e| {
@@ -1087,6 +1093,15 @@ impl Store for SqliteStore {
                             target,
                             detail
                         ])?;
+                        // `seq` only grows (the newest row is never
+                        // deleted), so the newest `audit_rows` are those
+                        // above this one.
+                        if audit_rows > 0 {
+                            tx.prepare_cached("DELETE FROM audit WHERE seq <= ?1")?
+                                .execute([tx
+                                    .last_insert_rowid()
+                                    .saturating_sub(int(audit_rows))])?;
+                        }
                     }
                 }
             }

@@ -535,3 +535,39 @@ fn sqlite_store_reads() {
     let d = Dir::new("reads");
     reads(&mut SqliteStore::open(&d.0, Options::default()).unwrap());
 }
+
+/// The audit log keeps its newest `audit_rows` entries, whether they come
+/// one per commit or several in one.
+fn audit_cap(s: &mut dyn Store) {
+    let entry = |ts: u64| Op::Audit {
+        ts,
+        actor: "boss",
+        action: "ban",
+        room: "r",
+        target: "t",
+        detail: "",
+    };
+    for ts in 1..=4 {
+        s.commit(&[entry(ts)]).unwrap();
+    }
+    s.commit(&[entry(5), entry(6)]).unwrap();
+    let kept: Vec<u64> = s.audit(100).unwrap().iter().map(|a| a.ts).collect();
+    assert_eq!(kept, [6, 5, 4], "newest first, three kept");
+}
+
+#[test]
+fn memory_store_audit_cap() {
+    audit_cap(&mut MemoryStore::new(LIMITS).with_audit_rows(3));
+}
+
+#[test]
+fn sqlite_store_audit_cap() {
+    let d = Dir::new("audit");
+    let opts = || Options {
+        audit_rows: 3,
+        ..Options::default()
+    };
+    audit_cap(&mut SqliteStore::open(&d.0, opts()).unwrap());
+    let mut s = SqliteStore::open(&d.0, opts()).unwrap();
+    assert_eq!(s.audit(100).unwrap().len(), 3, "after reopening");
+}
