@@ -1316,11 +1316,14 @@
   // clicked, scrolls to it when the room's list holds it, else opens the
   // history around it (`history` with `around`, paged with `before` and
   // `after`) in place of the live list, with a way back to the latest.
+  // A private conversation between accounts is searched the same way
+  // (`search` with `with`): kept only when both sides are logged in.
   const SEARCH_CONTEXT = 1;
-  const search = { room: null, query: '', results: [], complete: true, loading: false, error: '' };
+  const search = { room: null, with: null, key: null, query: '', results: [], complete: true, loading: false, error: '' };
+  const searchable = (conv) => !!conv && (conv.kind === 'room' || (conv.kind === 'dm' && !!state.account));
   function openSearch() {
     const conv = activeConv();
-    if (!conv || conv.kind !== 'room') return;
+    if (!searchable(conv)) return;
     $('search-panel').hidden = false;
     $('search-toggle').setAttribute('aria-expanded', 'true');
     $('search-input').focus();
@@ -1328,18 +1331,20 @@
   function closeSearch() {
     $('search-panel').hidden = true;
     $('search-toggle').setAttribute('aria-expanded', 'false');
-    Object.assign(search, { room: null, query: '', results: [], complete: true, loading: false, error: '' });
+    Object.assign(search, { room: null, with: null, key: null, query: '', results: [], complete: true, loading: false, error: '' });
     renderSearch();
   }
   function runSearch(more) {
     const conv = activeConv();
-    if (!conv || conv.kind !== 'room' || !conv.joined) return;
+    if (!searchable(conv) || (conv.kind === 'room' && !conv.joined)) return;
     if (!more) {
       const q = $('search-input').value.trim();
       if (!q) return;
-      Object.assign(search, { room: conv.name, query: q, results: [], complete: true, error: '' });
+      const room = conv.kind === 'room' ? conv.name : null;
+      Object.assign(search, { room, with: room ? null : conv.name, key: conv.key, query: q, results: [], complete: true, error: '' });
     }
-    const frame = { type: 'search', room: search.room, query: search.query, limit: 20, context: SEARCH_CONTEXT, ref: nextRef('s') };
+    const frame = search.room ? { type: 'search', room: search.room } : { type: 'search', with: search.with };
+    Object.assign(frame, { query: search.query, limit: 20, context: SEARCH_CONTEXT, ref: nextRef('s') });
     if (more && search.results.length) frame.before = search.results[search.results.length - 1].id;
     search.loading = send(frame, { expect: { kind: 'search', room: search.room } });
     if (!search.loading) search.error = 'You are offline; try again once connected.';
@@ -1347,7 +1352,8 @@
   }
   function onSearch(m) {
     settle(m.ref);
-    if (String(m.room) !== search.room || String(m.query) !== search.query) return;
+    const mine = search.room ? String(m.room) === search.room : typeof m.with === 'string' && lc(m.with) === lc(search.with || '');
+    if (!mine || String(m.query) !== search.query) return;
     const list = Array.isArray(m.messages) ? m.messages.filter(validMessage) : [];
     const ctx = (v) => (Array.isArray(v) ? v.filter(validMessage) : []);
     search.results.push(...list.map((h) => ({ ...h, before: ctx(h.context_before), after: ctx(h.context_after) })));
@@ -1379,7 +1385,7 @@
   function renderSearch() {
     const ul = $('search-results');
     ul.replaceChildren(...search.results.map((r) => el('li', { class: 'search-hit', 'data-testid': 'search-result', 'data-id': r.id },
-      el('button', { type: 'button', class: 'search-hit-btn', onclick: () => jumpTo(search.room, r.id),
+      el('button', { type: 'button', class: 'search-hit-btn', onclick: () => (search.room ? jumpTo(search.room, r.id) : jumpToDm(search.with, r.id)),
         'aria-label': `${r.from}, ${fullFmt.format(r.ts)}: ${r.text}. Show in the conversation` },
         ...r.before.map(contextLine),
         el('span', { class: 'search-match' },
@@ -1390,10 +1396,19 @@
           highlighted(String(r.text), search.query)),
         ...r.after.map(contextLine)))));
     const n = search.results.length;
+    const where = search.room ? `in #${search.room}` : `with ${search.with}`;
     $('search-status').textContent = search.error || (search.loading ? 'Searching…'
-      : !search.room ? '' : n ? `${n}${search.complete ? '' : '+'} ${n === 1 ? 'message' : 'messages'} in #${search.room}`
-        : `No message in #${search.room} matches “${search.query}”.`);
+      : !search.key ? '' : n ? `${n}${search.complete ? '' : '+'} ${n === 1 ? 'message' : 'messages'} ${where}`
+        : `No message ${where} matches “${search.query}”.`);
     $('search-more').hidden = search.complete || search.loading || !n;
+  }
+  // A DM hit: its conversation pages older history until the hit shows.
+  function jumpToDm(nick, id) {
+    const conv = dmConv(nick, false);
+    if (!conv) return;
+    if (state.active !== conv.key) switchConv(conv.key);
+    conv.jumpTo = id;
+    continueJump(conv);
   }
   function jumpTo(room, id) {
     const conv = roomConv(room, false);
@@ -1716,8 +1731,9 @@
     }
     $('leave-btn').hidden = false;
     $('members-toggle').hidden = conv.kind !== 'room';
-    $('search-toggle').hidden = conv.kind !== 'room';
-    if (conv.kind !== 'room' || (search.room && search.room !== conv.name)) closeSearch();
+    $('search-toggle').hidden = !searchable(conv);
+    $('search-toggle').setAttribute('aria-label', conv.kind === 'room' ? 'Search this room' : 'Search this conversation');
+    if (!searchable(conv) || (search.key && search.key !== conv.key)) closeSearch();
     if (ctxView.room && (conv.kind !== 'room' || ctxView.room !== conv.name)) closeContext();
     renderNotify();
   }
@@ -1958,7 +1974,7 @@
     if (p) cls.push(p.state);
     const li = el('li', {
       class: cls.join(' '), 'data-key': e.k, 'data-testid': 'message',
-      'data-id': e.kind === 'msg' && conv.kind === 'room' ? m.id : null,
+      'data-id': e.kind === 'msg' && (conv.kind === 'room' || m.srv === true) ? m.id : null,
       'data-from': m.from, 'data-state': p ? p.state : 'sent',
     });
     const time = el('time', { datetime: new Date(m.ts).toISOString(), title: fullFmt.format(m.ts), text: timeFmt.format(m.ts) });
@@ -3088,6 +3104,7 @@
     scheduleRender(conv, toMarker ? { toMarker: true } : { keepAnchor: !first });
     renderSidebar();
     updateTitle();
+    if (conv.jumpTo) continueJump(conv);
   }
 
   function onDmHistoryError(exp, code, human) {

@@ -471,3 +471,106 @@ fn a_dm_reaches_exactly_the_connections_logged_in_to_the_account() {
     send(&mut moved, json!({"type":"rooms","ref":"sync2"}));
     assert_eq!(recv_type(&mut moved, "rooms")["ref"], "sync2");
 }
+
+/// `search` with `with` (extension): the logged-in account's DM
+/// conversation with that account, newest first, as `dm` objects (with
+/// `context` their neighbours), found again after a SIGKILL; a guest, an
+/// unknown account, and a third account (whose conversation with alice is
+/// another) find nothing of it.
+#[test]
+fn dm_search_finds_the_accounts_own_conversation_across_a_kill() {
+    let dir = TempDir::new("dm-search");
+    let s = start(dir.path(), &[]);
+    let (mut alice, alice_tok) = registered(&s, "alice");
+    let (mut bob, _) = registered(&s, "Bob");
+    let (mut carol, _) = registered(&s, "carol");
+    for (from_alice, text) in [
+        (true, "pizza tonight?"),
+        (false, "sure, after eight"),
+        (true, "the usual pizza place"),
+        (false, "see you"),
+    ] {
+        let (ws, to) = if from_alice {
+            (&mut alice, "bob")
+        } else {
+            (&mut bob, "alice")
+        };
+        let v = ask(ws, json!({"type":"dm","to":to,"text":text}), "d");
+        assert_eq!(v["type"], "dm", "{v}");
+    }
+    let search = |ws: &mut Ws, req: Value| ask(ws, req, "s");
+    let want = |v: &Value| {
+        assert_eq!(
+            (&v["type"], &v["with"]),
+            (&json!("search"), &json!("Bob")),
+            "{v}"
+        );
+        assert!(v.get("room").is_none(), "{v}");
+        assert_eq!(v["complete"], true);
+        let hits: Vec<(u64, &str, &str)> = v["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                assert_eq!(m["type"], "dm", "{m}");
+                (
+                    m["id"].as_u64().unwrap(),
+                    m["from"].as_str().unwrap(),
+                    m["to"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(hits, [(3, "alice", "Bob"), (1, "alice", "Bob")]);
+    };
+    let v = search(
+        &mut alice,
+        json!({"type":"search","with":"BOB","query":"pizza","context":1}),
+    );
+    want(&v);
+    let hit = &v["messages"][0];
+    assert_eq!(
+        hit["context_before"][0]["text"], "sure, after eight",
+        "{hit}"
+    );
+    assert_eq!(hit["context_after"][0]["text"], "see you", "{hit}");
+    let v = search(
+        &mut carol,
+        json!({"type":"search","with":"alice","query":"pizza"}),
+    );
+    assert_eq!(
+        (&v["with"], &v["messages"]),
+        (&json!("alice"), &json!([])),
+        "{v}"
+    );
+    let v = search(
+        &mut carol,
+        json!({"type":"search","with":"nobody","query":"pizza"}),
+    );
+    assert_eq!(v["code"], "no_such_account", "{v}");
+    let v = search(
+        &mut carol,
+        json!({"type":"search","room":"r","with":"alice","query":"x"}),
+    );
+    assert_eq!(
+        v["code"], "invalid",
+        "room and with exclude each other: {v}"
+    );
+    let mut guest = connect_as(&s, "guest");
+    let v = search(
+        &mut guest,
+        json!({"type":"search","with":"alice","query":"pizza"}),
+    );
+    assert_eq!(v["code"], "not_logged_in", "{v}");
+    drop((alice, bob, carol, guest));
+
+    let mut s = s;
+    s.signal("KILL");
+    assert!(s.wait_exit(Duration::from_secs(10)).is_some());
+    drop(s);
+    let s = start(dir.path(), &[]);
+    let (mut alice, _) = login(&s, &alice_tok);
+    want(&search(
+        &mut alice,
+        json!({"type":"search","with":"bob","query":"pizza"}),
+    ));
+}

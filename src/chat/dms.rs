@@ -25,9 +25,9 @@ use std::rc::Rc;
 use serde::Serialize;
 
 use super::durable::{Pending, Record};
-use super::protocol::{ChatError, Page, ReadTarget, frame};
-use super::room::{Draft, Msg, RoomName};
-use super::{Chat, ConnId, Now, Outbox, archive, send_error};
+use super::protocol::{ChatError, Page, Target, frame};
+use super::room::{Draft, Msg, Room, RoomName};
+use super::{Chat, ConnId, Hit, Now, Outbox, archive, send_error};
 
 /// Whether a room name is a DM conversation's.
 pub fn is_dm(name: &str) -> bool {
@@ -132,6 +132,30 @@ struct DmOut<'a> {
     text: &'a str,
     ts: u64,
     id: u64,
+    #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+    r#ref: Option<&'a str>,
+}
+
+/// A DM `search` hit: the `dm`, and with `context` its neighbours.
+#[derive(Serialize)]
+struct DmHitOut<'a> {
+    #[serde(flatten)]
+    msg: DmOut<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    context_before: Option<Vec<DmOut<'a>>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    context_after: Option<Vec<DmOut<'a>>>,
+}
+
+#[derive(Serialize)]
+struct DmSearchOut<'a> {
+    #[serde(rename = "type")]
+    ty: &'static str,
+    with: &'a str,
+    query: &'a str,
+    /// Newest first.
+    messages: Vec<DmHitOut<'a>>,
+    complete: bool,
     #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
     r#ref: Option<&'a str>,
 }
@@ -422,6 +446,70 @@ impl Chat {
         Ok(())
     }
 
+    /// The conversation a DM `search` (`with`) is about: the logged-in
+    /// account's with the account `with`; None when never written in.
+    pub(super) fn dm_conversation(
+        &self,
+        conn: ConnId,
+        with: &str,
+    ) -> Result<Option<u32>, ChatError> {
+        let key = self.account_of(conn).ok_or(ChatError::NotLoggedIn)?;
+        let peer = with.to_ascii_lowercase();
+        if !self.is_registered(&peer) {
+            return Err(ChatError::NoSuchAccount);
+        }
+        Ok(self.room_index(conv_name(&key, &peer).as_str()))
+    }
+
+    /// A DM `search`'s answer: `search` with `with` (the account's name as
+    /// registered) in place of `room`, and each hit (and its context) a
+    /// kept `dm`, as `dm_history` has them.
+    pub(super) fn dm_search_out<'h>(
+        &'h self,
+        with: &str,
+        room: Option<&'h Room>,
+        query: &str,
+        hits: &[Hit<'h>],
+        complete: bool,
+        r: Option<&str>,
+    ) -> Rc<[u8]> {
+        let (a, b) = room
+            .and_then(|room| parties(&room.name))
+            .unwrap_or_default();
+        let (name_a, name_b) = (self.shown(a), self.shown(b));
+        let dm = |m: &'h Msg| DmOut {
+            ty: "dm",
+            from: &m.from,
+            to: if m.from.eq_ignore_ascii_case(a) {
+                name_b
+            } else {
+                name_a
+            },
+            text: &m.text,
+            ts: m.ts,
+            id: m.id,
+            r#ref: None,
+        };
+        let side =
+            |v: &Option<Vec<&'h Msg>>| v.as_ref().map(|v| v.iter().map(|&m| dm(m)).collect());
+        let peer = with.to_ascii_lowercase();
+        frame(&DmSearchOut {
+            ty: "search",
+            with: self.shown(&peer),
+            query,
+            messages: hits
+                .iter()
+                .map(|(m, before, after)| DmHitOut {
+                    msg: dm(m),
+                    context_before: side(before),
+                    context_after: side(after),
+                })
+                .collect(),
+            complete,
+            r#ref: r,
+        })
+    }
+
     /// The `read` frame for `key`'s position in `room`.
     fn read_frame(&self, room: &str, key: &str, id: u64, r: Option<&str>) -> Rc<[u8]> {
         let dm = is_dm(room);
@@ -440,18 +528,18 @@ impl Chat {
     pub(super) fn read(
         &mut self,
         conn: ConnId,
-        target: ReadTarget,
+        target: Target,
         id: u64,
         r: Option<&str>,
         out: &mut dyn Outbox,
     ) -> Result<(), ChatError> {
         let key = self.account_of(conn).ok_or(ChatError::NotLoggedIn)?;
         let name = match target {
-            ReadTarget::Room(room) => {
+            Target::Room(room) => {
                 let idx = self.joined_room(conn, &room)?;
                 room_name_of(self, idx)
             }
-            ReadTarget::Dm(peer) => {
+            Target::Dm(peer) => {
                 let peer = peer.to_ascii_lowercase();
                 if !self.is_registered(&peer) {
                     return Err(ChatError::NoSuchAccount);

@@ -24,7 +24,7 @@ use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 
 use nick::{Nick, NickIndex};
-use protocol::{ChatError, HitOut, MsgOut, Out, Page, Parsed, Request, RoomInfo, frame};
+use protocol::{ChatError, HitOut, MsgOut, Out, Page, Parsed, Request, RoomInfo, Target, frame};
 use rate::{Bucket, BucketTable, Verdict};
 use room::{Members, Msg, Order, Room, RoomIndex, Span};
 
@@ -821,12 +821,12 @@ impl Chat {
                 Ok(())
             }
             Request::Search {
-                room,
+                target,
                 query,
                 before,
                 limit,
                 context,
-            } => self.search(conn, &room, &query, (before, limit, context), r, out),
+            } => self.search(conn, &target, &query, (before, limit, context), r, out),
             Request::Register { nick, password } => self.register(conn, nick, password, r, now),
             Request::Login(creds) => self.login(conn, creds, r, now, out),
             Request::Logout { all } => self.logout(conn, all, r),
@@ -1359,18 +1359,27 @@ impl Chat {
 
     /// `search`: in the store when durable, else in the kept messages
     /// (every word, ignoring case, as a substring). With `context`, each hit
-    /// comes with up to that many kept messages on each side.
+    /// comes with up to that many kept messages on each side. A room must
+    /// be joined; a DM conversation (extension) is the logged-in account's
+    /// with `with`, answered with `with` and its messages as `dm` objects.
     fn search(
         &mut self,
         conn: ConnId,
-        name: &str,
+        target: &Target,
         query: &str,
         (before, limit, context): (Option<u64>, u64, u64),
         r: Option<&str>,
         out: &mut dyn Outbox,
     ) -> Result<(), ChatError> {
-        let idx = self.joined_room(conn, name)?;
-        let Some(room) = self.room(idx) else {
+        let idx = match target {
+            Target::Room(name) => Some(self.joined_room(conn, name)?),
+            Target::Dm(with) => self.dm_conversation(conn, with)?,
+        };
+        let Some(room) = idx.and_then(|i| self.room(i)) else {
+            // A DM conversation never written in: nothing to find.
+            if let Target::Dm(with) = target {
+                out.send(conn, &self.dm_search_out(with, None, query, &[], true, r));
+            }
             return Ok(());
         };
         let before = before.unwrap_or(u64::MAX);
@@ -1413,35 +1422,45 @@ impl Chat {
                 around.push((span, loaded));
             }
         }
-        let messages = found
+        // (hit, the kept messages before it, after it), oldest first.
+        let hits: Vec<Hit<'_>> = found
             .iter()
             .enumerate()
             .map(|(i, m)| {
                 let (before, after) = match around.get(i) {
                     Some((span, loaded)) => {
-                        let page = page_out(room, *span, loaded.as_deref());
-                        let (b, a): (Vec<_>, Vec<_>) = page
-                            .into_iter()
-                            .filter(|x| x.id != m.id)
-                            .partition(|x| x.id < m.id);
+                        let (b, a): (Vec<&Msg>, Vec<&Msg>) =
+                            span_msgs(room, *span, loaded.as_deref())
+                                .into_iter()
+                                .filter(|x| x.id != m.id)
+                                .partition(|x| x.id < m.id);
                         (Some(b), Some(a))
                     }
                     None => (None, None),
                 };
-                HitOut {
-                    msg: MsgOut::new(&room.name, m, None),
-                    context_before: before,
-                    context_after: after,
-                }
+                (m, before, after)
             })
             .collect();
-        let f = frame(&Out::Search {
-            room: &room.name,
-            query,
-            messages,
-            complete,
-            r#ref: r,
-        });
+        let f = match target {
+            Target::Dm(with) => self.dm_search_out(with, Some(room), query, &hits, complete, r),
+            Target::Room(_) => {
+                let messages = hits
+                    .iter()
+                    .map(|(m, b, a)| HitOut {
+                        msg: MsgOut::new(&room.name, m, None),
+                        context_before: msgs_out(&room.name, b),
+                        context_after: msgs_out(&room.name, a),
+                    })
+                    .collect();
+                frame(&Out::Search {
+                    room: &room.name,
+                    query,
+                    messages,
+                    complete,
+                    r#ref: r,
+                })
+            }
+        };
         out.send(conn, &f);
         Ok(())
     }
@@ -1471,16 +1490,34 @@ fn archive(out: &mut dyn Outbox, room: &str, span: Span) -> Result<Vec<Msg>, Cha
 /// The `message` objects of a span: read from the store (`loaded`) or from
 /// the room's window.
 fn page_out<'a>(room: &'a Room, span: Span, loaded: Option<&'a [Msg]>) -> Vec<MsgOut<'a>> {
+    span_msgs(room, span, loaded)
+        .into_iter()
+        .map(|m| MsgOut::new(&room.name, m, None))
+        .collect()
+}
+
+/// The messages of `span`: those `loaded` from the store, else the room's
+/// kept window.
+fn span_msgs<'a>(room: &'a Room, span: Span, loaded: Option<&'a [Msg]>) -> Vec<&'a Msg> {
     match loaded {
-        Some(v) => v.iter().map(|m| MsgOut::new(&room.name, m, None)).collect(),
+        Some(v) => v.iter().collect(),
         None => room
             .window(span.lo, span.hi)
             .into_iter()
             .flatten()
-            .map(|m| MsgOut::new(&room.name, m, None))
             .collect(),
     }
 }
+
+/// A hit's context as `message` objects.
+fn msgs_out<'a>(room: &'a str, v: &Option<Vec<&'a Msg>>) -> Option<Vec<MsgOut<'a>>> {
+    v.as_ref()
+        .map(|v| v.iter().map(|&m| MsgOut::new(room, m, None)).collect())
+}
+
+/// A `search` hit, with the kept messages before and after it when
+/// `context` asked for them.
+type Hit<'a> = (&'a Msg, Option<Vec<&'a Msg>>, Option<Vec<&'a Msg>>);
 
 fn send_error(out: &mut dyn Outbox, conn: ConnId, r: Option<&str>, e: &ChatError) {
     let f = frame(&Out::Error {

@@ -371,9 +371,10 @@ pub enum Request {
         limit: u64,
     },
     Rooms,
-    /// Extension: full-text search of a joined room's history.
+    /// Extension: full-text search of a joined room's history, or of the
+    /// DM conversation with an account.
     Search {
-        room: String,
+        target: Target,
         query: String,
         before: Option<u64>,
         limit: u64,
@@ -458,7 +459,7 @@ pub enum Request {
     /// Extension (read positions): the account has read up to `id` of a
     /// room or of a DM conversation.
     Read {
-        target: ReadTarget,
+        target: Target,
         id: u64,
     },
     /// Extension (moderation, operators): ban `nick` (and its account, and
@@ -489,9 +490,10 @@ pub enum Credentials {
     Token([u8; 32]),
 }
 
-/// What a `read` is about.
+/// What a `read` or a `search` is about: a room, or (extension) a DM
+/// conversation.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ReadTarget {
+pub enum Target {
     Room(String),
     /// The DM conversation with this account.
     Dm(String),
@@ -587,6 +589,17 @@ impl Kind {
 
 fn invalid(field: &'static str, reason: Reason) -> ChatError {
     ChatError::Invalid { field, reason }
+}
+
+/// `room` or `with`, exactly one (`room` checked first): a `read` or a
+/// `search` of a room or of the DM conversation with an account.
+fn target(map: &mut Map<String, Value>) -> Result<Target, ChatError> {
+    match (opt_room(map)?, nick_field(map, "with")?) {
+        (Some(_), Some(_)) => Err(invalid("with", Reason::Excludes("room"))),
+        (Some(r), None) => Ok(Target::Room(r)),
+        (None, Some(w)) => Ok(Target::Dm(w)),
+        (None, None) => Err(invalid("room", Reason::Missing)),
+    }
 }
 
 /// An optional `room` (a `ban` or `unban` without one is server-wide).
@@ -838,7 +851,7 @@ fn request(
         }
         Kind::Rooms => Request::Rooms,
         Kind::Search => {
-            let room = room(map)?;
+            let target = target(map)?;
             let query = string(map, "query")?;
             if validate::check_text(&query, validate::MAX_QUERY_CHARS).is_err() {
                 return Err(invalid("query", Reason::Query));
@@ -848,7 +861,7 @@ fn request(
                 .unwrap_or(validate::DEFAULT_SEARCH_LIMIT);
             let context = opt_int(map, "context", 0, validate::MAX_SEARCH_CONTEXT)?.unwrap_or(0);
             Request::Search {
-                room,
+                target,
                 query,
                 before,
                 limit,
@@ -929,19 +942,7 @@ fn request(
             Request::DmHistory { with, page, limit }
         }
         Kind::Read => {
-            // `room` or `with`, exactly one (`room` first), then `id`.
-            let room = match take(map, "room") {
-                None => None,
-                Some(Value::String(r)) if validate::valid_room(&r) => Some(r),
-                Some(Value::String(_)) => return Err(invalid("room", Reason::Room)),
-                Some(_) => return Err(invalid("room", Reason::NotString)),
-            };
-            let target = match (room, nick_field(map, "with")?) {
-                (Some(_), Some(_)) => return Err(invalid("with", Reason::Excludes("room"))),
-                (Some(r), None) => ReadTarget::Room(r),
-                (None, Some(w)) => ReadTarget::Dm(w),
-                (None, None) => return Err(invalid("room", Reason::Missing)),
-            };
+            let target = target(map)?;
             let id =
                 opt_int(map, "id", 0, validate::MAX_INT)?.ok_or(invalid("id", Reason::Missing))?;
             Request::Read { target, id }

@@ -556,6 +556,18 @@ async function dmread({ base, ctxOpts, outside }) {
     await seesOnce(finn, 'got it, thanks');
   });
   await shotAll(dora, 'dm-history');
+  await check('dm search: the search box finds a message of a private conversation between accounts', async () => {
+    // dora is in her conversation with finn (the last check sent there).
+    await tid(dora, 'search-toggle').click();
+    await tid(dora, 'search-input').fill('later');
+    await tid(dora, 'search-input').press('Enter');
+    const hit = dora.locator('[data-testid="search-result"]', { hasText: 'kept for later' });
+    await hit.waitFor({ timeout: STEP_TIMEOUT });
+    await dora.waitForFunction(() => /1 message with finn/.test(document.getElementById('search-status')?.textContent || ''), null, { timeout: STEP_TIMEOUT });
+    await hit.locator('button').click();
+    await dora.locator('[data-testid="message"].flash', { hasText: 'kept for later' }).waitFor({ timeout: STEP_TIMEOUT });
+    await tid(dora, 'search-input').press('Escape');
+  });
   await check('read position: after a reload the marker is where the account stopped reading (not this device)', async () => {
     await openRoom(dora, 'readroom');
     await openRoom(finn, 'readroom');
