@@ -415,23 +415,9 @@ impl Chat {
                 .flatten()
                 .collect(),
         };
-        let (a, b) = parties(&room.name).unwrap_or_default();
-        let (name_a, name_b) = (self.shown(a), self.shown(b));
         let messages = msgs
             .into_iter()
-            .map(|m| DmOut {
-                ty: "dm",
-                from: &m.from,
-                to: if m.from.eq_ignore_ascii_case(a) {
-                    name_b
-                } else {
-                    name_a
-                },
-                text: &m.text,
-                ts: m.ts,
-                id: m.id,
-                r#ref: None,
-            })
+            .map(|m| self.kept_dm(&room.name, m))
             .collect();
         let f = frame(&DmHistoryOut {
             ty: "dm_history",
@@ -444,6 +430,25 @@ impl Chat {
         });
         out.send(conn, &f);
         Ok(())
+    }
+
+    /// Message `m` of conversation `conv` as a kept `dm`: `to` is the other
+    /// party's account name.
+    fn kept_dm<'m>(&'m self, conv: &'m str, m: &'m Msg) -> DmOut<'m> {
+        let (a, b) = parties(conv).unwrap_or_default();
+        DmOut {
+            ty: "dm",
+            from: &m.from,
+            to: if m.from.eq_ignore_ascii_case(a) {
+                self.shown(b)
+            } else {
+                self.shown(a)
+            },
+            text: &m.text,
+            ts: m.ts,
+            id: m.id,
+            r#ref: None,
+        }
     }
 
     /// The conversation a DM `search` (`with`) is about: the logged-in
@@ -473,23 +478,8 @@ impl Chat {
         complete: bool,
         r: Option<&str>,
     ) -> Rc<[u8]> {
-        let (a, b) = room
-            .and_then(|room| parties(&room.name))
-            .unwrap_or_default();
-        let (name_a, name_b) = (self.shown(a), self.shown(b));
-        let dm = |m: &'h Msg| DmOut {
-            ty: "dm",
-            from: &m.from,
-            to: if m.from.eq_ignore_ascii_case(a) {
-                name_b
-            } else {
-                name_a
-            },
-            text: &m.text,
-            ts: m.ts,
-            id: m.id,
-            r#ref: None,
-        };
+        let conv = room.map_or("", |room| room.name.as_str());
+        let dm = |m: &'h Msg| self.kept_dm(conv, m);
         let side =
             |v: &Option<Vec<&'h Msg>>| v.as_ref().map(|v| v.iter().map(|&m| dm(m)).collect());
         let peer = with.to_ascii_lowercase();

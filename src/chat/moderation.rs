@@ -703,6 +703,15 @@ impl Chat {
         Ok(())
     }
 
+    /// The nick of `conn` when it may ban (and unban) in `room`, or with
+    /// None server-wide (operators only).
+    fn banner_name(&self, conn: ConnId, room: Option<&str>) -> Result<String, ChatError> {
+        match room {
+            Some(room) => self.moderator_name(conn, room),
+            None => self.operator_name(conn),
+        }
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub(super) fn ban(
         &mut self,
@@ -715,10 +724,7 @@ impl Chat {
         r: Option<&str>,
         now: Now,
     ) -> Result<(), ChatError> {
-        let by = match &room {
-            Some(room) => self.moderator_name(conn, room)?,
-            None => self.operator_name(conn)?,
-        };
+        let by = self.banner_name(conn, room.as_deref())?;
         let target = self.holder(nick);
         let key = nick.to_ascii_lowercase();
         if let Some(room) = &room {
@@ -802,10 +808,7 @@ impl Chat {
         r: Option<&str>,
         now: Now,
     ) -> Result<(), ChatError> {
-        let by = match &room {
-            Some(room) => self.moderator_name(conn, room)?,
-            None => self.operator_name(conn)?,
-        };
+        let by = self.banner_name(conn, room.as_deref())?;
         let room = room.unwrap_or_default();
         let key = nick.to_ascii_lowercase();
         if !self
