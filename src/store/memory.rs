@@ -231,7 +231,9 @@ impl Store for MemoryStore {
         // All or nothing: the account tables change only if every op applies.
         let mut accounts = self.accounts.clone();
         let mut sessions = self.sessions.clone();
-        let mut bans: Vec<BanRow> = self.bans.clone();
+        // Ban changes in order, applied at the end: (room, nick) goes, and
+        // with a row, that row comes (a new ban replaces the nick's).
+        let mut bans: Vec<(&str, &str, Option<BanRow>)> = Vec::new();
         let mut audit = Vec::new();
         let mut moderators = self.moderators.clone();
         let mut topics = self.topics.clone();
@@ -385,18 +387,21 @@ impl Store for MemoryStore {
                     ..
                 } => {
                     // One ban per nick and room: a new one replaces it.
-                    bans.retain(|b| !(b.room == room && b.nick == nick));
-                    bans.push(BanRow {
-                        room: room.into(),
-                        nick: nick.into(),
-                        account: account.into(),
-                        ip: ip.into(),
-                        until,
-                        reason: reason.into(),
-                    });
+                    bans.push((
+                        room,
+                        nick,
+                        Some(BanRow {
+                            room: room.into(),
+                            nick: nick.into(),
+                            account: account.into(),
+                            ip: ip.into(),
+                            until,
+                            reason: reason.into(),
+                        }),
+                    ));
                 }
                 Op::DeleteBan { room, nick } => {
-                    bans.retain(|b| !(b.room == room && b.nick == nick));
+                    bans.push((room, nick, None));
                 }
                 Op::DeleteMessage { room, id } => {
                     if let Some(r) = self.rooms.get_mut(room)
@@ -542,7 +547,10 @@ impl Store for MemoryStore {
         }
         self.accounts = accounts;
         self.sessions = sessions;
-        self.bans = bans;
+        for (room, nick, row) in bans {
+            self.bans.retain(|b| !(b.room == room && b.nick == nick));
+            self.bans.extend(row);
+        }
         self.moderators = moderators;
         self.topics = topics;
         self.creators = creators;

@@ -571,3 +571,58 @@ fn sqlite_store_audit_cap() {
     let mut s = SqliteStore::open(&d.0, opts()).unwrap();
     assert_eq!(s.audit(100).unwrap().len(), 3, "after reopening");
 }
+
+/// One ban per room and nick: a new one replaces it (within one commit
+/// too), `DeleteBan` lifts it, and other rooms' bans of the nick stay.
+fn bans(s: &mut dyn Store) {
+    let ban = |room: &'static str, until: u64| Op::PutBan {
+        room,
+        nick: "troll",
+        account: "",
+        ip: "",
+        until,
+        by: "boss",
+        reason: "",
+        created: 1,
+    };
+    let held = |s: &mut dyn Store| -> Vec<(String, u64)> {
+        let mut v: Vec<_> = s
+            .bans(0)
+            .unwrap()
+            .into_iter()
+            .map(|b| (b.room, b.until))
+            .collect();
+        v.sort();
+        v
+    };
+    s.commit(&[ban("r", 0), ban("", 0)]).unwrap();
+    s.commit(&[ban("r", 5), ban("r", 9)]).unwrap();
+    assert_eq!(held(s), [(String::new(), 0), ("r".into(), 9)]);
+    s.commit(&[Op::DeleteBan {
+        room: "r",
+        nick: "troll",
+    }])
+    .unwrap();
+    assert_eq!(held(s), [(String::new(), 0)], "the server ban stays");
+    s.commit(&[
+        ban("r", 7),
+        Op::DeleteBan {
+            room: "r",
+            nick: "troll",
+        },
+        ban("r", 8),
+    ])
+    .unwrap();
+    assert_eq!(held(s), [(String::new(), 0), ("r".into(), 8)], "in order");
+}
+
+#[test]
+fn memory_store_bans() {
+    bans(&mut MemoryStore::new(LIMITS));
+}
+
+#[test]
+fn sqlite_store_bans() {
+    let d = Dir::new("bans");
+    bans(&mut SqliteStore::open(&d.0, Options::default()).unwrap());
+}
