@@ -501,6 +501,11 @@ async function accounts({ base, ctxOpts, outside }) {
     if (await boss.evaluate(() => JSON.parse(localStorage.getItem('wschat.session') || 'null'))) throw new Error('token still kept');
     await tid(boss, 'msg-delete').first().waitFor({ state: 'detached', timeout: STEP_TIMEOUT });
   });
+  await check('moderation: a logout is a new rank for the room (the owner now has controls on the guest nick the operator became)', async () => {
+    await openRoom(eve, 'evesroom');
+    const guestRow = eve.locator('[data-testid="member-list"] li', { has: eve.locator('[data-testid="member"][data-nick^="guest-"]') });
+    await guestRow.locator('[data-testid="member-kick"]').waitFor({ state: 'attached', timeout: STEP_TIMEOUT });
+  });
 }
 
 // DM history and read positions (logged in): a DM survives a reload, the
@@ -771,8 +776,12 @@ async function features({ base, alice, bob, carol, dave }) {
   // ---- new-messages marker and jump button
   await check('"New messages" sits where the unread part begins', async () => {
     await openRoom(bob, 'general');
+    const teamUnread = () => bob.evaluate(() => Number(document.querySelector('[data-testid="room-entry"][data-room="team"] [data-testid="unread"]')?.textContent || 0));
+    const was = await teamUnread();
     for (const t of ['first unread', 'second unread', 'third unread']) await say(alice, t);
     await seesOnce(alice, 'third unread');
+    // All three at bob's page (not only acknowledged to alice) before he looks.
+    await bob.waitForFunction((n) => Number(document.querySelector('[data-testid="room-entry"][data-room="team"] [data-testid="unread"]')?.textContent || 0) >= n, was + 3, { timeout: STEP_TIMEOUT });
     await openRoom(bob, 'team');
     const next = await bob.evaluate(() => {
       const m = document.querySelector('[data-testid="new-marker"]');
