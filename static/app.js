@@ -1317,10 +1317,11 @@
   // history around it (`history` with `around`, paged with `before` and
   // `after`) in place of the live list, with a way back to the latest.
   // A private conversation between accounts is searched the same way
-  // (`search` with `with`): kept only when both sides are logged in.
+  // (`search` with `with`): one the server keeps (`stored`: both sides
+  // logged in), not a guest's, which it never keeps.
   const SEARCH_CONTEXT = 1;
   const search = { room: null, with: null, key: null, query: '', results: [], complete: true, loading: false, error: '' };
-  const searchable = (conv) => !!conv && (conv.kind === 'room' || (conv.kind === 'dm' && !!state.account));
+  const searchable = (conv) => !!conv && (conv.kind === 'room' || (conv.kind === 'dm' && !!state.account && conv.stored === true));
   function openSearch() {
     const conv = activeConv();
     if (!searchable(conv)) return;
@@ -3038,6 +3039,7 @@
       // Live-only messages (seq keys) from before the login would mix with ids.
       conv.stored = true;
       for (const [k, v] of conv.msgs) if (!v.srv) conv.msgs.delete(k);
+      if (conv.key === state.active) renderHeader(); // now searchable
     }
     if (h.id > conv.lastId) conv.lastId = h.id;
     if (conv.msgs.has(h.id)) return false;
