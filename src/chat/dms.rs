@@ -27,7 +27,7 @@ use serde::Serialize;
 use super::durable::{Pending, Record};
 use super::protocol::{ChatError, Page, Target, frame};
 use super::room::{Draft, Msg, Room, RoomName};
-use super::{Chat, ConnId, Hit, Now, Outbox, archive, send_error};
+use super::{Chat, ConnId, Hit, Now, Outbox, archive, send_error, span_msgs};
 
 /// Whether a room name is a DM conversation's.
 pub fn is_dm(name: &str) -> bool {
@@ -382,10 +382,7 @@ impl Chat {
         out: &mut dyn Outbox,
     ) -> Result<(), ChatError> {
         let key = self.account_of(conn).ok_or(ChatError::NotLoggedIn)?;
-        let peer = with.to_ascii_lowercase();
-        if !self.is_registered(&peer) {
-            return Err(ChatError::NoSuchAccount);
-        }
+        let peer = self.peer_account(with)?;
         let name = conv_name(&key, &peer);
         let limit = usize::try_from(limit).unwrap_or(usize::MAX);
         let room = self.room_index(name.as_str()).and_then(|i| self.room(i));
@@ -407,15 +404,7 @@ impl Chat {
             Some(_) => None,
             None => Some(archive(out, &room.name, span)?),
         };
-        let msgs: Vec<&Msg> = match &loaded {
-            Some(v) => v.iter().collect(),
-            None => room
-                .window(span.lo, span.hi)
-                .into_iter()
-                .flatten()
-                .collect(),
-        };
-        let messages = msgs
+        let messages = span_msgs(room, span, loaded.as_deref())
             .into_iter()
             .map(|m| self.kept_dm(&room.name, m))
             .collect();
@@ -451,19 +440,28 @@ impl Chat {
         }
     }
 
-    /// The conversation a DM `search` (`with`) is about: the logged-in
-    /// account's with the account `with`; None when never written in.
-    pub(super) fn dm_conversation(
-        &self,
-        conn: ConnId,
-        with: &str,
-    ) -> Result<Option<u32>, ChatError> {
-        let key = self.account_of(conn).ok_or(ChatError::NotLoggedIn)?;
+    /// The account `with` names (its key), which must exist: the other
+    /// party of a conversation a request asks about.
+    fn peer_account(&self, with: &str) -> Result<String, ChatError> {
         let peer = with.to_ascii_lowercase();
         if !self.is_registered(&peer) {
             return Err(ChatError::NoSuchAccount);
         }
-        Ok(self.room_index(conv_name(&key, &peer).as_str()))
+        Ok(peer)
+    }
+
+    /// The conversation a DM `search` (`with`) is about, the logged-in
+    /// account's with the account `with`: the peer's key, and the
+    /// conversation's room (None when never written in).
+    pub(super) fn dm_conversation(
+        &self,
+        conn: ConnId,
+        with: &str,
+    ) -> Result<(String, Option<u32>), ChatError> {
+        let key = self.account_of(conn).ok_or(ChatError::NotLoggedIn)?;
+        let peer = self.peer_account(with)?;
+        let idx = self.room_index(conv_name(&key, &peer).as_str());
+        Ok((peer, idx))
     }
 
     /// A DM `search`'s answer: `search` with `with` (the account's name as
@@ -471,7 +469,7 @@ impl Chat {
     /// kept `dm`, as `dm_history` has them.
     pub(super) fn dm_search_out<'h>(
         &'h self,
-        with: &str,
+        peer: &str,
         room: Option<&'h Room>,
         query: &str,
         hits: &[Hit<'h>],
@@ -482,10 +480,9 @@ impl Chat {
         let dm = |m: &'h Msg| self.kept_dm(conv, m);
         let side =
             |v: &Option<Vec<&'h Msg>>| v.as_ref().map(|v| v.iter().map(|&m| dm(m)).collect());
-        let peer = with.to_ascii_lowercase();
         frame(&DmSearchOut {
             ty: "search",
-            with: self.shown(&peer),
+            with: self.shown(peer),
             query,
             messages: hits
                 .iter()
@@ -529,13 +526,7 @@ impl Chat {
                 let idx = self.joined_room(conn, &room)?;
                 room_name_of(self, idx)
             }
-            Target::Dm(peer) => {
-                let peer = peer.to_ascii_lowercase();
-                if !self.is_registered(&peer) {
-                    return Err(ChatError::NoSuchAccount);
-                }
-                conv_name(&key, &peer)
-            }
+            Target::Dm(peer) => conv_name(&key, &self.peer_account(&peer)?),
         };
         let room = self.room_index(name.as_str()).and_then(|i| self.room(i));
         let cur = self.position(&name, &key);

@@ -1371,14 +1371,18 @@ impl Chat {
         r: Option<&str>,
         out: &mut dyn Outbox,
     ) -> Result<(), ChatError> {
-        let idx = match target {
-            Target::Room(name) => Some(self.joined_room(conn, name)?),
-            Target::Dm(with) => self.dm_conversation(conn, with)?,
+        // For a DM conversation, the other party's account key.
+        let (peer, idx) = match target {
+            Target::Room(name) => (None, Some(self.joined_room(conn, name)?)),
+            Target::Dm(with) => {
+                let (peer, idx) = self.dm_conversation(conn, with)?;
+                (Some(peer), idx)
+            }
         };
         let Some(room) = idx.and_then(|i| self.room(i)) else {
             // A DM conversation never written in: nothing to find.
-            if let Target::Dm(with) = target {
-                out.send(conn, &self.dm_search_out(with, None, query, &[], true, r));
+            if let Some(peer) = &peer {
+                out.send(conn, &self.dm_search_out(peer, None, query, &[], true, r));
             }
             return Ok(());
         };
@@ -1422,7 +1426,8 @@ impl Chat {
                 around.push((span, loaded));
             }
         }
-        // (hit, the kept messages before it, after it), oldest first.
+        // Newest first: (hit, the kept messages before it and after it,
+        // each oldest first).
         let hits: Vec<Hit<'_>> = found
             .iter()
             .enumerate()
@@ -1441,9 +1446,9 @@ impl Chat {
                 (m, before, after)
             })
             .collect();
-        let f = match target {
-            Target::Dm(with) => self.dm_search_out(with, Some(room), query, &hits, complete, r),
-            Target::Room(_) => {
+        let f = match &peer {
+            Some(peer) => self.dm_search_out(peer, Some(room), query, &hits, complete, r),
+            None => {
                 let messages = hits
                     .iter()
                     .map(|(m, b, a)| HitOut {
