@@ -26,7 +26,9 @@ pub struct MemoryStore {
     /// Sessions in creation order.
     sessions: Vec<SessionRow>,
     bans: Vec<BanRow>,
-    audit: Vec<AuditRow>,
+    /// Oldest first; a ring, so that dropping the oldest past
+    /// `audit_rows` moves nothing.
+    audit: std::collections::VecDeque<AuditRow>,
     /// As [`super::sqlite::Options::audit_rows`] (0: every row).
     audit_rows: usize,
     moderators: std::collections::BTreeSet<(String, String)>,
@@ -57,7 +59,7 @@ impl MemoryStore {
             accounts: BTreeMap::new(),
             sessions: Vec::new(),
             bans: Vec::new(),
-            audit: Vec::new(),
+            audit: std::collections::VecDeque::new(),
             audit_rows: 0,
             moderators: Default::default(),
             topics: BTreeMap::new(),
@@ -557,9 +559,8 @@ impl Store for MemoryStore {
         self.mutes = mutes;
         self.slow = slow;
         self.audit.extend(audit);
-        if self.audit_rows > 0 && self.audit.len() > self.audit_rows {
-            let over = self.audit.len() - self.audit_rows;
-            self.audit.drain(..over);
+        while self.audit_rows > 0 && self.audit.len() > self.audit_rows {
+            self.audit.pop_front();
         }
         let mut trimmed: BTreeMap<String, u64> = BTreeMap::new();
         touched.sort();

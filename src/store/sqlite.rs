@@ -181,7 +181,15 @@ pub const MIGRATIONS: &[&str] = &[
     // broadcast's instructions (docs/benchmarks.md). Deletions still go
     // through `messages_fts_delete`.
     "DROP TRIGGER messages_fts_insert;",
+    // 9 -> 10: a ban replaces the nick's ban in its room and `unban`
+    // deletes it (`DELETE_BAN`, once per ban and unban): found by this
+    // index, not by a pass over every ban ever given.
+    "CREATE INDEX bans_room_nick ON bans(room, nick);",
 ];
+
+/// The ban of a nick in a room ("": the server), before a new one of the
+/// nick (one per room and nick) and for `unban`.
+const DELETE_BAN: &str = "DELETE FROM bans WHERE room = ?1 AND nick = ?2";
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
@@ -898,8 +906,7 @@ impl Store for SqliteStore {
                     } => {
                         // One ban per nick and room: a new one replaces it
                         // (the chat replaces it in memory the same way).
-                        tx.prepare_cached("DELETE FROM bans WHERE room = ?1 AND nick = ?2")?
-                            .execute([room, nick])?;
+                        tx.prepare_cached(DELETE_BAN)?.execute([room, nick])?;
                         tx.prepare_cached(
                             "INSERT INTO bans (room, nick, account, ip, until, by, reason, created)
                              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -916,8 +923,7 @@ impl Store for SqliteStore {
                         ])?;
                     }
                     Op::DeleteBan { room, nick } => {
-                        tx.prepare_cached("DELETE FROM bans WHERE room = ?1 AND nick = ?2")?
-                            .execute([room, nick])?;
+                        tx.prepare_cached(DELETE_BAN)?.execute([room, nick])?;
                     }
                     Op::DeleteMessage { room, id } => {
                         if let Some(&rid) = ids.get(room) {
