@@ -10,6 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
+use tungstenite::Message;
 
 fn join(ws: &mut Ws, room: &str, extra: Value) -> Value {
     let mut req = json!({"type":"join","room":room,"ref":"j"});
@@ -309,6 +310,112 @@ fn sigkill_while_checkpointing_loses_no_acknowledged_message() {
     let acked = kill_mid_flood(s, flooders);
     assert!(acked.len() > 1000, "too few acknowledged: {}", acked.len());
     assert_acked_kept(dir.path(), "ckpt", &acked);
+}
+
+/// Moderation records go into the turn's one commit with its messages:
+/// killed mid-flood while an operator bans nicks from the room and lifts
+/// every other ban, one request after another, the store keeps every
+/// acknowledged message, and for every nick whose actions were all
+/// acknowledged, exactly what they left: its ban row, or none.
+#[test]
+fn sigkill_under_load_keeps_acknowledged_bans_and_unbans() {
+    let dir = TempDir::new("kill-bans");
+    let (ok, msg) = account_cmd(dir.path(), &["account", "add", "boss", "--op"], PW);
+    assert!(ok, "{msg}");
+    let s = start(dir.path(), &[]);
+    let mut op = connect_as(&s, "x");
+    let v = ask(
+        &mut op,
+        json!({"type":"login","account":"boss","password":PW}),
+        "login",
+    );
+    assert_eq!(v["type"], "session", "{v}");
+    let acks = Arc::new(AtomicUsize::new(0));
+    // One flooder: the test servers run without the rate limit, and under
+    // more flooders an unoptimised server's loop turns (each reading a
+    // backlog of thousands of messages) grow to seconds on a loaded
+    // machine, and every ban waits for a turn.
+    let flooders: Vec<_> = (0..1)
+        .map(|i| flood_padded(s.addr, &format!("f{i}"), "load", 0, None, acks.clone()))
+        .collect();
+    // Nick t{i}: banned, and for odd i then unbanned; each answer read
+    // before the next request. Returns the nicks whose every action was
+    // acknowledged (the one in flight at the kill is not among them).
+    let settled = Arc::new(AtomicUsize::new(0));
+    let moderator = {
+        let settled = settled.clone();
+        std::thread::spawn(move || {
+            let mut done = Vec::new();
+            for i in 0u64.. {
+                let nick = format!("t{i}");
+                let mut reqs = vec![json!({"type":"ban","room":"load","nick":nick})];
+                if i % 2 == 1 {
+                    reqs.push(json!({"type":"unban","room":"load","nick":nick}));
+                }
+                for (k, mut req) in reqs.into_iter().enumerate() {
+                    let r = format!("{i}-{k}");
+                    req["ref"] = json!(r);
+                    if op.send(Message::text(req.to_string())).is_err() {
+                        return done;
+                    }
+                    loop {
+                        match op.read() {
+                            Ok(Message::Text(t)) => {
+                                let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                                if v["ref"] == r.as_str() {
+                                    assert_eq!(v["type"], "moderation", "{v}");
+                                    break;
+                                }
+                            }
+                            Ok(_) => {}
+                            Err(_) => return done,
+                        }
+                    }
+                }
+                done.push(i);
+                settled.fetch_add(1, Ordering::Relaxed);
+            }
+            done
+        })
+    };
+    // Killed once both streams are well under way (a deadline only for a
+    // server that never gets there).
+    let t0 = std::time::Instant::now();
+    while (settled.load(Ordering::Relaxed) < 20 || acks.load(Ordering::Relaxed) < 200)
+        && t0.elapsed() < Duration::from_secs(120)
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let acked = kill_mid_flood(s, flooders);
+    let done = moderator.join().expect("moderator");
+    assert!(
+        acked.len() >= 200,
+        "too few messages acknowledged: {}",
+        acked.len()
+    );
+    assert!(done.len() >= 20, "too few nicks settled: {}", done.len());
+    assert_acked_kept(dir.path(), "load", &acked);
+
+    let db = rusqlite::Connection::open(dir.path().join("wschat.db")).unwrap();
+    let mut rows = db
+        .prepare("SELECT count(*) FROM bans WHERE room = 'load' AND nick = ?1")
+        .unwrap();
+    for i in &done {
+        let n: i64 = rows.query_row([format!("t{i}")], |r| r.get(0)).unwrap();
+        let want = if i % 2 == 0 { 1 } else { 0 };
+        assert_eq!(n, want, "t{i}: banned {}", i % 2 == 0);
+    }
+    // And the server reads them so: the first banned nick is refused the
+    // room, the first lifted one joins.
+    let s = start(dir.path(), &[]);
+    assert_eq!(
+        try_join(&mut connect_as(&s, "t0"), "load")["code"],
+        "banned"
+    );
+    assert_eq!(
+        try_join(&mut connect_as(&s, "t1"), "load")["type"],
+        "joined"
+    );
 }
 
 #[test]
