@@ -25,7 +25,7 @@ use std::rc::Rc;
 use serde::Serialize;
 
 use super::durable::{Pending, Record};
-use super::protocol::{ChatError, Page, Target, frame};
+use super::protocol::{ChatError, HitOut, Page, Target, frame};
 use super::room::{Draft, Msg, Room, RoomName};
 use super::{Chat, ConnId, Hit, Now, Outbox, archive, send_error, span_msgs};
 
@@ -136,17 +136,6 @@ struct DmOut<'a> {
     r#ref: Option<&'a str>,
 }
 
-/// A DM `search` hit: the `dm`, and with `context` its neighbours.
-#[derive(Serialize)]
-struct DmHitOut<'a> {
-    #[serde(flatten)]
-    msg: DmOut<'a>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    context_before: Option<Vec<DmOut<'a>>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    context_after: Option<Vec<DmOut<'a>>>,
-}
-
 #[derive(Serialize)]
 struct DmSearchOut<'a> {
     #[serde(rename = "type")]
@@ -154,7 +143,7 @@ struct DmSearchOut<'a> {
     with: &'a str,
     query: &'a str,
     /// Newest first.
-    messages: Vec<DmHitOut<'a>>,
+    messages: Vec<HitOut<DmOut<'a>>>,
     complete: bool,
     #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
     r#ref: Option<&'a str>,
@@ -486,7 +475,7 @@ impl Chat {
             query,
             messages: hits
                 .iter()
-                .map(|(m, before, after)| DmHitOut {
+                .map(|(m, before, after)| HitOut {
                     msg: dm(m),
                     context_before: side(before),
                     context_after: side(after),

@@ -1026,16 +1026,17 @@ pub struct ReactionOut<'a> {
     pub nicks: Vec<&'a str>,
 }
 
-/// A `search` hit: the message, and with `context` the kept messages just
+/// A `search` hit: the message (a room's `message`, or a DM
+/// conversation's kept `dm`), and with `context` the kept messages just
 /// before and after it (oldest first), present only when asked for.
 #[derive(Serialize)]
-pub struct HitOut<'a> {
+pub struct HitOut<M> {
     #[serde(flatten)]
-    pub msg: MsgOut<'a>,
+    pub msg: M,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub context_before: Option<Vec<MsgOut<'a>>>,
+    pub context_before: Option<Vec<M>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub context_after: Option<Vec<MsgOut<'a>>>,
+    pub context_after: Option<Vec<M>>,
 }
 
 impl<'a> MsgOut<'a> {
@@ -1294,7 +1295,7 @@ pub enum Out<'a> {
         room: &'a str,
         query: &'a str,
         /// Newest first.
-        messages: Vec<HitOut<'a>>,
+        messages: Vec<HitOut<MsgOut<'a>>>,
         /// No older match exists.
         complete: bool,
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
