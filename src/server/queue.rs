@@ -83,11 +83,16 @@ fn encode_small_frame(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8], compres
     let b0 = 0x80 | if compressed { 0x40 } else { 0 } | opcode.as_u8();
     let len = payload.len();
     out.reserve(4 + len);
+    // The header a byte at a time: `push` is inlined at opt-level "s",
+    // where `extend_from_slice` of two bytes stays a call and a `memcpy`.
+    out.push(b0);
     if len < 126 {
-        out.extend_from_slice(&[b0, len as u8]);
+        out.push(len as u8);
     } else {
         let l = (len as u16).to_be_bytes();
-        out.extend_from_slice(&[b0, 126, l[0], l[1]]);
+        out.push(126);
+        out.push(l[0]);
+        out.push(l[1]);
     }
     out.extend_from_slice(payload);
 }

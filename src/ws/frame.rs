@@ -100,21 +100,28 @@ pub fn encode_frame_rsv1(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8], comp
 /// The loop works on 8-byte words: `j = i MOD 4` repeats every 4 bytes, so a
 /// word-sized key made of the key rotated by `offset` covers each word.
 pub fn apply_mask(data: &mut [u8], key: [u8; 4], offset: usize) {
-    // The key as it applies from `data[0]` on: rotated by `offset` bytes.
-    let mut k = [0u8; 8];
-    let rot = offset % 4;
-    k[..4 - rot].copy_from_slice(&key[rot..]);
-    k[4 - rot..4].copy_from_slice(&key[..rot]);
-    k.copy_within(0..4, 4);
-    let word = u64::from_ne_bytes(k);
-    let mut chunks = data.chunks_exact_mut(8);
-    for chunk in &mut chunks {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(chunk);
-        chunk.copy_from_slice(&(u64::from_ne_bytes(w) ^ word).to_ne_bytes());
+    // The key as it applies from `data[0]` on: rotated by `offset` bytes,
+    // then twice over in a word. (Arithmetic, not slice copies, which stay
+    // calls at opt-level "s": this runs for every frame a client sends.)
+    let k = u32::from_be_bytes(key)
+        .rotate_left(8 * (offset % 4) as u32)
+        .to_be_bytes();
+    let word = u64::from_ne_bytes([k[0], k[1], k[2], k[3], k[0], k[1], k[2], k[3]]);
+    // Four words a step, written out: the release build is optimised for
+    // size, which neither unrolls nor vectorises loops (Cargo.toml). A
+    // 64 KiB frame is 8192 words: 32.9k instructions a word a step, 14.4k
+    // like this (callgrind), 5k vectorised at opt-level 3.
+    let (blocks, rest) = data.as_chunks_mut::<32>();
+    for b in blocks {
+        let (w, _) = b.as_chunks_mut::<8>();
+        w[0] = (u64::from_ne_bytes(w[0]) ^ word).to_ne_bytes();
+        w[1] = (u64::from_ne_bytes(w[1]) ^ word).to_ne_bytes();
+        w[2] = (u64::from_ne_bytes(w[2]) ^ word).to_ne_bytes();
+        w[3] = (u64::from_ne_bytes(w[3]) ^ word).to_ne_bytes();
     }
-    for (b, m) in chunks.into_remainder().iter_mut().zip(k) {
-        *b ^= m;
+    // The tail starts at a multiple of 4 bytes: the key's phase is `k`'s.
+    for (i, b) in rest.iter_mut().enumerate() {
+        *b ^= k[i % 4];
     }
 }
 
